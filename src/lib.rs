@@ -1,0 +1,7 @@
+//! acs-identity-operator: Azure Communication Services identities and access tokens
+//! for Kubernetes workloads, declaratively.
+//!
+//! The library holds the parts of the design as modules, each with one job; the binaries
+//! in `src/bin/` are thin wrappers.
+
+pub mod acs;
