@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Stops a control plane started by up.sh, by the PIDs it recorded (never by process
+# name), and removes its state directory.
+# Usage: down.sh --dir DIR [--keep] [--quiet]
+set -uo pipefail
+dir="" keep=0 quiet=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --dir) dir=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    --quiet) quiet=1; shift ;;
+    *) echo "controlplane: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+[[ -n $dir ]] || { echo "controlplane: down.sh needs --dir DIR" >&2; exit 2; }
+say() { ((quiet)) || echo "controlplane: $*" >&2; }
+if [[ ! -d $dir ]]; then say "nothing to stop: $dir does not exist"; exit 0; fi
+
+gone() { [[ ! -e /proc/$1 ]] || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+stop_pid() { # TERM, up to 15 s to exit, then KILL and wait for it to be gone
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 150; i++)); do gone "$pid" && return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do gone "$pid" && return 0; sleep 0.1; done
+}
+
+if [[ -f $dir/pids ]]; then
+  # Reverse start order, one at a time: the watchdog, the controller-manager, the
+  # apiserver while etcd is still there to let it shut down quickly, then etcd. The
+  # watchdog is skipped when it is the caller itself.
+  while read -r pid _; do
+    [[ $pid == "$$" || $pid == "$PPID" ]] && continue
+    stop_pid "$pid"
+  done < <(tac "$dir/pids")
+  : >"$dir/pids"
+fi
+if ((keep)); then say "stopped; state kept in $dir"; else rm -rf "$dir"; say "stopped and removed $dir"; fi

@@ -1,0 +1,243 @@
+//! Test support: a real local control plane (etcd + kube-apiserver +
+//! kube-controller-manager) per test binary, a fresh namespace per test, an admin
+//! client, and clients that act as a ServiceAccount (TokenRequest API) so that code can
+//! run under exactly the RBAC a Role grants.
+//!
+//! Set `ACS_TEST_KUBECONFIG` to run against an already running control plane (for
+//! example one from `make cluster-up`); otherwise the first test of a binary starts one
+//! with `hack/controlplane/up.sh`, whose watchdog stops it when the binary exits, even by
+//! panic or signal.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// A running control plane, shared by all tests of one binary.
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    /// Directory holding etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
+    pub bin_dir: PathBuf,
+    pub k8s_version: String,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scripts_dir() -> PathBuf {
+    repo_root().join("hack/controlplane")
+}
+
+fn pinned_version(key: &str) -> String {
+    let versions = std::fs::read_to_string(scripts_dir().join("versions.env")).expect("read hack/controlplane/versions.env");
+    versions
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing from versions.env"))
+        .trim()
+        .to_string()
+}
+
+impl ControlPlane {
+    /// The binary's control plane, started on first use.
+    pub fn get() -> &'static ControlPlane {
+        CONTROL_PLANE.get_or_init(|| {
+            let k8s_version = pinned_version("K8S_VERSION");
+            let build = Command::new(scripts_dir().join("build.sh"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run hack/controlplane/build.sh");
+            assert!(build.status.success(), "building the control plane failed");
+            let bin_dir = PathBuf::from(String::from_utf8_lossy(&build.stdout).trim());
+            if let Ok(path) = std::env::var("ACS_TEST_KUBECONFIG") {
+                return ControlPlane {
+                    kubeconfig: PathBuf::from(path),
+                    bin_dir,
+                    k8s_version,
+                };
+            }
+            let out = Command::new(scripts_dir().join("up.sh"))
+                .args(["--owner-pid", &std::process::id().to_string()])
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run hack/controlplane/up.sh");
+            assert!(out.status.success(), "starting the control plane failed (see the line above)");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let last = stdout.lines().last().unwrap_or_default();
+            let kubeconfig = last
+                .strip_prefix("export KUBECONFIG=")
+                .unwrap_or_else(|| panic!("up.sh's last line is not `export KUBECONFIG=...`: {last:?}"));
+            ControlPlane {
+                kubeconfig: PathBuf::from(kubeconfig),
+                bin_dir,
+                k8s_version,
+            }
+        })
+    }
+
+    /// An admin client (client certificate in `system:masters`). Build one per test:
+    /// a client is bound to the tokio runtime that created it.
+    pub async fn admin_client(&self) -> Client {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// `kubectl` from the pinned build, pointed at this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("helm"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// Runs kubectl with `args` and stdin; returns (success, stdout, stderr).
+    pub fn kubectl_run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        run_with_stdin(self.kubectl().args(args), stdin)
+    }
+
+    /// A kubeconfig file that authenticates as ServiceAccount `namespace/name` with a
+    /// token from the TokenRequest API, for a process (the operator) run under that RBAC.
+    pub async fn service_account_kubeconfig(&self, admin: &Client, namespace: &str, name: &str, dir: &Path) -> PathBuf {
+        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+        let tr = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &tr)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"))
+            .status
+            .and_then(|s| s.token)
+            .expect("TokenRequest status has a token");
+        let admin_cfg = Kubeconfig::read_from(&self.kubeconfig).expect("read admin kubeconfig");
+        let cluster = &admin_cfg.clusters[0].cluster.as_ref().expect("cluster entry");
+        let server = cluster.server.clone().expect("server");
+        let ca = cluster.certificate_authority.clone().expect("certificate-authority");
+        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+             users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa, namespace: {namespace}}}\n\
+             current-context: sa\n"
+        );
+        std::fs::write(&path, text).expect("write service-account kubeconfig");
+        path
+    }
+
+    /// A client that authenticates as ServiceAccount `namespace/name`.
+    pub async fn service_account_client(&self, admin: &Client, namespace: &str, name: &str, dir: &Path) -> Client {
+        let path = self.service_account_kubeconfig(admin, namespace, name, dir).await;
+        client_from_kubeconfig(&path).await
+    }
+}
+
+pub async fn client_from_kubeconfig(path: &Path) -> Client {
+    let kc = Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
+    Client::try_from(cfg).expect("build kube client")
+}
+
+pub fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait for command");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A namespace of its own for one test; deleted (without waiting) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestNamespace {
+    pub async fn create(cp: &ControlPlane, client: &Client, prefix: &str) -> TestNamespace {
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"acs-operator.dev/test": "true"}}
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        TestNamespace {
+            name,
+            kubectl: cp.bin_dir.join("kubectl"),
+            kubeconfig: cp.kubeconfig.clone(),
+        }
+    }
+
+    pub async fn delete(&self, client: &Client) {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Best effort, synchronous (Drop can't await); the control plane is temporary anyway.
+        let _ = Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `secs` seconds
+/// with `what` in the message.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
