@@ -47,7 +47,9 @@ impl fmt::Debug for AccessKey {
 pub enum ConnectionStringError {
     #[error("connection string is empty")]
     Empty,
-    #[error("connection string part `{0}` has no `=`; expected `endpoint=https://...;accesskey=...`")]
+    #[error(
+        "connection string part `{0}` has no `=`; expected `endpoint=https://...;accesskey=...`"
+    )]
     MalformedPart(String),
     #[error("connection string has no `endpoint=` part")]
     MissingEndpoint,
@@ -84,18 +86,13 @@ impl ConnectionString {
                 return Err(ConnectionStringError::MalformedPart(shown));
             };
             let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "endpoint" => {
-                    if endpoint.replace(value).is_some() {
-                        return Err(ConnectionStringError::Duplicate("endpoint"));
-                    }
-                }
-                "accesskey" => {
-                    if key.replace(value).is_some() {
-                        return Err(ConnectionStringError::Duplicate("accesskey"));
-                    }
-                }
-                _ => {}
+            let (slot, part_name) = match name.trim().to_ascii_lowercase().as_str() {
+                "endpoint" => (&mut endpoint, "endpoint"),
+                "accesskey" => (&mut key, "accesskey"),
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(ConnectionStringError::Duplicate(part_name));
             }
         }
         let endpoint = endpoint.ok_or(ConnectionStringError::MissingEndpoint)?;
@@ -150,7 +147,8 @@ pub fn host_with_port(url: &Url) -> String {
 }
 
 fn parse_endpoint(s: &str) -> Result<Url, ConnectionStringError> {
-    let url = Url::parse(s).map_err(|e| ConnectionStringError::BadEndpoint(format!("`{s}`: {e}")))?;
+    let url =
+        Url::parse(s).map_err(|e| ConnectionStringError::BadEndpoint(format!("`{s}`: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConnectionStringError::BadEndpoint(format!(
             "`{s}`: expected http:// or https:// with a host"
@@ -178,14 +176,17 @@ mod tests {
 
     #[test]
     fn keeps_explicit_port_in_host() {
-        let cs = ConnectionString::parse(&format!("endpoint=http://127.0.0.1:8443/;accesskey={KEY}")).unwrap();
+        let cs =
+            ConnectionString::parse(&format!("endpoint=http://127.0.0.1:8443/;accesskey={KEY}"))
+                .unwrap();
         assert_eq!(cs.host(), "127.0.0.1:8443");
     }
 
     #[test]
     fn base64_padding_with_equals_is_kept_in_key() {
         // The key ends with `==`: splitting on every `=` would lose it.
-        let cs = ConnectionString::parse(&format!("accesskey={KEY};endpoint=https://a.b/")).unwrap();
+        let cs =
+            ConnectionString::parse(&format!("accesskey={KEY};endpoint=https://a.b/")).unwrap();
         assert_eq!(cs.key().to_base64(), KEY);
     }
 
@@ -199,29 +200,44 @@ mod tests {
             ("endpoint=https://a.b/;accesskey=", EmptyPart("accesskey")),
             (&format!("endpoint=;accesskey={KEY}"), EmptyPart("endpoint")),
             ("endpoint=https://a.b/;accesskey=***", KeyNotBase64),
-            (&format!("endpoint=https://a.b/;endpoint=https://c.d/;accesskey={KEY}"), Duplicate("endpoint")),
+            (
+                &format!("endpoint=https://a.b/;endpoint=https://c.d/;accesskey={KEY}"),
+                Duplicate("endpoint"),
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(ConnectionString::parse(input).unwrap_err(), want, "input {input:?}");
+            assert_eq!(
+                ConnectionString::parse(input).unwrap_err(),
+                want,
+                "input {input:?}"
+            );
         }
         assert!(matches!(
             ConnectionString::parse(&format!("endpoint=ftp://a.b/;accesskey={KEY}")),
             Err(BadEndpoint(_))
         ));
-        assert!(matches!(ConnectionString::parse("garbage"), Err(MalformedPart(_))));
+        assert!(matches!(
+            ConnectionString::parse("garbage"),
+            Err(MalformedPart(_))
+        ));
     }
 
     #[test]
     fn debug_never_prints_the_key() {
-        let cs = ConnectionString::parse(&format!("endpoint=https://a.b/;accesskey={KEY}")).unwrap();
+        let cs =
+            ConnectionString::parse(&format!("endpoint=https://a.b/;accesskey={KEY}")).unwrap();
         let shown = format!("{cs:?}");
-        assert!(!shown.contains(KEY) && !shown.contains("secret-key-bytes"), "{shown}");
+        assert!(
+            !shown.contains(KEY) && !shown.contains("secret-key-bytes"),
+            "{shown}"
+        );
         assert!(shown.contains("<redacted>"));
     }
 
     #[test]
     fn malformed_part_error_does_not_echo_a_whole_key() {
-        let err = ConnectionString::parse("endpoint=https://a.b/;c2VjcmV0LWtleS1ieXRlcw").unwrap_err();
+        let err =
+            ConnectionString::parse("endpoint=https://a.b/;c2VjcmV0LWtleS1ieXRlcw").unwrap_err();
         assert!(!err.to_string().contains("c2VjcmV0LWtleS1ieXRlcw"), "{err}");
     }
 }
