@@ -13,10 +13,12 @@ Two sources of vectors:
 
 The clock is pinned per vector so the output is reproducible.
 
-Usage (venv outside the repo, see hack/compat/README or the project Makefile):
+Usage (the SDK lives in a venv outside the repo; hack/compat/install.sh creates it):
     VENV=${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator/compat/venv
-    python3 -m venv "$VENV" && "$VENV/bin/pip" install azure-communication-identity==1.5.0
+    hack/compat/install.sh   # or: python3 -m venv "$VENV" && "$VENV/bin/pip" install azure-communication-identity==1.5.0
     "$VENV/bin/python" hack/compat/gen_hmac_vectors.py > tests/vectors/hmac_sha256.json
+The output is deterministic: rerunning it and diffing against the committed file checks
+that the vectors still match the pinned SDK.
 """
 
 import base64
