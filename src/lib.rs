@@ -5,3 +5,4 @@
 //! in `src/bin/` are thin wrappers.
 
 pub mod acs;
+pub mod emulator;

@@ -1,0 +1,168 @@
+//! `acs-emulator`: a local stand-in for Azure Communication Services' Identity API.
+//! The first line on stdout is the connection string; logs go to stderr.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use acs_identity_operator::acs::connection_string::AccessKey;
+use acs_identity_operator::emulator::{EmulatorConfig, FaultRule, QuotaSetting, spawn};
+use clap::Parser;
+use uuid::Uuid;
+
+/// Serves the ACS Identity REST API (HMAC-signed, all SDK api-versions) on loopback.
+///
+/// Prints `ACS_CONNECTION_STRING=endpoint=http://ADDR/;accesskey=KEY` as its first line.
+/// Admin API: GET /admin/identities, POST /admin/tokens:validate, GET /admin/stats,
+/// POST|GET|DELETE /admin/faults.
+#[derive(Debug, Parser)]
+#[command(name = "acs-emulator", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port. Avoid 80 and 443.
+    #[arg(long, env = "ACS_EMULATOR_LISTEN", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+
+    /// Base64 access key clients sign with; a random one is generated when absent.
+    #[arg(long, env = "ACS_EMULATOR_ACCESS_KEY", hide_env_values = true)]
+    access_key: Option<String>,
+
+    /// Resource GUID that appears in identity ids (8:acs:<resource>_<user>).
+    #[arg(long, env = "ACS_EMULATOR_RESOURCE_ID")]
+    resource_id: Option<Uuid>,
+
+    /// Per-operation quota OP=N/SECONDS (create, issue, revoke, delete, get); N=0 lifts it.
+    /// Defaults: create=1000/30, issue=1000/30, delete=500/30, revoke=500/30.
+    #[arg(long = "quota", env = "ACS_EMULATOR_QUOTA", value_delimiter = ';')]
+    quotas: Vec<QuotaSetting>,
+
+    /// Multiplies every token lifetime (0.01 makes a 24 h token last about 14 minutes).
+    #[arg(long, env = "ACS_EMULATOR_TOKEN_LIFETIME_SCALE", default_value_t = 1.0)]
+    token_lifetime_scale: f64,
+
+    /// JSON file that keeps identities and token secret across restarts.
+    #[arg(long, env = "ACS_EMULATOR_STATE_FILE")]
+    state_file: Option<PathBuf>,
+
+    /// Fault to inject, as operation=OP,status=N,probability=P,retryAfterSeconds=S,latencyMs=MS,count=N,drop=true
+    /// (all parts optional but one of status, latencyMs, drop; status=0 drops the connection).
+    #[arg(long = "fault", env = "ACS_EMULATOR_FAULTS", value_delimiter = ';')]
+    faults: Vec<FaultRule>,
+
+    /// Latency added to every ACS request, in milliseconds (shorthand for --fault latencyMs=MS).
+    #[arg(long, env = "ACS_EMULATOR_LATENCY_MS")]
+    latency_ms: Option<u64>,
+
+    /// Key required in `x-admin-key` for /admin/; without it /admin/ answers loopback only.
+    #[arg(long, env = "ACS_EMULATOR_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+
+    /// Serve HTTPS with a certificate for 127.0.0.1 and localhost generated at start.
+    #[arg(long, env = "ACS_EMULATOR_TLS")]
+    tls: bool,
+
+    /// With --tls, write the CA certificate that clients must trust to this PEM file.
+    #[arg(long, env = "ACS_EMULATOR_TLS_CA_OUT", requires = "tls")]
+    tls_ca_out: Option<PathBuf>,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ACS_EMULATOR_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+
+    let config = match config_from(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("acs-emulator: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let emulator = match spawn(config).await {
+        Ok(emulator) => emulator,
+        Err(e) => {
+            eprintln!("acs-emulator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Scripts read this line to find the emulator, so it goes first and is flushed now.
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(
+        stdout,
+        "ACS_CONNECTION_STRING={}",
+        emulator.connection_string()
+    )
+    .and_then(|()| stdout.flush())
+    .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    drop(stdout);
+    tracing::info!(endpoint = emulator.endpoint(), resource_id = %emulator.resource_id(), "ACS emulator listening");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    emulator.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn config_from(args: Args) -> Result<EmulatorConfig, String> {
+    let mut config = EmulatorConfig {
+        listen: args.listen,
+        access_key: args
+            .access_key
+            .map(|k| AccessKey::from_base64(&k).map_err(|e| format!("--access-key: {e}")))
+            .transpose()?,
+        resource_id: args.resource_id,
+        token_lifetime_scale: args.token_lifetime_scale,
+        state_file: args.state_file,
+        faults: args.faults,
+        admin_key: args.admin_key,
+        tls: args.tls,
+        tls_ca_out: args.tls_ca_out,
+        ..EmulatorConfig::default()
+    };
+    for quota in args.quotas {
+        config.apply_quota(quota);
+    }
+    if let Some(ms) = args.latency_ms {
+        config.faults.push(FaultRule {
+            operation: None,
+            status: None,
+            probability: 1.0,
+            retry_after_seconds: None,
+            latency_ms: Some(ms),
+            count: None,
+            drop: false,
+        });
+    }
+    Ok(config)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

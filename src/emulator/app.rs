@@ -1,0 +1,173 @@
+//! The request pipeline shared by every connection: admin or ACS, then for ACS requests
+//! body limit, api-version, route, faults, signature, quota, operation, statistics.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use tokio::sync::Notify;
+
+use crate::acs::connection_string::AccessKey;
+
+use super::admin;
+use super::api_version::ApiVersion;
+use super::auth::{SignedRequest, authenticate};
+use super::config::Operation;
+use super::error::AcsError;
+use super::faults::{FaultOutcome, FaultSet};
+use super::quota::Quotas;
+use super::routes::{classify, execute};
+use super::stats::Stats;
+use super::store::Store;
+
+/// Put on a response to make the connection close without sending it.
+#[derive(Debug, Clone, Copy)]
+pub struct DropConnection;
+
+pub struct App {
+    pub key: AccessKey,
+    pub admin_key: Option<String>,
+    pub max_skew: Duration,
+    pub max_body_bytes: usize,
+    pub store: Mutex<Store>,
+    pub quotas: Mutex<Quotas>,
+    pub faults: Mutex<FaultSet>,
+    pub stats: Mutex<Stats>,
+    /// Wakes the state-file writer after a change; `None` without `--state-file`.
+    pub persist: Option<Arc<Notify>>,
+}
+
+/// Locks without panicking: a panic elsewhere must not take the emulator down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl App {
+    pub async fn handle(self: Arc<Self>, request: Request<Body>, peer: SocketAddr) -> Response {
+        let path = request.uri().path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            return admin::handle(&self, request, peer).await;
+        }
+        let method = request.method().clone();
+        let started = Instant::now();
+        let (operation, response) = self.handle_acs(request).await;
+        let label = operation.map_or("other", Operation::as_str);
+        let status = if response.extensions().get::<DropConnection>().is_some() {
+            "dropped".to_string()
+        } else {
+            response.status().as_u16().to_string()
+        };
+        lock(&self.stats).record(label, &status);
+        // Neither headers nor bodies are logged: they carry the signature and tokens.
+        tracing::info!(%method, operation = label, %status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        response
+    }
+
+    async fn handle_acs(&self, request: Request<Body>) -> (Option<Operation>, Response) {
+        let (parts, body) = request.into_parts();
+        let too_large = || {
+            AcsError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "The request body is too large.",
+            )
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return (None, too_large().into_response());
+        }
+        let body = match axum::body::to_bytes(body, self.max_body_bytes).await {
+            Ok(bytes) => bytes,
+            Err(_) => return (None, too_large().into_response()),
+        };
+        let version = match ApiVersion::from_query(parts.uri.query()) {
+            Ok(v) => v,
+            Err(e) => return (None, e.into_response()),
+        };
+        let route = match classify(&parts.method, parts.uri.path(), &version) {
+            Ok(r) => r,
+            Err(e) => return (None, e.into_response()),
+        };
+        let operation = route.operation();
+
+        let fault = lock(&self.faults).decide(operation, rand::random::<f64>);
+        if let Some(fault) = fault {
+            if let Some(latency) = fault.latency {
+                tokio::time::sleep(latency).await;
+            }
+            match fault.outcome {
+                FaultOutcome::Proceed => {}
+                FaultOutcome::Drop => {
+                    let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    response.extensions_mut().insert(DropConnection);
+                    return (Some(operation), response);
+                }
+                FaultOutcome::Respond {
+                    status,
+                    retry_after_seconds,
+                } => {
+                    let status =
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let mut error = AcsError::new(
+                        status,
+                        "InjectedFault",
+                        "Fault injected by the ACS emulator.",
+                    );
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        error.code = "TooManyRequests";
+                    }
+                    error.retry_after_seconds = retry_after_seconds;
+                    return (Some(operation), error.into_response());
+                }
+            }
+        }
+
+        // The target as received: hyper keeps the percent-encoding the client sent.
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let signed = SignedRequest {
+            method: parts.method.as_str(),
+            path_and_query,
+            host,
+            headers: &parts.headers,
+            body: &body,
+        };
+        if let Err(e) = authenticate(&self.key, &signed, Timestamp::now(), self.max_skew) {
+            return (Some(operation), e.into_response());
+        }
+        if let Err(retry_after) = lock(&self.quotas).try_admit(operation, Instant::now()) {
+            return (
+                Some(operation),
+                AcsError::too_many_requests(retry_after).into_response(),
+            );
+        }
+        let result = {
+            let mut store = lock(&self.store);
+            execute(&mut store, &route, &version, &body, Timestamp::now())
+        };
+        let response = match result {
+            Ok(response) => {
+                if operation != Operation::Get
+                    && let Some(persist) = &self.persist
+                {
+                    persist.notify_one();
+                }
+                response
+            }
+            Err(e) => e.into_response(),
+        };
+        (Some(operation), response)
+    }
+}

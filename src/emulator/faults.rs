@@ -1,0 +1,245 @@
+//! Injected failures: latency, error statuses (5xx, 429, anything) and dropped
+//! connections, per operation, with a probability and an optional count.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::Operation;
+
+/// One fault, as `POST /admin/faults` takes it and `--fault` spells it
+/// (`operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultRule {
+    /// Absent: every operation.
+    #[serde(default)]
+    pub operation: Option<Operation>,
+    /// Absent: no error, only the latency. `0` drops the connection.
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default = "always")]
+    pub probability: f64,
+    #[serde(default)]
+    pub retry_after_seconds: Option<u64>,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// How many requests the fault hits before it retires; absent: forever.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// Closes the connection without an answer, as a crashed front end would.
+    #[serde(default)]
+    pub drop: bool,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+impl FaultRule {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.probability) {
+            return Err(format!(
+                "probability {} is not between 0 and 1",
+                self.probability
+            ));
+        }
+        if let Some(status) = self.status
+            && status != 0
+            && !(100..=599).contains(&status)
+        {
+            return Err(format!(
+                "status {status} is not an HTTP status (or 0 to drop the connection)"
+            ));
+        }
+        if self.status.is_none() && self.latency_ms.is_none() && !self.drop {
+            return Err("a fault needs a status, latencyMs or drop".into());
+        }
+        Ok(())
+    }
+
+    fn drops(&self) -> bool {
+        self.drop || self.status == Some(0)
+    }
+}
+
+impl FromStr for FaultRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut rule = FaultRule {
+            operation: None,
+            status: None,
+            probability: 1.0,
+            retry_after_seconds: None,
+            latency_ms: None,
+            count: None,
+            drop: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("fault part `{part}` must be NAME=VALUE"))?;
+            let value = value.trim();
+            let bad = || format!("fault part `{part}` has a bad value");
+            match name.trim() {
+                "operation" | "op" => {
+                    if value != "*" {
+                        rule.operation = Some(value.parse()?);
+                    }
+                }
+                "status" => rule.status = Some(value.parse().map_err(|_| bad())?),
+                "probability" => rule.probability = value.parse().map_err(|_| bad())?,
+                "retryAfterSeconds" | "retry-after" => {
+                    rule.retry_after_seconds = Some(value.parse().map_err(|_| bad())?)
+                }
+                "latencyMs" | "latency-ms" => {
+                    rule.latency_ms = Some(value.parse().map_err(|_| bad())?)
+                }
+                "count" => rule.count = Some(value.parse().map_err(|_| bad())?),
+                "drop" => rule.drop = value.parse().map_err(|_| bad())?,
+                other => return Err(format!("unknown fault part `{other}`")),
+            }
+        }
+        rule.validate()?;
+        Ok(rule)
+    }
+}
+
+/// What a matching fault does to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultAction {
+    pub latency: Option<Duration>,
+    pub outcome: FaultOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultOutcome {
+    /// Delay only; the request then runs normally.
+    Proceed,
+    Respond {
+        status: u16,
+        retry_after_seconds: Option<u64>,
+    },
+    Drop,
+}
+
+/// The active faults. The first rule that matches and wins its dice roll applies.
+#[derive(Debug, Default)]
+pub struct FaultSet {
+    rules: Vec<FaultRule>,
+}
+
+impl FaultSet {
+    pub fn new(rules: Vec<FaultRule>) -> Self {
+        Self { rules }
+    }
+
+    pub fn add(&mut self, rule: FaultRule) {
+        self.rules.push(rule);
+    }
+
+    pub fn clear(&mut self) {
+        self.rules.clear();
+    }
+
+    pub fn rules(&self) -> &[FaultRule] {
+        &self.rules
+    }
+
+    /// `roll` yields uniform numbers in `[0, 1)`; injected so tests are deterministic.
+    pub fn decide(
+        &mut self,
+        operation: Operation,
+        mut roll: impl FnMut() -> f64,
+    ) -> Option<FaultAction> {
+        let index = self.rules.iter().position(|rule| {
+            rule.operation.is_none_or(|op| op == operation)
+                && rule.count != Some(0)
+                && (rule.probability >= 1.0 || roll() < rule.probability)
+        })?;
+        let rule = &mut self.rules[index];
+        let action = FaultAction {
+            latency: rule.latency_ms.map(Duration::from_millis),
+            outcome: if rule.drops() {
+                FaultOutcome::Drop
+            } else if let Some(status) = rule.status {
+                FaultOutcome::Respond {
+                    status,
+                    retry_after_seconds: rule.retry_after_seconds,
+                }
+            } else {
+                FaultOutcome::Proceed
+            },
+        };
+        if let Some(count) = rule.count.as_mut() {
+            *count -= 1;
+            if *count == 0 {
+                self.rules.remove(index);
+            }
+        }
+        Some(action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_form_parses_every_field() {
+        let rule: FaultRule =
+            "operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3"
+                .parse()
+                .unwrap();
+        assert_eq!(rule.operation, Some(Operation::Issue));
+        assert_eq!(rule.status, Some(503));
+        assert_eq!(rule.probability, 0.5);
+        assert_eq!(rule.retry_after_seconds, Some(2));
+        assert_eq!(rule.latency_ms, Some(100));
+        assert_eq!(rule.count, Some(3));
+        assert!(
+            "operation=issue".parse::<FaultRule>().is_err(),
+            "a fault must do something"
+        );
+        assert!("status=503,probability=2".parse::<FaultRule>().is_err());
+        assert!("status=503,colour=red".parse::<FaultRule>().is_err());
+    }
+
+    #[test]
+    fn counted_fault_retires_after_its_count() {
+        let mut set = FaultSet::new(vec!["operation=create,status=500,count=2".parse().unwrap()]);
+        assert!(
+            set.decide(Operation::Issue, || 0.0).is_none(),
+            "other operations are untouched"
+        );
+        for _ in 0..2 {
+            let action = set.decide(Operation::Create, || 0.0).unwrap();
+            assert!(matches!(
+                action.outcome,
+                FaultOutcome::Respond { status: 500, .. }
+            ));
+        }
+        assert!(set.decide(Operation::Create, || 0.0).is_none());
+        assert!(set.rules().is_empty());
+    }
+
+    #[test]
+    fn probability_uses_the_roll_and_status_zero_drops() {
+        let mut set = FaultSet::new(vec!["status=0,probability=0.5".parse().unwrap()]);
+        assert!(set.decide(Operation::Get, || 0.9).is_none());
+        assert_eq!(
+            set.decide(Operation::Get, || 0.1).unwrap().outcome,
+            FaultOutcome::Drop
+        );
+    }
+
+    #[test]
+    fn latency_only_fault_lets_the_request_proceed() {
+        let mut set = FaultSet::new(vec!["latencyMs=5".parse().unwrap()]);
+        let action = set.decide(Operation::Delete, || 0.0).unwrap();
+        assert_eq!(action.latency, Some(Duration::from_millis(5)));
+        assert_eq!(action.outcome, FaultOutcome::Proceed);
+    }
+}

@@ -1,0 +1,453 @@
+//! The emulated resource's state: identities, their tokens' revocation marks, and the
+//! token signer; plus the JSON snapshot that `--state-file` persists across restarts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::AcsError;
+use super::tokens::{Claims, TokenError, TokenSigner};
+
+pub const SCOPES: &[&str] = &[
+    "chat",
+    "voip",
+    "chat.join",
+    "chat.join.limited",
+    "voip.join",
+];
+pub const MIN_EXPIRES_IN_MINUTES: i64 = 60;
+pub const MAX_EXPIRES_IN_MINUTES: i64 = 1440;
+const MAX_CUSTOM_ID_LEN: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    pub id: String,
+    #[serde(default)]
+    pub custom_id: Option<String>,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default)]
+    pub deleted_at: Option<Timestamp>,
+    #[serde(default)]
+    pub tokens_issued: u64,
+    #[serde(default)]
+    pub last_token_issued_at: Option<Timestamp>,
+    #[serde(default)]
+    pub tokens_revoked_at: Option<Timestamp>,
+    /// Tokens whose `seq` is at or below this are revoked.
+    #[serde(default)]
+    pub revoked_through_seq: u64,
+}
+
+/// A freshly minted token and the expiry ACS reports for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_on: Timestamp,
+}
+
+/// What `--state-file` holds. The access key is not in it: it comes from the flag.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub resource_id: Uuid,
+    /// base64 of the token-signing secret, so tokens survive a restart.
+    pub token_secret: String,
+    pub last_seq: u64,
+    pub identities: Vec<Identity>,
+}
+
+/// Why `/admin/tokens:validate` says a token is not valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validation {
+    pub valid: bool,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    resource_id: Uuid,
+    signer: TokenSigner,
+    /// The `seq` of the last token minted, emulator-wide.
+    last_seq: u64,
+    identities: Vec<Identity>,
+    by_id: HashMap<String, usize>,
+    lifetime_scale: f64,
+}
+
+impl Store {
+    pub fn new(resource_id: Uuid, lifetime_scale: f64) -> Self {
+        let secret: [u8; 32] = rand::random();
+        Self {
+            resource_id,
+            signer: TokenSigner::new(secret.to_vec()),
+            last_seq: 0,
+            identities: Vec::new(),
+            by_id: HashMap::new(),
+            lifetime_scale,
+        }
+    }
+
+    pub fn from_snapshot(snapshot: Snapshot, lifetime_scale: f64) -> Result<Self, String> {
+        let secret = STANDARD
+            .decode(&snapshot.token_secret)
+            .map_err(|_| "tokenSecret is not base64".to_string())?;
+        if secret.is_empty() {
+            return Err("tokenSecret is empty".into());
+        }
+        let by_id = snapshot
+            .identities
+            .iter()
+            .enumerate()
+            .map(|(i, identity)| (identity.id.clone(), i))
+            .collect();
+        Ok(Self {
+            resource_id: snapshot.resource_id,
+            signer: TokenSigner::new(secret),
+            last_seq: snapshot.last_seq,
+            identities: snapshot.identities,
+            by_id,
+            lifetime_scale,
+        })
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            resource_id: self.resource_id,
+            token_secret: STANDARD.encode(self.signer.secret()),
+            last_seq: self.last_seq,
+            identities: self.identities.clone(),
+        }
+    }
+
+    pub fn resource_id(&self) -> Uuid {
+        self.resource_id
+    }
+
+    pub fn identities(&self) -> &[Identity] {
+        &self.identities
+    }
+
+    /// Creates a user, or with a `custom_id` already in use returns that user
+    /// (`created == false`, which the API answers with 200 instead of 201).
+    pub fn create(
+        &mut self,
+        custom_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(Identity, bool), AcsError> {
+        if let Some(custom_id) = custom_id {
+            if custom_id.is_empty() || custom_id.len() > MAX_CUSTOM_ID_LEN {
+                return Err(AcsError::bad_request(
+                    "ValidationError",
+                    format!("customId must be 1 to {MAX_CUSTOM_ID_LEN} characters long."),
+                ));
+            }
+            if let Some(existing) = self
+                .identities
+                .iter()
+                .find(|i| !i.deleted && i.custom_id.as_deref() == Some(custom_id))
+            {
+                return Ok((existing.clone(), false));
+            }
+        }
+        let id = format!("8:acs:{}_{}", self.resource_id, Uuid::new_v4());
+        let identity = Identity {
+            id: id.clone(),
+            custom_id: custom_id.map(str::to_string),
+            created_at: now,
+            deleted: false,
+            deleted_at: None,
+            tokens_issued: 0,
+            last_token_issued_at: None,
+            tokens_revoked_at: None,
+            revoked_through_seq: 0,
+        };
+        self.by_id.insert(id, self.identities.len());
+        self.identities.push(identity.clone());
+        Ok((identity, true))
+    }
+
+    /// The live identity behind an id from a request path (already percent-decoded).
+    pub fn get(&self, id: &str) -> Result<&Identity, AcsError> {
+        self.check_id_shape(id)?;
+        match self.by_id.get(id).map(|&i| &self.identities[i]) {
+            Some(identity) if !identity.deleted => Ok(identity),
+            _ => Err(AcsError::not_found(format!(
+                "Identity '{id}' was not found."
+            ))),
+        }
+    }
+
+    fn get_mut(&mut self, id: &str) -> Result<&mut Identity, AcsError> {
+        self.get(id)?;
+        let index = self.by_id[id];
+        Ok(&mut self.identities[index])
+    }
+
+    /// Ids that cannot be ACS user ids are a 400; well-formed ids of other resources or
+    /// never created are a 404.
+    fn check_id_shape(&self, id: &str) -> Result<(), AcsError> {
+        let bad = || {
+            AcsError::bad_request(
+                "InvalidIdentifier",
+                format!("'{id}' is not a valid identity id."),
+            )
+        };
+        let rest = id.strip_prefix("8:acs:").ok_or_else(bad)?;
+        let (resource, user) = rest.split_once('_').ok_or_else(bad)?;
+        if Uuid::parse_str(resource).is_err() || user.is_empty() || user.len() > 128 {
+            return Err(bad());
+        }
+        Ok(())
+    }
+
+    pub fn issue(
+        &mut self,
+        id: &str,
+        scopes: &[String],
+        expires_in_minutes: Option<i64>,
+        now: Timestamp,
+    ) -> Result<IssuedToken, AcsError> {
+        let scopes = validate_scopes(scopes)?;
+        let minutes = validate_expiry(expires_in_minutes)?;
+        self.get(id)?;
+        let lifetime = Duration::from_secs_f64((minutes * 60) as f64 * self.lifetime_scale)
+            .max(Duration::from_secs(1));
+        // Whole seconds, so `expiresOn` and the JWT's `exp` name the same instant.
+        let expires_on =
+            Timestamp::from_second(now.as_second().saturating_add(lifetime.as_secs() as i64))
+                .map_err(|_| AcsError::internal("token expiry is out of range"))?;
+        let seq = self.last_seq + 1;
+        let token = self
+            .signer
+            .mint(Claims {
+                skypeid: id.trim_start_matches("8:").to_string(),
+                acs_scope: scopes.join(","),
+                resource_id: self.resource_id.to_string(),
+                iat: now.as_second(),
+                exp: expires_on.as_second(),
+                seq,
+                nonce: rand::random::<u16>().into(),
+            })
+            .map_err(|e| AcsError::internal(e.to_string()))?;
+        self.last_seq = seq;
+        let identity = self.get_mut(id)?;
+        identity.tokens_issued += 1;
+        identity.last_token_issued_at = Some(now);
+        Ok(IssuedToken { token, expires_on })
+    }
+
+    /// Revokes every token issued so far to the user; later ones stay valid.
+    pub fn revoke(&mut self, id: &str, now: Timestamp) -> Result<(), AcsError> {
+        let last_seq = self.last_seq;
+        let identity = self.get_mut(id)?;
+        identity.revoked_through_seq = last_seq;
+        identity.tokens_revoked_at = Some(now);
+        Ok(())
+    }
+
+    /// Deleting an already deleted user succeeds again (ACS deletes idempotently);
+    /// an id this resource never issued is a 404.
+    pub fn delete(&mut self, id: &str, now: Timestamp) -> Result<(), AcsError> {
+        self.check_id_shape(id)?;
+        let Some(&index) = self.by_id.get(id) else {
+            return Err(AcsError::not_found(format!(
+                "Identity '{id}' was not found."
+            )));
+        };
+        let identity = &mut self.identities[index];
+        if !identity.deleted {
+            identity.deleted = true;
+            identity.deleted_at = Some(now);
+        }
+        Ok(())
+    }
+
+    pub fn validate_token(&self, token: &str, now: Timestamp) -> Validation {
+        let claims = match self.signer.verify(token) {
+            Ok(claims) => claims,
+            Err(TokenError::BadSignature) => return invalid("bad signature"),
+            Err(e) => return invalid(&e.to_string()),
+        };
+        if claims.exp <= now.as_second() {
+            return invalid("expired");
+        }
+        let Some(identity) = self
+            .by_id
+            .get(&claims.user_id())
+            .map(|&i| &self.identities[i])
+        else {
+            return invalid("unknown user");
+        };
+        if identity.deleted {
+            return invalid("user deleted");
+        }
+        if claims.seq <= identity.revoked_through_seq {
+            return invalid("revoked");
+        }
+        Validation {
+            valid: true,
+            reason: "valid".into(),
+        }
+    }
+}
+
+fn invalid(reason: &str) -> Validation {
+    Validation {
+        valid: false,
+        reason: reason.into(),
+    }
+}
+
+/// Known scopes, deduplicated in request order; none or an unknown one is a 400.
+pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, AcsError> {
+    if scopes.is_empty() {
+        return Err(AcsError::bad_request(
+            "ValidationError",
+            "At least one scope is required.",
+        ));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for scope in scopes {
+        let Some(known) = SCOPES.iter().find(|s| **s == scope.as_str()) else {
+            let shown: String = scope.chars().take(64).collect();
+            return Err(AcsError::bad_request(
+                "ValidationError",
+                format!(
+                    "Scope '{shown}' is invalid. Valid scopes: {}.",
+                    SCOPES.join(", ")
+                ),
+            ));
+        };
+        if !out.contains(known) {
+            out.push(known);
+        }
+    }
+    Ok(out)
+}
+
+pub fn validate_expiry(expires_in_minutes: Option<i64>) -> Result<i64, AcsError> {
+    let minutes = expires_in_minutes.unwrap_or(MAX_EXPIRES_IN_MINUTES);
+    if !(MIN_EXPIRES_IN_MINUTES..=MAX_EXPIRES_IN_MINUTES).contains(&minutes) {
+        return Err(AcsError::bad_request(
+            "ValidationError",
+            format!(
+                "expiresInMinutes must be between {MIN_EXPIRES_IN_MINUTES} and {MAX_EXPIRES_IN_MINUTES}; got {minutes}."
+            ),
+        ));
+    }
+    Ok(minutes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store::new(Uuid::new_v4(), 1.0)
+    }
+
+    #[test]
+    fn token_issued_right_after_revoke_in_the_same_second_is_valid() {
+        let mut s = store();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (user, _) = s.create(None, now).unwrap();
+        let old = s.issue(&user.id, &["voip".into()], None, now).unwrap();
+        s.revoke(&user.id, now).unwrap();
+        let new = s.issue(&user.id, &["voip".into()], None, now).unwrap();
+        assert_eq!(s.validate_token(&old.token, now).reason, "revoked");
+        assert!(s.validate_token(&new.token, now).valid);
+    }
+
+    #[test]
+    fn expiry_is_scaled_and_matches_the_claim() {
+        let mut s = Store::new(Uuid::new_v4(), 0.01);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (user, _) = s.create(None, now).unwrap();
+        let t = s.issue(&user.id, &["chat".into()], Some(60), now).unwrap();
+        assert_eq!(t.expires_on.as_second() - now.as_second(), 36);
+        let later = Timestamp::from_second(now.as_second() + 36).unwrap();
+        assert_eq!(s.validate_token(&t.token, later).reason, "expired");
+    }
+
+    #[test]
+    fn custom_id_returns_the_same_live_user() {
+        let mut s = store();
+        let now = Timestamp::now();
+        let (a, created) = s.create(Some("uid-1"), now).unwrap();
+        assert!(created);
+        let (b, created) = s.create(Some("uid-1"), now).unwrap();
+        assert!(!created);
+        assert_eq!(a.id, b.id);
+        s.delete(&a.id, now).unwrap();
+        let (c, created) = s.create(Some("uid-1"), now).unwrap();
+        assert!(created && c.id != a.id, "a deleted user frees its customId");
+    }
+
+    #[test]
+    fn deleted_users_404_and_their_tokens_die() {
+        let mut s = store();
+        let now = Timestamp::now();
+        let (user, _) = s.create(None, now).unwrap();
+        let t = s.issue(&user.id, &["chat".into()], None, now).unwrap();
+        s.delete(&user.id, now).unwrap();
+        s.delete(&user.id, now).unwrap();
+        assert_eq!(
+            s.issue(&user.id, &["chat".into()], None, now)
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(s.revoke(&user.id, now).unwrap_err().status, 404);
+        assert_eq!(s.validate_token(&t.token, now).reason, "user deleted");
+    }
+
+    #[test]
+    fn validation_of_ids_scopes_and_expiry() {
+        let mut s = store();
+        let now = Timestamp::now();
+        assert_eq!(s.get("garbage").unwrap_err().status, 400);
+        assert_eq!(s.get("8:acs:not-a-guid_x").unwrap_err().status, 400);
+        assert_eq!(
+            s.get(&format!("8:acs:{}_x", Uuid::new_v4()))
+                .unwrap_err()
+                .status,
+            404
+        );
+        let (user, _) = s.create(None, now).unwrap();
+        for (scopes, minutes) in [
+            (vec![], None),
+            (vec!["admin".to_string()], None),
+            (vec!["chat".into()], Some(59)),
+            (vec!["chat".into()], Some(1441)),
+        ] {
+            assert_eq!(
+                s.issue(&user.id, &scopes, minutes, now).unwrap_err().status,
+                400
+            );
+        }
+        assert_eq!(
+            validate_scopes(&["chat".into(), "chat".into(), "voip".into()]).unwrap(),
+            ["chat", "voip"]
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_tokens_valid() {
+        let mut s = store();
+        let now = Timestamp::now();
+        let (user, _) = s.create(Some("c"), now).unwrap();
+        let t = s.issue(&user.id, &["voip".into()], None, now).unwrap();
+        let json = serde_json::to_string(&s.snapshot()).unwrap();
+        let back = Store::from_snapshot(serde_json::from_str(&json).unwrap(), 1.0).unwrap();
+        assert!(back.validate_token(&t.token, now).valid);
+        assert_eq!(back.identities(), s.identities());
+    }
+}
