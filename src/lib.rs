@@ -5,4 +5,6 @@
 //! in `src/bin/` are thin wrappers.
 
 pub mod acs;
+pub mod api;
+pub mod controller;
 pub mod emulator;

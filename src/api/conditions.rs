@@ -1,0 +1,83 @@
+//! Condition types and reasons written to `status.conditions`.
+//!
+//! They are API: alerts, `kubectl wait --for=condition=Ready` and the CLI rely on the
+//! strings, so they live next to the types rather than in the controller.
+
+/// Condition types.
+pub mod types {
+    /// On every kind. `CommunicationIdentity`: `True` when the Secret holds a valid token for
+    /// the current spec. `CommunicationService` / `ClusterCommunicationService`: `True` when
+    /// the credentials Secret resolves and its connection string parses.
+    pub const READY: &str = "Ready";
+
+    /// `CommunicationIdentity` only. `True` while renewing the token fails but the previous
+    /// token in the Secret is still valid (workloads keep working; alert on this before the
+    /// token expires). `Ready` stays `True` until the old token actually expires.
+    pub const RENEWAL_FAILING: &str = "RenewalFailing";
+
+    /// `CommunicationIdentity` only. `True` when a Secret named `spec.secretName` exists but is
+    /// not controlled by this identity; the operator never overwrites it, and `Ready` is
+    /// `False` with reason [`super::reasons::SECRET_CONFLICT`] until the Secret is removed or
+    /// `secretName` points elsewhere (on a new identity, since it is immutable).
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+}
+
+/// Condition reasons (CamelCase, as Kubernetes requires).
+pub mod reasons {
+    // --- CommunicationIdentity, Ready=True
+    /// A token is issued and written to the Secret.
+    pub const TOKEN_ISSUED: &str = "TokenIssued";
+
+    // --- CommunicationIdentity, Ready=False
+    /// First reconcile: nothing issued yet.
+    pub const PENDING: &str = "Pending";
+    /// `spec.serviceRef` names a service that does not exist (or no default service is set).
+    pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
+    /// The referenced service exists but is not `Ready` (credentials missing or invalid).
+    pub const SERVICE_NOT_READY: &str = "ServiceNotReady";
+    /// A `ClusterCommunicationService` whose `namespaceSelector` does not select this
+    /// identity's namespace.
+    pub const SERVICE_NOT_ALLOWED: &str = "ServiceNotAllowed";
+    /// The spec cannot be used (only reachable when admission validation was bypassed).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// ACS refused the credentials (401/403).
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// Creating the ACS user failed.
+    pub const USER_CREATE_FAILED: &str = "UserCreateFailed";
+    /// `spec.existingUserId` does not exist in ACS.
+    pub const USER_NOT_FOUND: &str = "UserNotFound";
+    /// Issuing a token failed and no valid token is left.
+    pub const TOKEN_ISSUE_FAILED: &str = "TokenIssueFailed";
+    /// The token in the Secret has expired and no new one could be issued yet.
+    pub const TOKEN_EXPIRED: &str = "TokenExpired";
+    /// Revoking tokens (on request) failed.
+    pub const REVOKE_FAILED: &str = "RevokeFailed";
+    /// A Secret named `spec.secretName` exists and is not owned by this identity.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// The identity is being deleted (finalizer running).
+    pub const DELETING: &str = "Deleting";
+    /// Deletion is blocked: the ACS user cannot be deleted/revoked (e.g. credentials gone).
+    pub const CLEANUP_FAILED: &str = "CleanupFailed";
+
+    // --- CommunicationIdentity, RenewalFailing
+    /// Renewal failed; the message says why and until when the old token is valid.
+    pub const RENEWAL_FAILED: &str = "RenewalFailed";
+    /// Last renewal succeeded (RenewalFailing=False).
+    pub const RENEWAL_SUCCEEDED: &str = "RenewalSucceeded";
+
+    // --- CommunicationIdentity, SecretConflict
+    /// SecretConflict=True: the Secret has no controller ownerReference to this identity.
+    pub const SECRET_NOT_OWNED: &str = "SecretNotOwned";
+    /// SecretConflict=False.
+    pub const SECRET_OWNED: &str = "SecretOwned";
+
+    // --- Services, Ready
+    /// Ready=True: the connection string resolved and parsed.
+    pub const CREDENTIALS_RESOLVED: &str = "CredentialsResolved";
+    /// The referenced Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The Secret exists but lacks the key.
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// The value is not a valid `endpoint=...;accesskey=...` connection string.
+    pub const CONNECTION_STRING_INVALID: &str = "ConnectionStringInvalid";
+}

@@ -1,0 +1,3 @@
+//! Reconcile logic: one reconcile per kind, the Secret, status, and the renewal math.
+
+pub mod renewal;
