@@ -1,0 +1,279 @@
+//! The ACS client against the in-process ACS emulator, over HTTP and over TLS: the whole
+//! identity lifecycle as the operator drives it, and the errors it must tell apart.
+
+use std::time::Duration;
+
+use acs_identity_operator::acs::{
+    AccessKey, AccessToken, AcsClient, AcsClientOptions, AcsError, ConnectionString, QuotaConfig,
+    RetryPolicy, Scope,
+};
+use acs_identity_operator::emulator::{self, EmulatorConfig, QuotaLimit, RunningEmulator};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+async fn start(tls: bool) -> RunningEmulator {
+    emulator::spawn(EmulatorConfig {
+        tls,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("emulator starts")
+}
+
+fn options(emu: &RunningEmulator, api_version: &str) -> AcsClientOptions {
+    AcsClientOptions {
+        api_version: api_version.into(),
+        extra_ca_pem: emu.ca_pem().map(|p| p.as_bytes().to_vec()),
+        request_timeout: Duration::from_secs(10),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            max_retry_after: Duration::from_secs(5),
+        },
+        ..AcsClientOptions::default()
+    }
+}
+
+fn client(emu: &RunningEmulator, options: AcsClientOptions) -> AcsClient {
+    let cs = ConnectionString::parse(&emu.connection_string()).expect("emulator connection string");
+    AcsClient::new(&cs, options).expect("client builds")
+}
+
+/// A plain HTTP client for the emulator's admin API (loopback needs no key).
+fn admin(emu: &RunningEmulator) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().use_rustls_tls();
+    if let Some(pem) = emu.ca_pem() {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+async fn token_valid(emu: &RunningEmulator, t: &AccessToken) -> bool {
+    let v: Value = admin(emu)
+        .post(format!("{}/admin/tokens:validate", emu.endpoint()))
+        .json(&json!({"token": t.token.expose_secret()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["valid"].as_bool().unwrap()
+}
+
+async fn admin_identity(emu: &RunningEmulator, id: &str) -> Value {
+    let list: Vec<Value> = admin(emu)
+        .get(format!("{}/admin/identities", emu.endpoint()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list.into_iter()
+        .find(|i| i["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in the emulator's state"))
+}
+
+fn assert_expires_in(t: &AccessToken, minutes: i64) {
+    let want = Timestamp::now() + SignedDuration::from_mins(minutes);
+    let off = (t.expires_on - want).get_seconds().abs();
+    assert!(off < 120, "expires {} want about {want}", t.expires_on);
+}
+
+async fn full_flow(tls: bool) {
+    let emu = start(tls).await;
+    assert_eq!(emu.endpoint().starts_with("https://"), tls);
+    let c = client(&emu, options(&emu, "2023-10-01"));
+
+    // Create without and with a token.
+    let plain = c.create_user(None, None, None).await.unwrap();
+    assert!(plain.created && plain.token.is_none());
+    assert!(plain.user.id.starts_with("8:acs:"), "{}", plain.user.id);
+    let created = c
+        .create_user(Some(&[Scope::Chat, Scope::Voip]), Some(60), None)
+        .await
+        .unwrap();
+    let first = created.token.expect("token with scopes");
+    assert_expires_in(&first, 60);
+    assert!(token_valid(&emu, &first).await);
+    let id = created.user.id;
+
+    // Issue: a second token, default and explicit lifetimes.
+    let second = c
+        .issue_token(&id, &[Scope::ChatJoin, Scope::VoipJoin], Some(1440))
+        .await
+        .unwrap();
+    assert_expires_in(&second, 1440);
+    let third = c.issue_token(&id, &[Scope::Chat], None).await.unwrap();
+    assert_expires_in(&third, 1440);
+    assert!(token_valid(&emu, &second).await && token_valid(&emu, &third).await);
+
+    // Revoke kills every earlier token; one issued right after is valid.
+    c.revoke_tokens(&id).await.unwrap();
+    assert!(!token_valid(&emu, &first).await);
+    assert!(!token_valid(&emu, &third).await);
+    let after_revoke = c.issue_token(&id, &[Scope::Chat], Some(60)).await.unwrap();
+    assert!(token_valid(&emu, &after_revoke).await);
+
+    // Delete; afterwards the user is a 404 everywhere, and the operator's delete-404 is "done".
+    c.delete_user(&id).await.unwrap();
+    assert_eq!(admin_identity(&emu, &id).await["deleted"], true);
+    assert!(!token_valid(&emu, &after_revoke).await);
+    let e = c.issue_token(&id, &[Scope::Chat], None).await.unwrap_err();
+    assert!(e.is_not_found() && !e.is_retryable(), "{e:?}");
+    let e = c.revoke_tokens(&id).await.unwrap_err();
+    assert!(e.is_not_found(), "{e:?}");
+    match c.delete_user(&id).await {
+        Ok(()) => {}
+        Err(e) => assert!(e.is_not_found(), "{e:?}"),
+    }
+    c.delete_user(&plain.user.id).await.unwrap();
+
+    // 400s: unknown scope, lifetime outside 60..=1440.
+    let other = c.create_user(None, None, None).await.unwrap().user.id;
+    for (scopes, minutes) in [
+        (vec![Scope::Other("chat.admin".into())], None),
+        (vec![Scope::Chat], Some(59)),
+        (vec![Scope::Chat], Some(1441)),
+    ] {
+        let e = c.issue_token(&other, &scopes, minutes).await.unwrap_err();
+        assert_eq!(e.status(), Some(400), "{scopes:?} {minutes:?}: {e:?}");
+        assert!(!e.is_retryable() && e.code().is_some(), "{e:?}");
+    }
+    let e = c
+        .create_user(Some(&[Scope::Voip]), Some(10), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e:?}");
+
+    // 401: a wrong key is refused, not retried, and the error does not carry the key.
+    let wrong_key = AccessKey::from_base64("d3Jvbmcta2V5LWJ5dGVz").unwrap();
+    let cs = ConnectionString::new(url::Url::parse(emu.endpoint()).unwrap(), wrong_key.clone());
+    let bad = AcsClient::new(&cs, options(&emu, "2023-10-01")).unwrap();
+    let e = bad
+        .issue_token(&other, &[Scope::Chat], None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e:?}");
+    assert!(e.is_unauthorized() && !e.is_retryable());
+    assert!(!format!("{e} {e:?}").contains(&wrong_key.to_base64()));
+    assert_eq!(admin_identity(&emu, &other).await["tokensIssued"], 0);
+
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_flow_over_http() {
+    full_flow(false).await;
+}
+
+#[tokio::test]
+async fn full_flow_over_tls() {
+    full_flow(true).await;
+}
+
+#[tokio::test]
+async fn tls_without_the_ca_is_refused() {
+    let emu = start(true).await;
+    let c = client(
+        &emu,
+        AcsClientOptions {
+            extra_ca_pem: None,
+            retry: RetryPolicy::no_retries(),
+            ..options(&emu, "2023-10-01")
+        },
+    );
+    let e = c.create_user(None, None, None).await.unwrap_err();
+    assert!(matches!(e, AcsError::Transport { .. }), "{e:?}");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn custom_id_makes_create_idempotent_and_get_reads_it() {
+    let emu = start(false).await;
+    let c = client(&emu, options(&emu, "2025-03-02-preview"));
+    let first = c
+        .create_user(Some(&[Scope::Chat]), Some(60), Some("uid-1234"))
+        .await
+        .unwrap();
+    assert!(first.created && first.token.is_some());
+    assert_eq!(first.user.custom_id.as_deref(), Some("uid-1234"));
+    let again = c.create_user(None, None, Some("uid-1234")).await.unwrap();
+    assert!(!again.created, "same custom id returns the existing user");
+    assert_eq!(again.user.id, first.user.id);
+
+    let got = c.get_user(&first.user.id).await.unwrap();
+    assert_eq!(got.id, first.user.id);
+    assert_eq!(got.custom_id.as_deref(), Some("uid-1234"));
+    assert!(got.last_token_issued_at.is_some());
+
+    c.delete_user(&first.user.id).await.unwrap();
+    let e = c.get_user(&first.user.id).await.unwrap_err();
+    assert!(e.is_not_found(), "{e:?}");
+
+    // The SDKs' default version has no custom ids: the id is not sent, each create is new.
+    let old = client(&emu, options(&emu, "2023-10-01"));
+    let a = old.create_user(None, None, Some("uid-x")).await.unwrap();
+    let b = old.create_user(None, None, Some("uid-x")).await.unwrap();
+    assert_ne!(a.user.id, b.user.id);
+    assert!(matches!(
+        old.get_user(&a.user.id).await,
+        Err(AcsError::Unsupported { .. })
+    ));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn emulator_throttling_is_retried_after_retry_after() {
+    let mut config = EmulatorConfig::default();
+    config.quotas.insert(
+        emulator::Operation::Issue,
+        QuotaLimit {
+            max: 2,
+            window: Duration::from_secs(1),
+        },
+    );
+    let emu = emulator::spawn(config).await.unwrap();
+    let c = client(
+        &emu,
+        AcsClientOptions {
+            // Only the server's quota applies, so the client meets its 429s.
+            quota: QuotaConfig::unlimited(),
+            ..options(&emu, "2023-10-01")
+        },
+    );
+    let id = c.create_user(None, None, None).await.unwrap().user.id;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        c.issue_token(&id, &[Scope::Chat], None).await.unwrap();
+    }
+    // The third waited for the emulator's Retry-After instead of failing.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let no_retry = client(
+        &emu,
+        AcsClientOptions {
+            quota: QuotaConfig::unlimited(),
+            retry: RetryPolicy::no_retries(),
+            ..options(&emu, "2023-10-01")
+        },
+    );
+    let mut throttled = None;
+    for _ in 0..5 {
+        if let Err(e) = no_retry.issue_token(&id, &[Scope::Chat], None).await {
+            throttled = Some(e);
+            break;
+        }
+    }
+    let e = throttled.expect("a 429 within five quick issues");
+    assert_eq!(e.status(), Some(429));
+    assert!(e.is_retryable() && e.retry_after().is_some(), "{e:?}");
+    assert_eq!(e.metric_label(), "throttled");
+    emu.shutdown().await;
+}
