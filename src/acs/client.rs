@@ -230,6 +230,9 @@ impl AcsClient {
     /// existing user (`created == false`); with older versions it is not sent.
     /// `expires_in_minutes` only matters with scopes and is then sent as given (ACS
     /// accepts 60..=1440 and answers 400 otherwise).
+    ///
+    /// Without a custom id a create is not idempotent: a retry after a timeout whose
+    /// request did reach ACS makes a second user. Prefer an api-version with custom ids.
     pub async fn create_user(
         &self,
         scopes: Option<&[Scope]>,
