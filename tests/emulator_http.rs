@@ -1,0 +1,532 @@
+//! The emulator over real HTTP on loopback: authentication, api-versions, routes,
+//! validation, revocation order, the retired API, the admin view, and garbage input.
+
+mod emulator_support;
+
+use std::time::{Duration, SystemTime};
+
+use acs_identity_operator::acs::connection_string::AccessKey;
+use acs_identity_operator::emulator::EmulatorConfig;
+use base64::Engine as _;
+use emulator_support::{LEGACY, PREVIEW, Tweak, V, enc, start};
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn user_lifecycle_and_admin_view() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let id = c.create_user().await;
+    assert!(id.starts_with("8:acs:"), "{id}");
+
+    let r = c
+        .issue(&id, r#"{"scopes": ["voip"], "expiresInMinutes": 60}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let token = r.json["token"].as_str().unwrap().to_string();
+    let expires_on: jiff::Timestamp = r.json["expiresOn"].as_str().unwrap().parse().unwrap();
+    let lifetime = expires_on.as_second() - jiff::Timestamp::now().as_second();
+    assert!((3590..=3600).contains(&lifetime), "{lifetime}");
+    assert_eq!(c.validate(&token).await, (true, "valid".to_string()));
+
+    let r = c
+        .call(
+            Method::POST,
+            &format!("/identities?api-version={V}"),
+            Some(r#"{"createTokenWithScopes":["chat","voip"]}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(r.json["accessToken"]["token"].is_string() && r.json["identity"]["id"].is_string());
+
+    let r = c
+        .call(
+            Method::POST,
+            &format!(
+                "/identities/{}/:revokeAccessTokens?api-version={V}",
+                enc(&id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(c.validate(&token).await.1, "revoked");
+
+    let r = c
+        .call(
+            Method::DELETE,
+            &format!("/identities/{}?api-version={V}", enc(&id)),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = c.issue(&id, r#"{"scopes":["chat"]}"#).await;
+    assert_eq!((r.status, r.code()), (404, "IdentityNotFound"));
+
+    let r = c.admin(Method::GET, "/admin/identities", None).await;
+    let list = r.json.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let first = list.iter().find(|i| i["id"] == id.as_str()).unwrap();
+    assert_eq!(first["deleted"], true);
+    assert_eq!(first["tokensIssued"], 1);
+    assert!(first["tokensRevokedAt"].is_string());
+    assert!(first.get("customId").is_some());
+
+    let stats = c.admin(Method::GET, "/admin/stats", None).await.json;
+    assert_eq!(stats["requests"]["create"]["201"], 2);
+    assert_eq!(stats["requests"]["issue"]["404"], 1);
+    assert_eq!(stats["requests"]["revoke"]["204"], 1);
+}
+
+#[tokio::test]
+async fn every_signature_defect_is_a_401_with_error_json() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let target = format!("/identities?api-version={V}");
+    let hour = Duration::from_secs(3600);
+    let cases = [
+        (
+            "no authorization",
+            Tweak {
+                no_auth: true,
+                ..Tweak::default()
+            },
+        ),
+        (
+            "other key",
+            Tweak {
+                key: Some(AccessKey::from_base64("b3RoZXIta2V5").unwrap()),
+                ..Tweak::default()
+            },
+        ),
+        (
+            "host without port",
+            Tweak {
+                signed_host: Some("127.0.0.1".into()),
+                ..Tweak::default()
+            },
+        ),
+        (
+            "other path",
+            Tweak {
+                signed_target: Some("/identities?api-version=2022-10-01".into()),
+                ..Tweak::default()
+            },
+        ),
+        (
+            "stale date",
+            Tweak {
+                date: Some(SystemTime::now() - hour),
+                ..Tweak::default()
+            },
+        ),
+        (
+            "future date",
+            Tweak {
+                date: Some(SystemTime::now() + hour),
+                ..Tweak::default()
+            },
+        ),
+        (
+            "hash of another body",
+            Tweak {
+                claimed_hash: Some("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".into()),
+                ..Tweak::default()
+            },
+        ),
+        (
+            "date header not signed",
+            Tweak {
+                date_header: Some("x-ms-other"),
+                ..Tweak::default()
+            },
+        ),
+    ];
+    for (what, tweak) in cases {
+        let r = c
+            .call_tweaked(Method::POST, &target, Some("{}"), tweak)
+            .await;
+        assert_eq!((r.status, r.code()), (401, "Denied"), "{what}: {}", r.json);
+        assert!(r.json["error"]["message"].is_string(), "{what}");
+    }
+    // The id is signed as sent, percent-encoded: signing the decoded form fails.
+    let id = c.create_user().await;
+    let encoded = format!("/identities/{}/:issueAccessToken?api-version={V}", enc(&id));
+    let decoded = format!("/identities/{id}/:issueAccessToken?api-version={V}");
+    let body = r#"{"scopes":["chat"]}"#;
+    let tweak = Tweak {
+        signed_target: Some(decoded),
+        ..Tweak::default()
+    };
+    assert_eq!(
+        c.call_tweaked(Method::POST, &encoded, Some(body), tweak)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(c.call(Method::POST, &encoded, Some(body)).await.status, 200);
+    // The retired API signs the `Date` header instead.
+    let tweak = Tweak {
+        date_header: Some("date"),
+        ..Tweak::default()
+    };
+    assert_eq!(
+        c.call_tweaked(Method::POST, &target, Some("{}"), tweak)
+            .await
+            .status,
+        201
+    );
+    // Nothing was created by the rejected requests.
+    assert_eq!(
+        c.admin(Method::GET, "/admin/identities", None)
+            .await
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn api_version_and_route_errors() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let r = c.call(Method::POST, "/identities", None).await;
+    assert_eq!((r.status, r.code()), (400, "MissingApiVersionParameter"));
+    let r = c
+        .call(Method::POST, "/identities?api-version=2019-01-01", None)
+        .await;
+    assert_eq!((r.status, r.code()), (400, "UnsupportedApiVersion"));
+    for (method, target) in [
+        (Method::GET, format!("/?api-version={V}")),
+        (Method::POST, format!("/chat/threads?api-version={V}")),
+        (Method::PUT, format!("/identities?api-version={V}")),
+        (
+            Method::POST,
+            format!("/identities/x/:explode?api-version={V}"),
+        ),
+        (Method::GET, format!("/identities/x?api-version={V}")),
+        (Method::POST, format!("/identities/x/token?api-version={V}")),
+    ] {
+        let r = c.call(method.clone(), &target, None).await;
+        assert_eq!(r.status, 404, "{method} {target}");
+        assert!(r.json["error"]["code"].is_string(), "{target}: {}", r.json);
+    }
+    // Every GA version the SDKs have shipped is served.
+    for version in ["2021-03-07", "2022-06-01", "2022-10-01", "2023-10-01"] {
+        let r = c
+            .call(
+                Method::POST,
+                &format!("/identities?api-version={version}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{version}");
+    }
+}
+
+#[tokio::test]
+async fn custom_id_and_get_on_the_preview_version() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let create = format!("/identities?api-version={PREVIEW}");
+    let body = r#"{"customId":"uid-1234","createTokenWithScopes":["chat"],"expiresInMinutes":60}"#;
+    let first = c.call(Method::POST, &create, Some(body)).await;
+    assert_eq!(first.status, 201, "{}", first.json);
+    assert_eq!(first.json["identity"]["customId"], "uid-1234");
+    let again = c
+        .call(Method::POST, &create, Some(r#"{"customId":"uid-1234"}"#))
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json["identity"]["id"], first.json["identity"]["id"]);
+    assert!(again.json["identity"]["lastTokenIssuedAt"].is_string());
+    assert!(again.json.get("accessToken").is_none());
+
+    let id = first.json["identity"]["id"].as_str().unwrap();
+    let got = c
+        .call(
+            Method::GET,
+            &format!("/identities/{}?api-version={PREVIEW}", enc(id)),
+            None,
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json["id"], id);
+    assert_eq!(got.json["customId"], "uid-1234");
+
+    // The GA version ignores customId: every create is a new user.
+    let ga = format!("/identities?api-version={V}");
+    let a = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
+    let b = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
+    assert_eq!((a.status, b.status), (201, 201));
+    assert_ne!(a.json["identity"]["id"], b.json["identity"]["id"]);
+    assert!(a.json["identity"].get("customId").is_none());
+}
+
+#[tokio::test]
+async fn bad_input_gets_400_404_or_413_with_error_json() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let id = c.create_user().await;
+    let create = format!("/identities?api-version={V}");
+    for (body, why) in [
+        (
+            r#"{"scopes":["voip"],"expiresInMinutes":59}"#,
+            "expiry below 60",
+        ),
+        (
+            r#"{"scopes":["voip"],"expiresInMinutes":1441}"#,
+            "expiry above 1440",
+        ),
+        (
+            r#"{"scopes":["voip"],"expiresInMinutes":"60"}"#,
+            "expiry as a string",
+        ),
+        (r#"{"scopes":["admin"]}"#, "unknown scope"),
+        (r#"{"scopes":[]}"#, "no scope"),
+        (r#"{"scopes":"voip"}"#, "scopes not a list"),
+        (r#"{"scopes":["voip"]"#, "truncated JSON"),
+        ("", "no body"),
+        ("[1,2,3]", "not an object"),
+    ] {
+        let r = c.issue(&id, body).await;
+        assert_eq!(r.status, 400, "{why}: {}", r.json);
+        assert!(r.json["error"]["message"].is_string(), "{why}");
+    }
+    // A create with a bad token request leaves no user behind.
+    let r = c
+        .call(
+            Method::POST,
+            &create,
+            Some(r#"{"createTokenWithScopes":["nope"]}"#),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .call(
+            Method::POST,
+            &create,
+            Some(r#"{"createTokenWithScopes":["chat"],"expiresInMinutes":30}"#),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c.call(Method::POST, &create, Some("{not json")).await;
+    assert_eq!((r.status, r.code()), (400, "InvalidRequestBody"));
+    assert_eq!(
+        c.admin(Method::GET, "/admin/identities", None)
+            .await
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    for bad_id in ["nobody", "8:acs:not-a-guid_x", "8%3Aacs%3A", "%FF%FE"] {
+        let r = c
+            .call(
+                Method::POST,
+                &format!("/identities/{bad_id}/:issueAccessToken?api-version={V}"),
+                Some(r#"{"scopes":["chat"]}"#),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad_id}: {}", r.json);
+    }
+    let unknown = format!("8:acs:{}_{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let r = c
+        .call(
+            Method::DELETE,
+            &format!("/identities/{}?api-version={V}", enc(&unknown)),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    let huge = format!(r#"{{"scopes":["chat"],"pad":"{}"}}"#, "x".repeat(200_000));
+    let r = c.issue(&id, &huge).await;
+    assert_eq!((r.status, r.code()), (413, "RequestEntityTooLarge"));
+}
+
+#[tokio::test]
+async fn token_issued_right_after_a_revoke_is_valid() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let id = c.create_user().await;
+    let revoke = format!(
+        "/identities/{}/:revokeAccessTokens?api-version={V}",
+        enc(&id)
+    );
+    for _ in 0..5 {
+        let old = c.issue(&id, r#"{"scopes":["chat"]}"#).await.json["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(c.call(Method::POST, &revoke, None).await.status, 204);
+        let new = c.issue(&id, r#"{"scopes":["chat"]}"#).await.json["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(c.validate(&old).await, (false, "revoked".to_string()));
+        assert_eq!(c.validate(&new).await, (true, "valid".to_string()));
+    }
+    let (valid, reason) = c.validate("a.b.c").await;
+    assert!(!valid && !reason.is_empty());
+}
+
+#[tokio::test]
+async fn token_lifetime_scale_shortens_tokens_and_payload_reads_like_python() {
+    let config = EmulatorConfig {
+        token_lifetime_scale: 0.01,
+        ..EmulatorConfig::default()
+    };
+    let (_emu, c) = start(config).await;
+    let id = c.create_user().await;
+    let r = c
+        .issue(
+            &id,
+            r#"{"scopes":["voip","chat.join.limited"],"expiresInMinutes":60}"#,
+        )
+        .await;
+    let token = r.json["token"].as_str().unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    assert!(!payload.contains(['-', '_']));
+    let padded = format!("{payload}{}", "=".repeat((4 - payload.len() % 4) % 4));
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(padded)
+            .unwrap(),
+    )
+    .unwrap();
+    let expires_on: jiff::Timestamp = r.json["expiresOn"].as_str().unwrap().parse().unwrap();
+    assert_eq!(claims["exp"].as_i64().unwrap(), expires_on.as_second());
+    assert_eq!(
+        claims["skypeid"]
+            .as_str()
+            .map(|s| format!("8:{s}"))
+            .unwrap(),
+        id
+    );
+    assert_eq!(claims["acsScope"], "voip,chat.join.limited");
+    let lifetime = expires_on.as_second() - claims["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 36);
+}
+
+#[tokio::test]
+async fn retired_api_of_the_original_quickstart() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let date = Tweak {
+        date_header: Some("date"),
+        ..Tweak::default()
+    };
+    let r = c
+        .call_tweaked(
+            Method::POST,
+            &format!("/identities?api-version={LEGACY}"),
+            None,
+            date.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let r = c
+        .call_tweaked(
+            Method::POST,
+            &format!("/identities/{}/token?api-version={LEGACY}", enc(&id)),
+            Some(r#"{"scopes": ["voip"]}"#),
+            date.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["id"], id.as_str());
+    let token = r.json["token"].as_str().unwrap().to_string();
+    let expires_on: jiff::Timestamp = r.json["expiresOn"].as_str().unwrap().parse().unwrap();
+    assert!(expires_on.as_second() - jiff::Timestamp::now().as_second() > 24 * 3600 - 10);
+    let r = c
+        .call_tweaked(
+            Method::PATCH,
+            &format!("/identities/{}?api-version={LEGACY}", enc(&id)),
+            Some("{}"),
+            date.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.json);
+    assert_eq!(c.validate(&token).await.1, "revoked");
+    let r = c
+        .call_tweaked(
+            Method::DELETE,
+            &format!("/identities/{}?api-version={LEGACY}", enc(&id)),
+            None,
+            date,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+}
+
+#[tokio::test]
+async fn admin_key_is_required_when_configured() {
+    let config = EmulatorConfig {
+        admin_key: Some("s3cret".into()),
+        ..EmulatorConfig::default()
+    };
+    let (_emu, c) = start(config).await;
+    let r = c.admin(Method::GET, "/admin/stats", None).await;
+    assert_eq!((r.status, r.code()), (401, "Denied"));
+    let r = c
+        .http
+        .get(format!("{}/admin/stats", c.endpoint))
+        .header("x-admin-key", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.admin(Method::GET, "/admin/nothing-here", None).await;
+    assert_eq!(r.status, 401, "the key is checked before the route");
+}
+
+#[tokio::test]
+async fn garbage_on_the_wire_never_takes_the_server_down() {
+    let (emu, c) = start(EmulatorConfig::default()).await;
+    let junk: [&[u8]; 5] = [
+        b"\x00\x01\x02\xff\xfe garbage\r\n\r\n",
+        b"GET /identities/%ZZ%?api-version=2023-10-01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /identities?api-version=2023-10-01 HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+        b"POST /identities?api-version=2023-10-01 HTTP/1.1\r\nHost: x\r\nAuthorization: HMAC-SHA256 &&&==\r\nx-ms-date: yesterday\r\nContent-Length: 3\r\n\r\n{{{",
+        b"DELETE /admin/faults HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ];
+    for bytes in junk {
+        let mut stream = tokio::net::TcpStream::connect(emu.addr()).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf)).await;
+    }
+    for auth in [
+        "",
+        "HMAC-SHA256",
+        "HMAC-SHA256 SignedHeaders=&Signature=",
+        "Bearer x.y.z",
+        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=!!",
+    ] {
+        let r = c
+            .http
+            .post(format!("{}/identities?api-version={V}", c.endpoint))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+    }
+    let r = c
+        .admin(
+            Method::POST,
+            "/admin/tokens:validate",
+            Some(json!({"nope": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .admin(
+            Method::POST,
+            "/admin/faults",
+            Some(json!({"status": 503, "probability": 7})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // Still serving.
+    c.create_user().await;
+}

@@ -1,0 +1,206 @@
+//! The emulator's unkind side over real HTTP: quotas with 429 and Retry-After, injected
+//! faults (flag and admin API, including dropped connections), TLS, and the state file.
+
+mod emulator_support;
+
+use std::time::{Duration, Instant};
+
+use acs_identity_operator::emulator::{EmulatorConfig, QuotaSetting};
+use emulator_support::{Tweak, V, enc, start};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn quota_answers_429_with_retry_after_per_operation() {
+    let mut config = EmulatorConfig::default();
+    config.apply_quota("issue=3/30".parse::<QuotaSetting>().unwrap());
+    let (_emu, c) = start(config).await;
+    let id = c.create_user().await;
+    for _ in 0..3 {
+        assert_eq!(c.issue(&id, r#"{"scopes":["chat"]}"#).await.status, 200);
+    }
+    let r = c.issue(&id, r#"{"scopes":["chat"]}"#).await;
+    assert_eq!((r.status, r.code()), (429, "TooManyRequests"));
+    let retry_after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    // Other operations have their own budget.
+    c.create_user().await;
+    // Unsigned requests are refused before they count against the quota.
+    let r = c
+        .call_tweaked(
+            Method::POST,
+            &format!("/identities/{}/:issueAccessToken?api-version={V}", enc(&id)),
+            Some("{}"),
+            Tweak {
+                no_auth: true,
+                ..Tweak::default()
+            },
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let stats = c.admin(Method::GET, "/admin/stats", None).await.json;
+    assert_eq!(stats["requests"]["issue"]["429"], 1);
+}
+
+#[tokio::test]
+async fn short_window_quota_recovers() {
+    let mut config = EmulatorConfig::default();
+    config.apply_quota("create=2/1".parse().unwrap());
+    let (_emu, c) = start(config).await;
+    c.create_user().await;
+    c.create_user().await;
+    let r = c
+        .call(Method::POST, &format!("/identities?api-version={V}"), None)
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["retry-after"], "1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.create_user().await;
+}
+
+#[tokio::test]
+async fn faults_from_config_and_admin_api() {
+    let config = EmulatorConfig {
+        faults: vec![
+            "operation=create,status=503,count=1,retryAfterSeconds=2"
+                .parse()
+                .unwrap(),
+        ],
+        ..EmulatorConfig::default()
+    };
+    let (_emu, c) = start(config).await;
+    let create = format!("/identities?api-version={V}");
+    let r = c.call(Method::POST, &create, None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "2");
+    assert!(r.json["error"]["code"].is_string());
+    let id = c.create_user().await;
+
+    let r = c
+        .admin(
+            Method::POST,
+            "/admin/faults",
+            Some(json!({"operation": "issue", "status": 429, "retryAfterSeconds": 1, "count": 2})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    for _ in 0..2 {
+        let r = c.issue(&id, r#"{"scopes":["chat"]}"#).await;
+        assert_eq!((r.status, r.code()), (429, "TooManyRequests"));
+        assert_eq!(r.headers["retry-after"], "1");
+    }
+    assert_eq!(c.issue(&id, r#"{"scopes":["chat"]}"#).await.status, 200);
+
+    // Dropped connections: the client sees a transport error, not a status.
+    let r = c
+        .admin(
+            Method::POST,
+            "/admin/faults",
+            Some(json!({"operation": "issue", "drop": true})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let err = c
+        .try_call(
+            Method::POST,
+            &format!("/identities/{}/:issueAccessToken?api-version={V}", enc(&id)),
+            Some(r#"{"scopes":["chat"]}"#),
+            Tweak::default(),
+        )
+        .await;
+    assert!(err.is_err(), "expected a dropped connection");
+    assert_eq!(
+        c.admin(Method::DELETE, "/admin/faults", None).await.status,
+        204
+    );
+    assert_eq!(c.issue(&id, r#"{"scopes":["chat"]}"#).await.status, 200);
+
+    // Latency only: slow but successful.
+    c.admin(
+        Method::POST,
+        "/admin/faults",
+        Some(json!({"latencyMs": 300, "count": 1})),
+    )
+    .await;
+    let started = Instant::now();
+    assert_eq!(c.issue(&id, r#"{"scopes":["chat"]}"#).await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let stats = c.admin(Method::GET, "/admin/stats", None).await.json;
+    assert_eq!(stats["requests"]["issue"]["dropped"], 1);
+    assert_eq!(stats["requests"]["create"]["503"], 1);
+}
+
+#[tokio::test]
+async fn tls_mode_serves_https_with_a_ca_the_client_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.pem");
+    let config = EmulatorConfig {
+        tls: true,
+        tls_ca_out: Some(ca_out.clone()),
+        ..EmulatorConfig::default()
+    };
+    let (emu, c) = start(config).await;
+    assert!(emu.endpoint().starts_with("https://127.0.0.1:"));
+    assert!(emu.connection_string().starts_with("endpoint=https://"));
+    let written = std::fs::read_to_string(&ca_out).unwrap();
+    assert_eq!(Some(written.as_str()), emu.ca_pem());
+    let id = c.create_user().await;
+    assert_eq!(c.issue(&id, r#"{"scopes":["voip"]}"#).await.status, 200);
+    // A client that doesn't trust the CA can't talk to it.
+    let untrusting = reqwest::Client::new();
+    assert!(
+        untrusting
+            .get(format!("{}/admin/stats", emu.endpoint()))
+            .send()
+            .await
+            .is_err()
+    );
+    // "localhost" is in the certificate too.
+    let local = emu.endpoint().replace("127.0.0.1", "localhost");
+    let r = c
+        .http
+        .get(format!("{local}/admin/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn state_file_keeps_users_and_tokens_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let config = EmulatorConfig {
+        state_file: Some(state.clone()),
+        ..EmulatorConfig::default()
+    };
+    let (emu, c) = start(config.clone()).await;
+    let id = c.create_user().await;
+    let token = c.issue(&id, r#"{"scopes":["chat"]}"#).await.json["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = emu.access_key().clone();
+    let resource = emu.resource_id();
+    emu.shutdown().await;
+
+    let config = EmulatorConfig {
+        access_key: Some(key),
+        ..config
+    };
+    let (emu, c) = start(config).await;
+    assert_eq!(emu.resource_id(), resource);
+    assert_eq!(c.validate(&token).await, (true, "valid".to_string()));
+    let list = c.admin(Method::GET, "/admin/identities", None).await.json;
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(c.issue(&id, r#"{"scopes":["chat"]}"#).await.status, 200);
+
+    // A state file of another resource is refused instead of silently orphaning its users.
+    let other = EmulatorConfig {
+        state_file: Some(state),
+        resource_id: Some(uuid::Uuid::new_v4()),
+        ..EmulatorConfig::default()
+    };
+    assert!(acs_identity_operator::emulator::spawn(other).await.is_err());
+}
