@@ -1,0 +1,132 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "acs-identity-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the prefix of every namespaced and cluster-scoped object of a release. */}}
+{{- define "acs-identity-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "acs-identity-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "acs-identity-operator.labels" -}}
+helm.sh/chart: {{ include "acs-identity-operator.chart" . }}
+{{ include "acs-identity-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: acs-identity-operator
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (a Deployment's selector is immutable). */}}
+{{- define "acs-identity-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "acs-identity-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "acs-identity-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "acs-identity-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "acs-identity-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* The --default-service value: explicit, else the ClusterCommunicationService this
+release creates, else empty. */}}
+{{- define "acs-identity-operator.defaultService" -}}
+{{- if .Values.defaultService }}
+{{- .Values.defaultService }}
+{{- else if .Values.clusterCommunicationService.create }}
+{{- printf "ClusterCommunicationService/%s" .Values.clusterCommunicationService.name }}
+{{- end }}
+{{- end }}
+
+{{/* Namespace of the chart-created ClusterCommunicationService's credential Secret. */}}
+{{- define "acs-identity-operator.cssSecretNamespace" -}}
+{{- .Values.clusterCommunicationService.connectionStringSecretRef.namespace | default .Release.Namespace }}
+{{- end }}
+
+{{/* Namespaces where the operator only reads credential Secrets (restricted mode), not
+already covered by a watched namespace's Role. */}}
+{{- define "acs-identity-operator.credentialNamespaces" -}}
+{{- $ns := list }}
+{{- range .Values.rbac.credentialNamespaces }}{{ $ns = append $ns . }}{{ end }}
+{{- if .Values.clusterCommunicationService.create }}
+{{- $ns = append $ns (include "acs-identity-operator.cssSecretNamespace" .) }}
+{{- end }}
+{{- $out := list }}
+{{- range uniq $ns }}
+{{- if not (has . $.Values.watchNamespaces) }}{{ $out = append $out . }}{{ end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+RBAC rules for namespaced resources: granted cluster-wide (ClusterRole) when every
+namespace is watched, or per watched namespace (Role) when watchNamespaces is a list.
+*/}}
+{{- define "acs-identity-operator.namespacedRules" -}}
+- apiGroups: ["acs-operator.dev"]
+  resources: ["communicationidentities"]
+  # patch covers the finalizer; no create/delete: identities belong to their teams.
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["acs-operator.dev"]
+  resources: ["communicationidentities/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["acs-operator.dev"]
+  resources: ["communicationidentities/finalizers"]
+  # Needed to set blockOwnerDeletion on the token Secret's ownerReference.
+  verbs: ["update"]
+- apiGroups: ["acs-operator.dev"]
+  resources: ["communicationservices"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["acs-operator.dev"]
+  resources: ["communicationservices/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  # Token Secrets it owns (create, rotate, delete) and the credential Secrets that
+  # services name (read).
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* RBAC rules that only a ClusterRole can grant: cluster-scoped resources. */}}
+{{- define "acs-identity-operator.clusterRules" -}}
+- apiGroups: ["acs-operator.dev"]
+  resources: ["clustercommunicationservices"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["acs-operator.dev"]
+  resources: ["clustercommunicationservices/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  # Evaluates ClusterCommunicationService namespaceSelectors.
+  verbs: ["get", "list", "watch"]
+{{- end }}
