@@ -6,6 +6,8 @@ set -euo pipefail
 
 PY_IDENTITY_VERSION=1.5.0
 PY_ADMINISTRATION_VERSION=1.0.0b4
+# The old package imports six without declaring it.
+PY_SIX_VERSION=1.17.0
 JS_IDENTITY_VERSION=1.3.1
 JS_COMMON_VERSION=2.5.0
 
@@ -24,16 +26,22 @@ fi
 py_has() { "$VENV/bin/python" -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"; }
 
 if ! py_has azure-communication-identity "$PY_IDENTITY_VERSION" \
-    || ! py_has azure-communication-administration "$PY_ADMINISTRATION_VERSION"; then
+    || ! py_has azure-communication-administration "$PY_ADMINISTRATION_VERSION" \
+    || ! py_has six "$PY_SIX_VERSION"; then
     # Both live in one venv: the old package only needs azure-core and msrest, which
     # the new one tolerates (pip check below proves it).
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         "azure-communication-identity==$PY_IDENTITY_VERSION" \
-        "azure-communication-administration==$PY_ADMINISTRATION_VERSION"
+        "azure-communication-administration==$PY_ADMINISTRATION_VERSION" \
+        "six==$PY_SIX_VERSION"
 fi
 "$VENV/bin/python" -m pip check >/dev/null || {
     echo "install.sh: pip check failed in $VENV" >&2
     "$VENV/bin/python" -m pip check >&2 || true
+    exit 1
+}
+"$VENV/bin/python" -c 'import azure.communication.identity, azure.communication.administration' || {
+    echo "install.sh: the SDKs do not import in $VENV" >&2
     exit 1
 }
 
