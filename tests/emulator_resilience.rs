@@ -204,3 +204,68 @@ async fn state_file_keeps_users_and_tokens_across_restarts() {
     };
     assert!(acs_identity_operator::emulator::spawn(other).await.is_err());
 }
+
+#[tokio::test]
+async fn binary_prints_the_connection_string_first_and_saves_state_on_sigterm() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_acs-emulator"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--quota",
+            "create=1/30",
+            "--state-file",
+        ])
+        .arg(&state)
+        .env("ACS_EMULATOR_TOKEN_LIFETIME_SCALE", "0.5")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let conn = line
+        .trim()
+        .strip_prefix("ACS_CONNECTION_STRING=")
+        .expect("first line names the connection string");
+    let parsed =
+        acs_identity_operator::acs::connection_string::ConnectionString::parse(conn).unwrap();
+    assert!(conn.starts_with("endpoint=http://127.0.0.1:") && conn.contains("/;accesskey="));
+
+    let c = emulator_support::Client {
+        http: reqwest::Client::new(),
+        endpoint: parsed.endpoint_str(),
+        key: parsed.key().clone(),
+    };
+    let id = c.create_user().await;
+    let r = c
+        .issue(&id, r#"{"scopes":["chat"],"expiresInMinutes":60}"#)
+        .await;
+    let expires_on: jiff::Timestamp = r.json["expiresOn"].as_str().unwrap().parse().unwrap();
+    let lifetime = expires_on.as_second() - jiff::Timestamp::now().as_second();
+    assert!(
+        (1795..=1800).contains(&lifetime),
+        "env scale 0.5 applies: {lifetime}"
+    );
+    let r = c
+        .call(Method::POST, &format!("/identities?api-version={V}"), None)
+        .await;
+    assert_eq!(r.status, 429, "--quota applies");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["identities"][0]["id"], id.as_str());
+    assert_eq!(saved["identities"][0]["tokensIssued"], 1);
+}
