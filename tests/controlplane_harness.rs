@@ -43,17 +43,30 @@ async fn crd_becomes_established_and_its_schema_rejects_bad_objects() {
     let (ok, _, err) = cp.kubectl_run(&["apply", "--server-side", "-f", "-"], Some(WIDGET_CRD));
     assert!(ok, "kubectl apply CRD: {err}");
     let (ok, _, err) = cp.kubectl_run(
-        &["wait", "--for=condition=Established", "--timeout=60s", "crd/widgets.harness.acs-operator.dev"],
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/widgets.harness.acs-operator.dev",
+        ],
         None,
     );
     assert!(ok, "CRD not Established: {err}");
 
-    let bad = format!("apiVersion: harness.acs-operator.dev/v1\nkind: Widget\nmetadata: {{name: bad, namespace: {}}}\nspec: {{size: 0}}\n", ns.name);
+    let bad = format!(
+        "apiVersion: harness.acs-operator.dev/v1\nkind: Widget\nmetadata: {{name: bad, namespace: {}}}\nspec: {{size: 0}}\n",
+        ns.name
+    );
     let (ok, _, err) = cp.kubectl_run(&["create", "-f", "-"], Some(&bad));
     assert!(!ok, "a Widget with size 0 was accepted");
-    assert!(err.contains("spec.size") && err.contains("should be greater than or equal to 1"), "unexpected rejection: {err}");
+    assert!(
+        err.contains("spec.size") && err.contains("should be greater than or equal to 1"),
+        "unexpected rejection: {err}"
+    );
 
-    let good = bad.replace("name: bad", "name: good").replace("size: 0", "size: 3");
+    let good = bad
+        .replace("name: bad", "name: good")
+        .replace("size: 0", "size: 3");
     let (ok, _, err) = cp.kubectl_run(&["create", "-f", "-"], Some(&good));
     assert!(ok, "a valid Widget was refused: {err}");
 }
@@ -72,13 +85,25 @@ async fn owned_objects_are_garbage_collected_after_their_owner() {
         "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid.unwrap()}]
     }}))
     .unwrap();
-    cms.create(&PostParams::default(), &dependent).await.unwrap();
+    cms.create(&PostParams::default(), &dependent)
+        .await
+        .unwrap();
 
     cms.delete("owner", &DeleteParams::default()).await.unwrap();
-    eventually(90, "the garbage collector to delete the dependent ConfigMap", || {
-        let cms = cms.clone();
-        async move { cms.get_opt("dependent").await.unwrap().is_none().then_some(()) }
-    })
+    eventually(
+        90,
+        "the garbage collector to delete the dependent ConfigMap",
+        || {
+            let cms = cms.clone();
+            async move {
+                cms.get_opt("dependent")
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -88,37 +113,60 @@ async fn service_account_client_gets_exactly_what_its_role_allows() {
     let admin = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &admin, "harness-rbac").await;
     let pp = PostParams::default();
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "reader"}})).unwrap();
-    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name).create(&pp, &sa).await.unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "reader"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+        .create(&pp, &sa)
+        .await
+        .unwrap();
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": "configmap-reader"},
         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]
     }))
     .unwrap();
-    Api::<Role>::namespaced(admin.clone(), &ns.name).create(&pp, &role).await.unwrap();
+    Api::<Role>::namespaced(admin.clone(), &ns.name)
+        .create(&pp, &role)
+        .await
+        .unwrap();
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "reader"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
         "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name}]
     }))
     .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name).create(&pp, &binding).await.unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name)
+        .create(&pp, &binding)
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let sa_client = cp.service_account_client(&admin, &ns.name, "reader", dir.path()).await;
+    let sa_client = cp
+        .service_account_client(&admin, &ns.name, "reader", dir.path())
+        .await;
     Api::<ConfigMap>::namespaced(sa_client.clone(), &ns.name)
         .list(&ListParams::default())
         .await
         .expect("the Role allows listing ConfigMaps");
-    let denied = Api::<Secret>::namespaced(sa_client.clone(), &ns.name).list(&ListParams::default()).await;
+    let denied = Api::<Secret>::namespaced(sa_client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await;
     match denied {
         Err(kube::Error::Api(status)) if status.code == 403 => {
-            assert!(status.message.contains("system:serviceaccount:"), "{}", status.message)
+            assert!(
+                status.message.contains("system:serviceaccount:"),
+                "{}",
+                status.message
+            )
         }
         other => panic!("listing Secrets should be forbidden, got {other:?}"),
     }
-    let other_ns = Api::<ConfigMap>::namespaced(sa_client, "default").list(&ListParams::default()).await;
-    assert!(matches!(other_ns, Err(kube::Error::Api(s)) if s.code == 403), "a Role must not reach another namespace");
+    let other_ns = Api::<ConfigMap>::namespaced(sa_client, "default")
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(other_ns, Err(kube::Error::Api(s)) if s.code == 403),
+        "a Role must not reach another namespace"
+    );
 }
 
 #[tokio::test]
@@ -135,8 +183,13 @@ async fn helm_runs_from_the_cache() {
     let cp = ControlPlane::get();
     let (ok, out, err) = support::run_with_stdin(cp.helm().args(["version", "--short"]), None);
     assert!(ok, "helm version failed: {err}");
-    let pinned = std::fs::read_to_string(support::repo_root().join("hack/controlplane/versions.env")).unwrap();
-    let want = pinned.lines().find_map(|l| l.strip_prefix("HELM_VERSION=")).unwrap();
+    let pinned =
+        std::fs::read_to_string(support::repo_root().join("hack/controlplane/versions.env"))
+            .unwrap();
+    let want = pinned
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM_VERSION="))
+        .unwrap();
     assert!(out.starts_with(want), "helm reports {out:?}, pinned {want}");
     assert!(cp.bin_dir.join("helm").starts_with(&cp.bin_dir));
 }
@@ -153,26 +206,48 @@ async fn a_second_control_plane_starts_beside_and_stops_without_leftovers() {
         .args(["--dir", dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "second up.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-    let kubeconfig = last.strip_prefix("export KUBECONFIG=").expect("last stdout line is export KUBECONFIG=...");
+    assert!(
+        out.status.success(),
+        "second up.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let kubeconfig = last
+        .strip_prefix("export KUBECONFIG=")
+        .expect("last stdout line is export KUBECONFIG=...");
     assert_ne!(std::path::Path::new(kubeconfig), cp.kubeconfig.as_path());
     let second = support::client_from_kubeconfig(std::path::Path::new(kubeconfig)).await;
-    assert_eq!(second.apiserver_version().await.unwrap().git_version, cp.k8s_version);
+    assert_eq!(
+        second.apiserver_version().await.unwrap().git_version,
+        cp.k8s_version
+    );
 
     let pids: Vec<i32> = std::fs::read_to_string(dir.join("pids"))
         .unwrap()
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect();
-    assert_eq!(pids.len(), 3, "etcd, apiserver and controller-manager recorded");
-    let down = std::process::Command::new(scripts.join("down.sh")).args(["--dir", dir.to_str().unwrap()]).output().unwrap();
+    assert_eq!(
+        pids.len(),
+        3,
+        "etcd, apiserver and controller-manager recorded"
+    );
+    let down = std::process::Command::new(scripts.join("down.sh"))
+        .args(["--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(down.status.success());
     assert!(!dir.exists(), "down.sh left {} behind", dir.display());
     for pid in pids {
         // A zombie has exited; only its parent (here the container's init) can reap it.
         let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let running = state.lines().any(|l| l.starts_with("State:") && !l.contains("zombie"));
+        let running = state
+            .lines()
+            .any(|l| l.starts_with("State:") && !l.contains("zombie"));
         assert!(!running, "process {pid} still running after down.sh");
     }
 }
@@ -192,6 +267,13 @@ async fn a_port_in_use_is_reported_and_nothing_is_left() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("port 127.0.0.1:{port} is already in use")), "{stderr}");
-    assert!(!dir.exists(), "a failed start left {} behind", dir.display());
+    assert!(
+        stderr.contains(&format!("port 127.0.0.1:{port} is already in use")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.exists(),
+        "a failed start left {} behind",
+        dir.display()
+    );
 }

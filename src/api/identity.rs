@@ -41,7 +41,7 @@ pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "User", type_ = "string", json_path = ".status.userId"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.tokenExpiresOn"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.tokenExpiresOn"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // secretName defaults to metadata.name, so immutability must compare the effective
     // names; only a root-level rule can see metadata.name. This still lets a user write

@@ -1,4 +1,226 @@
-fn main() {
-    eprintln!("acs-identity-operator: the controller is not built yet");
-    std::process::exit(2);
+//! `acs-identity-operator run`: the controller process. Flags have environment-variable
+//! fallbacks so the Helm chart and a laptop use the same binary the same way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use futures::FutureExt;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use acs_identity_operator::acs::RequestObserver;
+use acs_identity_operator::api::ServiceKind;
+use acs_identity_operator::controller::services::{ClientSettings, parse_default_service};
+use acs_identity_operator::controller::{OperatorConfig, run};
+use acs_identity_operator::runtime::signals::shutdown_channel;
+use acs_identity_operator::runtime::{
+    self, AdminState, LeaseConfig, LogFormat, Metrics, Readiness,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "acs-identity-operator",
+    version,
+    about = "Azure Communication Services identities and always-valid access tokens for Kubernetes workloads"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the cluster in KUBECONFIG, or in-cluster.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kubeconfig file; without it the cluster is found as kubectl finds it (KUBECONFIG,
+    /// ~/.kube/config, then the in-cluster service account).
+    #[arg(long, env = "ACS_OPERATOR_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Service for identities without spec.serviceRef, as KIND/NAME, e.g.
+    /// ClusterCommunicationService/default or CommunicationService/acs (same namespace).
+    #[arg(long, env = "ACS_OPERATOR_DEFAULT_SERVICE", value_parser = parse_default_service)]
+    default_service: Option<(ServiceKind, String)>,
+    /// Comma-separated namespaces to watch; empty watches every namespace.
+    #[arg(long, env = "ACS_OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Address of the admin server: /metrics, /healthz, /readyz.
+    #[arg(
+        long,
+        env = "ACS_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_addr: SocketAddr,
+    /// Log format: text or json.
+    #[arg(long, env = "ACS_OPERATOR_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax), e.g. info or acs_identity_operator=debug.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+    /// Take part in leader election over a coordination.k8s.io Lease, so that several
+    /// replicas run with one active.
+    #[arg(long, env = "ACS_OPERATOR_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "ACS_OPERATOR_LEADER_ELECTION_LEASE_NAME",
+        default_value = "acs-identity-operator"
+    )]
+    leader_election_lease_name: String,
+    /// PEM file of extra CA certificates to trust for ACS endpoints (private endpoints,
+    /// the emulator's --tls).
+    #[arg(long, env = "ACS_OPERATOR_EXTRA_CA_FILE")]
+    extra_ca_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    if let Err(e) = runtime::logging::init(args.log_format, &args.log_level) {
+        eprintln!("acs-identity-operator: {e}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("acs-identity-operator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_operator(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("acs-identity-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| format!("no cluster found (set KUBECONFIG or run in a pod): {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("building the Kubernetes client: {e}"))
+}
+
+async fn run_operator(args: RunArgs) -> Result<(), String> {
+    // Install signal handlers first: a SIGTERM before them would skip the lease release.
+    let signal = runtime::shutdown_signal();
+    let (shutdown, listener) = shutdown_channel();
+    let trigger = tokio::spawn(async move {
+        let sig = signal.await;
+        tracing::info!(signal = ?sig, "shutting down: finishing in-flight work");
+        shutdown.trigger();
+        shutdown
+    });
+
+    let client = kube_client(args.kubeconfig.as_ref()).await?;
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::new();
+    let admin = runtime::admin::bind(args.metrics_addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(runtime::admin::serve_on(
+        admin,
+        AdminState::new(metrics.clone(), readiness.clone()),
+        listener.clone().wait(),
+    ));
+
+    let extra_ca_pem = match &args.extra_ca_file {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| format!("reading --extra-ca-file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let observer: Arc<dyn RequestObserver> = metrics.clone();
+    let config = OperatorConfig {
+        default_service: args.default_service.clone(),
+        watch_namespaces: args
+            .watch_namespaces
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        client_settings: ClientSettings {
+            extra_ca_pem,
+            observer: Some(observer),
+            request_timeout: None,
+        },
+    };
+
+    let leader = if args.leader_elect {
+        let ns = args
+            .leader_election_namespace
+            .clone()
+            .ok_or("--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)")?;
+        let lease = LeaseConfig::new(ns, args.leader_election_lease_name.clone());
+        match runtime::run_leader_election(client.clone(), lease, listener.clone().wait())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(handle) => Some(handle),
+            None => return Ok(()), // shut down before winning
+        }
+    } else {
+        None
+    };
+
+    // Stop on a signal, or when leadership is lost (another replica now acts).
+    let lost = match &leader {
+        Some(h) => h.lost().boxed(),
+        None => futures::future::pending().boxed(),
+    };
+    let stop = {
+        let l = listener.clone();
+        async move {
+            tokio::select! {
+                _ = l.wait() => {}
+                _ = lost => tracing::error!("leadership lost; stopping so that a fresh process can campaign"),
+            }
+        }
+    }
+    .boxed()
+    .shared();
+    tracing::info!(
+        namespaces = ?config.watch_namespaces,
+        default_service = ?args.default_service.as_ref().map(|(k, n)| format!("{k:?}/{n}")),
+        "acs-identity-operator starting"
+    );
+    run(client, config, metrics, readiness, stop).await;
+    let lost_leadership = leader.as_ref().is_some_and(|h| !h.is_leader());
+    if let Some(handle) = leader
+        && let Err(e) = handle.release().await
+    {
+        tracing::warn!(error = %e, "releasing the leader Lease failed");
+    }
+    trigger.abort();
+    if lost_leadership && !listener.is_triggered() {
+        return Err("lost leadership".into());
+    }
+    tracing::info!("stopped");
+    Ok(())
 }

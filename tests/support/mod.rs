@@ -39,7 +39,8 @@ fn scripts_dir() -> PathBuf {
 }
 
 fn pinned_version(key: &str) -> String {
-    let versions = std::fs::read_to_string(scripts_dir().join("versions.env")).expect("read hack/controlplane/versions.env");
+    let versions = std::fs::read_to_string(scripts_dir().join("versions.env"))
+        .expect("read hack/controlplane/versions.env");
     versions
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
@@ -71,12 +72,15 @@ impl ControlPlane {
                 .stderr(Stdio::inherit())
                 .output()
                 .expect("run hack/controlplane/up.sh");
-            assert!(out.status.success(), "starting the control plane failed (see the line above)");
+            assert!(
+                out.status.success(),
+                "starting the control plane failed (see the line above)"
+            );
             let stdout = String::from_utf8_lossy(&out.stdout);
             let last = stdout.lines().last().unwrap_or_default();
-            let kubeconfig = last
-                .strip_prefix("export KUBECONFIG=")
-                .unwrap_or_else(|| panic!("up.sh's last line is not `export KUBECONFIG=...`: {last:?}"));
+            let kubeconfig = last.strip_prefix("export KUBECONFIG=").unwrap_or_else(|| {
+                panic!("up.sh's last line is not `export KUBECONFIG=...`: {last:?}")
+            });
             ControlPlane {
                 kubeconfig: PathBuf::from(kubeconfig),
                 bin_dir,
@@ -111,7 +115,13 @@ impl ControlPlane {
 
     /// A kubeconfig file that authenticates as ServiceAccount `namespace/name` with a
     /// token from the TokenRequest API, for a process (the operator) run under that RBAC.
-    pub async fn service_account_kubeconfig(&self, admin: &Client, namespace: &str, name: &str, dir: &Path) -> PathBuf {
+    pub async fn service_account_kubeconfig(
+        &self,
+        admin: &Client,
+        namespace: &str,
+        name: &str,
+        dir: &Path,
+    ) -> PathBuf {
         let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
         let tr = TokenRequest {
             spec: Some(TokenRequestSpec {
@@ -128,9 +138,15 @@ impl ControlPlane {
             .and_then(|s| s.token)
             .expect("TokenRequest status has a token");
         let admin_cfg = Kubeconfig::read_from(&self.kubeconfig).expect("read admin kubeconfig");
-        let cluster = &admin_cfg.clusters[0].cluster.as_ref().expect("cluster entry");
+        let cluster = &admin_cfg.clusters[0]
+            .cluster
+            .as_ref()
+            .expect("cluster entry");
         let server = cluster.server.clone().expect("server");
-        let ca = cluster.certificate_authority.clone().expect("certificate-authority");
+        let ca = cluster
+            .certificate_authority
+            .clone()
+            .expect("certificate-authority");
         let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
@@ -142,8 +158,16 @@ impl ControlPlane {
     }
 
     /// A client that authenticates as ServiceAccount `namespace/name`.
-    pub async fn service_account_client(&self, admin: &Client, namespace: &str, name: &str, dir: &Path) -> Client {
-        let path = self.service_account_kubeconfig(admin, namespace, name, dir).await;
+    pub async fn service_account_client(
+        &self,
+        admin: &Client,
+        namespace: &str,
+        name: &str,
+        dir: &Path,
+    ) -> Client {
+        let path = self
+            .service_account_kubeconfig(admin, namespace, name, dir)
+            .await;
         client_from_kubeconfig(&path).await
     }
 }
@@ -165,7 +189,12 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> (bool, String, 
         .spawn()
         .expect("spawn command");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("wait for command");
@@ -216,7 +245,13 @@ impl Drop for TestNamespace {
         // Best effort, synchronous (Drop can't await); the control plane is temporary anyway.
         let _ = Command::new(&self.kubectl)
             .env("KUBECONFIG", &self.kubeconfig)
-            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -1,0 +1,104 @@
+//! Conditions and status writes: conditions keyed by type whose `lastTransitionTime`
+//! moves only when the status value changes, and status written with server-side apply
+//! only when something changed (a write re-triggers the watch and costs an API call).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "acs-identity-operator";
+
+/// Sets condition `type_`, keeping `lastTransitionTime` when the status is unchanged.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(now);
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    condition(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Writes `status` with server-side apply when it differs from `current`.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: jiff::Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let mut c = vec![];
+        set_condition(&mut c, "Ready", true, "TokenIssued", "a", Some(1), t0);
+        set_condition(&mut c, "Ready", true, "TokenIssued", "b", Some(2), t1);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time, Time(t0));
+        assert_eq!(
+            (c[0].message.as_str(), c[0].observed_generation),
+            ("b", Some(2))
+        );
+        set_condition(&mut c, "Ready", false, "TokenExpired", "c", Some(2), t1);
+        assert_eq!(c[0].last_transition_time, Time(t1));
+        assert!(!is_true(&c, "Ready"));
+    }
+}
