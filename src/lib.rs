@@ -8,3 +8,4 @@ pub mod acs;
 pub mod api;
 pub mod controller;
 pub mod emulator;
+pub mod runtime;

@@ -1,0 +1,587 @@
+//! The operator's Prometheus metrics. The family names below are a documented interface
+//! (dashboards and alerts depend on them); change them only with a release note.
+//!
+//! | family | type | labels |
+//! | --- | --- | --- |
+//! | `acs_operator_reconciles_total` | counter | `kind`, `result` |
+//! | `acs_operator_reconcile_duration_seconds` | histogram | `kind` |
+//! | `acs_operator_acs_requests_total` | counter | `operation`, `status` |
+//! | `acs_operator_acs_request_duration_seconds` | histogram | `operation` |
+//! | `acs_operator_identities` | gauge | `ready` (`true`, `false`, `unknown`) |
+//! | `acs_operator_token_expiry_timestamp_seconds` | gauge | `namespace`, `name` |
+//! | `acs_operator_renewal_failures_total` | counter | `namespace`, `name`, `reason` |
+//!
+//! Label values come only from Kubernetes object names and from short, fixed words the
+//! code chooses (kinds, operations, status codes, error labels). Anything else passed
+//! as such a word is recorded as `other`, so an error message (which could quote a
+//! token or a connection string) can never become a label value.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::acs::client::{Attempt, RequestObserver};
+
+/// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus
+/// scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Longest fixed-word label value kept; longer ones are not the short words we expect.
+const MAX_WORD_LEN: usize = 64;
+/// Longest Kubernetes object name (DNS subdomain).
+const MAX_OBJECT_NAME_LEN: usize = 253;
+
+/// `ready` label values of `acs_operator_identities`.
+const READY_STATES: [&str; 3] = ["true", "false", "unknown"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindResult {
+    kind: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationStatus {
+    operation: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabel {
+    ready: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    namespace: String,
+    name: String,
+    reason: String,
+}
+
+type DurationHistogram<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// What the metrics remember about one identity, so that the by-state gauge is an exact
+/// count and `forget_identity` can remove every series the identity owns.
+#[derive(Default)]
+struct IdentityEntry {
+    /// `None` until the controller reported a state.
+    ready: Option<Option<bool>>,
+    has_expiry: bool,
+    failure_reasons: BTreeSet<String>,
+}
+
+/// All metrics of one operator process. Share it as `Arc<Metrics>`; every method takes
+/// `&self` and only touches atomics and short-lived locks, so calling it from reconcile
+/// and from the ACS client's request path is cheap.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<KindResult, Counter>,
+    reconcile_duration: DurationHistogram<Kind>,
+    acs_requests: Family<OperationStatus, Counter>,
+    acs_request_duration: DurationHistogram<OperationLabel>,
+    identities: Family<ReadyLabel, Gauge>,
+    token_expiry: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
+    renewal_failures: Family<FailureLabels, Counter>,
+    /// namespace -> name -> entry. The lock also serialises gauge updates so the by-state
+    /// counts never drift from the map.
+    identity_state: Mutex<HashMap<String, HashMap<String, IdentityEntry>>>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn reconcile_histogram() -> Histogram {
+    // 5 ms .. ~41 s: a reconcile may wait on ACS retries with backoff.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+fn acs_request_histogram() -> Histogram {
+    // 5 ms .. ~41 s: one attempt is bounded by the client's 30 s request timeout.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("acs_operator");
+
+        let reconciles = Family::<KindResult, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles finished, by resource kind and result (ok or error)",
+            reconciles.clone(),
+        );
+        let reconcile_duration: DurationHistogram<Kind> =
+            Family::new_with_constructor(reconcile_histogram);
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile took, by resource kind",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let acs_requests = Family::<OperationStatus, Counter>::default();
+        registry.register(
+            "acs_requests",
+            "HTTP attempts to ACS, by operation and HTTP status (or error, timeout)",
+            acs_requests.clone(),
+        );
+        let acs_request_duration: DurationHistogram<OperationLabel> =
+            Family::new_with_constructor(acs_request_histogram);
+        registry.register_with_unit(
+            "acs_request_duration",
+            "Latency of one HTTP attempt to ACS, excluding client-side quota waits",
+            Unit::Seconds,
+            acs_request_duration.clone(),
+        );
+        let identities = Family::<ReadyLabel, Gauge>::default();
+        registry.register(
+            "identities",
+            "CommunicationIdentities known to the operator, by Ready condition",
+            identities.clone(),
+        );
+        // Present from the start, so `sum(acs_operator_identities)` and alerts on the
+        // false state work before the first identity appears.
+        for ready in READY_STATES {
+            identities.get_or_create(&ReadyLabel { ready }).set(0);
+        }
+        let token_expiry = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register_with_unit(
+            "token_expiry_timestamp",
+            "Expiry of the identity's current access token, as a Unix timestamp",
+            Unit::Seconds,
+            token_expiry.clone(),
+        );
+        let renewal_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "renewal_failures",
+            "Failed attempts to issue a new token for an identity, by reason",
+            renewal_failures.clone(),
+        );
+
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            acs_requests,
+            acs_request_duration,
+            identities,
+            token_expiry,
+            renewal_failures,
+            identity_state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One finished reconcile of a resource of `kind` (e.g. `CommunicationIdentity`);
+    /// `result` is `ok` or `error`.
+    pub fn observe_reconcile(&self, kind: &str, result: &str, elapsed: Duration) {
+        let kind = word(kind);
+        self.reconciles
+            .get_or_create(&KindResult {
+                kind: kind.clone(),
+                result: word(result),
+            })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&Kind { kind })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One HTTP attempt to ACS. `status` is the HTTP status code (`"201"`), or `error` /
+    /// `timeout` when no response came back.
+    pub fn observe_acs_request(&self, operation: &str, status: &str, elapsed: Duration) {
+        let operation = word(operation);
+        self.acs_requests
+            .get_or_create(&OperationStatus {
+                operation: operation.clone(),
+                status: word(status),
+            })
+            .inc();
+        self.acs_request_duration
+            .get_or_create(&OperationLabel { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The identity's Ready condition: `Some(true)`, `Some(false)`, or `None` (unknown).
+    pub fn set_identity_ready(&self, namespace: &str, name: &str, ready: Option<bool>) {
+        let mut state = self.lock_state();
+        let entry = entry_mut(&mut state, namespace, name);
+        let previous = entry.ready.replace(ready);
+        if previous == Some(ready) {
+            return;
+        }
+        if let Some(previous) = previous {
+            self.identities
+                .get_or_create(&ReadyLabel {
+                    ready: ready_label(previous),
+                })
+                .dec();
+        }
+        self.identities
+            .get_or_create(&ReadyLabel {
+                ready: ready_label(ready),
+            })
+            .inc();
+    }
+
+    /// When the identity's current token expires.
+    pub fn set_token_expiry(&self, namespace: &str, name: &str, unix_seconds: i64) {
+        let mut state = self.lock_state();
+        entry_mut(&mut state, namespace, name).has_expiry = true;
+        self.token_expiry
+            .get_or_create(&object_labels(namespace, name))
+            .set(unix_seconds);
+    }
+
+    /// A failed attempt to renew the identity's token. `reason` is a short fixed word,
+    /// such as an `AcsError::metric_label()`, never an error message.
+    pub fn renewal_failed(&self, namespace: &str, name: &str, reason: &str) {
+        let reason = word(reason);
+        let mut state = self.lock_state();
+        entry_mut(&mut state, namespace, name)
+            .failure_reasons
+            .insert(reason.clone());
+        self.renewal_failures
+            .get_or_create(&FailureLabels {
+                namespace: object_name(namespace),
+                name: object_name(name),
+                reason,
+            })
+            .inc();
+    }
+
+    /// The identity is gone: it no longer counts in `acs_operator_identities`, and its
+    /// expiry and renewal-failure series are removed so that cardinality follows the
+    /// cluster, not the operator's uptime.
+    pub fn forget_identity(&self, namespace: &str, name: &str) {
+        let mut state = self.lock_state();
+        let Some(names) = state.get_mut(namespace) else {
+            return;
+        };
+        let Some(entry) = names.remove(name) else {
+            return;
+        };
+        if names.is_empty() {
+            state.remove(namespace);
+        }
+        if let Some(ready) = entry.ready {
+            self.identities
+                .get_or_create(&ReadyLabel {
+                    ready: ready_label(ready),
+                })
+                .dec();
+        }
+        let labels = object_labels(namespace, name);
+        if entry.has_expiry {
+            self.token_expiry.remove(&labels);
+        }
+        for reason in entry.failure_reasons {
+            self.renewal_failures.remove(&FailureLabels {
+                namespace: labels.namespace.clone(),
+                name: labels.name.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// Every family in OpenMetrics text format (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would be a bug in a
+        // label encoder, and an empty scrape is better than a crash of the operator.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, IdentityEntry>>> {
+        // A panic while holding the lock leaves the map consistent enough for metrics
+        // (each update is a handful of assignments); keep serving rather than poison.
+        self.identity_state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl RequestObserver for Metrics {
+    fn on_attempt(&self, attempt: &Attempt) {
+        let status = match attempt.status {
+            Some(code) => code.to_string(),
+            None if attempt.result == "timeout" => "timeout".to_string(),
+            None => "error".to_string(),
+        };
+        self.observe_acs_request(attempt.operation.as_str(), &status, attempt.elapsed);
+    }
+}
+
+fn entry_mut<'a>(
+    state: &'a mut HashMap<String, HashMap<String, IdentityEntry>>,
+    namespace: &str,
+    name: &str,
+) -> &'a mut IdentityEntry {
+    state
+        .entry(namespace.to_string())
+        .or_default()
+        .entry(name.to_string())
+        .or_default()
+}
+
+fn ready_label(ready: Option<bool>) -> &'static str {
+    match ready {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "unknown",
+    }
+}
+
+fn object_labels(namespace: &str, name: &str) -> ObjectLabels {
+    ObjectLabels {
+        namespace: object_name(namespace),
+        name: object_name(name),
+    }
+}
+
+/// A Kubernetes object name as a label value. Names are validated by the API server;
+/// the bound only guards against a caller passing something that isn't one.
+fn object_name(s: &str) -> String {
+    if s.len() <= MAX_OBJECT_NAME_LEN && s.chars().all(is_name_char) {
+        s.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')
+}
+
+/// A fixed word (kind, result, operation, status, reason) as a label value.
+fn word(s: &str) -> String {
+    if !s.is_empty()
+        && s.len() <= MAX_WORD_LEN
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        s.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acs::Operation;
+
+    fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    fn identities_line(text: &str, ready: &str) -> String {
+        let prefix = format!("acs_operator_identities{{ready=\"{ready}\"}} ");
+        lines_with(text, &prefix)
+            .first()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| panic!("no identities series for ready={ready} in\n{text}"))
+    }
+
+    #[test]
+    fn every_family_is_described_with_its_documented_name() {
+        // prometheus-client leaves out families without series, so give each one.
+        let m = Metrics::new();
+        m.observe_reconcile("CommunicationIdentity", "ok", Duration::from_millis(1));
+        m.observe_acs_request("create_user", "201", Duration::from_millis(1));
+        m.set_identity_ready("ns", "id", Some(true));
+        m.set_token_expiry("ns", "id", 1);
+        m.renewal_failed("ns", "id", "throttled");
+        let text = m.encode();
+        for (name, kind) in [
+            ("acs_operator_reconciles", "counter"),
+            ("acs_operator_reconcile_duration_seconds", "histogram"),
+            ("acs_operator_acs_requests", "counter"),
+            ("acs_operator_acs_request_duration_seconds", "histogram"),
+            ("acs_operator_identities", "gauge"),
+            ("acs_operator_token_expiry_timestamp_seconds", "gauge"),
+            ("acs_operator_renewal_failures", "counter"),
+        ] {
+            let want = format!("# TYPE {name} {kind}");
+            assert!(text.contains(&want), "missing {want:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "not OpenMetrics text:\n{text}");
+    }
+
+    #[test]
+    fn reconciles_are_counted_by_kind_and_result_with_durations() {
+        let m = Metrics::new();
+        m.observe_reconcile("CommunicationIdentity", "ok", Duration::from_millis(20));
+        m.observe_reconcile("CommunicationIdentity", "ok", Duration::from_millis(30));
+        m.observe_reconcile("CommunicationIdentity", "error", Duration::from_secs(2));
+        let text = m.encode();
+        assert!(text.contains(
+            "acs_operator_reconciles_total{kind=\"CommunicationIdentity\",result=\"ok\"} 2\n"
+        ));
+        assert!(text.contains(
+            "acs_operator_reconciles_total{kind=\"CommunicationIdentity\",result=\"error\"} 1\n"
+        ));
+        assert!(
+            text.contains(
+                "acs_operator_reconcile_duration_seconds_count{kind=\"CommunicationIdentity\"} 3\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "acs_operator_reconcile_duration_seconds_bucket{le=\"0.04\",kind=\"CommunicationIdentity\"} 2\n"
+        ), "{text}");
+    }
+
+    #[test]
+    fn acs_attempts_are_counted_by_operation_and_status() {
+        let m = Metrics::new();
+        let attempt = |status: Option<u16>, result: &'static str| Attempt {
+            operation: Operation::IssueToken,
+            attempt: 1,
+            status,
+            result,
+            elapsed: Duration::from_millis(12),
+            quota_wait: Duration::from_secs(5),
+        };
+        let observer: &dyn RequestObserver = &m;
+        observer.on_attempt(&attempt(Some(200), "ok"));
+        observer.on_attempt(&attempt(Some(429), "throttled"));
+        observer.on_attempt(&attempt(None, "timeout"));
+        observer.on_attempt(&attempt(None, "transport"));
+        let text = m.encode();
+        for status in ["200", "429", "timeout", "error"] {
+            let want = format!(
+                "acs_operator_acs_requests_total{{operation=\"issue_token\",status=\"{status}\"}} 1\n"
+            );
+            assert!(text.contains(&want), "missing {want:?} in\n{text}");
+        }
+        assert!(text.contains(
+            "acs_operator_acs_request_duration_seconds_count{operation=\"issue_token\"} 4\n"
+        ));
+        // The quota wait (5 s) is not request latency.
+        assert!(text.contains(
+            "acs_operator_acs_request_duration_seconds_bucket{le=\"0.02\",operation=\"issue_token\"} 4\n"
+        ), "{text}");
+    }
+
+    #[test]
+    fn identities_are_counted_by_ready_state_and_forgotten() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for ready in ["true", "false", "unknown"] {
+            assert!(identities_line(&text, ready).ends_with(" 0"), "{text}");
+        }
+
+        m.set_identity_ready("a", "one", None);
+        m.set_identity_ready("a", "two", Some(true));
+        m.set_identity_ready("b", "one", Some(false));
+        // Repeating a state changes nothing; moving between states moves the count.
+        m.set_identity_ready("a", "two", Some(true));
+        m.set_identity_ready("a", "one", Some(true));
+        let text = m.encode();
+        assert!(identities_line(&text, "true").ends_with(" 2"), "{text}");
+        assert!(identities_line(&text, "false").ends_with(" 1"), "{text}");
+        assert!(identities_line(&text, "unknown").ends_with(" 0"), "{text}");
+
+        m.forget_identity("a", "two");
+        m.forget_identity("a", "two");
+        m.forget_identity("nowhere", "nothing");
+        let text = m.encode();
+        assert!(identities_line(&text, "true").ends_with(" 1"), "{text}");
+        assert!(identities_line(&text, "false").ends_with(" 1"), "{text}");
+    }
+
+    #[test]
+    fn forgetting_an_identity_removes_its_expiry_and_failure_series() {
+        let m = Metrics::new();
+        m.set_identity_ready("team-a", "chat-bot", Some(true));
+        m.set_token_expiry("team-a", "chat-bot", 1_900_000_000);
+        m.set_token_expiry("team-a", "other", 1_800_000_000);
+        m.renewal_failed("team-a", "chat-bot", "throttled");
+        m.renewal_failed("team-a", "chat-bot", "throttled");
+        m.renewal_failed("team-a", "chat-bot", "unauthorized");
+        let text = m.encode();
+        assert!(text.contains(
+            "acs_operator_token_expiry_timestamp_seconds{namespace=\"team-a\",name=\"chat-bot\"} 1900000000\n"
+        ), "{text}");
+        assert!(text.contains(
+            "acs_operator_renewal_failures_total{namespace=\"team-a\",name=\"chat-bot\",reason=\"throttled\"} 2\n"
+        ), "{text}");
+
+        m.forget_identity("team-a", "chat-bot");
+        let text = m.encode();
+        assert!(!text.contains("name=\"chat-bot\""), "{text}");
+        assert!(
+            text.contains(
+                "acs_operator_token_expiry_timestamp_seconds{namespace=\"team-a\",name=\"other\"} 1800000000\n"
+            ),
+            "{text}"
+        );
+        assert!(identities_line(&text, "true").ends_with(" 0"), "{text}");
+    }
+
+    #[test]
+    fn free_text_never_becomes_a_label_value() {
+        let m = Metrics::new();
+        let secret = "endpoint=https://x.communication.azure.com/;accesskey=c2VjcmV0";
+        m.renewal_failed("ns", "id", secret);
+        m.observe_reconcile(
+            "CommunicationIdentity",
+            "failed: token eyJhbGciOi is bad",
+            Duration::ZERO,
+        );
+        m.observe_acs_request(secret, "200", Duration::ZERO);
+        m.set_token_expiry("ns", "bad name with spaces", 1);
+        let text = m.encode();
+        assert!(!text.contains("accesskey"), "{text}");
+        assert!(!text.contains("eyJ"), "{text}");
+        assert!(!text.contains("spaces"), "{text}");
+        assert!(text.contains("reason=\"other\""), "{text}");
+        assert!(text.contains("result=\"other\""), "{text}");
+    }
+
+    #[test]
+    fn word_keeps_short_identifiers() {
+        assert_eq!(word("create_user"), "create_user");
+        assert_eq!(word("429"), "429");
+        assert_eq!(word("CommunicationIdentity"), "CommunicationIdentity");
+        assert_eq!(word(""), "other");
+        assert_eq!(word(&"x".repeat(65)), "other");
+        assert_eq!(word("a\"b"), "other");
+    }
+}
