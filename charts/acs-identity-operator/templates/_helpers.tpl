@@ -130,3 +130,9 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   # Evaluates ClusterCommunicationService namespaceSelectors.
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/* Non-empty when the ClusterCommunicationService API is registered in the cluster
+(or passed with helm template --api-versions). */}}
+{{- define "acs-identity-operator.cssApiAvailable" -}}
+{{- if .Capabilities.APIVersions.Has "acs-operator.dev/v1alpha1/ClusterCommunicationService" }}true{{ end }}
+{{- end }}

@@ -1,0 +1,637 @@
+//! The Helm chart, checked the way a platform team meets it: `helm lint`, the rendered
+//! manifests against a real API server (`kubectl apply --dry-run=server`), an install,
+//! upgrade and uninstall, least-privilege RBAC when namespaces are restricted, CRDs equal
+//! to the generated ones, and a values schema that refuses bad input with a readable
+//! message. Pods never run on the local control plane, so nothing waits for them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use support::{ControlPlane, TestNamespace, eventually, repo_root, run_with_stdin};
+
+const CCS_API: &str = "acs-operator.dev/v1alpha1/ClusterCommunicationService";
+const WRITE_VERBS: &[&str] = &[
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "*",
+];
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/acs-identity-operator")
+}
+
+fn chart() -> String {
+    chart_dir().display().to_string()
+}
+
+/// Runs helm; returns (success, stdout, stderr).
+fn helm(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
+    run_with_stdin(cp.helm().args(args), None)
+}
+
+/// `helm template` rendered for the control plane's Kubernetes version (a helm built
+/// from Go modules otherwise assumes v1.20 and fails the chart's kubeVersion).
+fn template(cp: &ControlPlane, release: &str, namespace: &str, extra: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        release,
+        chart.as_str(),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        &cp.k8s_version,
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = helm(cp, &args);
+    assert!(ok, "helm template {extra:?} failed:\n{err}");
+    out
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind_of(v: &Value) -> &str {
+    v["kind"].as_str().unwrap_or_default()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| kind_of(d) == kind).collect()
+}
+
+fn str_list(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .map(|s| s.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// A values file in a temp dir that lives as long as the returned guard.
+fn values_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("values.yaml");
+    std::fs::write(&path, text).expect("write values");
+    let p = path.display().to_string();
+    (dir, p)
+}
+
+fn restricted_values(namespaces: &[&str], ccs_name: &str) -> String {
+    format!(
+        "watchNamespaces: [{}]\n\
+         serviceMonitor: {{enabled: false}}\n\
+         podDisruptionBudget: {{enabled: true}}\n\
+         clusterCommunicationService:\n  create: true\n  name: {ccs_name}\n  apiVersion: \"2023-10-01\"\n\
+         \x20 connectionStringSecretRef: {{name: acs-connection, key: connectionString}}\n\
+         \x20 namespaceSelector:\n    matchLabels: {{acs-operator.dev/test: \"true\"}}\n",
+        namespaces.join(", ")
+    )
+}
+
+/// The CRDs must exist and be Established before a ClusterCommunicationService can be
+/// dry-run or installed. Applied once per binary with kubectl, as other test binaries
+/// sharing the control plane do, so a helm install never races their create.
+fn ensure_crds(cp: &ControlPlane) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crds = repo_root().join("crds").display().to_string();
+        let (ok, _, err) = cp.kubectl_run(&["apply", "-f", &crds], None);
+        assert!(ok, "kubectl apply -f crds/: {err}");
+        let (ok, _, err) = cp.kubectl_run(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "-f",
+                &crds,
+            ],
+            None,
+        );
+        assert!(ok, "CRDs not Established: {err}");
+    });
+}
+
+fn dry_run_server(cp: &ControlPlane, manifests: &str) {
+    let (ok, out, err) = cp.kubectl_run(&["apply", "--dry-run=server", "-f", "-"], Some(manifests));
+    assert!(
+        ok,
+        "server-side dry run refused the rendered chart:\n{err}\n{out}"
+    );
+}
+
+fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Option<serde_json::Value> {
+    let mut all = vec!["get", "-o", "json"];
+    all.extend_from_slice(args);
+    let (ok, out, _) = cp.kubectl_run(&all, None);
+    ok.then(|| serde_json::from_str(&out).expect("kubectl JSON"))
+}
+
+fn can_i(cp: &ControlPlane, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", sa];
+    match ns {
+        Some(n) => args.extend_from_slice(&["-n", n]),
+        None => args.push("--all-namespaces"),
+    }
+    let (_, out, _) = cp.kubectl_run(&args, None);
+    out.trim() == "yes"
+}
+
+#[test]
+fn helm_lint_passes_for_default_and_restricted_values() {
+    let cp = ControlPlane::get();
+    let (ok, out, err) = helm(
+        cp,
+        &[
+            "lint",
+            "--strict",
+            &chart(),
+            "--kube-version",
+            &cp.k8s_version,
+        ],
+    );
+    assert!(ok, "helm lint (defaults):\n{out}\n{err}");
+    let (_dir, values) = values_file(&restricted_values(&["team-a", "team-b"], "shared"));
+    let (ok, out, err) = helm(
+        cp,
+        &[
+            "lint",
+            "--strict",
+            &chart(),
+            "--kube-version",
+            &cp.k8s_version,
+            "-f",
+            &values,
+            "--set",
+            "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+        ],
+    );
+    assert!(ok, "helm lint (restricted namespaces):\n{out}\n{err}");
+}
+
+#[tokio::test]
+async fn default_render_is_accepted_by_the_api_server() {
+    let cp = ControlPlane::get();
+    let admin = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &admin, "chart-default").await;
+    let rendered = template(cp, "dry", &ns.name, &[]);
+    let d = docs(&rendered);
+    assert_eq!(of_kind(&d, "CustomResourceDefinition").len(), 3);
+    assert_eq!(of_kind(&d, "Deployment").len(), 1);
+    assert!(
+        of_kind(&d, "ServiceMonitor").is_empty(),
+        "ServiceMonitor is opt-in"
+    );
+    assert!(
+        of_kind(&d, "PrometheusRule").is_empty(),
+        "PrometheusRule is opt-in"
+    );
+    assert!(
+        of_kind(&d, "PodDisruptionBudget").is_empty(),
+        "PDB is opt-in"
+    );
+    dry_run_server(cp, &rendered);
+}
+
+#[tokio::test]
+async fn restricted_render_with_pdb_and_cluster_service_is_accepted_by_the_api_server() {
+    let cp = ControlPlane::get();
+    ensure_crds(cp);
+    let admin = cp.admin_client().await;
+    let release_ns = TestNamespace::create(cp, &admin, "chart-rel").await;
+    let team_a = TestNamespace::create(cp, &admin, "chart-ta").await;
+    let team_b = TestNamespace::create(cp, &admin, "chart-tb").await;
+    let (_dir, values) = values_file(&restricted_values(
+        &[&team_a.name, &team_b.name],
+        &format!("chart-dry-{}", std::process::id()),
+    ));
+    // --api-versions stands in for the registered CRD: the chart only renders the
+    // ClusterCommunicationService when the API exists.
+    let rendered = template(
+        cp,
+        "dry",
+        &release_ns.name,
+        &["-f", &values, "--api-versions", CCS_API],
+    );
+    let d = docs(&rendered);
+    assert_eq!(of_kind(&d, "PodDisruptionBudget").len(), 1);
+    assert_eq!(of_kind(&d, "ClusterCommunicationService").len(), 1);
+    assert!(of_kind(&d, "ServiceMonitor").is_empty());
+    let role_namespaces: Vec<&str> = of_kind(&d, "Role")
+        .iter()
+        .filter_map(|r| r["metadata"]["namespace"].as_str())
+        .collect();
+    for ns in [&team_a.name, &team_b.name] {
+        assert!(
+            role_namespaces.contains(&ns.as_str()),
+            "no Role in {ns}: {role_namespaces:?}"
+        );
+    }
+    dry_run_server(cp, &rendered);
+}
+
+/// With watchNamespaces set, no ClusterRole may let the operator write Secrets anywhere:
+/// a compromised operator could otherwise overwrite any workload's Secret.
+#[test]
+fn restricted_namespaces_grant_no_cluster_wide_secret_writes() {
+    let cp = ControlPlane::get();
+    fn secret_writes(role: &Value) -> Vec<String> {
+        let mut found = Vec::new();
+        for rule in role["rules"].as_sequence().into_iter().flatten() {
+            let groups = str_list(&rule["apiGroups"]);
+            let resources = str_list(&rule["resources"]);
+            let verbs = str_list(&rule["verbs"]);
+            let core = groups.iter().any(|g| g.is_empty() || *g == "*");
+            let secrets = resources.iter().any(|r| *r == "secrets" || *r == "*");
+            let writes: Vec<&str> = verbs
+                .iter()
+                .copied()
+                .filter(|v| WRITE_VERBS.contains(v))
+                .collect();
+            if core && secrets && !writes.is_empty() {
+                found.push(format!("{resources:?} {writes:?}"));
+            }
+        }
+        found
+    }
+    let (_dir, values) = values_file(&restricted_values(&["team-a", "team-b"], "shared"));
+    let d = docs(&template(cp, "rbac", "acs-system", &["-f", &values]));
+    let cluster_roles = of_kind(&d, "ClusterRole");
+    assert!(!cluster_roles.is_empty());
+    for cr in &cluster_roles {
+        let w = secret_writes(cr);
+        assert!(
+            w.is_empty(),
+            "ClusterRole {} grants Secret writes cluster-wide: {w:?}",
+            cr["metadata"]["name"].as_str().unwrap_or("?")
+        );
+    }
+    // The cluster-scoped reads stay in the operator's ClusterRole.
+    let operator_cr = cluster_roles
+        .iter()
+        .find(|r| r["metadata"]["name"] == "rbac-acs-identity-operator")
+        .expect("operator ClusterRole");
+    let resources: Vec<&str> = operator_cr["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|r| str_list(&r["resources"]))
+        .collect();
+    for r in ["clustercommunicationservices", "namespaces"] {
+        assert!(
+            resources.contains(&r),
+            "ClusterRole lacks {r}: {resources:?}"
+        );
+    }
+    // The write access moved to Roles in exactly the watched namespaces.
+    let mut writable: Vec<&str> = of_kind(&d, "Role")
+        .into_iter()
+        .filter(|r| !secret_writes(r).is_empty())
+        .filter_map(|r| r["metadata"]["namespace"].as_str())
+        .collect();
+    writable.sort();
+    assert_eq!(writable, ["team-a", "team-b"]);
+
+    // The check itself must be able to fail: the all-namespaces default does grant it.
+    let d = docs(&template(cp, "rbac", "acs-system", &[]));
+    assert!(
+        of_kind(&d, "ClusterRole")
+            .iter()
+            .any(|r| !secret_writes(r).is_empty()),
+        "default mode should use a ClusterRole with Secret writes"
+    );
+}
+
+#[test]
+fn chart_crds_equal_generated_crds() {
+    let cp = ControlPlane::get();
+    let generated = repo_root().join("crds");
+    let in_chart = chart_dir().join("files/crds");
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect();
+        v.sort();
+        v
+    };
+    let fix = "run hack/sync-chart-crds.sh and commit the chart";
+    assert_eq!(
+        names(&generated),
+        names(&in_chart),
+        "CRD file sets differ; {fix}"
+    );
+    for name in names(&generated) {
+        let want = std::fs::read_to_string(generated.join(&name)).unwrap();
+        let have = std::fs::read_to_string(in_chart.join(&name)).unwrap();
+        assert!(
+            want == have,
+            "charts/acs-identity-operator/files/crds/{name} differs from crds/{name}; {fix}"
+        );
+    }
+    let (ok, _, err) = run_with_stdin(
+        std::process::Command::new(repo_root().join("hack/sync-chart-crds.sh")).arg("--check"),
+        None,
+    );
+    assert!(ok, "hack/sync-chart-crds.sh --check: {err}");
+
+    // What Helm renders is the same schema: only labels and the keep policy are added.
+    let rendered = docs(&template(cp, "crds", "acs-system", &[]));
+    let rendered = of_kind(&rendered, "CustomResourceDefinition");
+    assert_eq!(rendered.len(), names(&generated).len());
+    for name in names(&generated) {
+        let want: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(generated.join(&name)).unwrap()).unwrap();
+        let have = rendered
+            .iter()
+            .find(|c| c["metadata"]["name"] == want["metadata"]["name"])
+            .unwrap_or_else(|| panic!("{name} not rendered"));
+        assert_eq!(
+            have["spec"], want["spec"],
+            "rendered spec of {name} differs"
+        );
+        assert_eq!(
+            have["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        assert_eq!(
+            have["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+    }
+    let no_keep = docs(&template(
+        cp,
+        "crds",
+        "acs-system",
+        &["--set", "crds.keep=false"],
+    ));
+    for c in of_kind(&no_keep, "CustomResourceDefinition") {
+        assert!(c["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+    }
+    let none = docs(&template(
+        cp,
+        "crds",
+        "acs-system",
+        &["--set", "crds.install=false"],
+    ));
+    assert!(of_kind(&none, "CustomResourceDefinition").is_empty());
+}
+
+#[test]
+fn values_schema_rejects_bad_values_readably() {
+    let cp = ControlPlane::get();
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--set-string", "replicaCount=two"],
+            &["replicaCount", "want integer"],
+        ),
+        (
+            &["--set", "replicasCount=2"],
+            &["replicasCount", "not allowed"],
+        ),
+        (&["--set", "logging.format=xml"], &["/logging/format"]),
+        (
+            &["--set", "watchNamespaces[0]=Team_A"],
+            &["/watchNamespaces/0"],
+        ),
+        (
+            &["--set", "clusterCommunicationService.create=true"],
+            &["connectionStringSecretRef/name"],
+        ),
+    ];
+    for (set, expect) in cases {
+        let chart = chart();
+        let mut args = vec![
+            "template",
+            "bad",
+            chart.as_str(),
+            "--kube-version",
+            &cp.k8s_version,
+        ];
+        args.extend_from_slice(set);
+        let (ok, _, err) = helm(cp, &args);
+        assert!(!ok, "helm template {set:?} should fail");
+        for e in *expect {
+            assert!(
+                err.contains(e),
+                "error for {set:?} should mention {e:?}:\n{err}"
+            );
+        }
+    }
+    // Several active replicas without a Lease would issue duplicate tokens.
+    let (ok, _, err) = helm(
+        cp,
+        &[
+            "template",
+            "bad",
+            &chart(),
+            "--kube-version",
+            &cp.k8s_version,
+            "--set",
+            "replicaCount=2,leaderElection.enabled=false",
+        ],
+    );
+    assert!(!ok && err.contains("leaderElection.enabled"), "{err}");
+}
+
+#[tokio::test]
+async fn install_upgrade_uninstall() {
+    let cp = ControlPlane::get();
+    // The CRDs are cluster-wide and shared with the other test binaries on this control
+    // plane, which apply crds/ directly; --take-ownership lets this release adopt them as
+    // it would adopt CRDs installed by hand, and crds.keep (the default) leaves them for
+    // the others on uninstall. A fresh cluster's first install creates them itself.
+    ensure_crds(cp);
+    let admin = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &admin, "chart-install").await;
+    let team = TestNamespace::create(cp, &admin, "chart-team").await;
+    let other = TestNamespace::create(cp, &admin, "chart-other").await;
+    let release = format!("acs-{}", std::process::id());
+    let fullname = format!("{release}-acs-identity-operator");
+    let sa = format!("system:serviceaccount:{}:{fullname}", ns.name);
+    let ccs = format!("chart-install-{}", std::process::id());
+
+    let (ok, out, err) = helm(
+        cp,
+        &[
+            "install",
+            &release,
+            &chart(),
+            "-n",
+            &ns.name,
+            "--no-hooks",
+            "--take-ownership",
+            "--set",
+            "image.tag=test",
+        ],
+    );
+    assert!(ok, "helm install:\n{out}\n{err}");
+
+    let deploy = kubectl_json(cp, &["deployment", &fullname, "-n", &ns.name]).expect("Deployment");
+    let spec = &deploy["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(c["image"].as_str().unwrap().ends_with(":test"));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--watch-namespaces")),
+        "{args:?}"
+    );
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"),
+        "{env:?}"
+    );
+    assert!(
+        kubectl_json(
+            cp,
+            &["service", &format!("{fullname}-metrics"), "-n", &ns.name]
+        )
+        .is_some()
+    );
+    assert!(kubectl_json(cp, &["clusterrole", &fullname]).is_some());
+    assert!(
+        kubectl_json(
+            cp,
+            &[
+                "role",
+                &format!("{fullname}-leader-election"),
+                "-n",
+                &ns.name
+            ]
+        )
+        .is_some()
+    );
+    assert!(kubectl_json(cp, &["role", &fullname, "-n", &team.name]).is_none());
+    // All-namespaces mode: the API server's own authorizer says the SA may write Secrets
+    // everywhere, leases only in its own namespace.
+    assert!(can_i(cp, &sa, "create", "secrets", Some(&other.name)));
+    assert!(can_i(
+        cp,
+        &sa,
+        "update",
+        "leases.coordination.k8s.io",
+        Some(&ns.name)
+    ));
+    assert!(!can_i(
+        cp,
+        &sa,
+        "update",
+        "leases.coordination.k8s.io",
+        Some(&other.name)
+    ));
+
+    let set = format!(
+        "watchNamespaces={{{}}},replicaCount=3,podDisruptionBudget.enabled=true,\
+         clusterCommunicationService.create=true,clusterCommunicationService.name={ccs},\
+         clusterCommunicationService.connectionStringSecretRef.name=acs-connection",
+        team.name
+    );
+    let (ok, out, err) = helm(
+        cp,
+        &[
+            "upgrade",
+            &release,
+            &chart(),
+            "-n",
+            &ns.name,
+            "--no-hooks",
+            "--reuse-values",
+            "--set",
+            &set,
+        ],
+    );
+    assert!(ok, "helm upgrade:\n{out}\n{err}");
+
+    let deploy = kubectl_json(cp, &["deployment", &fullname, "-n", &ns.name]).expect("Deployment");
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains(&format!("--watch-namespaces={}", team.name)),
+        "{args}"
+    );
+    assert!(
+        args.contains(&format!(
+            "--default-service=ClusterCommunicationService/{ccs}"
+        )),
+        "{args}"
+    );
+    assert!(kubectl_json(cp, &["role", &fullname, "-n", &team.name]).is_some());
+    assert!(kubectl_json(cp, &["poddisruptionbudget", &fullname, "-n", &ns.name]).is_some());
+    let svc = kubectl_json(cp, &["clustercommunicationservices.acs-operator.dev", &ccs])
+        .expect("ClusterCommunicationService");
+    assert_eq!(
+        svc["spec"]["connectionStringSecretRef"]["namespace"],
+        ns.name.as_str()
+    );
+    assert_eq!(
+        svc["spec"]["connectionStringSecretRef"]["name"],
+        "acs-connection"
+    );
+    let cr = kubectl_json(cp, &["clusterrole", &fullname]).expect("ClusterRole");
+    assert!(
+        !cr["rules"].to_string().contains("\"secrets\""),
+        "{}",
+        cr["rules"]
+    );
+    // Restricted mode: Secret writes only in the watched namespace; credential reads in
+    // the release namespace (where the service's Secret lives), no writes there.
+    assert!(can_i(cp, &sa, "create", "secrets", Some(&team.name)));
+    assert!(!can_i(cp, &sa, "create", "secrets", Some(&other.name)));
+    assert!(!can_i(cp, &sa, "get", "secrets", Some(&other.name)));
+    assert!(!can_i(cp, &sa, "create", "secrets", None));
+    assert!(can_i(cp, &sa, "get", "secrets", Some(&ns.name)));
+    assert!(!can_i(cp, &sa, "create", "secrets", Some(&ns.name)));
+    assert!(can_i(cp, &sa, "list", "namespaces", None));
+
+    let (ok, out, err) = helm(cp, &["uninstall", &release, "-n", &ns.name, "--no-hooks"]);
+    assert!(ok, "helm uninstall:\n{out}\n{err}");
+    eventually(30, "release objects to be deleted", || async {
+        let gone = kubectl_json(cp, &["deployment", &fullname, "-n", &ns.name]).is_none()
+            && kubectl_json(cp, &["clusterrole", &fullname]).is_none()
+            && kubectl_json(cp, &["role", &fullname, "-n", &team.name]).is_none()
+            && kubectl_json(cp, &["clustercommunicationservices.acs-operator.dev", &ccs]).is_none();
+        gone.then_some(())
+    })
+    .await;
+    // crds.keep: the CRDs (and every identity in the cluster) survive the uninstall.
+    assert!(
+        kubectl_json(cp, &["crd", "communicationidentities.acs-operator.dev"]).is_some(),
+        "CRDs must be kept on uninstall"
+    );
+}
