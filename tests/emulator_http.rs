@@ -76,6 +76,14 @@ async fn user_lifecycle_and_admin_view() {
     assert_eq!(stats["requests"]["create"]["201"], 2);
     assert_eq!(stats["requests"]["issue"]["404"], 1);
     assert_eq!(stats["requests"]["revoke"]["204"], 1);
+    assert_eq!(
+        c.admin(Method::DELETE, "/admin/stats", None).await.status,
+        204
+    );
+    assert_eq!(
+        c.admin(Method::GET, "/admin/stats", None).await.json["total"],
+        0
+    );
 }
 
 #[tokio::test]

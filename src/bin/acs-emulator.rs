@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// Serves the ACS Identity REST API (HMAC-signed, all SDK api-versions) on loopback.
 ///
 /// Prints `ACS_CONNECTION_STRING=endpoint=http://ADDR/;accesskey=KEY` as its first line.
-/// Admin API: GET /admin/identities, POST /admin/tokens:validate, GET /admin/stats,
+/// Admin API: GET /admin/identities, POST /admin/tokens:validate, GET|DELETE /admin/stats,
 /// POST|GET|DELETE /admin/faults.
 #[derive(Debug, Parser)]
 #[command(name = "acs-emulator", version)]
@@ -77,7 +77,8 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_json {
         subscriber.json().init();
     } else {

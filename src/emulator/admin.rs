@@ -77,6 +77,11 @@ async fn handle_inner(
             )
         }
         (&Method::GET, "/admin/stats") => Ok(Json(lock(&app.stats).clone()).into_response()),
+        // Lets a benchmark or test count only its own requests.
+        (&Method::DELETE, "/admin/stats") => {
+            *lock(&app.stats) = Default::default();
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         (&Method::GET, "/admin/faults") => {
             Ok(Json(lock(&app.faults).rules().to_vec()).into_response())
         }

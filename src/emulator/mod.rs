@@ -1,6 +1,21 @@
 //! The ACS emulator: a real HTTP(S) server speaking the ACS Identity REST API,
 //! wire-compatible with the official SDKs, for tests, demos and benchmarks.
 //!
+//! ACS side: `POST /identities`, `POST /identities/{id}/:issueAccessToken`,
+//! `POST /identities/{id}/:revokeAccessTokens`, `DELETE /identities/{id}` and, from
+//! `2025-03-02-preview`, `customId` on create and `GET /identities/{id}`; the retired
+//! `2020-07-20-preview2` routes (`/identities/{id}/token`, `PATCH /identities/{id}`).
+//! Every request is HMAC-checked as ACS does (see the `auth` module), then faults, then
+//! quota. Errors are ACS's `{"error": {"code", "message"}}`.
+//!
+//! Admin side (`/admin/`, loopback only unless an admin key is set):
+//! - `GET /admin/identities`: `[{id, customId, deleted, tokensIssued, tokensRevokedAt, ...}]`
+//! - `POST /admin/tokens:validate` `{"token"}`: `{"valid", "reason"}`, reason one of
+//!   `valid`, `bad signature`, `expired`, `revoked`, `user deleted`, `unknown user`, ...
+//! - `GET /admin/stats`: `{"total", "requests": {operation: {status: count}}}`;
+//!   `DELETE /admin/stats` resets the counts
+//! - `POST /admin/faults` one [`FaultRule`] or a list; `GET` lists, `DELETE` clears.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), acs_identity_operator::emulator::EmulatorError> {
 //! use acs_identity_operator::emulator::{EmulatorConfig, spawn};
