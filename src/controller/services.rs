@@ -2,6 +2,10 @@
 //! `ClusterCommunicationService`, whether this namespace may use it, its credentials, and
 //! one cached ACS client per service and credential version.
 
+// Resolution errors carry the service and Secret they are about so that the condition
+// message can name them; they are returned once per reconcile, so their size is moot.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
