@@ -310,27 +310,17 @@ fn restricted_namespaces_grant_no_cluster_wide_secret_writes() {
     );
 }
 
-#[test]
-fn chart_crds_equal_generated_crds() {
-    let cp = ControlPlane::get();
+/// The CRD files in the chart are byte-for-byte the generated crds/*.yaml.
+fn assert_chart_crds_in_sync() {
     let generated = repo_root().join("crds");
     let in_chart = chart_dir().join("files/crds");
-    let names = |dir: &Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".yaml"))
-            .collect();
-        v.sort();
-        v
-    };
     let fix = "run hack/sync-chart-crds.sh and commit the chart";
     assert_eq!(
-        names(&generated),
-        names(&in_chart),
+        crd_names(&generated),
+        crd_names(&in_chart),
         "CRD file sets differ; {fix}"
     );
-    for name in names(&generated) {
+    for name in crd_names(&generated) {
         let want = std::fs::read_to_string(generated.join(&name)).unwrap();
         let have = std::fs::read_to_string(in_chart.join(&name)).unwrap();
         assert!(
@@ -343,12 +333,28 @@ fn chart_crds_equal_generated_crds() {
         None,
     );
     assert!(ok, "hack/sync-chart-crds.sh --check: {err}");
+}
 
+fn crd_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn chart_crds_equal_generated_crds() {
+    let cp = ControlPlane::get();
+    let generated = repo_root().join("crds");
+    assert_chart_crds_in_sync();
     // What Helm renders is the same schema: only labels and the keep policy are added.
     let rendered = docs(&template(cp, "crds", "acs-system", &[]));
     let rendered = of_kind(&rendered, "CustomResourceDefinition");
-    assert_eq!(rendered.len(), names(&generated).len());
-    for name in names(&generated) {
+    assert_eq!(rendered.len(), crd_names(&generated).len());
+    for name in crd_names(&generated) {
         let want: Value =
             serde_yaml::from_str(&std::fs::read_to_string(generated.join(&name)).unwrap()).unwrap();
         let have = rendered
@@ -450,6 +456,8 @@ async fn install_upgrade_uninstall() {
     // plane, which apply crds/ directly; --take-ownership lets this release adopt them as
     // it would adopt CRDs installed by hand, and crds.keep (the default) leaves them for
     // the others on uninstall. A fresh cluster's first install creates them itself.
+    // A stale chart would overwrite the shared CRDs with an old schema: refuse first.
+    assert_chart_crds_in_sync();
     ensure_crds(cp);
     let admin = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &admin, "chart-install").await;
