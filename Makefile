@@ -12,10 +12,12 @@ export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 CLUSTER_DIR := $(CURDIR)/.cluster
 include hack/controlplane/versions.env
 
-.PHONY: help deps controlplane build test unit-test lint fmt crds crds-check compat cluster-up cluster-down demo versions
+.PHONY: help deps controlplane build release test lint fmt crds check-crds chart-crds \
+        compat hmac-vectors emulator bench-acs lint-dockerfile cluster-up cluster-down demo versions
 
 help:
 	@sed -n '2,6p' Makefile
+	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:
 	@hack/deps.sh
@@ -29,24 +31,52 @@ versions:
 build: deps
 	cargo build --all-targets
 
+# The release binary exactly as the Dockerfile builds it.
+release: deps
+	cargo build --release --locked --bin acs-identity-operator
+
 fmt:
 	cargo fmt
 
 lint: deps
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	hack/lint-dockerfile.sh
 
-crds: build
-	cargo run --quiet --bin crdgen
+# CRDs are generated from src/api/; commit crds/ and the chart's copy after a change.
+crds:
+	cargo run --quiet --bin crdgen -- --out crds
+	hack/sync-chart-crds.sh
 
-# Every test: formatting and lints, the Rust unit and integration tests (on a real
-# control plane and the ACS emulator), and the official-SDK compatibility tests.
+check-crds:
+	cargo run --quiet --bin crdgen -- --check
+	hack/sync-chart-crds.sh --check
+
+chart-crds:
+	hack/sync-chart-crds.sh
+
+# Every test: lints, the Rust unit and integration tests (on a real control plane and
+# the ACS emulator), and the official-SDK compatibility tests.
 test:
 	@hack/test.sh
 
 compat: deps
 	@hack/compat/install.sh
 	@hack/compat/run.sh
+
+# HMAC test vectors, computed by the official Python SDK's own signing code.
+hmac-vectors: deps
+	@hack/compat/install.sh
+	$(CACHE_DIR)/compat/venv/bin/python hack/compat/gen_hmac_vectors.py > tests/vectors/hmac_sha256.json
+
+emulator:
+	cargo run --quiet --bin acs-emulator -- --listen 127.0.0.1:0 --token-lifetime-scale 0.01
+
+bench-acs:
+	cargo run --quiet --release --bin acs-bench -- --emulator process
+
+lint-dockerfile:
+	hack/lint-dockerfile.sh
 
 cluster-up: controlplane
 	@if [[ -s $(CLUSTER_DIR)/pids ]]; then echo "cluster-up: a control plane is already running from $(CLUSTER_DIR); run make cluster-down first" >&2; exit 1; fi

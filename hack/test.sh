@@ -12,12 +12,18 @@ hack/controlplane/build.sh >/dev/null
 . hack/controlplane/versions.env
 say "control plane: Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION"
 
-say "cargo fmt --check and clippy"
+say "cargo fmt --check, clippy, hadolint"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+hack/lint-dockerfile.sh
 
-say "building"
+say "generated CRDs match the Rust types (crds/ and the chart's copy)"
+cargo run --quiet --bin crdgen -- --check
+hack/sync-chart-crds.sh --check
+
+say "building (and the release binary exactly as the Dockerfile builds it)"
 cargo build --all-targets --quiet
+cargo build --release --locked --quiet --bin acs-identity-operator
 
 say "starting one control plane for all integration tests"
 cpdir=$(mktemp -d "${TMPDIR:-/tmp}/acs-test-cp.XXXXXX")
@@ -28,8 +34,6 @@ export ACS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
 say "Rust unit and integration tests"
 cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
 
-if [[ -x hack/compat/run.sh ]]; then
-  say "official Azure SDK compatibility tests"
-  hack/compat/install.sh
-  hack/compat/run.sh
-fi
+say "official Azure SDK compatibility tests (Python and JavaScript) against the emulator"
+hack/compat/install.sh
+hack/compat/run.sh
