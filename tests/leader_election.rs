@@ -198,3 +198,22 @@ async fn shutdown_while_campaigning_returns_none() {
     assert!(leader.is_leader());
     leader.release().await.expect("release");
 }
+
+#[tokio::test]
+async fn a_deleted_lease_is_recreated_by_its_leader() {
+    let cp = ControlPlane::get();
+    let client = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &client, "lease").await;
+
+    let leader = campaign(&client, &ns.name, "a").await.expect("candidate a");
+    Api::<Lease>::namespaced(client.clone(), &ns.name)
+        .delete(LEASE, &Default::default())
+        .await
+        .expect("delete Lease");
+    support::eventually(5, "the leader to recreate its Lease", || async {
+        (holder(&client, &ns.name).await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    assert!(leader.is_leader());
+    leader.release().await.expect("release");
+}
