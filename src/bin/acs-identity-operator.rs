@@ -178,6 +178,9 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
             .clone()
             .ok_or("--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)")?;
         let lease = LeaseConfig::new(ns, args.leader_election_lease_name.clone());
+        // A standby is ready to take over: were it unready, a rolling update of two
+        // replicas would wait forever for the new pod, which waits for the old one's Lease.
+        readiness.set_ready(true);
         match runtime::run_leader_election(client.clone(), lease, listener.clone().wait())
             .await
             .map_err(|e| e.to_string())?
