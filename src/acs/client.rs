@@ -325,9 +325,7 @@ impl AcsClient {
         body: Option<Vec<u8>>,
         parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
     ) -> Result<T, AcsError> {
-        let target = request_target(op, id, &self.inner.api_version);
-        let url = Url::parse(&format!("{}{target}", self.inner.base))
-            .map_err(|e| AcsError::Config(format!("cannot form a request URL: {e}")))?;
+        let url = self.request_url(op, id)?;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -383,13 +381,39 @@ impl AcsClient {
         }
     }
 
-    /// One signed request; any answer (even an error status) is `Ok` with its parts.
-    async fn send_once(
+    /// The `issue_token` request exactly as it would go on the wire (target, JSON body,
+    /// date, HMAC signature, headers), built but not sent: what the client spends on a
+    /// request before any I/O. For benchmarks (`acs-bench`) and debugging.
+    pub fn prepare_issue_token(
+        &self,
+        id: &str,
+        scopes: &[Scope],
+        expires_in_minutes: Option<u32>,
+    ) -> Result<reqwest::Request, AcsError> {
+        check_id(id)?;
+        let body = to_json(&IssueTokenBody {
+            scopes,
+            expires_in_minutes,
+        })?;
+        let url = self.request_url(Operation::IssueToken, id)?;
+        self.signed_request(Operation::IssueToken, &url, Some(&body))?
+            .build()
+            .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
+    }
+
+    fn request_url(&self, op: Operation, id: &str) -> Result<Url, AcsError> {
+        let target = request_target(op, id, &self.inner.api_version);
+        Url::parse(&format!("{}{target}", self.inner.base))
+            .map_err(|e| AcsError::Config(format!("cannot form a request URL: {e}")))
+    }
+
+    /// A request for one attempt, dated and signed now.
+    fn signed_request(
         &self,
         op: Operation,
         url: &Url,
         body: Option<&[u8]>,
-    ) -> Result<(u16, Option<Duration>, Vec<u8>), AcsError> {
+    ) -> Result<reqwest::RequestBuilder, AcsError> {
         let method = method_of(op);
         // Sign exactly what goes on the wire: the URL's own serialisation of path and
         // query, and the host with the port the connection uses.
@@ -424,6 +448,17 @@ impl AcsClient {
                 .header(CONTENT_TYPE, "application/json")
                 .body(b.to_vec());
         }
+        Ok(request)
+    }
+
+    /// One signed request; any answer (even an error status) is `Ok` with its parts.
+    async fn send_once(
+        &self,
+        op: Operation,
+        url: &Url,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), AcsError> {
+        let request = self.signed_request(op, url, body)?;
         let response = request
             .send()
             .await
@@ -586,6 +621,49 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 5, "only {checked} SDK-client vectors");
+    }
+
+    /// The prepared request is what `issue_token` sends: signed over its own target,
+    /// host and body, so the emulator's check accepts it.
+    #[test]
+    fn prepared_issue_token_request_is_signed_over_what_it_sends() {
+        use super::super::signing::{content_hash, parse_authorization, string_to_sign, verify};
+        let cs = ConnectionString::parse(
+            "endpoint=http://127.0.0.1:7000/;accesskey=c2VjcmV0LWtleS1ieXRlcw==",
+        )
+        .unwrap();
+        let client = AcsClient::new(&cs, AcsClientOptions::default()).unwrap();
+        let request = client
+            .prepare_issue_token("8:acs:x_y", &[Scope::Chat], Some(60))
+            .unwrap();
+        assert_eq!(request.method(), Method::POST);
+        let target = format!(
+            "{}?{}",
+            request.url().path(),
+            request.url().query().unwrap()
+        );
+        assert_eq!(
+            target,
+            "/identities/8%3Aacs%3Ax_y/:issueAccessToken?api-version=2023-10-01"
+        );
+        let body = request.body().and_then(|b| b.as_bytes()).unwrap();
+        assert_eq!(body, br#"{"scopes":["chat"],"expiresInMinutes":60}"#);
+        let header = |name: &str| request.headers()[name].to_str().unwrap().to_string();
+        assert_eq!(header("x-ms-content-sha256"), content_hash(body));
+        let auth = parse_authorization(&header("authorization")).unwrap();
+        let sts = string_to_sign(
+            "POST",
+            &target,
+            &header("x-ms-date"),
+            "127.0.0.1:7000",
+            &content_hash(body),
+        );
+        assert!(verify(cs.key(), &sts, &auth.signature));
+        assert!(
+            client
+                .prepare_issue_token(" ", &[Scope::Chat], None)
+                .is_err()
+        );
     }
 
     #[test]
