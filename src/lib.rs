@@ -6,6 +6,7 @@
 
 pub mod acs;
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod emulator;
 pub mod runtime;

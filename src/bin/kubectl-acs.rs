@@ -1,0 +1,6 @@
+//! `kubectl-acs`: the kubectl plugin for people. On `PATH`, kubectl runs it as
+//! `kubectl acs ...`. All logic lives in [`acs_identity_operator::cli`].
+
+fn main() -> std::process::ExitCode {
+    acs_identity_operator::cli::main()
+}
