@@ -24,8 +24,14 @@ die() { echo "controlplane-build: ERROR: $*" >&2; exit 1; }
 
 command -v go >/dev/null 2>&1 || die "Go toolchain not found on PATH; install Go >= 1.25 (e.g. apt-get install golang-go, or the machine's /usr/local/go) and retry"
 
+# One build at a time: test binaries started in parallel all call this script.
+exec 9>"$out/.lock"
+flock 9
+
+# Bump when a recipe below changes, so cached binaries are rebuilt.
+HELM_RECIPE=2 # 2: helm's offline default Kubernetes version is the pinned one
 stamp=$bin/.stamp
-want_stamp="$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION"
+want_stamp="$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION/$HELM_RECIPE"
 if [[ -f $stamp && "$(cat "$stamp")" == "$want_stamp" ]] &&
   for b in etcd kube-apiserver kube-controller-manager kubectl helm; do [[ -x $bin/$b ]] || exit 1; done; then
   say "cached binaries for $want_stamp in $bin"
@@ -128,13 +134,22 @@ package tools
 
 import _ "helm.sh/helm/v3/cmd/helm"
 GO
+  local minor
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  # Without these, `helm template` and `helm lint` assume Kubernetes v1.20 and reject
+  # charts that require a newer one (ours says kubeVersion >= 1.30).
+  local p
+  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+  done
   say "building helm $HELM_VERSION (log: $logdir/helm.log)"
   (cd "$src" && go mod tidy && go build -trimpath -ldflags "$ld" -o "$bin/helm.tmp" helm.sh/helm/v3/cmd/helm) \
     >"$logdir/helm.log" 2>&1 || die "building helm failed; see $logdir/helm.log"
   mv "$bin/helm.tmp" "$bin/helm"
 }
 
+if [[ -f $stamp && "$(cat "$stamp")" != *"/$HELM_RECIPE" ]]; then rm -f "$bin/helm"; fi
 rm -f "$stamp"
 [[ -x $bin/etcd ]] || build_etcd
 [[ -x $bin/kube-apiserver && -x $bin/kube-controller-manager && -x $bin/kubectl ]] || build_kube
