@@ -8,23 +8,24 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::conditions::{reasons, types};
 use crate::api::{
-    ClusterCommunicationService, CommunicationService, CommunicationServiceStatus, ServiceKind,
+    ClusterCommunicationService, CommunicationService, CommunicationServiceStatus, Quota,
+    ServiceKind,
 };
 use crate::runtime::metrics::Metrics;
 
 use super::credentials::CredentialWatches;
 use super::error::Error;
-use super::services::{self, ClientCache, ClientSettings, ServiceKey};
+use super::services::{self, ClientCache, ClientSettings, CredentialRef, ServiceKey};
 use super::status::{apply_status, set_condition};
 
 /// Credentials are re-checked this often even without a watch event.
 const RECHECK: Duration = Duration::from_secs(300);
 
-pub struct ServiceContext<K: kube::Resource<DynamicType = ()>> {
+pub struct ServiceContext<K: Resource<DynamicType = ()>> {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub credentials: CredentialWatches<K>,
@@ -33,169 +34,131 @@ pub struct ServiceContext<K: kube::Resource<DynamicType = ()>> {
     pub settings: ClientSettings,
 }
 
-async fn resolve_status(
-    client: &Client,
-    cache: &ClientCache,
-    settings: &ClientSettings,
-    key: &ServiceKey,
-    namespace_for_check: &str,
-    current: Option<&CommunicationServiceStatus>,
+/// What both kinds have in common, as the reconcile needs it.
+struct ServiceView<'a> {
+    key: ServiceKey,
+    credential: CredentialRef,
+    api_version: &'a str,
+    quota: &'a Quota,
+    status: Option<&'a CommunicationServiceStatus>,
     generation: Option<i64>,
-) -> (CommunicationServiceStatus, Option<services::CredentialRef>) {
-    let mut st = current.cloned().unwrap_or_default();
-    st.observed_generation = generation;
-    let now = Timestamp::now();
-    let credential =
-        match services::resolve(client, cache, settings, key, namespace_for_check).await {
-            Ok(svc) => {
-                st.endpoint = Some(svc.endpoint.clone());
-                set_condition(
-                    &mut st.conditions,
-                    types::READY,
-                    true,
-                    reasons::CREDENTIALS_RESOLVED,
-                    format!("Connection string for {} resolved", svc.endpoint),
-                    generation,
-                    now,
-                );
-                Some(svc.credential)
-            }
-            Err(e) => {
-                set_condition(
-                    &mut st.conditions,
-                    types::READY,
-                    false,
-                    e.reason(),
-                    e.to_string(),
-                    generation,
-                    now,
-                );
-                e.credential().cloned()
-            }
-        };
-    (st, credential)
 }
 
 pub async fn reconcile_namespaced(
     obj: Arc<CommunicationService>,
     ctx: Arc<ServiceContext<CommunicationService>>,
 ) -> Result<Action, Error> {
-    let started = Instant::now();
     let ns = obj
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let key = ServiceKey {
-        kind: ServiceKind::CommunicationService,
-        namespace: Some(ns.clone()),
-        name: obj.name_any(),
+    let view = ServiceView {
+        key: ServiceKey {
+            kind: ServiceKind::CommunicationService,
+            namespace: Some(ns.clone()),
+            name: obj.name_any(),
+        },
+        // A namespaced service reads its Secret from its own namespace only.
+        credential: CredentialRef::namespaced(&ns, &obj.spec.connection_string_secret_ref),
+        api_version: &obj.spec.api_version,
+        quota: &obj.spec.quota,
+        status: obj.status.as_ref(),
+        generation: obj.metadata.generation,
     };
-    let (st, credential) = resolve_status(
-        &ctx.client,
-        &ctx.clients,
-        &ctx.settings,
-        &key,
-        &ns,
-        obj.status.as_ref(),
-        obj.metadata.generation,
-    )
-    .await;
-    if let Some(c) = credential {
-        ctx.credentials
-            .depend(ObjectRef::from_obj(obj.as_ref()), &c);
-    }
     let api: Api<CommunicationService> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = apply_status(&api, &obj.name_any(), obj.status.as_ref(), &st).await;
-    ctx.metrics.observe_reconcile(
-        "CommunicationService",
-        if result.is_ok() { "ok" } else { "error" },
-        started.elapsed(),
-    );
-    result?;
-    Ok(Action::requeue(RECHECK))
+    reconcile_view(obj.as_ref(), &api, view, &ctx).await
 }
 
 pub async fn reconcile_cluster(
     obj: Arc<ClusterCommunicationService>,
     ctx: Arc<ServiceContext<ClusterCommunicationService>>,
 ) -> Result<Action, Error> {
-    let started = Instant::now();
-    let key = ServiceKey {
-        kind: ServiceKind::ClusterCommunicationService,
-        namespace: None,
-        name: obj.name_any(),
+    // The namespace selector is checked per identity; here only the credentials matter.
+    let view = ServiceView {
+        key: ServiceKey {
+            kind: ServiceKind::ClusterCommunicationService,
+            namespace: None,
+            name: obj.name_any(),
+        },
+        credential: CredentialRef::from(&obj.spec.connection_string_secret_ref),
+        api_version: &obj.spec.api_version,
+        quota: &obj.spec.quota,
+        status: obj.status.as_ref(),
+        generation: obj.metadata.generation,
     };
-    // The selector is checked per identity; here only the credentials matter, so check
-    // against the credential Secret's own namespace view by skipping the selector.
-    let (st, credential) = resolve_cluster_status(&ctx, &key, obj.as_ref()).await;
-    if let Some(c) = credential {
-        ctx.credentials
-            .depend(ObjectRef::from_obj(obj.as_ref()), &c);
-    }
     let api: Api<ClusterCommunicationService> = Api::all(ctx.client.clone());
-    let result = apply_status(&api, &obj.name_any(), obj.status.as_ref(), &st).await;
-    ctx.metrics.observe_reconcile(
-        "ClusterCommunicationService",
-        if result.is_ok() { "ok" } else { "error" },
-        started.elapsed(),
-    );
-    result?;
-    Ok(Action::requeue(RECHECK))
+    reconcile_view(obj.as_ref(), &api, view, &ctx).await
 }
 
-async fn resolve_cluster_status(
-    ctx: &ServiceContext<ClusterCommunicationService>,
-    key: &ServiceKey,
-    obj: &ClusterCommunicationService,
-) -> (CommunicationServiceStatus, Option<services::CredentialRef>) {
-    let r = &obj.spec.connection_string_secret_ref;
-    let credential = services::CredentialRef {
-        namespace: r.namespace.clone(),
-        name: r.name.clone(),
-        key: r.key.clone(),
-    };
-    let mut st = obj.status.clone().unwrap_or_default();
-    let generation = obj.metadata.generation;
-    st.observed_generation = generation;
-    let now = Timestamp::now();
-    match services::check_credentials(
+async fn reconcile_view<K>(
+    obj: &K,
+    api: &Api<K>,
+    view: ServiceView<'_>,
+    ctx: &ServiceContext<K>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let started = Instant::now();
+    let resolved = services::check_credentials(
         &ctx.client,
         &ctx.clients,
         &ctx.settings,
-        key,
-        &credential,
-        &obj.spec.api_version,
-        &obj.spec.quota,
+        &view.key,
+        &view.credential,
+        view.api_version,
+        view.quota,
     )
-    .await
-    {
+    .await;
+    let mut st = view.status.cloned().unwrap_or_default();
+    st.observed_generation = view.generation;
+    let now = Timestamp::now();
+    match &resolved {
         Ok(svc) => {
             st.endpoint = Some(svc.endpoint.clone());
+            let msg = format!("Connection string for {} resolved", svc.endpoint);
             set_condition(
                 &mut st.conditions,
                 types::READY,
                 true,
                 reasons::CREDENTIALS_RESOLVED,
-                format!("Connection string for {} resolved", svc.endpoint),
-                generation,
+                msg,
+                view.generation,
                 now,
             );
         }
-        Err(e) => set_condition(
-            &mut st.conditions,
-            types::READY,
-            false,
-            e.reason(),
-            e.to_string(),
-            generation,
-            now,
-        ),
+        Err(e) => {
+            let (reason, msg) = (e.reason(), e.to_string());
+            set_condition(
+                &mut st.conditions,
+                types::READY,
+                false,
+                reason,
+                msg,
+                view.generation,
+                now,
+            );
+        }
     }
-    (st, Some(credential))
+    // Watch the credential Secret whether or not it resolved: a fix must be noticed.
+    ctx.credentials
+        .depend(ObjectRef::from_obj(obj), &view.credential);
+    let result = apply_status(api, &obj.name_any(), view.status, &st).await;
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .observe_reconcile(&K::kind(&()), label, started.elapsed());
+    result?;
+    Ok(Action::requeue(RECHECK))
 }
 
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<ServiceContext<K>>) -> Action
 where
-    K: kube::Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()>,
 {
     tracing::warn!(error = %err, "service reconcile failed");
     Action::requeue(if err.is_transient() {

@@ -19,7 +19,8 @@ use crate::acs::{
 };
 use crate::api::conditions::reasons;
 use crate::api::{
-    ClusterCommunicationService, CommunicationIdentity, CommunicationService, Quota, ServiceKind,
+    ClusterCommunicationService, CommunicationIdentity, CommunicationService,
+    NamespacedSecretKeyRef, Quota, SecretKeyRef, ServiceKind,
 };
 
 /// Which service: kind, namespace (for namespaced services) and name.
@@ -88,6 +89,41 @@ pub struct CredentialRef {
     pub namespace: String,
     pub name: String,
     pub key: String,
+}
+
+impl CredentialRef {
+    /// A namespaced service's Secret, always in the service's own namespace.
+    pub fn namespaced(namespace: &str, r: &SecretKeyRef) -> Self {
+        CredentialRef {
+            namespace: namespace.to_string(),
+            name: r.name.clone(),
+            key: r.key.clone(),
+        }
+    }
+}
+
+impl From<&NamespacedSecretKeyRef> for CredentialRef {
+    fn from(r: &NamespacedSecretKeyRef) -> Self {
+        CredentialRef {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            key: r.key.clone(),
+        }
+    }
+}
+
+/// Reads a service object; absent is `ServiceNotFound`.
+async fn fetch<K>(api: Api<K>, key: &ServiceKey) -> Result<K, ResolveError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(&key.name)
+        .await
+        .map_err(|source| ResolveError::Kube {
+            what: key.to_string(),
+            source,
+        })?
+        .ok_or_else(|| ResolveError::ServiceNotFound(key.clone()))
 }
 
 /// A usable service: endpoint and client.
@@ -292,35 +328,15 @@ pub async fn resolve(
             // A namespaced service serves only its own namespace: the key's namespace is
             // always the identity's (see `service_key_for`), so no cross-namespace read.
             let ns = key.namespace.as_deref().unwrap_or(identity_namespace);
-            let api: Api<CommunicationService> = Api::namespaced(client.clone(), ns);
-            let svc = api
-                .get_opt(&key.name)
-                .await
-                .map_err(|source| ResolveError::Kube {
-                    what: key.to_string(),
-                    source,
-                })?;
-            let svc = svc.ok_or_else(|| ResolveError::ServiceNotFound(key.clone()))?;
+            let svc: CommunicationService = fetch(Api::namespaced(client.clone(), ns), key).await?;
             ServiceParts {
-                credential: CredentialRef {
-                    namespace: ns.to_string(),
-                    name: svc.spec.connection_string_secret_ref.name.clone(),
-                    key: svc.spec.connection_string_secret_ref.key.clone(),
-                },
+                credential: CredentialRef::namespaced(ns, &svc.spec.connection_string_secret_ref),
                 api_version: svc.spec.api_version.clone(),
                 quota: svc.spec.quota.clone(),
             }
         }
         ServiceKind::ClusterCommunicationService => {
-            let api: Api<ClusterCommunicationService> = Api::all(client.clone());
-            let svc = api
-                .get_opt(&key.name)
-                .await
-                .map_err(|source| ResolveError::Kube {
-                    what: key.to_string(),
-                    source,
-                })?;
-            let svc = svc.ok_or_else(|| ResolveError::ServiceNotFound(key.clone()))?;
+            let svc: ClusterCommunicationService = fetch(Api::all(client.clone()), key).await?;
             let namespaces: Api<Namespace> = Api::all(client.clone());
             let ns = namespaces
                 .get_opt(identity_namespace)
@@ -336,13 +352,8 @@ pub async fn resolve(
                     namespace: identity_namespace.to_string(),
                 });
             }
-            let r = &svc.spec.connection_string_secret_ref;
             ServiceParts {
-                credential: CredentialRef {
-                    namespace: r.namespace.clone(),
-                    name: r.name.clone(),
-                    key: r.key.clone(),
-                },
+                credential: CredentialRef::from(&svc.spec.connection_string_secret_ref),
                 api_version: svc.spec.api_version.clone(),
                 quota: svc.spec.quota.clone(),
             }
