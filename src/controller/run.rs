@@ -84,8 +84,11 @@ pub async fn run(
             tracing::info!("caches synced; ready");
         }
     };
-    tokio::spawn(ready);
-    futures::future::join_all(tasks).await;
+    // Polled in the controllers' own task, never spawned: `Store::wait_until_ready` keeps
+    // a single waker (kube-runtime's DelayedInit wraps a oneshot), so a waiter in another
+    // task loses its waker to the controller's own wait and never wakes (`/readyz` stayed
+    // 503 forever), or takes the controller's. In one task every wake re-polls both.
+    futures::future::join(ready, futures::future::join_all(tasks)).await;
 }
 
 fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
