@@ -98,6 +98,15 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let api: Api<CommunicationIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decide from the object as stored, not as cached: the watch event of the Secret we
+    // just wrote often triggers the next reconcile before the cache has our status patch,
+    // and a stale status makes the fresh Secret look edited and a handled renew/revoke
+    // request look pending, so the token was issued (and revoked) twice.
+    let obj = match api.get_opt(&name).await? {
+        Some(fresh) if fresh.metadata.deletion_timestamp.is_none() => Arc::new(fresh),
+        // Gone or being deleted: the event that says so is on its way.
+        _ => return Ok(Action::await_change()),
+    };
     let mut st = obj.status.clone().unwrap_or_default();
     let mut progress = Progress::default();
     let outcome = converge(&obj, ctx, &api, &mut st, &mut progress).await;
