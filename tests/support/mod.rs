@@ -9,6 +9,8 @@
 //! panic or signal.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod operator;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
