@@ -1,5 +1,5 @@
-//! End-to-end: the operator as its own process, under exactly the RBAC in
-//! tests/e2e/operator-rbac.yaml, on the local control plane, against a real ACS emulator
+//! End-to-end: the operator as its own process, under exactly the RBAC the Helm chart
+//! renders, on the local control plane, against a real ACS emulator
 //! process per test. Each test reads like a user's story and asserts through the API and
 //! the emulator's admin view; every test ends by proving that no token reached the
 //! operator's log, an identity's status or an event.

@@ -28,7 +28,8 @@ use serde_json::{Value, json};
 
 use super::{ControlPlane, TestNamespace, eventually};
 
-/// Namespace and ServiceAccount the operator runs as (they match tests/e2e/operator-rbac.yaml).
+/// Namespace and ServiceAccount the operator runs as: the Helm chart's, installed as release
+/// `acs-identity-operator` in namespace `acs-identity-operator`.
 pub const OPERATOR_NAMESPACE: &str = "acs-identity-operator";
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "acs-identity-operator";
 /// The CommunicationService (and its credential Secret) every [`OperatorEnv`] creates.
@@ -148,8 +149,25 @@ pub fn install_crds(cp: &ControlPlane) {
 /// `OPERATOR_NAMESPACE/OPERATOR_SERVICE_ACCOUNT`). The one place to switch to the Helm
 /// chart's rendered RBAC.
 pub fn operator_rbac_manifest() -> String {
-    let path = super::repo_root().join("tests/e2e/operator-rbac.yaml");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    // Exactly the RBAC the Helm chart renders for its ServiceAccount (namespace and
+    // names match OPERATOR_NAMESPACE / OPERATOR_SERVICE_ACCOUNT), so the end-to-end
+    // suite proves the chart's RBAC sufficient.
+    let cp = ControlPlane::get();
+    let chart = super::repo_root().join("charts/acs-identity-operator");
+    let (ok, out, err) = super::run_with_stdin(
+        cp.helm().args([
+            "template",
+            OPERATOR_SERVICE_ACCOUNT,
+            chart.to_str().expect("chart path"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--show-only",
+            "templates/rbac.yaml",
+        ]),
+        None,
+    );
+    assert!(ok, "helm template of the chart's RBAC failed: {err}");
+    out
 }
 
 // ---------------------------------------------------------------- the operator

@@ -90,10 +90,11 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationidentities"]
   # patch covers the finalizer; no create/delete: identities belong to their teams.
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationidentities/status"]
-  verbs: ["get", "patch", "update"]
+  # Status is written with server-side apply (a patch).
+  verbs: ["get", "patch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationidentities/finalizers"]
   # Needed to set blockOwnerDeletion on the token Secret's ownerReference.
@@ -103,12 +104,13 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "list", "watch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationservices/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # Token Secrets it owns (create, rotate, delete) and the credential Secrets that
-  # services name (read).
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  # Token Secrets it owns (written with server-side apply; deleted by the garbage
+  # collector with their identity, never by the operator) and the credential Secrets
+  # that services name (read).
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -124,11 +126,12 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "list", "watch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["clustercommunicationservices/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["namespaces"]
-  # Evaluates ClusterCommunicationService namespaceSelectors.
-  verbs: ["get", "list", "watch"]
+  # Reads an identity's namespace labels for ClusterCommunicationService
+  # namespaceSelectors, and whether the namespace is being deleted.
+  verbs: ["get"]
 {{- end }}
 
 {{/* Non-empty when the ClusterCommunicationService API is registered in the cluster
