@@ -40,6 +40,7 @@ const WATCHDOG: &str = r#"
 prog=$1; shift
 "$prog" "$@" </dev/null &
 child=$!
+echo "$child" > "$WATCHED_PID_FILE"
 read -r _ || true
 kill -TERM "$child" 2>/dev/null
 ( sleep 10; kill -KILL "$child" 2>/dev/null ) &
@@ -52,6 +53,7 @@ kill "$timer" 2>/dev/null
 pub struct Watched {
     child: Child,
     pub stdout: Option<BufReader<ChildStdout>>,
+    pid_file: PathBuf,
 }
 
 impl Watched {
@@ -67,7 +69,10 @@ impl Watched {
         } else {
             Stdio::from(file.try_clone().expect("clone log file"))
         };
+        let pid_file = log.with_extension("pid");
+        let _ = std::fs::remove_file(&pid_file);
         let mut child = Command::new("sh")
+            .env("WATCHED_PID_FILE", &pid_file)
             .arg("-c")
             .arg(WATCHDOG)
             .arg("sh")
@@ -79,7 +84,30 @@ impl Watched {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let stdout = child.stdout.take().map(BufReader::new);
-        Watched { child, stdout }
+        Watched {
+            child,
+            stdout,
+            pid_file,
+        }
+    }
+
+    /// The watched program's own PID (not the watchdog's), once it has started.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") to the watched program itself.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("watched process has a pid");
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid} failed");
     }
 
     /// Whether the watched process is still running (the watchdog exits with it).
@@ -199,7 +227,27 @@ pub fn operator() -> &'static Operator {
     })
 }
 
-async fn start_operator() -> Operator {
+static OPERATOR_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+
+/// A kubeconfig for the chart's ServiceAccount, with the chart's RBAC applied (once per
+/// test binary): what every operator process of the tests runs as.
+pub fn operator_kubeconfig() -> PathBuf {
+    OPERATOR_KUBECONFIG
+        .get_or_init(|| {
+            std::thread::spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .expect("runtime")
+                    .block_on(prepare_operator_identity())
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                panic!("preparing the operator's ServiceAccount failed (see above)")
+            })
+        })
+        .clone()
+}
+
+async fn prepare_operator_identity() -> PathBuf {
     let cp = ControlPlane::get();
     install_crds(cp);
     let ns_and_sa = format!(
@@ -210,14 +258,24 @@ async fn start_operator() -> Operator {
     assert!(ok, "operator namespace and ServiceAccount: {err}");
     let (ok, _, err) = cp.kubectl_run(&["apply", "-f", "-"], Some(&operator_rbac_manifest()));
     assert!(ok, "operator RBAC: {err}");
-
-    let dir = temp_dir("acs-operator-e2e-");
+    let dir = temp_dir("acs-operator-sa-");
     let admin = cp.admin_client().await;
-    let kubeconfig = cp
-        .service_account_kubeconfig(&admin, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, &dir)
-        .await;
+    cp.service_account_kubeconfig(&admin, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, &dir)
+        .await
+}
+
+async fn start_operator() -> Operator {
+    spawn_operator(&[], "acs-operator-e2e-").await
+}
+
+/// Starts another operator process as the chart's ServiceAccount with `extra_args`
+/// after `run --kubeconfig K --metrics-addr 127.0.0.1:0 --log-format json`; returns once
+/// its admin server is listening (not necessarily ready: a standby waits for its Lease).
+pub async fn spawn_operator(extra_args: &[&str], log_prefix: &str) -> Operator {
+    let kubeconfig = operator_kubeconfig();
+    let dir = temp_dir(log_prefix);
     let log = dir.join("operator.log");
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "run".into(),
         "--kubeconfig".into(),
         kubeconfig.display().to_string(),
@@ -226,6 +284,7 @@ async fn start_operator() -> Operator {
         "--log-format".into(),
         "json".into(),
     ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
     let process = Watched::spawn(
         Path::new(env!("CARGO_BIN_EXE_acs-identity-operator")),
         &args,
@@ -238,24 +297,15 @@ async fn start_operator() -> Operator {
         async move { admin_addr_from_log(&log) }
     })
     .await;
-    let http = reqwest::Client::new();
-    eventually(60, "the operator's /readyz to answer 200", || {
-        let http = http.clone();
-        async move {
-            let r = http
-                .get(format!("http://{admin_addr}/readyz"))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
-        }
-    })
-    .await;
-    Operator {
+    let operator = Operator {
         log,
         admin_addr,
         process: Mutex::new(process),
+    };
+    if !extra_args.contains(&"--leader-elect") {
+        operator.wait_ready(60).await;
     }
+    operator
 }
 
 fn admin_addr_from_log(log: &Path) -> Option<SocketAddr> {
@@ -275,6 +325,42 @@ fn admin_addr_from_log(log: &Path) -> Option<SocketAddr> {
 }
 
 impl Operator {
+    /// Waits for `/readyz` to answer 200.
+    pub async fn wait_ready(&self, secs: u64) {
+        let http = reqwest::Client::new();
+        let addr = self.admin_addr;
+        eventually(secs, "the operator's /readyz to answer 200", || {
+            let http = http.clone();
+            async move {
+                let r = http
+                    .get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// The process, to signal or stop it.
+    pub fn process(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.process.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.admin_addr))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
