@@ -658,6 +658,11 @@ async fn invalid_specs_are_refused_at_admission_with_a_readable_message() {
             json!({"spec": {"existingUserId": null}}),
             "existingUserId is immutable",
         ),
+        (
+            "fixed",
+            json!({"spec": {"existingUserId": "8:acs:someone"}}),
+            "existingUserId is immutable",
+        ),
     ];
     for (name, patch, expected) in refused_on_update {
         let err = api

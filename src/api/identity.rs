@@ -61,9 +61,11 @@ pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
     .message("renewBefore must be shorter than tokenLifetime (leave it unset to renew after two thirds of the lifetime)")
     .field_path(".renewBefore"),
     validation = Rule::new(
-        "!has(oldSelf.existingUserId) || (has(self.existingUserId) && self.existingUserId == oldSelf.existingUserId)"
+        "has(self.existingUserId) == has(oldSelf.existingUserId) && (!has(self.existingUserId) || self.existingUserId == oldSelf.existingUserId)"
     )
-    .message("existingUserId is immutable once set; create a new CommunicationIdentity to adopt another ACS user")
+    // Set at creation only: adding it later would leave the user the operator created
+    // behind (and switch the deletion default to Retain).
+    .message("existingUserId is immutable: it can only be set when the CommunicationIdentity is created; create a new one to adopt another ACS user")
     .field_path(".existingUserId")
     .reason(Reason::FieldValueForbidden),
 )]
@@ -110,7 +112,7 @@ pub struct CommunicationIdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
 
-    /// Adopt an ACS user that already exists instead of creating one. Immutable once set.
+    /// Adopt an ACS user that already exists instead of creating one. Can only be set at creation, never added, changed or removed later.
     /// Adopted users default to `deletionPolicy: Retain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
