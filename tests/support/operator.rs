@@ -36,17 +36,26 @@ pub const OPERATOR_SERVICE_ACCOUNT: &str = "acs-identity-operator";
 pub const SERVICE: &str = "acs";
 pub const CREDENTIAL_SECRET: &str = "acs-connection";
 
+// The guard stops the child when stdin closes; the watchdog itself exits with the
+// child, and with its exit status (128+N for signal N), so `is_running` and
+// `try_exit_status` see a process that exited on its own. (A background list's stdin
+// is /dev/null, hence the pipe passed on fd 3.)
 const WATCHDOG: &str = r#"
 prog=$1; shift
 "$prog" "$@" </dev/null &
 child=$!
 echo "$child" > "$WATCHED_PID_FILE"
-read -r _ || true
-kill -TERM "$child" 2>/dev/null
-( sleep 10; kill -KILL "$child" 2>/dev/null ) &
-timer=$!
+exec 3<&0
+( read -r _ <&3 || true
+  kill -TERM "$child" 2>/dev/null
+  sleep 10
+  kill -KILL "$child" 2>/dev/null ) &
+guard=$!
+exec 3<&-
 wait "$child"
-kill "$timer" 2>/dev/null
+rc=$?
+kill "$guard" 2>/dev/null
+exit "$rc"
 "#;
 
 /// A child process kept alive while this value (and the test binary) lives.
@@ -113,6 +122,12 @@ impl Watched {
     /// Whether the watched process is still running (the watchdog exits with it).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The exit status once the watched program has exited (its code, or 128+N after
+    /// signal N); `None` while it runs.
+    pub fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGTERM (SIGKILL after 10 s) and wait for the process to exit.
@@ -272,7 +287,16 @@ async fn start_operator() -> Operator {
 /// after `run --kubeconfig K --metrics-addr 127.0.0.1:0 --log-format json`; returns once
 /// its admin server is listening (not necessarily ready: a standby waits for its Lease).
 pub async fn spawn_operator(extra_args: &[&str], log_prefix: &str) -> Operator {
-    let kubeconfig = operator_kubeconfig();
+    spawn_operator_as(&operator_kubeconfig(), extra_args, log_prefix).await
+}
+
+/// [`spawn_operator`] with another identity's kubeconfig (e.g. a ServiceAccount under
+/// differently rendered RBAC).
+pub async fn spawn_operator_as(
+    kubeconfig: &Path,
+    extra_args: &[&str],
+    log_prefix: &str,
+) -> Operator {
     let dir = temp_dir(log_prefix);
     let log = dir.join("operator.log");
     let mut args: Vec<String> = vec![
