@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, env = "ACS_EMULATOR_STATE_FILE")]
     state_file: Option<PathBuf>,
 
-    /// Fault to inject, as operation=OP,status=N,probability=P,retryAfterSeconds=S,latencyMs=MS,count=N,drop=true
+    /// Fault to inject, as operation=OP,status=N,probability=P,retryAfterSeconds=S,latencyMs=MS,count=N,drop=true,afterExecute=true
     /// (all parts optional but one of status, latencyMs, drop; status=0 drops the connection).
     #[arg(long = "fault", env = "ACS_EMULATOR_FAULTS", value_delimiter = ';')]
     faults: Vec<FaultRule>,
@@ -148,6 +148,7 @@ fn config_from(args: Args) -> Result<EmulatorConfig, String> {
             latency_ms: Some(ms),
             count: None,
             drop: false,
+            after_execute: false,
         });
     }
     Ok(config)

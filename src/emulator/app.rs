@@ -20,7 +20,7 @@ use super::config::Operation;
 use super::error::AcsError;
 use super::faults::{FaultOutcome, FaultSet};
 use super::quota::Quotas;
-use super::routes::{classify, execute};
+use super::routes::{Route, classify, execute};
 use super::stats::Stats;
 use super::store::Store;
 
@@ -99,37 +99,40 @@ impl App {
         let operation = route.operation();
 
         let fault = lock(&self.faults).decide(operation, rand::random::<f64>);
-        if let Some(fault) = fault {
+        let (before, after) = match fault {
+            Some(f) if f.after_execute => (None, Some(f)),
+            f => (f, None),
+        };
+        if let Some(fault) = before {
             if let Some(latency) = fault.latency {
                 tokio::time::sleep(latency).await;
             }
-            match fault.outcome {
-                FaultOutcome::Proceed => {}
-                FaultOutcome::Drop => {
-                    let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-                    response.extensions_mut().insert(DropConnection);
-                    return (Some(operation), response);
-                }
-                FaultOutcome::Respond {
-                    status,
-                    retry_after_seconds,
-                } => {
-                    let status =
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    let mut error = AcsError::new(
-                        status,
-                        "InjectedFault",
-                        "Fault injected by the ACS emulator.",
-                    );
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        error.code = "TooManyRequests";
-                    }
-                    error.retry_after_seconds = retry_after_seconds;
-                    return (Some(operation), error.into_response());
-                }
+            if let Some(response) = fault_response(fault.outcome) {
+                return (Some(operation), response);
             }
         }
+        let response = self.run(&parts, &body, &route, &version, operation);
+        if let Some(fault) = after {
+            // The operation ran (the store changed); its answer is late, replaced or lost.
+            if let Some(latency) = fault.latency {
+                tokio::time::sleep(latency).await;
+            }
+            if let Some(replaced) = fault_response(fault.outcome) {
+                return (Some(operation), replaced);
+            }
+        }
+        (Some(operation), response)
+    }
 
+    /// Signature, quota and the operation itself.
+    fn run(
+        &self,
+        parts: &axum::http::request::Parts,
+        body: &[u8],
+        route: &Route,
+        version: &ApiVersion,
+        operation: Operation,
+    ) -> Response {
         // The target as received: hyper keeps the percent-encoding the client sent.
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let host = parts
@@ -142,22 +145,19 @@ impl App {
             path_and_query,
             host,
             headers: &parts.headers,
-            body: &body,
+            body,
         };
         if let Err(e) = authenticate(&self.key, &signed, Timestamp::now(), self.max_skew) {
-            return (Some(operation), e.into_response());
+            return e.into_response();
         }
         if let Err(retry_after) = lock(&self.quotas).try_admit(operation, Instant::now()) {
-            return (
-                Some(operation),
-                AcsError::too_many_requests(retry_after).into_response(),
-            );
+            return AcsError::too_many_requests(retry_after).into_response();
         }
         let result = {
             let mut store = lock(&self.store);
-            execute(&mut store, &route, &version, &body, Timestamp::now())
+            execute(&mut store, route, version, body, Timestamp::now())
         };
-        let response = match result {
+        match result {
             Ok(response) => {
                 if operation != Operation::Get
                     && let Some(persist) = &self.persist
@@ -167,7 +167,34 @@ impl App {
                 response
             }
             Err(e) => e.into_response(),
-        };
-        (Some(operation), response)
+        }
+    }
+}
+
+/// The answer a fault gives instead of the operation's; `None`: let it through.
+fn fault_response(outcome: FaultOutcome) -> Option<Response> {
+    match outcome {
+        FaultOutcome::Proceed => None,
+        FaultOutcome::Drop => {
+            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            response.extensions_mut().insert(DropConnection);
+            Some(response)
+        }
+        FaultOutcome::Respond {
+            status,
+            retry_after_seconds,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut error = AcsError::new(
+                status,
+                "InjectedFault",
+                "Fault injected by the ACS emulator.",
+            );
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                error.code = "TooManyRequests";
+            }
+            error.retry_after_seconds = retry_after_seconds;
+            Some(error.into_response())
+        }
     }
 }

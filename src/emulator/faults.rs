@@ -10,6 +10,12 @@ use super::config::Operation;
 
 /// One fault, as `POST /admin/faults` takes it and `--fault` spells it
 /// (`operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3`).
+///
+/// By default a fault strikes before the operation runs: nothing changes in the store.
+/// With `afterExecute` it strikes after the operation ran (a user was created, a token
+/// issued): the latency delays the real answer and a status or drop replaces it, as when
+/// a service commits a request whose answer is late or lost. Clients that must not leak
+/// on a retry or a crash are tested against exactly that window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultRule {
@@ -31,6 +37,9 @@ pub struct FaultRule {
     /// Closes the connection without an answer, as a crashed front end would.
     #[serde(default)]
     pub drop: bool,
+    /// Strike after the operation ran (and changed state) instead of before.
+    #[serde(default)]
+    pub after_execute: bool,
 }
 
 fn always() -> f64 {
@@ -76,6 +85,7 @@ impl FromStr for FaultRule {
             latency_ms: None,
             count: None,
             drop: false,
+            after_execute: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
@@ -99,6 +109,9 @@ impl FromStr for FaultRule {
                 }
                 "count" => rule.count = Some(value.parse().map_err(|_| bad())?),
                 "drop" => rule.drop = value.parse().map_err(|_| bad())?,
+                "afterExecute" | "after-execute" => {
+                    rule.after_execute = value.parse().map_err(|_| bad())?
+                }
                 other => return Err(format!("unknown fault part `{other}`")),
             }
         }
@@ -112,6 +125,8 @@ impl FromStr for FaultRule {
 pub struct FaultAction {
     pub latency: Option<Duration>,
     pub outcome: FaultOutcome,
+    /// Applies after the operation ran rather than before.
+    pub after_execute: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +187,7 @@ impl FaultSet {
             } else {
                 FaultOutcome::Proceed
             },
+            after_execute: rule.after_execute,
         };
         if let Some(count) = rule.count.as_mut() {
             *count -= 1;
@@ -241,5 +257,23 @@ mod tests {
         let action = set.decide(Operation::Delete, || 0.0).unwrap();
         assert_eq!(action.latency, Some(Duration::from_millis(5)));
         assert_eq!(action.outcome, FaultOutcome::Proceed);
+        assert!(!action.after_execute, "before the operation by default");
+    }
+
+    #[test]
+    fn after_execute_is_carried_to_the_action() {
+        let mut set = FaultSet::new(vec![
+            "operation=create,latencyMs=50,afterExecute=true,count=1"
+                .parse()
+                .unwrap(),
+        ]);
+        let action = set.decide(Operation::Create, || 0.0).unwrap();
+        assert!(action.after_execute);
+        assert_eq!(action.latency, Some(Duration::from_millis(50)));
+        assert!(
+            "afterExecute=maybe,latencyMs=1"
+                .parse::<FaultRule>()
+                .is_err()
+        );
     }
 }
