@@ -277,3 +277,48 @@ async fn a_port_in_use_is_reported_and_nothing_is_left() {
         dir.display()
     );
 }
+
+/// A component that exits during start-up is named with its log in one line; nothing
+/// keeps running and only the logs stay behind.
+#[tokio::test]
+async fn a_component_exiting_at_start_is_named_with_its_log_and_nothing_is_left() {
+    let _ = ControlPlane::get(); // binaries built
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("cp");
+    let out = std::process::Command::new(support::repo_root().join("hack/controlplane/up.sh"))
+        .args(["--dir", dir.to_str().unwrap()])
+        .env("KUBE_APISERVER_EXTRA_ARGS", "--no-such-flag")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = dir.join("kube-apiserver.log");
+    let line = format!(
+        "kube-apiserver exited during start-up; log: {}",
+        log.display()
+    );
+    assert!(stderr.contains(&line), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "{stderr}"
+    );
+    let log_text = std::fs::read_to_string(&log).expect("the named log is kept");
+    assert!(log_text.contains("no-such-flag"), "{log_text}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        left.iter().all(|f| f.ends_with(".log")),
+        "left behind: {left:?}"
+    );
+    // etcd was started first and must be gone too: no process has this dir open.
+    let (_, ps, _) =
+        support::run_with_stdin(std::process::Command::new("ps").args(["-eo", "args"]), None);
+    assert!(
+        !ps.contains(dir.to_str().unwrap()),
+        "a process still uses {}",
+        dir.display()
+    );
+}

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Stops a control plane started by up.sh, by the PIDs it recorded (never by process
 # name), and removes its state directory.
-# Usage: down.sh --dir DIR [--keep] [--quiet]
+# Usage: down.sh --dir DIR [--keep | --keep-logs] [--quiet]
+#   --keep       keep the whole state directory
+#   --keep-logs  remove everything but the components' *.log files (after a failed start)
 set -uo pipefail
-dir="" keep=0 quiet=0
+dir="" keep=0 keep_logs=0 quiet=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) dir=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --keep-logs) keep_logs=1; shift ;;
     --quiet) quiet=1; shift ;;
     *) echo "controlplane: unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -35,4 +38,12 @@ if [[ -f $dir/pids ]]; then
   done < <(tac "$dir/pids")
   : >"$dir/pids"
 fi
-if ((keep)); then say "stopped; state kept in $dir"; else rm -rf "$dir"; say "stopped and removed $dir"; fi
+if ((keep)); then
+  say "stopped; state kept in $dir"
+elif ((keep_logs)) && compgen -G "$dir/*.log" >/dev/null; then
+  find "$dir" -mindepth 1 -maxdepth 1 ! -name '*.log' -exec rm -rf {} +
+  say "stopped; logs kept in $dir"
+else
+  rm -rf "$dir"
+  say "stopped and removed $dir"
+fi

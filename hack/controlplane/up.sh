@@ -8,6 +8,7 @@
 #   --dir DIR        state directory (created; default: a new temp dir)
 #   --owner-pid PID  stop everything when process PID exits (used by the Rust test
 #                    harness so that a panicking or killed test binary leaves nothing)
+# Environment: ETCD_PORT, APISERVER_PORT pin ports; KUBE_APISERVER_EXTRA_ARGS adds flags.
 # Progress goes to stderr; the last line of stdout is `export KUBECONFIG=/abs/path`.
 # On any failure: one line naming the failed component and its log, and nothing is
 # left running.
@@ -21,7 +22,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) dir=$2; shift 2 ;;
     --owner-pid) owner=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "controlplane: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -40,8 +41,9 @@ fi
 : >"$dir/pids"
 
 fail() {
+  # Stop everything; keep only the logs the message points to.
+  "$here/down.sh" --dir "$dir" --keep-logs --quiet || true
   say "ERROR: $*"
-  "$here/down.sh" --dir "$dir" --quiet || true
   exit 1
 }
 trap 'fail "interrupted during start-up"' INT TERM
@@ -121,7 +123,8 @@ start etcd "$bin/etcd" --name local --data-dir "$dir/etcd" \
   --initial-cluster "local=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
 wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-start kube-apiserver "$bin/kube-apiserver" \
+# shellcheck disable=SC2086 # extra args are words on purpose
+start kube-apiserver "$bin/kube-apiserver" ${KUBE_APISERVER_EXTRA_ARGS:-} \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
   --secure-port "$api_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
