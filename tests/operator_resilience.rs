@@ -876,3 +876,87 @@ async fn a_fresh_token_costs_no_acs_calls_and_almost_no_reconciles_in_steady_sta
     );
     w.finish().await;
 }
+
+#[tokio::test]
+async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns_and_names_the_user_left()
+ {
+    let mut w = World::new("nsdown", 1.0, None).await;
+    w.create_identity("app", json!({})).await;
+    let user = status(&w.wait_ready("app").await).user_id.clone().unwrap();
+    w.token("app").await;
+
+    // The operator is down while the namespace controller removes the service and the
+    // credentials; the identity waits for its finalizer.
+    w.stop_operator();
+    let namespaces: Api<Namespace> = Api::all(w.client.clone());
+    namespaces
+        .delete(w.ns(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let services = kube::core::ApiResource {
+        group: "acs-operator.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "acs-operator.dev/v1alpha1".into(),
+        kind: "CommunicationService".into(),
+        plural: "communicationservices".into(),
+    };
+    let svc_api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(w.client.clone(), w.ns(), &services);
+    eventually(
+        120,
+        "the service and its credentials to be deleted",
+        || async {
+            let svc = svc_api.get_opt(SERVICE).await.ok()?;
+            let cred = w.secrets_api().get_opt(CREDENTIAL_SECRET).await.ok()?;
+            (svc.is_none() && cred.is_none()).then_some(())
+        },
+    )
+    .await;
+    let held = w
+        .get("app")
+        .await
+        .expect("the identity is held by its finalizer");
+    assert!(held.metadata.deletion_timestamp.is_some());
+
+    // Back with no cached client and no credentials: the namespace must still go.
+    let started = Instant::now();
+    w.start_operator().await;
+    let ns_name = w.ns().to_string();
+    eventually(120, "the namespace to be gone", || async {
+        namespaces
+            .get_opt(&ns_name)
+            .await
+            .ok()
+            .filter(Option::is_none)
+            .map(|_| ())
+    })
+    .await;
+    let at = w.emulator.identity(&user).await.unwrap();
+    let log = w.operator().log_text();
+    let named = log
+        .lines()
+        .filter(|l| l.contains(&user))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    eprintln!(
+        "namespace gone {:?} after the operator returned; ACS user deleted: {}; operator log lines naming the user: {named:#?}",
+        started.elapsed(),
+        at["deleted"]
+    );
+    assert_eq!(
+        at["deleted"], false,
+        "without credentials the user cannot be deleted: {at}"
+    );
+    assert!(
+        named
+            .iter()
+            .any(|l| l.contains(r#""level":"WARN""#) && l.contains("left behind")),
+        "the ACS user left behind is named in a warning the operator logs (the Warning \
+         event cannot be written into a terminating namespace)"
+    );
+    for s in &w.secrets {
+        assert!(!log.contains(s.as_str()), "secret material in the log");
+    }
+    let op = w.operator.take().unwrap();
+    op.process().stop();
+}

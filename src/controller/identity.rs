@@ -618,6 +618,16 @@ async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Actio
                          and the user is left in ACS",
                         recorded.as_deref().unwrap_or("(unknown)")
                     );
+                    // The event goes with the namespace (or is refused in it): the log is
+                    // the one record of the user left behind that outlives the namespace.
+                    tracing::warn!(
+                        namespace = %ns,
+                        name = %name,
+                        user = recorded.as_deref().unwrap_or("(unknown)"),
+                        error = %e,
+                        "namespace is being deleted and the service or its credentials are gone: \
+                         finalizer released, ACS user left behind"
+                    );
                     publish(
                         ctx,
                         &obj,
