@@ -191,23 +191,15 @@ fn namespaced_service_controller(
     ns: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
-    let (credentials, triggers) = CredentialWatches::new(client.clone());
-    let ctx = Arc::new(ServiceContext {
-        client: client.clone(),
+    let api = api_for::<CommunicationService>(&client, &ns);
+    service_controller(
+        api,
+        client,
+        config,
         metrics,
-        credentials,
-        clients: ClientCache::default(),
-        settings: config.client_settings.clone(),
-    });
-    Controller::new(
-        api_for::<CommunicationService>(&client, &ns),
-        watcher::Config::default(),
+        shutdown,
+        service::reconcile_namespaced,
     )
-    .reconcile_on(UnboundedReceiverStream::new(triggers))
-    .graceful_shutdown_on(shutdown)
-    .run(service::reconcile_namespaced, service::error_policy, ctx)
-    .for_each(|_| async {})
-    .boxed()
 }
 
 fn cluster_service_controller(
@@ -216,21 +208,52 @@ fn cluster_service_controller(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
+    let api = Api::<ClusterCommunicationService>::all(client.clone());
+    service_controller(
+        api,
+        client,
+        config,
+        metrics,
+        shutdown,
+        service::reconcile_cluster,
+    )
+}
+
+/// A service controller of either kind: status from its credentials, re-run when the
+/// service or its credential Secret changes.
+fn service_controller<K, F, Fut>(
+    api: Api<K>,
+    client: Client,
+    config: &OperatorConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    reconcile: F,
+) -> BoxFuture<'static, ()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(Arc<K>, Arc<ServiceContext<K>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, super::Error>>
+        + Send
+        + 'static,
+{
     let (credentials, triggers) = CredentialWatches::new(client.clone());
     let ctx = Arc::new(ServiceContext {
-        client: client.clone(),
+        client,
         metrics,
         credentials,
         clients: ClientCache::default(),
         settings: config.client_settings.clone(),
     });
-    Controller::new(
-        Api::<ClusterCommunicationService>::all(client),
-        watcher::Config::default(),
-    )
-    .reconcile_on(UnboundedReceiverStream::new(triggers))
-    .graceful_shutdown_on(shutdown)
-    .run(service::reconcile_cluster, service::error_policy, ctx)
-    .for_each(|_| async {})
-    .boxed()
+    Controller::new(api, watcher::Config::default())
+        .reconcile_on(UnboundedReceiverStream::new(triggers))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, service::error_policy, ctx)
+        .for_each(|_| async {})
+        .boxed()
 }
