@@ -27,13 +27,21 @@ cargo build --release --locked --quiet --bin acs-identity-operator
 
 say "starting one control plane for all integration tests"
 cpdir=$(mktemp -d "${TMPDIR:-/tmp}/acs-test-cp.XXXXXX")
-trap 'hack/controlplane/down.sh --dir "$cpdir" --quiet' EXIT
+trap 'hack/controlplane/down.sh --dir "$cpdir" --quiet; rm -f "$cpdir".*.log' EXIT
 kubeconfig_line=$(hack/controlplane/up.sh --dir "$cpdir" --owner-pid $$ | tail -n 1)
 export ACS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
 
 say "Rust unit and integration tests"
-cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$cpdir.cargo-test.log"
 
 say "official Azure SDK compatibility tests (Python and JavaScript) against the emulator"
 hack/compat/install.sh
-hack/compat/run.sh
+hack/compat/run.sh 2>&1 | tee "$cpdir.compat.log"
+
+# One closing line for the whole run (each step above has already passed).
+sum() { grep -oE "[0-9]+ $1" "$2" | awk '{n += $1} END {print n + 0}'; }
+passed=$(($(sum passed "$cpdir.cargo-test.log") + $(sum passed "$cpdir.compat.log")))
+failed=$(($(sum failed "$cpdir.cargo-test.log") + $(sum failed "$cpdir.compat.log")))
+rm -f "$cpdir.cargo-test.log" "$cpdir.compat.log"
+echo
+echo "total: $passed passed, $failed failed"
