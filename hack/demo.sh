@@ -23,7 +23,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "Checking prerequisites and building (first run: the control plane takes 10-20 minutes)"
+step "Checking prerequisites and building (the first run builds the control plane: several minutes)"
 hack/deps.sh 2>"$dir/deps.log" || { cat "$dir/deps.log" >&2; exit 1; }
 bin=$(hack/controlplane/build.sh 2>"$dir/build-controlplane.log") || fail "building the control plane; see $dir/build-controlplane.log"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator/target}
