@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -97,29 +96,6 @@ fn restricted_values(namespaces: &[&str], ccs_name: &str) -> String {
     )
 }
 
-/// The CRDs must exist and be Established before a ClusterCommunicationService can be
-/// dry-run or installed. Applied once per binary with kubectl, as other test binaries
-/// sharing the control plane do, so a helm install never races their create.
-fn ensure_crds(cp: &ControlPlane) {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let crds = repo_root().join("crds").display().to_string();
-        let (ok, _, err) = cp.kubectl_run(&["apply", "-f", &crds], None);
-        assert!(ok, "kubectl apply -f crds/: {err}");
-        let (ok, _, err) = cp.kubectl_run(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "-f",
-                &crds,
-            ],
-            None,
-        );
-        assert!(ok, "CRDs not Established: {err}");
-    });
-}
-
 fn dry_run_server(cp: &ControlPlane, manifests: &str) {
     let (ok, out, err) = cp.kubectl_run(&["apply", "--dry-run=server", "-f", "-"], Some(manifests));
     assert!(
@@ -204,7 +180,7 @@ async fn default_render_is_accepted_by_the_api_server() {
 #[tokio::test]
 async fn restricted_render_with_pdb_and_cluster_service_is_accepted_by_the_api_server() {
     let cp = ControlPlane::get();
-    ensure_crds(cp);
+    support::install_crds(cp);
     let admin = cp.admin_client().await;
     let release_ns = TestNamespace::create(cp, &admin, "chart-rel").await;
     let team_a = TestNamespace::create(cp, &admin, "chart-ta").await;
@@ -458,7 +434,7 @@ async fn install_upgrade_uninstall() {
     // the others on uninstall. A fresh cluster's first install creates them itself.
     // A stale chart would overwrite the shared CRDs with an old schema: refuse first.
     assert_chart_crds_in_sync();
-    ensure_crds(cp);
+    support::install_crds(cp);
     let admin = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &admin, "chart-install").await;
     let team = TestNamespace::create(cp, &admin, "chart-team").await;

@@ -6,7 +6,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use acs_identity_operator::api::{
     CommunicationIdentity, RENEW_REQUESTED_AT_ANNOTATION, REVOKE_REQUESTED_AT_ANNOTATION,
@@ -18,30 +17,9 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{ControlPlane, TestNamespace, eventually, repo_root, run_with_stdin};
+use support::{ControlPlane, TestNamespace, eventually, run_with_stdin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-acs");
-
-/// The CRDs, applied once per binary and Established before any test uses them.
-fn ensure_crds(cp: &ControlPlane) {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let crds = repo_root().join("crds").display().to_string();
-        let (ok, _, err) = cp.kubectl_run(&["apply", "--server-side", "-f", &crds], None);
-        assert!(ok, "kubectl apply --server-side -f crds/: {err}");
-        let (ok, _, err) = cp.kubectl_run(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "-f",
-                &crds,
-            ],
-            None,
-        );
-        assert!(ok, "CRDs not Established: {err}");
-    });
-}
 
 /// Runs `kubectl-acs args` with KUBECONFIG=`kubeconfig`; (success, stdout, stderr).
 fn acs(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
@@ -147,7 +125,7 @@ fn jwt(payload: &Value) -> String {
 #[tokio::test]
 async fn list_and_status_show_what_the_status_says() {
     let cp = ControlPlane::get();
-    ensure_crds(cp);
+    support::install_crds(cp);
     let client = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &client, "acs-cli-list").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -260,7 +238,7 @@ async fn list_and_status_show_what_the_status_says() {
 #[tokio::test]
 async fn renew_and_revoke_set_the_annotations_and_wait_for_the_operator() {
     let cp = ControlPlane::get();
-    ensure_crds(cp);
+    support::install_crds(cp);
     let client = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &client, "acs-cli-renew").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -357,7 +335,7 @@ async fn renew_and_revoke_set_the_annotations_and_wait_for_the_operator() {
 #[tokio::test]
 async fn token_shows_claims_and_expiry_but_never_the_token() {
     let cp = ControlPlane::get();
-    ensure_crds(cp);
+    support::install_crds(cp);
     let client = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &client, "acs-cli-token").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -422,7 +400,7 @@ async fn token_shows_claims_and_expiry_but_never_the_token() {
 #[tokio::test]
 async fn errors_are_one_clear_line_with_a_nonzero_exit() {
     let cp = ControlPlane::get();
-    ensure_crds(cp);
+    support::install_crds(cp);
     let admin = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &admin, "acs-cli-errors").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -560,7 +538,7 @@ async fn errors_are_one_clear_line_with_a_nonzero_exit() {
 #[tokio::test]
 async fn kubectl_finds_the_plugin_on_path() {
     let cp = ControlPlane::get();
-    ensure_crds(cp);
+    support::install_crds(cp);
     let client = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &client, "acs-cli-plugin").await;
     ready_identity(&client, &ns.name, "app").await;

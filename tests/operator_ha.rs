@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 use acs_identity_operator::api::CommunicationIdentity;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use support::operator::{
     self, CREDENTIAL_SECRET, Emulator, OPERATOR_NAMESPACE, Operator, SERVICE, condition, create_in,
+    delete_all_identities,
 };
 use support::{ControlPlane, TestNamespace, eventually};
 
@@ -145,21 +146,7 @@ impl World {
     /// Deletes every identity of `ns` and waits until they are gone (an operator must
     /// still run to drop the finalizers), so the namespace can go too.
     async fn delete_identities(&self, ns: &str) {
-        let api = self.identities(ns);
-        let _ = api
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-        eventually(60, &format!("every identity of {ns} to be gone"), || {
-            let api = api.clone();
-            async move {
-                api.list(&ListParams::default())
-                    .await
-                    .ok()
-                    .filter(|l| l.items.is_empty())
-                    .map(|_| ())
-            }
-        })
-        .await;
+        delete_all_identities(&self.identities(ns), ns).await;
     }
 
     /// Adds an emulator fault rule (`POST /admin/faults`).

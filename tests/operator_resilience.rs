@@ -26,8 +26,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use support::operator::{
-    CREDENTIAL_SECRET, Emulator, Operator, SERVICE, condition, create_in, install_crds, merge,
-    operator_kubeconfig, spawn_operator,
+    CREDENTIAL_SECRET, Emulator, Operator, SERVICE, condition, create_in, delete_all_identities,
+    install_crds, merge, operator_kubeconfig, spawn_operator,
 };
 use support::{ControlPlane, TestNamespace, eventually};
 
@@ -328,25 +328,7 @@ impl World {
         if self.operator.is_none() {
             self.start_operator().await;
         }
-        let api = self.identities();
-        let _ = api
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-        eventually(
-            60,
-            "every identity of the test namespace to be gone",
-            || {
-                let api = api.clone();
-                async move {
-                    api.list(&ListParams::default())
-                        .await
-                        .ok()
-                        .filter(|l| l.items.is_empty())
-                        .map(|_| ())
-                }
-            },
-        )
-        .await;
+        delete_all_identities(&self.identities(), "the test namespace").await;
         let left = self.live_users().await;
         assert!(left.is_empty(), "ACS users left behind: {left:?}");
         let op = self.operator.take().expect("operator");

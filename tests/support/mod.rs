@@ -207,6 +207,41 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> (bool, String, 
     )
 }
 
+/// Applies the CRDs from `crds/` once per test binary and waits until they are
+/// Established. Server-side apply with forced conflicts, so test binaries sharing one
+/// control plane (and the chart test's helm release that adopts the CRDs) never trip
+/// over each other's field managers.
+pub fn install_crds(cp: &ControlPlane) {
+    static CRDS: OnceLock<()> = OnceLock::new();
+    CRDS.get_or_init(|| {
+        let dir = repo_root().join("crds");
+        let dir = dir.to_str().expect("utf-8 path");
+        let (ok, _, err) = cp.kubectl_run(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=acs-tests",
+                "-f",
+                dir,
+            ],
+            None,
+        );
+        assert!(ok, "kubectl apply -f crds/: {err}");
+        let (ok, _, err) = cp.kubectl_run(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "-f",
+                dir,
+            ],
+            None,
+        );
+        assert!(ok, "CRDs not Established: {err}");
+    });
+}
+
 /// A namespace of its own for one test; deleted (without waiting) when dropped.
 pub struct TestNamespace {
     pub name: String,

@@ -58,6 +58,25 @@ kill "$guard" 2>/dev/null
 exit "$rc"
 "#;
 
+/// Deletes every identity `api` lists and waits (60 s at most) until they are gone; an
+/// operator must run to drop the finalizers. `what` names the scope in a timeout.
+pub async fn delete_all_identities(api: &Api<CommunicationIdentity>, what: &str) {
+    let _ = api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    eventually(60, &format!("every identity of {what} to be gone"), || {
+        let api = api.clone();
+        async move {
+            api.list(&ListParams::default())
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
 /// A child process kept alive while this value (and the test binary) lives.
 pub struct Watched {
     child: Child,
@@ -154,39 +173,7 @@ fn temp_dir(prefix: &str) -> PathBuf {
 
 // ---------------------------------------------------------------- CRDs and RBAC
 
-static CRDS: OnceLock<()> = OnceLock::new();
-
-/// Applies `crds/*.yaml` (server-side) once per test binary and waits for Established.
-pub fn install_crds(cp: &ControlPlane) {
-    CRDS.get_or_init(|| {
-        let dir = super::repo_root().join("crds");
-        let dir = dir.to_str().expect("utf-8 path");
-        let (ok, _, err) = cp.kubectl_run(
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=acs-e2e",
-                "-f",
-                dir,
-            ],
-            None,
-        );
-        assert!(ok, "kubectl apply -f crds/: {err}");
-        let (ok, _, err) = cp.kubectl_run(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/communicationidentities.acs-operator.dev",
-                "crd/communicationservices.acs-operator.dev",
-                "crd/clustercommunicationservices.acs-operator.dev",
-            ],
-            None,
-        );
-        assert!(ok, "CRDs not Established: {err}");
-    });
-}
+pub use super::install_crds;
 
 /// The operator's RBAC (ClusterRole + ClusterRoleBinding for
 /// `OPERATOR_NAMESPACE/OPERATOR_SERVICE_ACCOUNT`). The one place to switch to the Helm
@@ -802,25 +789,7 @@ impl OperatorEnv {
     /// still runs (so finalizers can finish and the namespace does not hang).
     pub async fn finish(self) {
         self.assert_no_secret_material().await;
-        let api = self.identities();
-        let _ = api
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-        eventually(
-            60,
-            "every identity of the test namespace to be gone",
-            || {
-                let api = api.clone();
-                async move {
-                    api.list(&ListParams::default())
-                        .await
-                        .ok()
-                        .filter(|l| l.items.is_empty())
-                        .map(|_| ())
-                }
-            },
-        )
-        .await;
+        delete_all_identities(&self.identities(), "the test namespace").await;
         assert!(
             self.operator.is_healthy().await,
             "the operator is not healthy; log: {}",
