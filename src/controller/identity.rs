@@ -147,9 +147,14 @@ fn acs_scopes(scopes: &std::collections::BTreeSet<Scope>) -> Vec<acs::Scope> {
         .collect()
 }
 
+/// Whole seconds: what ACS returns, what status shows, and what workloads parse most
+/// easily; status and the Secret must agree to the second.
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    t.round(jiff::Unit::Second).unwrap_or(t)
+}
+
 fn rfc3339(t: Timestamp) -> String {
-    // Whole seconds, `Z`: what ACS returns and what workloads parse most easily.
-    t.round(jiff::Unit::Second).unwrap_or(t).to_string()
+    whole_seconds(t).to_string()
 }
 
 async fn converge(
@@ -389,15 +394,8 @@ async fn converge(
                 &Patch::Apply(&desired),
             )
             .await?;
-        st.token_expires_on = Some(Time(
-            token
-                .expires_on
-                .round(jiff::Unit::Second)
-                .unwrap_or(token.expires_on),
-        ));
-        st.last_token_issued_at = Some(Time(
-            issued_at.round(jiff::Unit::Second).unwrap_or(issued_at),
-        ));
+        st.token_expires_on = Some(Time(whole_seconds(token.expires_on)));
+        st.last_token_issued_at = Some(Time(whole_seconds(issued_at)));
         st.token_scopes = Some(obj.spec.scopes.clone());
         st.token_lifetime = Some(obj.spec.token_lifetime.clone());
         st.secret_name = Some(secret_name.clone());
@@ -434,9 +432,7 @@ async fn converge(
         renew_before,
         Jitter::from_uid(&uid),
     );
-    st.renewal_time = Some(Time(
-        renewal.at.round(jiff::Unit::Second).unwrap_or(renewal.at),
-    ));
+    st.renewal_time = Some(Time(whole_seconds(renewal.at)));
     let now = Timestamp::now();
     set_condition(
         &mut st.conditions,
