@@ -9,15 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::CommunicationIdentity;
+use crate::api::{CommunicationIdentity, secret_keys};
 
 use super::renewal::SecretState;
-
-/// Secret keys (documented interface).
-pub const KEY_TOKEN: &str = "token";
-pub const KEY_EXPIRES_ON: &str = "expiresOn";
-pub const KEY_USER_ID: &str = "userId";
-pub const KEY_ENDPOINT: &str = "endpoint";
 
 /// Label on every Secret the operator writes; its watch selects on it, so the operator
 /// never caches unrelated Secrets.
@@ -52,10 +46,10 @@ pub fn build(identity: &CommunicationIdentity, s: &TokenSecret<'_>) -> Secret {
     let mut annotations: BTreeMap<String, String> = template.annotations;
     annotations.insert(TOKEN_HASH_ANNOTATION.into(), token_hash(s.token.as_bytes()));
     let data = [
-        (KEY_TOKEN, s.token),
-        (KEY_EXPIRES_ON, s.expires_on),
-        (KEY_USER_ID, s.user_id),
-        (KEY_ENDPOINT, s.endpoint),
+        (secret_keys::TOKEN, s.token),
+        (secret_keys::EXPIRES_ON, s.expires_on),
+        (secret_keys::USER_ID, s.user_id),
+        (secret_keys::ENDPOINT, s.endpoint),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
@@ -111,16 +105,16 @@ pub fn observe(
     let data = secret.data.clone().unwrap_or_default();
     let get = |k: &str| data.get(k).map(|b| b.0.as_slice());
     let hash_ok = match (
-        get(KEY_TOKEN),
+        get(secret_keys::TOKEN),
         secret.annotations().get(TOKEN_HASH_ANNOTATION),
     ) {
         (Some(t), Some(h)) => !t.is_empty() && token_hash(t) == *h,
         _ => false,
     };
     let intact = hash_ok
-        && user_id.is_some_and(|u| get(KEY_USER_ID) == Some(u.as_bytes()))
-        && expires_on.is_some_and(|e| get(KEY_EXPIRES_ON) == Some(e.as_bytes()))
-        && get(KEY_ENDPOINT) == Some(endpoint.as_bytes());
+        && user_id.is_some_and(|u| get(secret_keys::USER_ID) == Some(u.as_bytes()))
+        && expires_on.is_some_and(|e| get(secret_keys::EXPIRES_ON) == Some(e.as_bytes()))
+        && get(secret_keys::ENDPOINT) == Some(endpoint.as_bytes());
     Observed::Ours(if intact {
         SecretState::Matches
     } else {
@@ -200,7 +194,7 @@ mod tests {
             .data
             .as_mut()
             .unwrap()
-            .insert(KEY_TOKEN.into(), ByteString(b"forged".to_vec()));
+            .insert(secret_keys::TOKEN.into(), ByteString(b"forged".to_vec()));
         assert_eq!(obs(Some(&edited)), Observed::Ours(SecretState::Mismatch));
 
         let mut emptied = s.clone();
