@@ -14,9 +14,6 @@ pub const DEFAULT_TOKEN_LIFETIME: &str = "24h";
 pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 /// Longest token lifetime ACS accepts.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
-/// Shortest `spec.renewBefore` admitted (cert-manager's minimum too): below this a renewal
-/// that fails once leaves no time to retry before the token expires.
-pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// The token interval floor: no identity gets more than one token per this interval (the
 /// default of the operator's `--min-token-interval`). Admission requires
 /// `tokenLifetime - renewBefore` to leave at least this much between renewals.
@@ -127,6 +124,8 @@ pub struct CommunicationIdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('5m')")
+        // cert-manager's minimum too: below it a renewal that fails once leaves no time
+        // to retry before the token expires.
         .message("renewBefore must be at least 5m"))]
     pub renew_before: Option<String>,
 

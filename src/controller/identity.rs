@@ -136,13 +136,13 @@ fn update_metrics(ctx: &Context, ns: &str, name: &str, st: &CommunicationIdentit
     }
 }
 
-fn acs_scopes(scopes: &std::collections::BTreeSet<Scope>) -> Vec<acs::Scope> {
+fn acs_scopes(scopes: &std::collections::BTreeSet<Scope>) -> Vec<acs::TokenScope> {
     scopes
         .iter()
         .map(|s| {
             s.as_str()
-                .parse::<acs::Scope>()
-                .unwrap_or_else(|_| acs::Scope::Other(s.as_str().to_string()))
+                .parse::<acs::TokenScope>()
+                .unwrap_or_else(|_| acs::TokenScope::Other(s.as_str().to_string()))
         })
         .collect()
 }
