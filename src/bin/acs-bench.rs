@@ -10,6 +10,8 @@
 //! Exits non-zero when any request failed (after retries) or the throughput is under
 //! `--min-rps`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
