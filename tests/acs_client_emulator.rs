@@ -62,15 +62,20 @@ async fn token_valid(emu: &RunningEmulator, t: &AccessToken) -> bool {
     v["valid"].as_bool().unwrap()
 }
 
-async fn admin_identity(emu: &RunningEmulator, id: &str) -> Value {
-    let list: Vec<Value> = admin(emu)
-        .get(format!("{}/admin/identities", emu.endpoint()))
+/// `GET /admin/{path}` of the emulator, as JSON.
+async fn admin_get(emu: &RunningEmulator, path: &str) -> Value {
+    admin(emu)
+        .get(format!("{}/admin/{path}", emu.endpoint()))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn admin_identity(emu: &RunningEmulator, id: &str) -> Value {
+    let list: Vec<Value> = serde_json::from_value(admin_get(emu, "identities").await).unwrap();
     list.into_iter()
         .find(|i| i["id"] == id)
         .unwrap_or_else(|| panic!("{id} not in the emulator's state"))
@@ -244,17 +249,33 @@ async fn custom_id_makes_create_idempotent_and_get_reads_it() {
     emu.shutdown().await;
 }
 
-#[tokio::test]
-async fn emulator_throttling_is_retried_after_retry_after() {
+/// An emulator that admits `max` token issues per `window` and answers 429 beyond.
+async fn with_issue_quota(max: u32, window: Duration) -> RunningEmulator {
     let mut config = EmulatorConfig::default();
     config.quotas.insert(
         emulator::EmulatedOperation::Issue,
-        QuotaLimit {
-            max: 2,
-            window: Duration::from_secs(1),
-        },
+        QuotaLimit { max, window },
     );
-    let emu = emulator::spawn(config).await.unwrap();
+    emulator::spawn(config).await.unwrap()
+}
+
+/// An emulator whose next create meets `fault` (once).
+async fn with_create_fault(fault: emulator::FaultRule) -> RunningEmulator {
+    emulator::spawn(EmulatorConfig {
+        faults: vec![emulator::FaultRule {
+            operation: Some(emulator::EmulatedOperation::Create),
+            count: Some(1),
+            ..fault
+        }],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn emulator_throttling_is_retried_after_retry_after() {
+    let emu = with_issue_quota(2, Duration::from_secs(1)).await;
     let c = client(
         &emu,
         AcsClientOptions {
@@ -299,25 +320,11 @@ async fn emulator_throttling_is_retried_after_retry_after() {
 
 /// Requests by operation and status, from the emulator's admin stats.
 async fn stats(emu: &RunningEmulator) -> Value {
-    admin(emu)
-        .get(format!("{}/admin/stats", emu.endpoint()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_get(emu, "stats").await
 }
 
 async fn live_users(emu: &RunningEmulator) -> usize {
-    let list: Vec<Value> = admin(emu)
-        .get(format!("{}/admin/identities", emu.endpoint()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = serde_json::from_value(admin_get(emu, "identities").await).unwrap();
     list.iter().filter(|i| i["deleted"] != true).count()
 }
 
@@ -327,23 +334,18 @@ async fn live_users(emu: &RunningEmulator) -> usize {
 #[tokio::test]
 async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
     let lost_answer = |drop: bool| emulator::FaultRule {
-        operation: Some(emulator::EmulatedOperation::Create),
+        operation: None,
         status: (!drop).then_some(503),
         probability: 1.0,
         retry_after_seconds: None,
         latency_ms: None,
-        count: Some(1),
+        count: None,
         drop,
         after_execute: true,
     };
     for version in ["2023-10-01", "2025-06-30", "2026-07-22"] {
         for drop in [true, false] {
-            let emu = emulator::spawn(EmulatorConfig {
-                faults: vec![lost_answer(drop)],
-                ..EmulatorConfig::default()
-            })
-            .await
-            .unwrap();
+            let emu = with_create_fault(lost_answer(drop)).await;
             let c = client(&emu, options(&emu, version));
             let e = c
                 .create_user(Some(&[TokenScope::Chat]), None, Some("uid-1"))
@@ -366,12 +368,7 @@ async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
         }
     }
 
-    let emu = emulator::spawn(EmulatorConfig {
-        faults: vec![lost_answer(true)],
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let emu = with_create_fault(lost_answer(true)).await;
     let c = client(&emu, options(&emu, "2025-03-02-preview"));
     let created = c
         .create_user(Some(&[TokenScope::Chat]), None, Some("uid-1"))
@@ -388,21 +385,17 @@ async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
 /// 429 before ACS acted: retried even without custom ids.
 #[tokio::test]
 async fn a_throttled_create_is_retried_without_custom_ids() {
-    let emu = emulator::spawn(EmulatorConfig {
-        faults: vec![emulator::FaultRule {
-            operation: Some(emulator::EmulatedOperation::Create),
-            status: Some(429),
-            probability: 1.0,
-            retry_after_seconds: Some(1),
-            latency_ms: None,
-            count: Some(1),
-            drop: false,
-            after_execute: false,
-        }],
-        ..EmulatorConfig::default()
+    let emu = with_create_fault(emulator::FaultRule {
+        operation: None,
+        status: Some(429),
+        probability: 1.0,
+        retry_after_seconds: Some(1),
+        latency_ms: None,
+        count: None,
+        drop: false,
+        after_execute: false,
     })
-    .await
-    .unwrap();
+    .await;
     let c = client(&emu, options(&emu, "2025-06-30"));
     c.create_user(None, None, None).await.unwrap();
     assert_eq!(stats(&emu).await["requests"]["create"]["429"], 1);
@@ -414,15 +407,7 @@ async fn a_throttled_create_is_retried_without_custom_ids() {
 /// Retry-After, the other callers wait instead of collecting 429s of their own.
 #[tokio::test]
 async fn a_429_pauses_the_operation_for_every_caller_of_the_client() {
-    let mut config = EmulatorConfig::default();
-    config.quotas.insert(
-        emulator::EmulatedOperation::Issue,
-        QuotaLimit {
-            max: 1,
-            window: Duration::from_secs(2),
-        },
-    );
-    let emu = emulator::spawn(config).await.unwrap();
+    let emu = with_issue_quota(1, Duration::from_secs(2)).await;
     let shared = client(
         &emu,
         AcsClientOptions {

@@ -553,46 +553,30 @@ fn deployment_passes_the_tenant_safety_flags() {
 fn cluster_credentials_are_readable_only_in_the_cluster_resource_namespace() {
     let cp = ControlPlane::get();
     let (_dir, values) = values_file(&restricted_values(&["team-a", "team-b"], "shared"));
-    let d = docs(&template(
-        cp,
-        "creds",
-        "acs-system",
-        &["-f", &values, "--api-versions", CCS_API],
-    ));
-    assert_eq!(secret_readers(&d), ["acs-system", "team-a", "team-b"]);
-    let ccs = of_kind(&d, "ClusterCommunicationService")[0];
-    assert_eq!(
-        ccs["spec"]["connectionStringSecretRef"]["namespace"],
-        "acs-system"
-    );
-
-    let d = docs(&template(
-        cp,
-        "creds",
-        "acs-system",
-        &[
-            "-f",
-            &values,
-            "--api-versions",
-            CCS_API,
-            "--set",
-            "clusterResourceNamespace=acs-creds",
-        ],
-    ));
-    assert_eq!(secret_readers(&d), ["acs-creds", "team-a", "team-b"]);
-    let ccs = of_kind(&d, "ClusterCommunicationService")[0];
-    assert_eq!(
-        ccs["spec"]["connectionStringSecretRef"]["namespace"],
-        "acs-creds"
-    );
-    // A watched cluster resource namespace needs no extra Role.
-    let d = docs(&template(
-        cp,
-        "creds",
-        "acs-system",
-        &["-f", &values, "--set", "clusterResourceNamespace=team-a"],
-    ));
-    assert_eq!(secret_readers(&d), ["team-a", "team-b"]);
+    // (clusterResourceNamespace, Secret readers, the chart's service's Secret namespace);
+    // a watched cluster resource namespace needs no extra Role.
+    let cases: [(&str, [&str; 3], &str); 3] = [
+        ("", ["acs-system", "team-a", "team-b"], "acs-system"),
+        ("acs-creds", ["acs-creds", "team-a", "team-b"], "acs-creds"),
+        ("team-a", ["team-a", "team-a", "team-b"], "team-a"),
+    ];
+    for (crn, readers, secret_ns) in cases {
+        let set = format!("clusterResourceNamespace={crn}");
+        let d = docs(&template(
+            cp,
+            "creds",
+            "acs-system",
+            &["-f", &values, "--api-versions", CCS_API, "--set", &set],
+        ));
+        let mut want: Vec<&str> = readers.to_vec();
+        want.dedup();
+        assert_eq!(secret_readers(&d), want, "{set}");
+        let ccs = of_kind(&d, "ClusterCommunicationService")[0];
+        assert_eq!(
+            ccs["spec"]["connectionStringSecretRef"]["namespace"], secret_ns,
+            "{set}"
+        );
+    }
 
     // A chart-made ClusterCommunicationService with its Secret elsewhere would never be
     // used: refused at render time, naming both namespaces.
