@@ -9,14 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::{CommunicationIdentity, CommunicationIdentityStatus};
+use crate::api::{CommunicationIdentity, CommunicationIdentityStatus, secret_keys};
 
-
-/// Secret keys (documented interface).
-pub const KEY_TOKEN: &str = "token";
-pub const KEY_EXPIRES_ON: &str = "expiresOn";
-pub const KEY_USER_ID: &str = "userId";
-pub const KEY_ENDPOINT: &str = "endpoint";
 
 /// Label on every Secret the operator writes; its watch selects on it, so the operator
 /// never caches unrelated Secrets.
@@ -67,10 +61,10 @@ pub fn build(identity: &CommunicationIdentity, s: &TokenSecret<'_>) -> Secret {
     annotations.insert(TEMPLATE_HASH_ANNOTATION.into(), template_hash(identity));
     annotations.insert(ISSUED_AT_ANNOTATION.into(), s.issued_at.to_string());
     let data = [
-        (KEY_TOKEN, s.token),
-        (KEY_EXPIRES_ON, s.expires_on),
-        (KEY_USER_ID, s.user_id),
-        (KEY_ENDPOINT, s.endpoint),
+        (secret_keys::TOKEN, s.token),
+        (secret_keys::EXPIRES_ON, s.expires_on),
+        (secret_keys::USER_ID, s.user_id),
+        (secret_keys::ENDPOINT, s.endpoint),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
@@ -122,7 +116,7 @@ pub fn intact(secret: &Secret, status: &CommunicationIdentityStatus, expires_on:
     let data = secret.data.clone().unwrap_or_default();
     let get = |k: &str| data.get(k).map(|b| b.0.as_slice());
     let hash_ok = match (
-        get(KEY_TOKEN),
+        get(secret_keys::TOKEN),
         secret.annotations().get(TOKEN_HASH_ANNOTATION),
     ) {
         (Some(t), Some(h)) => !t.is_empty() && token_hash(t) == *h,
@@ -132,12 +126,12 @@ pub fn intact(secret: &Secret, status: &CommunicationIdentityStatus, expires_on:
         && status
             .user_id
             .as_deref()
-            .is_some_and(|u| get(KEY_USER_ID) == Some(u.as_bytes()))
-        && expires_on.is_some_and(|e| get(KEY_EXPIRES_ON) == Some(e.as_bytes()))
+            .is_some_and(|u| get(secret_keys::USER_ID) == Some(u.as_bytes()))
+        && expires_on.is_some_and(|e| get(secret_keys::EXPIRES_ON) == Some(e.as_bytes()))
         && status
             .user_endpoint
             .as_deref()
-            .is_none_or(|e| get(KEY_ENDPOINT) == Some(e.as_bytes()))
+            .is_none_or(|e| get(secret_keys::ENDPOINT) == Some(e.as_bytes()))
 }
 
 #[cfg(test)]

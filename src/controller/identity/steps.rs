@@ -12,7 +12,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::acs::{self, AcsError};
 use crate::api::conditions::reasons;
-use crate::api::{CommunicationIdentity, CommunicationIdentityStatus, Scope};
+use crate::api::{CommunicationIdentity, CommunicationIdentityStatus, Scope, secret_keys};
 use crate::controller::context::Context;
 use crate::controller::secret::{self, TokenSecret};
 use crate::controller::status::{FIELD_MANAGER, apply_status};
@@ -213,16 +213,16 @@ pub async fn refresh_secret_metadata(
         .and_then(|a| a.get(secret::ISSUED_AT_ANNOTATION).cloned())
         .or_else(|| status.last_token_issued_at.as_ref().map(|t| rfc3339(t.0)))
         .unwrap_or_default();
-    let token = text(secret::KEY_TOKEN);
+    let token = text(secret_keys::TOKEN);
     write_secret(
         ctx,
         obj,
         &TokenSecret {
             name,
             token: &token,
-            expires_on: &text(secret::KEY_EXPIRES_ON),
-            user_id: &text(secret::KEY_USER_ID),
-            endpoint: &text(secret::KEY_ENDPOINT),
+            expires_on: &text(secret_keys::EXPIRES_ON),
+            user_id: &text(secret_keys::USER_ID),
+            endpoint: &text(secret_keys::ENDPOINT),
             issued_at: &issued,
         },
         now,
