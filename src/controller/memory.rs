@@ -30,6 +30,8 @@ pub struct Remembered {
     /// The owned-Secret cache has shown our last write: from then on, absent from the
     /// cache means deleted.
     pub secret_seen: bool,
+    /// We added the finalizer (the cache may not show it yet).
+    pub finalizer_added: bool,
     /// The last time a token was requested from ACS, answered or not: the token floor
     /// holds even when recording the token failed.
     pub last_token_request: Option<Timestamp>,
