@@ -74,6 +74,11 @@ pub mod reasons {
     // --- CommunicationIdentity, TokenTooShortLived
     /// ACS granted a token shorter than the minimum token interval.
     pub const TOKEN_TOO_SHORT_LIVED: &str = "TokenTooShortLived";
+    /// Every token of the user was revoked on request; `Ready` is False until the new
+    /// token is in the Secret.
+    pub const TOKENS_REVOKED: &str = "TokensRevoked";
+    /// Reading or writing the token Secret or the identity's status failed.
+    pub const SECRET_WRITE_FAILED: &str = "SecretWriteFailed";
 
     // --- CommunicationIdentity, RenewalFailing
     /// Renewal failed; the message says why and until when the old token is valid.
