@@ -852,8 +852,10 @@ async fn install_upgrade_uninstall() {
     assert!(!can_i(cp, &sa, "create", "secrets", None));
     assert!(can_i(cp, &sa, "get", "secrets", Some(&ns.name)));
     assert!(!can_i(cp, &sa, "create", "secrets", Some(&ns.name)));
+    // Namespace labels are watched (metadata only) for cluster services' selectors.
     assert!(can_i(cp, &sa, "get", "namespaces", None));
-    assert!(!can_i(cp, &sa, "list", "namespaces", None));
+    assert!(can_i(cp, &sa, "watch", "namespaces", None));
+    assert!(!can_i(cp, &sa, "delete", "namespaces", None));
 
     let (ok, out, err) = helm(cp, &["uninstall", &release, "-n", &ns.name, "--no-hooks"]);
     assert!(ok, "helm uninstall:\n{out}\n{err}");

@@ -127,9 +127,9 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["namespaces"]
-  # Reads an identity's namespace labels for ClusterCommunicationService
-  # namespaceSelectors, and whether the namespace is being deleted.
-  verbs: ["get"]
+  # Watches namespace labels (metadata only) for ClusterCommunicationService
+  # namespaceSelectors, and whether a namespace is being deleted.
+  verbs: ["get", "list", "watch"]
 {{- end }}
 
 {{/* Non-empty when the ClusterCommunicationService API is registered in the cluster

@@ -122,10 +122,19 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
     );
     // The service may be gone with a terminating namespace: the last one this process
     // resolved still reaches the resource.
+    // A service pointed elsewhere since: the one remembered still reaches the user's home.
+    let home = status.user_endpoint.as_deref();
+    let remembered_home = remembered
+        .service
+        .clone()
+        .filter(|s| home.is_none_or(|h| h == s.endpoint));
     let (resolved, problem): (Option<ResolvedService>, String) =
         match ctx.resolver.resolve(&obj).await {
+            Ok(svc) if home.is_some_and(|h| h != svc.endpoint) && remembered_home.is_some() => {
+                (remembered_home, String::new())
+            }
             Ok(svc) => (Some(svc), String::new()),
-            Err(e) => (remembered.service.clone(), e.to_string()),
+            Err(e) => (remembered_home, e.to_string()),
         };
     let service = match &resolved {
         Some(svc) => service_facts(&Ok(svc.clone())).map_err(|p| p.message),

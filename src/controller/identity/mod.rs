@@ -114,7 +114,14 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         &remembered,
     );
     let resolved = ctx.resolver.resolve(&obj).await;
-    if let Ok(svc) = &resolved {
+    // Remember the service that reaches the user's resource: cleanup may need it after
+    // the service went (or was pointed elsewhere).
+    if let Ok(svc) = &resolved
+        && status
+            .user_endpoint
+            .as_deref()
+            .is_none_or(|home| home == svc.endpoint)
+    {
         ctx.memory.update(&oref, &uid, |r| r.service = Some(svc.clone()));
     }
     let secret_name = obj.effective_secret_name().unwrap_or(&name).to_string();
