@@ -64,7 +64,9 @@ impl World {
             http: reqwest::Client::new(),
             operator: None,
         };
-        world.put_credentials("acs", &world.emu.connection_string()).await;
+        world
+            .put_credentials("acs", &world.emu.connection_string())
+            .await;
         world
     }
 
@@ -110,7 +112,11 @@ impl World {
         }))
         .unwrap();
         self.secrets()
-            .patch(name, &PatchParams::apply("acs-tests").force(), &Patch::Apply(&secret))
+            .patch(
+                name,
+                &PatchParams::apply("acs-tests").force(),
+                &Patch::Apply(&secret),
+            )
             .await
             .expect("credential Secret");
     }
@@ -223,8 +229,10 @@ impl World {
     }
 
     async fn ready(&self, name: &str) -> CommunicationIdentity {
-        self.until(name, 60, "Ready=True", |o| cond(o, types::READY).is_some_and(|c| c.0 == "True"))
-            .await
+        self.until(name, 60, "Ready=True", |o| {
+            cond(o, types::READY).is_some_and(|c| c.0 == "True")
+        })
+        .await
     }
 
     /// Waits until `n` identities are Ready and satisfy `check` (polling LISTs).
@@ -260,7 +268,11 @@ impl World {
 
     async fn valid(&self, token: &str) -> bool {
         let v = self
-            .admin(reqwest::Method::POST, "/admin/tokens:validate", Some(json!({"token": token})))
+            .admin(
+                reqwest::Method::POST,
+                "/admin/tokens:validate",
+                Some(json!({"token": token})),
+            )
             .await;
         v["valid"].as_bool().unwrap_or(false)
     }
@@ -291,7 +303,10 @@ async fn api_requests(client: &Client) -> BTreeMap<(String, String), f64> {
         .await
         .expect("apiserver /metrics");
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
         let label = |k: &str| {
             line.split(&format!("{k}=\""))
                 .nth(1)
@@ -303,7 +318,11 @@ async fn api_requests(client: &Client) -> BTreeMap<(String, String), f64> {
         if !["communicationidentities", "secrets", "events"].contains(&resource.as_str()) {
             continue;
         }
-        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
         *out.entry((label("verb"), resource)).or_insert(0.0) += value;
     }
     out
@@ -366,7 +385,10 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
         );
         assert_eq!(settled as usize, N, "exactly one ACS create per identity");
         assert_eq!(acs, 1.0, "exactly one ACS request per new identity");
-        assert!(per_writes <= max_writes, "{per_writes} API writes per identity on {api_version}");
+        assert!(
+            per_writes <= max_writes,
+            "{per_writes} API writes per identity on {api_version}"
+        );
         assert!(per_gets <= 2.0, "{per_gets} GETs per identity");
 
         // A renewal wave: every identity gets one new token from its real expiry.
@@ -379,7 +401,9 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
         let issued_before = w.acs_calls("issue").await;
         w.all_ready(N, |o| {
             let i: usize = o.name_any().trim_start_matches("id-").parse().unwrap_or(0);
-            o.status.as_ref().is_some_and(|s| s.last_token_issued_at != first[i])
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.last_token_issued_at != first[i])
         })
         .await;
         let d = delta(&before, &api_requests(&w.client).await);
@@ -390,7 +414,11 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
             gets(&d) / n
         );
         assert_eq!(renew_acs, 1.0, "one ACS request per renewal");
-        assert!(writes(&d) / n <= 3.0, "{} writes per renewal", writes(&d) / n);
+        assert!(
+            writes(&d) / n <= 3.0,
+            "{} writes per renewal",
+            writes(&d) / n
+        );
         assert_eq!(gets(&d), 0.0, "no GET in steady state");
     }
 }
@@ -408,27 +436,47 @@ async fn a_revoked_token_is_never_reported_ready() {
     let old = w.token("app").await.expect("token");
     // Every issue fails after the revoke went through.
     w.fault(json!({"operation": "issue", "status": 503})).await;
-    w.annotate("app", REVOKE_REQUESTED_AT_ANNOTATION, "r1").await;
+    w.annotate("app", REVOKE_REQUESTED_AT_ANNOTATION, "r1")
+        .await;
     let o = w
         .until("app", 60, "Ready=False after the revoke", |o| {
-            o.status.as_ref().is_some_and(|s| s.last_revoke_request_handled.as_deref() == Some("r1"))
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.last_revoke_request_handled.as_deref() == Some("r1"))
                 && cond(o, types::READY).is_some_and(|c| c.0 == "False")
         })
         .await;
     assert!(!w.valid(&old).await, "the old token was revoked");
-    assert_eq!(w.token("app").await.as_deref(), Some(old.as_str()), "the Secret still holds it");
-    assert!(o.status.unwrap().token_expires_on.is_none(), "status does not describe it as valid");
+    assert_eq!(
+        w.token("app").await.as_deref(),
+        Some(old.as_str()),
+        "the Secret still holds it"
+    );
+    assert!(
+        o.status.unwrap().token_expires_on.is_none(),
+        "status does not describe it as valid"
+    );
     // It stays not Ready while issues keep failing (retried with backoff).
     let before = w.acs_calls("issue").await;
-    eventually(30, "a retried issue", || async { (w.acs_calls("issue").await > before).then_some(()) }).await;
+    eventually(30, "a retried issue", || async {
+        (w.acs_calls("issue").await > before).then_some(())
+    })
+    .await;
     let o = w.identities().get("app").await.unwrap();
-    assert_eq!(cond(&o, types::READY).map(|c| c.0).as_deref(), Some("False"));
+    assert_eq!(
+        cond(&o, types::READY).map(|c| c.0).as_deref(),
+        Some("False")
+    );
     w.clear_faults().await;
     let o = w.ready("app").await;
     let new = w.token("app").await.unwrap();
     assert_ne!(new, old);
     assert!(w.valid(&new).await);
-    assert_eq!(w.acs_calls("revoke").await, 1, "the handled request is not revoked again");
+    assert_eq!(
+        w.acs_calls("revoke").await,
+        1,
+        "the handled request is not revoked again"
+    );
     assert!(o.status.unwrap().last_revoked_at.is_some());
 }
 
@@ -448,7 +496,10 @@ async fn tokens_that_expire_at_once_are_issued_at_most_once_per_interval() {
     })
     .await;
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_secs(6), "3 tokens in {elapsed:?}: the floor is 3 s");
+    assert!(
+        elapsed >= Duration::from_secs(6),
+        "3 tokens in {elapsed:?}: the floor is 3 s"
+    );
     let o = w
         .until("app", 30, "TokenTooShortLived", |o| {
             o.status.as_ref().is_some_and(|s| {
@@ -469,13 +520,19 @@ async fn a_lookup_failure_keeps_a_valid_token_ready_and_says_why() {
     w.start(w.config());
     w.identity("app", json!({})).await;
     w.ready("app").await;
-    w.secrets().delete("acs", &DeleteParams::default()).await.unwrap();
+    w.secrets()
+        .delete("acs", &DeleteParams::default())
+        .await
+        .unwrap();
     let o = w
         .until("app", 30, "RenewalFailing=True", |o| {
             cond(o, types::RENEWAL_FAILING).is_some_and(|c| c.0 == "True")
         })
         .await;
-    assert_eq!(cond(&o, types::READY), Some(("True".into(), reasons::TOKEN_ISSUED.into())));
+    assert_eq!(
+        cond(&o, types::READY),
+        Some(("True".into(), reasons::TOKEN_ISSUED.into()))
+    );
     assert_eq!(
         cond(&o, types::RENEWAL_FAILING).map(|c| c.1).as_deref(),
         Some(reasons::SECRET_NOT_FOUND)
@@ -504,23 +561,41 @@ async fn ga_versions_never_send_a_custom_id_nor_retry_a_lost_create() {
         })
         .await;
     assert!(o.status.unwrap().user_id.is_none());
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), w.ns());
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(w.client.clone(), w.ns());
     let warned = eventually(30, "a Warning event", || async {
         let list = events.list(&Default::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reasons::USER_CREATE_FAILED))
+        list.items.into_iter().find(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some(reasons::USER_CREATE_FAILED)
+        })
     })
     .await;
-    assert!(warned.note.unwrap_or_default().contains("creating an ACS user"));
+    assert!(
+        warned
+            .note
+            .unwrap_or_default()
+            .contains("creating an ACS user")
+    );
     // The next reconcile decides (a second create, recorded); no automatic retry inside.
     let o = w.ready("app").await;
     let users = w.acs_users().await;
-    assert_eq!(w.acs_calls("create").await, 2, "one lost create, one recorded; never a retry loop");
-    assert_eq!(users.len(), 2, "the lost create left one user behind (the GA window)");
+    assert_eq!(
+        w.acs_calls("create").await,
+        2,
+        "one lost create, one recorded; never a retry loop"
+    );
+    assert_eq!(
+        users.len(),
+        2,
+        "the lost create left one user behind (the GA window)"
+    );
     let recorded = o.status.unwrap().user_id.unwrap();
     for u in &users {
-        assert!(u.get("customId").is_none_or(Value::is_null), "no custom id on {GA}: {u}");
+        assert!(
+            u.get("customId").is_none_or(Value::is_null),
+            "no custom id on {GA}: {u}"
+        );
     }
     assert!(users.iter().any(|u| u["id"] == recorded));
 }
@@ -540,13 +615,26 @@ async fn deleting_right_after_creation_leaks_no_user() {
                 (w.acs_calls("create").await > i).then_some(())
             })
             .await;
-            w.identities().delete(&name, &DeleteParams::default()).await.unwrap();
+            w.identities()
+                .delete(&name, &DeleteParams::default())
+                .await
+                .unwrap();
         }
         eventually(60, "every identity gone", || async {
-            w.identities().list(&Default::default()).await.ok()?.items.is_empty().then_some(())
+            w.identities()
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
         })
         .await;
-        assert_eq!(w.acs_users().await, Vec::<Value>::new(), "no user left on {api_version}");
+        assert_eq!(
+            w.acs_users().await,
+            Vec::<Value>::new(),
+            "no user left on {api_version}"
+        );
     }
 }
 
@@ -556,7 +644,8 @@ async fn a_template_edit_reaches_the_secret_without_a_new_token() {
     let mut w = World::new("template", 1.0).await;
     w.service(PREVIEW).await;
     w.start(w.config());
-    w.identity("app", json!({"secretTemplate": {"labels": {"team": "a"}}})).await;
+    w.identity("app", json!({"secretTemplate": {"labels": {"team": "a"}}}))
+        .await;
     w.ready("app").await;
     let token = w.token("app").await;
     w.identities()
@@ -589,10 +678,17 @@ async fn a_deleted_or_edited_secret_is_restored_once() {
     w.start(config);
     w.identity("app", json!({})).await;
     w.ready("app").await;
-    w.secrets().delete("app", &DeleteParams::default()).await.unwrap();
+    w.secrets()
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually(30, "a new Secret", || async { w.token("app").await }).await;
     w.secrets()
-        .patch("app", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"token": "forged"}})))
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": "forged"}})),
+        )
         .await
         .unwrap();
     let t = eventually(30, "the forged token replaced", || async {
@@ -613,7 +709,8 @@ async fn after_losing_the_lease_nothing_is_written() {
     config.leadership = Leadership::elected(leading_rx);
     w.start(config);
     // The create is slow; leadership goes while it is in flight.
-    w.fault(json!({"operation": "create", "latencyMs": 3000, "afterExecute": true})).await;
+    w.fault(json!({"operation": "create", "latencyMs": 3000, "afterExecute": true}))
+        .await;
     w.identity("app", json!({})).await;
     eventually(30, "the create in flight", || async {
         let users = w.acs_users().await;
@@ -628,9 +725,15 @@ async fn after_losing_the_lease_nothing_is_written() {
         await_condition(w.secrets(), "app", |s: Option<&Secret>| s.is_some()),
     )
     .await;
-    assert!(secret_written.is_err(), "a Secret was written after leadership was lost");
+    assert!(
+        secret_written.is_err(),
+        "a Secret was written after leadership was lost"
+    );
     let o = w.identities().get("app").await.unwrap();
-    assert!(o.status.as_ref().is_none_or(|s| s.user_id.is_none()), "no status written");
+    assert!(
+        o.status.as_ref().is_none_or(|s| s.user_id.is_none()),
+        "no status written"
+    );
     let probe = w.identities().get("probe").await.unwrap();
     assert!(probe.finalizers().is_empty(), "no new work after the loss");
 }
@@ -656,7 +759,8 @@ async fn services_on_one_resource_share_one_client_and_credential_watches_go_awa
     )
     .await;
     w.identity("a", json!({})).await;
-    w.identity("b", json!({"serviceRef": {"name": "acs2"}})).await;
+    w.identity("b", json!({"serviceRef": {"name": "acs2"}}))
+        .await;
     for name in ["a", "b"] {
         // Reconcile by hand until Ready (the first adds the finalizer).
         for _ in 0..3 {
@@ -664,17 +768,32 @@ async fn services_on_one_resource_share_one_client_and_credential_watches_go_awa
             let _ = acs_identity_operator::controller::identity::reconcile(o, ctx.clone()).await;
         }
         let o = w.identities().get(name).await.unwrap();
-        assert_eq!(cond(&o, types::READY).map(|c| c.0).as_deref(), Some("True"), "{name}");
+        assert_eq!(
+            cond(&o, types::READY).map(|c| c.0).as_deref(),
+            Some("True"),
+            "{name}"
+        );
     }
-    assert_eq!(ctx.resolver.clients.client_count(), 1, "one client for one resource and key");
+    assert_eq!(
+        ctx.resolver.clients.client_count(),
+        1,
+        "one client for one resource and key"
+    );
     assert_eq!(ctx.resolver.credentials.watched(), 1);
     for name in ["a", "b"] {
-        w.identities().delete(name, &DeleteParams::default()).await.unwrap();
+        w.identities()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
         let o = Arc::new(w.identities().get(name).await.unwrap());
         acs_identity_operator::controller::identity::reconcile(o, ctx.clone())
             .await
             .expect("cleanup");
     }
-    assert_eq!(ctx.resolver.credentials.watched(), 0, "nothing references the Secret any more");
+    assert_eq!(
+        ctx.resolver.credentials.watched(),
+        0,
+        "nothing references the Secret any more"
+    );
     caches.abort();
 }

@@ -109,22 +109,29 @@ impl ClientCache {
             return hit.map_err(CredentialError::Problem);
         }
         let secrets: Api<Secret> = Api::namespaced(kube.clone(), &credential.namespace);
-        let secret = secrets
-            .get_opt(&credential.name)
-            .await
-            .map_err(|source| CredentialError::Kube {
-                namespace: credential.namespace.clone(),
-                name: credential.name.clone(),
-                source,
-            })?;
+        let secret =
+            secrets
+                .get_opt(&credential.name)
+                .await
+                .map_err(|source| CredentialError::Kube {
+                    namespace: credential.namespace.clone(),
+                    name: credential.name.clone(),
+                    source,
+                })?;
         let Some(secret) = secret else {
             return Err(CredentialError::Problem(CredentialProblem::SecretNotFound));
         };
         let parsed = parse_secret(&secret, &credential.key);
-        self.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            credential.clone(),
-            (secret.resource_version().unwrap_or_default(), parsed.clone()),
-        );
+        self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                credential.clone(),
+                (
+                    secret.resource_version().unwrap_or_default(),
+                    parsed.clone(),
+                ),
+            );
         parsed.map_err(CredentialError::Problem)
     }
 

@@ -139,9 +139,7 @@ async fn watch_secret<D: Clone + Eq + Hash + Send + Sync + 'static>(
     let (ns, name) = &id;
     let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(inner.client.clone(), ns);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config)
-        .default_backoff()
-        .boxed();
+    let mut events = watcher(api, config).default_backoff().boxed();
     let mut listed: Option<String> = None;
     while let Some(event) = events.next().await {
         let version = match event {

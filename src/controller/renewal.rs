@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-
 /// Never schedule a renewal sooner than this after a token was issued.
 pub const MIN_RENEWAL_DELAY: Duration = Duration::from_secs(15);
 

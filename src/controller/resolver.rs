@@ -276,7 +276,11 @@ impl Resolver {
                     });
                 }
                 let r = &svc.spec.connection_string_secret_ref;
-                check_cluster_secret_namespace(key, &r.namespace, &self.cluster_resource_namespace)?;
+                check_cluster_secret_namespace(
+                    key,
+                    &r.namespace,
+                    &self.cluster_resource_namespace,
+                )?;
                 Ok(Some(ServiceParts {
                     credential: CredentialRef {
                         namespace: r.namespace.clone(),
@@ -388,6 +392,9 @@ mod tests {
         assert_eq!(err.reason(), reasons::SECRET_NAMESPACE_NOT_ALLOWED);
         assert!(err.forbids_use());
         let msg = err.to_string();
-        assert!(msg.contains("team-b") && msg.contains("acs-system"), "{msg}");
+        assert!(
+            msg.contains("team-b") && msg.contains("acs-system"),
+            "{msg}"
+        );
     }
 }

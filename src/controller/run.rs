@@ -78,7 +78,10 @@ where
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -89,8 +92,8 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, config).default_backoff().modify(slim))
-        .touched_objects();
+    let stream =
+        reflector(writer, watcher(api, config).default_backoff().modify(slim)).touched_objects();
     (reader, stream)
 }
 
@@ -136,7 +139,12 @@ struct Wired {
     ready: BoxFuture<'static, ()>,
 }
 
-fn wire(client: &Client, config: &OperatorConfig, metrics: Arc<Metrics>, readiness: Readiness) -> Wired {
+fn wire(
+    client: &Client,
+    config: &OperatorConfig,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+) -> Wired {
     let scopes_ns: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
         vec![None]
     } else {
@@ -272,7 +280,11 @@ fn wire(client: &Client, config: &OperatorConfig, metrics: Arc<Metrics>, readine
         );
     }
     let ready = async move {
-        if futures::future::join_all(ready).await.into_iter().all(|ok| ok) {
+        if futures::future::join_all(ready)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+        {
             let _ = synced_tx.send(true);
             readiness.set_ready(true);
             tracing::info!("caches synced; ready");
@@ -320,7 +332,11 @@ pub async fn run(
                 })
                 .reconcile_on(UnboundedReceiverStream::new(scope.triggers))
                 .graceful_shutdown_on(shutdown.clone())
-                .run(identity::reconcile, identity::error_policy, wired.ctx.clone())
+                .run(
+                    identity::reconcile,
+                    identity::error_policy,
+                    wired.ctx.clone(),
+                )
                 .for_each(|res| async move {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "identity controller event");
@@ -343,7 +359,12 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    tasks.push(cluster_service_controller(client.clone(), &config, metrics.clone(), shutdown.clone()));
+    tasks.push(cluster_service_controller(
+        client.clone(),
+        &config,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     // Polled in the controllers' own task, never spawned: `Store::wait_until_ready` keeps
     // a single waker (kube-runtime's DelayedInit wraps a oneshot), so a waiter in another
     // task loses its waker to the controller's own wait and never wakes.
@@ -388,7 +409,14 @@ fn namespaced_service_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
     let api = api_for::<CommunicationService>(&client, &ns);
-    service_controller(api, client, config, metrics, shutdown, service::reconcile_namespaced)
+    service_controller(
+        api,
+        client,
+        config,
+        metrics,
+        shutdown,
+        service::reconcile_namespaced,
+    )
 }
 
 fn cluster_service_controller(
@@ -398,7 +426,14 @@ fn cluster_service_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
     let api = Api::<ClusterCommunicationService>::all(client.clone());
-    service_controller(api, client, config, metrics, shutdown, service::reconcile_cluster)
+    service_controller(
+        api,
+        client,
+        config,
+        metrics,
+        shutdown,
+        service::reconcile_cluster,
+    )
 }
 
 /// A service controller of either kind: status from its credentials, re-run when the

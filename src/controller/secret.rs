@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{CommunicationIdentity, CommunicationIdentityStatus, secret_keys};
 
-
 /// Label on every Secret the operator writes; its watch selects on it, so the operator
 /// never caches unrelated Secrets.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -112,7 +111,11 @@ pub fn template_current(meta: &ObjectMeta, identity: &CommunicationIdentity) -> 
 
 /// Whether an owned Secret holds exactly what status describes: an unedited token (its
 /// hash), the user, the expiry and (when recorded) the endpoint.
-pub fn intact(secret: &Secret, status: &CommunicationIdentityStatus, expires_on: Option<&str>) -> bool {
+pub fn intact(
+    secret: &Secret,
+    status: &CommunicationIdentityStatus,
+    expires_on: Option<&str>,
+) -> bool {
     let data = secret.data.clone().unwrap_or_default();
     let get = |k: &str| data.get(k).map(|b| b.0.as_slice());
     let hash_ok = match (

@@ -17,9 +17,9 @@ use crate::api::{
 };
 use crate::runtime::metrics::Metrics;
 
-use super::error::Error;
 use super::clients::ClientCache;
 use super::credentials::{CredentialRef, CredentialWatches};
+use super::error::Error;
 use super::resolver::{
     ResolveError, ServiceKey, check_cluster_secret_namespace, credential_error,
     namespaced_credential,

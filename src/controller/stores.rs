@@ -81,7 +81,10 @@ impl Stores {
             .get(&ObjectRef::new(name).within(ns))
     }
 
-    pub fn cluster_service(&self, name: &str) -> Option<std::sync::Arc<ClusterCommunicationService>> {
+    pub fn cluster_service(
+        &self,
+        name: &str,
+    ) -> Option<std::sync::Arc<ClusterCommunicationService>> {
         self.cluster_services.get(&ObjectRef::new(name))
     }
 
@@ -89,8 +92,14 @@ impl Stores {
         self.namespaces.get(&ObjectRef::new(name))
     }
 
-    pub fn secret(&self, ns: &str, name: &str) -> Option<std::sync::Arc<PartialObjectMeta<Secret>>> {
-        self.scope(ns)?.secrets.get(&ObjectRef::new(name).within(ns))
+    pub fn secret(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<PartialObjectMeta<Secret>>> {
+        self.scope(ns)?
+            .secrets
+            .get(&ObjectRef::new(name).within(ns))
     }
 
     /// Every cached identity, across scopes.

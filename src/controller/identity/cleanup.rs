@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::ResourceExt;
 
 use crate::api::conditions::{reasons, types};
 use crate::api::{CommunicationIdentity, DeletionPolicy};
@@ -77,7 +77,9 @@ pub fn decide_cleanup(f: &CleanupFacts<'_>) -> CleanupPlan {
         Err(problem) => {
             return CleanupPlan::Stuck(
                 reasons::CLEANUP_FAILED,
-                format!("Cannot clean up ACS user {user}: {problem}. Fix the service or its credentials, or {force}"),
+                format!(
+                    "Cannot clean up ACS user {user}: {problem}. Fix the service or its credentials, or {force}"
+                ),
             );
         }
     };
@@ -95,7 +97,9 @@ pub fn decide_cleanup(f: &CleanupFacts<'_>) -> CleanupPlan {
             svc.name, svc.endpoint
         );
         return if f.namespace_terminating {
-            CleanupPlan::Abandon(format!("{msg}; the namespace is being deleted, so the user is left in ACS"))
+            CleanupPlan::Abandon(format!(
+                "{msg}; the namespace is being deleted, so the user is left in ACS"
+            ))
         } else {
             CleanupPlan::Stuck(
                 reasons::SERVICE_CHANGED,
@@ -167,20 +171,40 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             // The event goes with the namespace: the log is the one record that outlives it.
             tracing::warn!(namespace = %ns, name = %name, user = status.user_id.as_deref().unwrap_or("(unknown)"),
                 "namespace is being deleted and the user's resource is unreachable: finalizer released, ACS user left behind");
-            publish(ctx, &obj, EventType::Warning, reasons::CLEANUP_FAILED, "Cleanup", msg).await;
+            publish(
+                ctx,
+                &obj,
+                EventType::Warning,
+                reasons::CLEANUP_FAILED,
+                "Cleanup",
+                msg,
+            )
+            .await;
             None
         }
         (CleanupPlan::Stuck(reason, msg), _) => {
             let mut st = status.clone();
-            set_condition(&mut st.conditions, types::READY, false, reason, msg, obj.metadata.generation, ctx.clock.now());
+            set_condition(
+                &mut st.conditions,
+                types::READY,
+                false,
+                reason,
+                msg,
+                obj.metadata.generation,
+                ctx.clock.now(),
+            );
             if let Err(e) = write_status(ctx, &obj, &status, &st).await {
                 tracing::warn!(error = %e, "writing cleanup status failed");
             }
             publish(ctx, &obj, EventType::Warning, reason, "Cleanup", msg).await;
             return Err(Error::CleanupBlocked(msg.clone()));
         }
-        (CleanupPlan::Delete(user), Some(c)) => Some((user.clone(), c.delete_user(user).await, true)),
-        (CleanupPlan::Revoke(user), Some(c)) => Some((user.clone(), c.revoke_tokens(user).await, false)),
+        (CleanupPlan::Delete(user), Some(c)) => {
+            Some((user.clone(), c.delete_user(user).await, true))
+        }
+        (CleanupPlan::Revoke(user), Some(c)) => {
+            Some((user.clone(), c.revoke_tokens(user).await, false))
+        }
         (CleanupPlan::FindAndDelete(custom_id), Some(c)) => {
             let found = c
                 .create_user(None, None, Some(custom_id))
@@ -193,7 +217,11 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             let r = c.delete_user(&user).await;
             Some((user, r, true))
         }
-        (_, None) => return Err(Error::CleanupBlocked("no service to reach the ACS user".into())),
+        (_, None) => {
+            return Err(Error::CleanupBlocked(
+                "no service to reach the ACS user".into(),
+            ));
+        }
     };
     if let Some((user, result, deleted)) = done {
         match result {
@@ -201,16 +229,29 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             Err(e) if e.is_not_found() => {}
             Err(source) => {
                 let err = StepError::DeleteUser { user, source };
-                publish(ctx, &obj, EventType::Warning, reasons::CLEANUP_FAILED, "Cleanup", &err.to_string()).await;
+                publish(
+                    ctx,
+                    &obj,
+                    EventType::Warning,
+                    reasons::CLEANUP_FAILED,
+                    "Cleanup",
+                    &err.to_string(),
+                )
+                .await;
                 return Err(Error::Step(err));
             }
         }
         let (reason, note) = if deleted {
-            ("UserDeleted", format!("Deleted ACS user {user} (deletionPolicy Delete)"))
+            (
+                "UserDeleted",
+                format!("Deleted ACS user {user} (deletionPolicy Delete)"),
+            )
         } else {
             (
                 "TokensRevoked",
-                format!("Revoked the tokens of ACS user {user} and kept the user (deletionPolicy Retain)"),
+                format!(
+                    "Revoked the tokens of ACS user {user} and kept the user (deletionPolicy Retain)"
+                ),
             )
         };
         publish(ctx, &obj, EventType::Normal, reason, "Cleanup", &note).await;
@@ -253,55 +294,94 @@ mod tests {
     fn cleanup_table() {
         let base = facts();
         let rows: Vec<(&str, CleanupFacts<'_>, fn(&CleanupPlan) -> bool)> = vec![
-            ("delete policy deletes", base.clone(), |p| *p == CleanupPlan::Delete("8:acs:u".into())),
+            ("delete policy deletes", base.clone(), |p| {
+                *p == CleanupPlan::Delete("8:acs:u".into())
+            }),
             (
                 "retain policy revokes",
-                CleanupFacts { policy: DeletionPolicy::Retain, ..base.clone() },
+                CleanupFacts {
+                    policy: DeletionPolicy::Retain,
+                    ..base.clone()
+                },
                 |p| *p == CleanupPlan::Revoke("8:acs:u".into()),
             ),
             (
                 "unrecorded user with custom ids is found and deleted",
-                CleanupFacts { user: None, user_endpoint: None, ..base.clone() },
+                CleanupFacts {
+                    user: None,
+                    user_endpoint: None,
+                    ..base.clone()
+                },
                 |p| *p == CleanupPlan::FindAndDelete("k8s-uid-1".into()),
             ),
             (
                 "unrecorded user without custom ids: nothing known",
-                CleanupFacts { user: None, service: svc("https://a", false, false), ..base.clone() },
+                CleanupFacts {
+                    user: None,
+                    service: svc("https://a", false, false),
+                    ..base.clone()
+                },
                 |p| *p == CleanupPlan::Done,
             ),
             (
                 "unrecorded adopted user is never searched",
-                CleanupFacts { user: None, adopted: true, ..base.clone() },
+                CleanupFacts {
+                    user: None,
+                    adopted: true,
+                    ..base.clone()
+                },
                 |p| *p == CleanupPlan::Done,
             ),
             (
                 "adopted user through a service that forbids adoption is untouched",
-                CleanupFacts { adopted: true, ..base.clone() },
+                CleanupFacts {
+                    adopted: true,
+                    ..base.clone()
+                },
                 |p| matches!(p, CleanupPlan::Untouched(_)),
             ),
             (
                 "adopted user through a service that allows it is handled",
-                CleanupFacts { adopted: true, policy: DeletionPolicy::Retain, service: svc("https://a", true, true), ..base.clone() },
+                CleanupFacts {
+                    adopted: true,
+                    policy: DeletionPolicy::Retain,
+                    service: svc("https://a", true, true),
+                    ..base.clone()
+                },
                 |p| *p == CleanupPlan::Revoke("8:acs:u".into()),
             ),
             (
                 "another resource is never asked about the user",
-                CleanupFacts { service: svc("https://b", false, true), ..base.clone() },
+                CleanupFacts {
+                    service: svc("https://b", false, true),
+                    ..base.clone()
+                },
                 |p| matches!(p, CleanupPlan::Stuck(r, _) if *r == reasons::SERVICE_CHANGED),
             ),
             (
                 "service changed in a terminating namespace: released",
-                CleanupFacts { service: svc("https://b", false, true), namespace_terminating: true, ..base.clone() },
+                CleanupFacts {
+                    service: svc("https://b", false, true),
+                    namespace_terminating: true,
+                    ..base.clone()
+                },
                 |p| matches!(p, CleanupPlan::Abandon(_)),
             ),
             (
                 "no service: stuck with the command to force removal",
-                CleanupFacts { service: Err("gone".into()), ..base.clone() },
+                CleanupFacts {
+                    service: Err("gone".into()),
+                    ..base.clone()
+                },
                 |p| matches!(p, CleanupPlan::Stuck(_, m) if m.contains("kubectl patch communicationidentity app -n team-a")),
             ),
             (
                 "no service in a terminating namespace: released loudly",
-                CleanupFacts { service: Err("gone".into()), namespace_terminating: true, ..base.clone() },
+                CleanupFacts {
+                    service: Err("gone".into()),
+                    namespace_terminating: true,
+                    ..base.clone()
+                },
                 |p| matches!(p, CleanupPlan::Abandon(m) if m.contains("8:acs:u")),
             ),
         ];

@@ -12,7 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions::{reasons, types};
 use crate::api::{CommunicationIdentitySpec, CommunicationIdentityStatus, Scope};
-use crate::controller::renewal::{Jitter, add, renewal_time, request_pending, requeue_after, to_std};
+use crate::controller::renewal::{
+    Jitter, add, renewal_time, request_pending, requeue_after, to_std,
+};
 use crate::controller::status::{is_true, set_condition};
 
 /// Even a fresh token is looked at again this often, to heal anything a missed event hid.
@@ -141,7 +143,10 @@ pub enum Step {
     Wait,
     Token(TokenPlan),
     /// Revoke now; the token after it waits for the floor.
-    RevokeOnly { user: String, request: String },
+    RevokeOnly {
+        user: String,
+        request: String,
+    },
     /// Re-write the Secret's labels and annotations with the token it holds.
     RefreshSecretMetadata,
 }
@@ -174,15 +179,26 @@ pub fn rfc3339(t: Timestamp) -> String {
 }
 
 /// The Secret holds a token that status describes, not revoked and not expired.
-pub fn token_valid(status: &CommunicationIdentityStatus, secret: SecretFacts, now: Timestamp) -> bool {
+pub fn token_valid(
+    status: &CommunicationIdentityStatus,
+    secret: SecretFacts,
+    now: Timestamp,
+) -> bool {
     matches!(secret, SecretFacts::Ours { intact: true, .. })
         && status.token_expires_on.as_ref().is_some_and(|t| t.0 > now)
 }
 
 /// The first reason a new token is needed, if any.
-pub fn token_reason(f: &Facts<'_>, lifetime: Duration, renewal_at: Option<Timestamp>) -> Option<TokenReason> {
+pub fn token_reason(
+    f: &Facts<'_>,
+    lifetime: Duration,
+    renewal_at: Option<Timestamp>,
+) -> Option<TokenReason> {
     let st = f.status;
-    if request_pending(f.revoke_requested, st.last_revoke_request_handled.as_deref()) {
+    if request_pending(
+        f.revoke_requested,
+        st.last_revoke_request_handled.as_deref(),
+    ) {
         return Some(TokenReason::RevokeRequested);
     }
     let Some(expires) = st.token_expires_on.as_ref().map(|t| t.0) else {
@@ -231,8 +247,18 @@ pub fn token_floor(f: &Facts<'_>) -> Option<Timestamp> {
 /// The renewal time of the token in force, never before the token floor.
 pub fn renewal_at(f: &Facts<'_>, lifetime: Duration, renew_before: Duration) -> Option<Timestamp> {
     let st = f.status;
-    let (issued, expires) = (st.last_token_issued_at.as_ref()?.0, st.token_expires_on.as_ref()?.0);
-    let at = renewal_time(issued, expires, lifetime, renew_before, Jitter::from_uid(f.uid)).at;
+    let (issued, expires) = (
+        st.last_token_issued_at.as_ref()?.0,
+        st.token_expires_on.as_ref()?.0,
+    );
+    let at = renewal_time(
+        issued,
+        expires,
+        lifetime,
+        renew_before,
+        Jitter::from_uid(f.uid),
+    )
+    .at;
     Some(match token_floor(f) {
         Some(floor) if floor > at => floor,
         _ => at,
@@ -249,7 +275,14 @@ pub fn decide(f: &Facts<'_>) -> Plan {
     let (lifetime, renew_before) = match (f.spec.token_lifetime(), f.spec.renew_before()) {
         (Ok(l), Ok(r)) => (l, r),
         (Err(e), _) | (_, Err(e)) => {
-            return blocked(f, st, reasons::INVALID_SPEC, e.to_string(), false, SLOW_RETRY);
+            return blocked(
+                f,
+                st,
+                reasons::INVALID_SPEC,
+                e.to_string(),
+                false,
+                SLOW_RETRY,
+            );
         }
     };
 
@@ -257,7 +290,11 @@ pub fn decide(f: &Facts<'_>) -> Plan {
     let svc = match &f.service {
         Ok(s) => s,
         Err(p) => {
-            let retry = if p.transient { Duration::from_secs(5) } else { SLOW_RETRY };
+            let retry = if p.transient {
+                Duration::from_secs(5)
+            } else {
+                SLOW_RETRY
+            };
             return blocked(f, st, p.reason, p.message.clone(), p.forbids_use, retry);
         }
     };
@@ -293,8 +330,24 @@ pub fn decide(f: &Facts<'_>) -> Plan {
             f.secret_name
         );
         let fresh = !is_true(&st.conditions, types::SECRET_CONFLICT);
-        set_condition(&mut st.conditions, types::SECRET_CONFLICT, true, reasons::SECRET_NOT_OWNED, &msg, f.generation, f.now);
-        set_condition(&mut st.conditions, types::READY, false, reasons::SECRET_CONFLICT, &msg, f.generation, f.now);
+        set_condition(
+            &mut st.conditions,
+            types::SECRET_CONFLICT,
+            true,
+            reasons::SECRET_NOT_OWNED,
+            &msg,
+            f.generation,
+            f.now,
+        );
+        set_condition(
+            &mut st.conditions,
+            types::READY,
+            false,
+            reasons::SECRET_CONFLICT,
+            &msg,
+            f.generation,
+            f.now,
+        );
         return Plan {
             step: Step::Wait,
             status: st,
@@ -302,9 +355,21 @@ pub fn decide(f: &Facts<'_>) -> Plan {
             warning: fresh.then_some((reasons::SECRET_CONFLICT, msg)),
         };
     }
-    if st.conditions.iter().any(|c| c.type_ == types::SECRET_CONFLICT) {
+    if st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::SECRET_CONFLICT)
+    {
         let msg = format!("Secret `{}` is owned by this identity", f.secret_name);
-        set_condition(&mut st.conditions, types::SECRET_CONFLICT, false, reasons::SECRET_OWNED, msg, f.generation, f.now);
+        set_condition(
+            &mut st.conditions,
+            types::SECRET_CONFLICT,
+            false,
+            reasons::SECRET_OWNED,
+            msg,
+            f.generation,
+            f.now,
+        );
     }
 
     // 6. Is a token needed, and may one be requested now?
@@ -354,7 +419,14 @@ pub fn decide(f: &Facts<'_>) -> Plan {
     // 7. The token is good: keep the Secret's metadata in step with the template.
     let Some(renewal) = renewal else {
         // Unreachable: a token in force has issue and expiry times (token_reason).
-        return blocked(f, st, reasons::PENDING, "waiting for a token".into(), false, SLOW_RETRY);
+        return blocked(
+            f,
+            st,
+            reasons::PENDING,
+            "waiting for a token".into(),
+            false,
+            SLOW_RETRY,
+        );
     };
     st.renewal_time = Some(Time(whole_seconds(renewal)));
     if st.secret_name.is_none() {
@@ -434,7 +506,14 @@ fn blocked(
     retry: Duration,
 ) -> Plan {
     let valid = token_valid(f.status, f.secret, f.now);
-    let fresh = record_problem(&mut st, f.generation, f.now, reason, &message, valid && !forbids_use);
+    let fresh = record_problem(
+        &mut st,
+        f.generation,
+        f.now,
+        reason,
+        &message,
+        valid && !forbids_use,
+    );
     Plan {
         step: Step::Wait,
         status: st,
@@ -478,7 +557,15 @@ fn wait_for_floor(
                 ),
             ),
         };
-        set_condition(&mut st.conditions, types::READY, false, why, msg, f.generation, f.now);
+        set_condition(
+            &mut st.conditions,
+            types::READY,
+            false,
+            why,
+            msg,
+            f.generation,
+            f.now,
+        );
     }
     Plan {
         step: Step::Wait,
@@ -521,11 +608,35 @@ pub fn record_problem(
         c.type_ == type_ && c.status == status && c.reason == reason && c.message == message
     });
     if token_still_valid {
-        set_condition(&mut st.conditions, types::RENEWAL_FAILING, true, reason, &message, generation, now);
+        set_condition(
+            &mut st.conditions,
+            types::RENEWAL_FAILING,
+            true,
+            reason,
+            &message,
+            generation,
+            now,
+        );
     } else {
-        set_condition(&mut st.conditions, types::READY, false, reason, &message, generation, now);
+        set_condition(
+            &mut st.conditions,
+            types::READY,
+            false,
+            reason,
+            &message,
+            generation,
+            now,
+        );
         if st.token_expires_on.is_some() || st.last_token_issued_at.is_some() {
-            set_condition(&mut st.conditions, types::RENEWAL_FAILING, true, reason, &message, generation, now);
+            set_condition(
+                &mut st.conditions,
+                types::RENEWAL_FAILING,
+                true,
+                reason,
+                &message,
+                generation,
+                now,
+            );
         }
     }
     fresh
@@ -556,9 +667,18 @@ pub fn record_revoked(
             "every token of the user was revoked as requested; a new token is issued at {}",
             rfc3339(t)
         ),
-        None => "every token of the user was revoked as requested; a new token is being issued".to_string(),
+        None => "every token of the user was revoked as requested; a new token is being issued"
+            .to_string(),
     };
-    set_condition(&mut st.conditions, types::READY, false, reasons::TOKENS_REVOKED, msg, generation, now);
+    set_condition(
+        &mut st.conditions,
+        types::READY,
+        false,
+        reasons::TOKENS_REVOKED,
+        msg,
+        generation,
+        now,
+    );
 }
 
 /// What a successful issue (and Secret write) means for status.
@@ -570,7 +690,11 @@ pub struct Issued<'a> {
     pub secret_name: &'a str,
 }
 
-pub fn record_issued(f: &Facts<'_>, st: &mut CommunicationIdentityStatus, i: &Issued<'_>) -> Timestamp {
+pub fn record_issued(
+    f: &Facts<'_>,
+    st: &mut CommunicationIdentityStatus,
+    i: &Issued<'_>,
+) -> Timestamp {
     record_user(st, i.user, i.endpoint);
     st.token_expires_on = Some(Time(whole_seconds(i.expires_on)));
     st.last_token_issued_at = Some(Time(whole_seconds(i.issued_at)));
@@ -610,8 +734,20 @@ pub fn record_issued(f: &Facts<'_>, st: &mut CommunicationIdentityStatus, i: &Is
             crate::api::duration::format_duration(f.min_token_interval),
             rfc3339(renewal)
         );
-        set_condition(&mut st2.conditions, types::RENEWAL_FAILING, true, reasons::TOKEN_TOO_SHORT_LIVED, msg, f.generation, f.now);
-    } else if st2.conditions.iter().any(|c| c.type_ == types::RENEWAL_FAILING) {
+        set_condition(
+            &mut st2.conditions,
+            types::RENEWAL_FAILING,
+            true,
+            reasons::TOKEN_TOO_SHORT_LIVED,
+            msg,
+            f.generation,
+            f.now,
+        );
+    } else if st2
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::RENEWAL_FAILING)
+    {
         set_condition(
             &mut st2.conditions,
             types::RENEWAL_FAILING,

@@ -157,20 +157,35 @@ fn adoption_only_through_a_service_that_allows_it() {
     let mut c = Case::new_identity();
     c.spec.existing_user_id = Some("8:acs:victim".into());
     let p = c.plan();
-    assert_eq!(p.step, Step::Wait, "no ACS call for a user the service does not let us adopt");
-    assert_eq!(ready(&p), ("False".into(), reasons::ADOPTION_NOT_ALLOWED.into()));
-    let msg = &condition(&p.status.conditions, types::READY).unwrap().message;
+    assert_eq!(
+        p.step,
+        Step::Wait,
+        "no ACS call for a user the service does not let us adopt"
+    );
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::ADOPTION_NOT_ALLOWED.into())
+    );
+    let msg = &condition(&p.status.conditions, types::READY)
+        .unwrap()
+        .message;
     assert!(msg.contains("spec.allowAdoption"), "{msg}");
     assert!(p.warning.is_some());
 
     c.service = svc(true, true);
-    assert_eq!(token(&c.plan()).user, UserPlan::Adopt("8:acs:victim".into()));
+    assert_eq!(
+        token(&c.plan()).user,
+        UserPlan::Adopt("8:acs:victim".into())
+    );
 
     // Adoption switched off after the fact: the recorded user is no longer served.
     let mut later = Case::healthy();
     later.spec.existing_user_id = Some(USER.into());
     let p = later.plan();
-    assert_eq!(ready(&p), ("False".into(), reasons::ADOPTION_NOT_ALLOWED.into()));
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::ADOPTION_NOT_ALLOWED.into())
+    );
 }
 
 #[test]
@@ -180,7 +195,10 @@ fn healthy_token_waits_for_its_renewal_time() {
     assert_eq!(ready(&p), ("True".into(), reasons::TOKEN_ISSUED.into()));
     let renewal = p.status.renewal_time.as_ref().unwrap().0;
     // 24h token, renewBefore 8h (a third), jitter up to 5% of the window earlier.
-    assert!(renewal <= ts(16 * H) && renewal > ts(16 * H - 25 * 60), "{renewal}");
+    assert!(
+        renewal <= ts(16 * H) && renewal > ts(16 * H - 25 * 60),
+        "{renewal}"
+    );
     assert!(p.requeue <= MAX_REQUEUE && p.requeue >= Duration::from_secs(3000));
 }
 
@@ -193,20 +211,50 @@ fn deciding_again_from_the_recorded_status_changes_nothing() {
         ..Case::healthy()
     }
     .plan();
-    assert_eq!(again.status, first.status, "status must be stable: a write re-triggers the watch");
+    assert_eq!(
+        again.status, first.status,
+        "status must be stable: a write re-triggers the watch"
+    );
 }
 
 #[test]
 fn each_reason_for_a_new_token() {
     let rows: Vec<(&str, Case, TokenReason)> = vec![
-        ("renewal due", Case { now: ts(17 * H), ..Case::healthy() }, TokenReason::RenewalDue),
-        ("secret deleted", Case { secret: SecretFacts::Missing, ..Case::healthy() }, TokenReason::SecretMissing),
+        (
+            "renewal due",
+            Case {
+                now: ts(17 * H),
+                ..Case::healthy()
+            },
+            TokenReason::RenewalDue,
+        ),
+        (
+            "secret deleted",
+            Case {
+                secret: SecretFacts::Missing,
+                ..Case::healthy()
+            },
+            TokenReason::SecretMissing,
+        ),
         (
             "secret edited",
-            Case { secret: SecretFacts::Ours { intact: false, template_current: true }, ..Case::healthy() },
+            Case {
+                secret: SecretFacts::Ours {
+                    intact: false,
+                    template_current: true,
+                },
+                ..Case::healthy()
+            },
             TokenReason::SecretMismatch,
         ),
-        ("expired", Case { now: ts(25 * H), ..Case::healthy() }, TokenReason::Expired),
+        (
+            "expired",
+            Case {
+                now: ts(25 * H),
+                ..Case::healthy()
+            },
+            TokenReason::Expired,
+        ),
         (
             "scopes changed",
             {
@@ -225,8 +273,22 @@ fn each_reason_for_a_new_token() {
             },
             TokenReason::LifetimeChanged,
         ),
-        ("renew requested", Case { renew: Some("2026-01-01T00:00:00Z"), ..Case::healthy() }, TokenReason::RenewRequested),
-        ("revoke requested", Case { revoke: Some("r1"), ..Case::healthy() }, TokenReason::RevokeRequested),
+        (
+            "renew requested",
+            Case {
+                renew: Some("2026-01-01T00:00:00Z"),
+                ..Case::healthy()
+            },
+            TokenReason::RenewRequested,
+        ),
+        (
+            "revoke requested",
+            Case {
+                revoke: Some("r1"),
+                ..Case::healthy()
+            },
+            TokenReason::RevokeRequested,
+        ),
         (
             "revoked earlier, not yet replaced",
             {
@@ -242,7 +304,11 @@ fn each_reason_for_a_new_token() {
         match &p.step {
             Step::Token(t) => {
                 assert_eq!(t.reason, want, "{name}");
-                assert_eq!(t.user, UserPlan::Existing(USER.into()), "{name}: the recorded user");
+                assert_eq!(
+                    t.user,
+                    UserPlan::Existing(USER.into()),
+                    "{name}: the recorded user"
+                );
             }
             other => panic!("{name}: expected a token, got {other:?}"),
         }
@@ -281,11 +347,19 @@ fn a_revoke_is_never_delayed_but_the_token_after_it_waits_for_the_floor() {
     assert_eq!(p.requeue, Duration::from_secs(10));
 
     // Floor passed: revoke then issue in one go.
-    let t = Case { revoke: Some("r1"), ..Case::healthy() }.plan();
+    let t = Case {
+        revoke: Some("r1"),
+        ..Case::healthy()
+    }
+    .plan();
     assert_eq!(token(&t).revoke.as_deref(), Some("r1"));
 
     // A new user's only token is the one it is created with: nothing to revoke.
-    let n = Case { revoke: Some("r1"), ..Case::new_identity() }.plan();
+    let n = Case {
+        revoke: Some("r1"),
+        ..Case::new_identity()
+    }
+    .plan();
     assert_eq!(token(&n).revoke, None);
 }
 
@@ -294,9 +368,19 @@ fn a_revoked_token_is_never_reported_ready() {
     // Finding 1: revoke succeeded, the new token could not be issued or written.
     let mut st = with_token(0);
     record_revoked(&mut st, "r1", ts(H), Some(1), None);
-    assert_eq!(st.token_expires_on, None, "status no longer describes the revoked token as valid");
+    assert_eq!(
+        st.token_expires_on, None,
+        "status no longer describes the revoked token as valid"
+    );
     assert_eq!(st.last_revoke_request_handled.as_deref(), Some("r1"));
-    let failed = record_problem(&mut st, Some(1), ts(H), reasons::TOKEN_ISSUE_FAILED, "ACS is down", false);
+    let failed = record_problem(
+        &mut st,
+        Some(1),
+        ts(H),
+        reasons::TOKEN_ISSUE_FAILED,
+        "ACS is down",
+        false,
+    );
     assert!(failed);
     // Next reconcile: the Secret still holds the revoked token, byte for byte.
     let c = Case {
@@ -310,9 +394,17 @@ fn a_revoked_token_is_never_reported_ready() {
     assert_eq!(p.step, Step::Wait, "floor: the next token waits");
     assert_eq!(ready(&p).0, "False");
     assert!(!token_valid(&p.status, c.secret, c.now));
-    let later = Case { now: ts(H + 20), ..c }.plan();
+    let later = Case {
+        now: ts(H + 20),
+        ..c
+    }
+    .plan();
     assert_eq!(token(&later).reason, TokenReason::NoToken);
-    assert_eq!(token(&later).revoke, None, "the request was handled: no second revoke");
+    assert_eq!(
+        token(&later).revoke,
+        None,
+        "the request was handled: no second revoke"
+    );
 }
 
 #[test]
@@ -329,7 +421,10 @@ fn no_hot_loop_when_acs_returns_an_already_expired_token() {
     let p = c.plan();
     assert_eq!(p.step, Step::Wait, "at most one token per interval");
     assert_eq!(p.requeue, Duration::from_secs(13));
-    assert_eq!(ready(&p), ("False".into(), reasons::TOKEN_TOO_SHORT_LIVED.into()));
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::TOKEN_TOO_SHORT_LIVED.into())
+    );
     // Likewise a Secret that keeps being deleted, or a write that keeps failing.
     let deleted = Case {
         secret: SecretFacts::Missing,
@@ -360,7 +455,10 @@ fn short_grants_are_flagged_and_renewal_never_precedes_the_floor() {
     );
     assert!(renewal >= ts(H + 15), "{renewal}");
     let c = condition(&st.conditions, types::RENEWAL_FAILING).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", reasons::TOKEN_TOO_SHORT_LIVED));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::TOKEN_TOO_SHORT_LIVED)
+    );
 
     // An ordinary grant: Ready, user and resource recorded, renewal from the real expiry.
     let mut st = f.status.clone();
@@ -377,7 +475,10 @@ fn short_grants_are_flagged_and_renewal_never_precedes_the_floor() {
     );
     assert!(renewal < ts(17 * H) && renewal > ts(16 * H));
     assert_eq!(st.user_endpoint.as_deref(), Some(EP));
-    assert_eq!(condition(&st.conditions, types::READY).unwrap().status, "True");
+    assert_eq!(
+        condition(&st.conditions, types::READY).unwrap().status,
+        "True"
+    );
 }
 
 #[test]
@@ -398,18 +499,32 @@ fn transient_lookup_errors_keep_a_valid_token_ready() {
     assert_eq!(p.step, Step::Wait);
     assert_eq!(ready(&p), ("True".into(), reasons::TOKEN_ISSUED.into()));
     let rf = condition(&p.status.conditions, types::RENEWAL_FAILING).unwrap();
-    assert_eq!((rf.status.as_str(), rf.reason.as_str()), ("True", reasons::SERVICE_NOT_READY));
+    assert_eq!(
+        (rf.status.as_str(), rf.reason.as_str()),
+        ("True", reasons::SERVICE_NOT_READY)
+    );
     assert!(rf.message.contains("valid until"));
     assert_eq!(p.requeue, Duration::from_secs(5));
 
     // Without a valid token the same problem is an outage.
-    let p = Case { service: Err(problem), ..Case::new_identity() }.plan();
-    assert_eq!(ready(&p), ("False".into(), reasons::SERVICE_NOT_READY.into()));
+    let p = Case {
+        service: Err(problem),
+        ..Case::new_identity()
+    }
+    .plan();
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::SERVICE_NOT_READY.into())
+    );
 }
 
 #[test]
 fn a_service_the_identity_may_not_use_is_not_ready_whatever_the_secret_holds() {
-    for reason in [reasons::SERVICE_NOT_ALLOWED, reasons::SECRET_NAMESPACE_NOT_ALLOWED, reasons::INSECURE_ENDPOINT] {
+    for reason in [
+        reasons::SERVICE_NOT_ALLOWED,
+        reasons::SECRET_NAMESPACE_NOT_ALLOWED,
+        reasons::INSECURE_ENDPOINT,
+    ] {
         let p = Case {
             service: Err(ServiceProblem {
                 reason,
@@ -434,8 +549,13 @@ fn a_user_is_never_served_by_another_resource() {
     let p = c.plan();
     assert_eq!(p.step, Step::Wait, "no token request to another resource");
     assert_eq!(ready(&p), ("False".into(), reasons::SERVICE_CHANGED.into()));
-    let msg = &condition(&p.status.conditions, types::READY).unwrap().message;
-    assert!(msg.contains(EP) && msg.contains("create a new CommunicationIdentity"), "{msg}");
+    let msg = &condition(&p.status.conditions, types::READY)
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains(EP) && msg.contains("create a new CommunicationIdentity"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -448,12 +568,22 @@ fn a_secret_we_do_not_own_is_never_overwritten() {
     assert_eq!(p.step, Step::Wait);
     assert_eq!(p.requeue, CONFLICT_RECHECK);
     assert_eq!(ready(&p), ("False".into(), reasons::SECRET_CONFLICT.into()));
-    assert_eq!(condition(&p.status.conditions, types::SECRET_CONFLICT).unwrap().status, "True");
+    assert_eq!(
+        condition(&p.status.conditions, types::SECRET_CONFLICT)
+            .unwrap()
+            .status,
+        "True"
+    );
     // Resolved: the conflict condition turns False.
     let mut c = Case::new_identity();
     c.status = p.status;
     let p = c.plan();
-    assert_eq!(condition(&p.status.conditions, types::SECRET_CONFLICT).unwrap().status, "False");
+    assert_eq!(
+        condition(&p.status.conditions, types::SECRET_CONFLICT)
+            .unwrap()
+            .status,
+        "False"
+    );
 }
 
 #[test]
@@ -482,7 +612,28 @@ fn a_spec_admission_would_refuse_is_reported_not_acted_on() {
 #[test]
 fn problems_are_news_once() {
     let mut st = CommunicationIdentityStatus::default();
-    assert!(record_problem(&mut st, Some(1), ts(0), reasons::UNAUTHORIZED, "401", false));
-    assert!(!record_problem(&mut st, Some(1), ts(5), reasons::UNAUTHORIZED, "401", false));
-    assert!(record_problem(&mut st, Some(1), ts(9), reasons::TOKEN_ISSUE_FAILED, "503", false));
+    assert!(record_problem(
+        &mut st,
+        Some(1),
+        ts(0),
+        reasons::UNAUTHORIZED,
+        "401",
+        false
+    ));
+    assert!(!record_problem(
+        &mut st,
+        Some(1),
+        ts(5),
+        reasons::UNAUTHORIZED,
+        "401",
+        false
+    ));
+    assert!(record_problem(
+        &mut st,
+        Some(1),
+        ts(9),
+        reasons::TOKEN_ISSUE_FAILED,
+        "503",
+        false
+    ));
 }

@@ -81,11 +81,13 @@ pub async fn observe_secret(
             );
             if fresh == Freshness::Same && !remembered.secret_seen {
                 ctx.memory
-                    .update(&ObjectRef::from_obj(identity), &uid, |r| r.secret_seen = true);
+                    .update(&ObjectRef::from_obj(identity), &uid, |r| {
+                        r.secret_seen = true
+                    });
             }
             if status_is_ours && matches!(fresh, Freshness::Same | Freshness::Older) {
-                let template_current = fresh == Freshness::Older
-                    || secret::template_current(&meta.metadata, identity);
+                let template_current =
+                    fresh == Freshness::Older || secret::template_current(&meta.metadata, identity);
                 return Ok(SecretObservation::of(
                     SecretFacts::Ours {
                         intact: true,

@@ -122,7 +122,8 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
             .as_deref()
             .is_none_or(|home| home == svc.endpoint)
     {
-        ctx.memory.update(&oref, &uid, |r| r.service = Some(svc.clone()));
+        ctx.memory
+            .update(&oref, &uid, |r| r.service = Some(svc.clone()));
     }
     let secret_name = obj.effective_secret_name().unwrap_or(&name).to_string();
     let observed =
@@ -172,7 +173,17 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         }
         (Step::RevokeOnly { user, request }, Ok(svc)) => {
             let mut st = plan.status.clone();
-            let outcome = revoke(ctx, &obj, &svc, user, request, &mut st, &facts, plan.requeue).await;
+            let outcome = revoke(
+                ctx,
+                &obj,
+                &svc,
+                user,
+                request,
+                &mut st,
+                &facts,
+                plan.requeue,
+            )
+            .await;
             finish(ctx, &obj, &facts, st, outcome).await?;
             Action::requeue(plan.requeue)
         }
@@ -190,7 +201,12 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         // decide only plans ACS steps with a resolved service.
         (_, Err(e)) => return Err(Error::Resolve(e)),
     };
-    update_metrics(ctx, &ns, &name, &ctx.memory.get(&oref, &uid).status.unwrap_or(status));
+    update_metrics(
+        ctx,
+        &ns,
+        &name,
+        &ctx.memory.get(&oref, &uid).status.unwrap_or(status),
+    );
     Ok(action)
 }
 
@@ -222,16 +238,18 @@ async fn finish(
     if let Err(e) = &outcome {
         let valid = decide::token_valid(&st, facts.secret, now);
         let message = e.to_string();
-        let fresh = decide::record_problem(
-            &mut st,
-            facts.generation,
-            now,
-            e.reason(),
-            &message,
-            valid,
-        );
+        let fresh =
+            decide::record_problem(&mut st, facts.generation, now, e.reason(), &message, valid);
         if fresh {
-            publish(ctx, obj, EventType::Warning, e.reason(), "Reconcile", &message).await;
+            publish(
+                ctx,
+                obj,
+                EventType::Warning,
+                e.reason(),
+                "Reconcile",
+                &message,
+            )
+            .await;
         }
         if valid {
             ctx.metrics.renewal_failed(
@@ -268,8 +286,8 @@ async fn revoke(
             source,
         })?;
     let now = ctx.clock.now();
-    let next = (!next_token_in.is_zero())
-        .then(|| crate::controller::renewal::add(now, next_token_in));
+    let next =
+        (!next_token_in.is_zero()).then(|| crate::controller::renewal::add(now, next_token_in));
     decide::record_revoked(st, request, now, facts.generation, next);
     publish(
         ctx,
@@ -298,7 +316,17 @@ async fn issue(
     let oref = ObjectRef::from_obj(obj);
     let uid = obj.uid().unwrap_or_default();
     if let (Some(request), UserPlan::Existing(user)) = (&tp.revoke, &tp.user) {
-        revoke(ctx, obj, svc, user, request, st, facts, std::time::Duration::ZERO).await?;
+        revoke(
+            ctx,
+            obj,
+            svc,
+            user,
+            request,
+            st,
+            facts,
+            std::time::Duration::ZERO,
+        )
+        .await?;
     }
     let scopes = acs_scopes(&tp.scopes);
     let issued_at = ctx.clock.now();
@@ -359,7 +387,11 @@ async fn issue(
                 user: user.clone(),
                 endpoint: svc.endpoint.clone(),
             })?;
-            (user, token, ("UserCreated", "CreateUser", "Created ACS user"))
+            (
+                user,
+                token,
+                ("UserCreated", "CreateUser", "Created ACS user"),
+            )
         }
     };
     let expires_on = rfc3339(token.expires_on);

@@ -143,11 +143,10 @@ pub async fn write_status(
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     if let Some(written) = apply_status(&api, &obj.name_any(), Some(current), status).await? {
         let uid = obj.uid().unwrap_or_default();
-        ctx.memory
-            .update(&ObjectRef::from_obj(obj), &uid, |r| {
-                r.identity_rv = written.resource_version();
-                r.status = Some(status.clone());
-            });
+        ctx.memory.update(&ObjectRef::from_obj(obj), &uid, |r| {
+            r.identity_rv = written.resource_version();
+            r.status = Some(status.clone());
+        });
     }
     Ok(())
 }
