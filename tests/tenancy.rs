@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use acs_identity_operator::acs::ConnectionString;
 use acs_identity_operator::api::{CommunicationIdentity, REVOKE_REQUESTED_AT_ANNOTATION};
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -419,10 +420,16 @@ async fn fake_acs_answering_with(user: String) -> String {
                 async move { (axum::http::StatusCode::CREATED, axum::Json(body)) }
             }),
         )
-        .fallback(post(move || {
+        .fallback(move |method: axum::http::Method| {
             let token = token.clone();
-            async move { axum::Json(token) }
-        }));
+            async move {
+                if method == axum::http::Method::DELETE {
+                    axum::http::StatusCode::NO_CONTENT.into_response()
+                } else {
+                    axum::Json(token).into_response()
+                }
+            }
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.ok() });
@@ -456,6 +463,10 @@ async fn an_endpoint_answering_another_tenants_id_never_gets_a_real_token_for_it
     )
     .await;
     w.wait_ready(&b, "copycat", "False", "ServiceChanged").await;
+    // The user's home is the fake endpoint: put it back so cleanup can reach it there.
+    w.put_secret(&b, "own", &format!("endpoint={fake}/;accesskey={fake_key}"))
+        .await;
+    w.wait_ready(&b, "copycat", "True", "TokenIssued").await;
     assert_eq!(
         w.shared_stats().await["requests"],
         before,

@@ -525,7 +525,8 @@ impl AcsClient {
         AcsError::Transport {
             operation: op,
             connect: e.is_connect(),
-            detail: error_chain(&e.without_url()),
+            // Bounded like any text that may come from the other end (TLS names, proxies).
+            detail: super::error::endpoint_text(&error_chain(&e.without_url())),
         }
     }
 }
