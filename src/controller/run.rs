@@ -28,7 +28,7 @@ use super::identity;
 use super::resolver::{Resolver, service_key_for};
 use super::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::service::{self, ServiceContext};
-use super::stores::{Scope, Stores, slim};
+use super::stores::{Stores, WatchScope, slim};
 
 /// Default `--min-token-interval`.
 pub const DEFAULT_MIN_TOKEN_INTERVAL: Duration = Duration::from_secs(15);
@@ -191,7 +191,7 @@ fn wire(
         );
         ready.extend([wait(&id_store), wait(&svc_store), wait(&sec_store)]);
         let (tx, rx) = mpsc::unbounded_channel();
-        scopes.push(Scope {
+        scopes.push(WatchScope {
             namespace: ns.clone(),
             identities: id_store.clone(),
             services: svc_store,

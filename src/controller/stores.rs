@@ -25,7 +25,7 @@ pub fn slim<K: ResourceExt>(obj: &mut K) {
 
 /// One watched scope: a namespace, or the whole cluster (`None`).
 #[derive(Clone)]
-pub struct Scope {
+pub struct WatchScope {
     pub namespace: Option<String>,
     pub identities: Store<CommunicationIdentity>,
     pub services: Store<CommunicationService>,
@@ -35,7 +35,7 @@ pub struct Scope {
     pub trigger: mpsc::UnboundedSender<ObjectRef<CommunicationIdentity>>,
 }
 
-impl Scope {
+impl WatchScope {
     fn covers(&self, ns: &str) -> bool {
         self.namespace.as_deref().is_none_or(|s| s == ns)
     }
@@ -43,7 +43,7 @@ impl Scope {
 
 #[derive(Clone)]
 pub struct Stores {
-    pub scopes: Vec<Scope>,
+    pub scopes: Vec<WatchScope>,
     pub cluster_services: Store<ClusterCommunicationService>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     synced: watch::Receiver<bool>,
@@ -51,7 +51,7 @@ pub struct Stores {
 
 impl Stores {
     pub fn new(
-        scopes: Vec<Scope>,
+        scopes: Vec<WatchScope>,
         cluster_services: Store<ClusterCommunicationService>,
         namespaces: Store<PartialObjectMeta<Namespace>>,
         synced: watch::Receiver<bool>,
@@ -64,7 +64,7 @@ impl Stores {
         }
     }
 
-    fn scope(&self, ns: &str) -> Option<&Scope> {
+    fn scope(&self, ns: &str) -> Option<&WatchScope> {
         self.scopes.iter().find(|s| s.covers(ns))
     }
 
