@@ -2,6 +2,7 @@
 //! ACS's published limits instead of collecting 429s. A request waits for its turn; it
 //! does not fail.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -80,70 +81,77 @@ impl QuotaConfig {
     }
 }
 
-/// A token bucket over an injected clock: no sleeping inside, so it is plain arithmetic.
+/// A sliding-window limiter over an injected clock, mirroring how ACS counts: at most
+/// `requests` sent in any window of `per`. (A token bucket of the same rate would admit a
+/// full burst and then refill, up to twice the limit in the first window: ACS answers
+/// 429 to that.) No sleeping inside, so it is plain arithmetic.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
-    capacity: f64,
-    per_second: f64,
-    /// May go negative: each reservation beyond the available tokens queues behind the
-    /// previous ones, so waiters are served in order and never all wake at once.
-    tokens: f64,
-    last: Instant,
+pub struct SlidingWindow {
+    limit: usize,
+    window: Duration,
+    /// Send times granted, ascending; some lie in the future (queued callers). Only the
+    /// last `limit` matter.
+    granted: VecDeque<Instant>,
     /// Set by a 429 with `Retry-After`: nothing is granted before it.
     paused_until: Option<Instant>,
 }
 
-impl TokenBucket {
-    /// A full bucket. `rate` must be valid (see `Rate::is_valid`).
-    pub fn new(rate: Rate, now: Instant) -> Self {
-        let capacity = f64::from(rate.requests.max(1));
-        let per = rate.per.as_secs_f64().max(f64::MIN_POSITIVE);
+/// Added to the window: a request sent exactly one window after another may arrive a
+/// little sooner than that after it (network jitter); this keeps it outside ACS's window.
+const WINDOW_MARGIN_FRACTION: f64 = 0.01;
+
+impl SlidingWindow {
+    /// An empty window. `rate` must be valid (see `Rate::is_valid`).
+    pub fn new(rate: Rate, _now: Instant) -> Self {
+        let limit = rate.requests.max(1) as usize;
+        let window = rate.per + rate.per.mul_f64(WINDOW_MARGIN_FRACTION);
         Self {
-            capacity,
-            per_second: capacity / per,
-            tokens: capacity,
-            last: now,
+            limit,
+            window,
+            granted: VecDeque::with_capacity(limit.min(4096)),
             paused_until: None,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        // A clock that went backwards (or an older `now` from a racing caller) adds nothing.
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        if elapsed > 0.0 {
-            self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-            self.last = now;
-        }
-    }
-
-    /// Takes one token and returns how long the caller must wait before using it (zero
-    /// when one was available).
+    /// Reserves a send time and returns how long the caller must wait for it (zero when
+    /// it may send now). Callers are served in order, spaced so that no window holds
+    /// more than the limit.
     pub fn reserve(&mut self, now: Instant) -> Duration {
-        self.refill(now);
-        self.tokens -= 1.0;
-        // While paused `last` is the end of the pause, so the debt is repaid from then on.
-        let paused = self.paused_for(now);
-        if self.tokens >= 0.0 {
-            paused
-        } else {
-            paused + Duration::from_secs_f64(-self.tokens / self.per_second)
+        let mut at = now.max(self.paused_until.unwrap_or(now));
+        // Never ahead of someone already queued.
+        if let Some(&last) = self.granted.back() {
+            at = at.max(last);
         }
+        if self.granted.len() >= self.limit {
+            let nth_back = self.granted[self.granted.len() - self.limit];
+            at = at.max(nth_back + self.window);
+        }
+        self.granted.push_back(at);
+        while self.granted.len() > self.limit {
+            self.granted.pop_front();
+        }
+        at.saturating_duration_since(now)
     }
 
-    /// Tokens available at `now` (negative while reservations are queued).
+    /// Requests that could still be granted at `now` without waiting.
     pub fn available(&mut self, now: Instant) -> f64 {
-        self.refill(now);
-        self.tokens
+        let taken = self
+            .granted
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) < self.window)
+            .count();
+        self.limit as f64 - taken as f64
     }
 
-    /// Nothing is granted before `until` (the server said so), and after it the bucket
-    /// restarts empty, so the queued callers resume at the steady rate instead of in one
-    /// burst that would be throttled again.
+    /// Nothing is granted before `until` (the server said so). Callers already queued
+    /// keep their order and resume after it, still spaced by the window.
     pub fn pause_until(&mut self, until: Instant, now: Instant) {
-        self.refill(now);
-        self.tokens = self.tokens.min(0.0);
-        self.last = self.last.max(until);
         self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
+        for t in self.granted.iter_mut() {
+            if *t > now && *t < until {
+                *t = until;
+            }
+        }
     }
 
     /// How much longer a pause lasts at `now`.
@@ -162,7 +170,7 @@ pub struct ClientQuota {
 /// One operation's bucket (none when unlimited) and, for unlimited operations, a pause.
 #[derive(Debug)]
 struct Slot {
-    bucket: Option<TokenBucket>,
+    bucket: Option<SlidingWindow>,
     paused_until: Option<Instant>,
 }
 
@@ -184,7 +192,7 @@ impl ClientQuota {
                 bucket: config
                     .rate(op)
                     .filter(Rate::is_valid)
-                    .map(|r| TokenBucket::new(r, now)),
+                    .map(|r| SlidingWindow::new(r, now)),
                 paused_until: None,
             })
         };
@@ -260,80 +268,74 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    #[test]
-    fn burst_up_to_capacity_then_waits_in_order() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(Rate::new(3, Duration::from_secs(3)), t0);
-        assert_eq!(b.reserve(t0), Duration::ZERO);
-        assert_eq!(b.reserve(t0), Duration::ZERO);
-        assert_eq!(b.reserve(t0), Duration::ZERO);
-        // One token a second: the 4th waits 1 s, the 5th 2 s.
-        assert_eq!(b.reserve(t0), Duration::from_secs(1));
-        assert_eq!(b.reserve(t0), Duration::from_secs(2));
+    fn window(per: Duration) -> Duration {
+        per + per.mul_f64(WINDOW_MARGIN_FRACTION)
     }
 
     #[test]
-    fn refills_with_time_and_caps_at_capacity() {
+    fn the_limit_at_once_then_one_window_later() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(Rate::new(10, Duration::from_secs(1)), t0);
-        for _ in 0..10 {
-            b.reserve(t0);
-        }
-        assert!(b.available(t0).abs() < 1e-9);
-        assert!((b.available(t0 + ms(500)) - 5.0).abs() < 1e-9);
-        assert!((b.available(t0 + Duration::from_secs(60)) - 10.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn acs_default_create_rate() {
-        // 1000 per 30 s: after the burst, one every 30 ms.
-        let t0 = Instant::now();
-        let rate = QuotaConfig::default().rate(Operation::CreateUser).unwrap();
-        let mut b = TokenBucket::new(rate, t0);
-        for _ in 0..1000 {
+        let mut b = SlidingWindow::new(Rate::new(3, Duration::from_secs(3)), t0);
+        for _ in 0..3 {
             assert_eq!(b.reserve(t0), Duration::ZERO);
         }
-        let w = b.reserve(t0);
-        assert!((w.as_secs_f64() - 0.030).abs() < 1e-6, "{w:?}");
-        // 30 s later the bucket is full again (the debt of one is repaid first).
-        let mut granted = 0;
-        let t1 = t0 + Duration::from_secs(30) + ms(30);
-        while b.reserve(t1).is_zero() {
-            granted += 1;
+        // The next three wait for the first three to leave the window, in order.
+        let w = window(Duration::from_secs(3));
+        for _ in 0..3 {
+            assert_eq!(b.reserve(t0), w);
         }
-        assert_eq!(granted, 1000);
+        assert_eq!(b.reserve(t0), w * 2);
+        assert!(b.available(t0) <= 0.0);
+        assert_eq!(b.available(t0 + Duration::from_secs(60)), 3.0);
     }
 
     #[test]
-    fn backwards_clock_adds_nothing() {
-        let t0 = Instant::now() + Duration::from_secs(10);
-        let mut b = TokenBucket::new(Rate::new(1, Duration::from_secs(1)), t0);
-        b.reserve(t0);
-        assert_eq!(
-            b.reserve(t0 - Duration::from_secs(5)),
-            Duration::from_secs(1)
-        );
-    }
-
-    #[test]
-    fn a_pause_holds_everyone_back_then_resumes_at_the_steady_rate() {
+    fn no_window_ever_holds_more_than_acs_allows() {
+        // ACS: 1,000 creates in any 30 s. Callers arrive in bursts and trickles.
+        let rate = QuotaConfig::default().rate(Operation::CreateUser).unwrap();
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(Rate::new(10, Duration::from_secs(1)), t0);
-        // Full bucket, yet ACS said 429 with Retry-After: 2 s.
+        let mut b = SlidingWindow::new(rate, t0);
+        let mut sent = vec![];
+        let mut now = t0;
+        for i in 0..5_000u64 {
+            now += ms(if i % 700 < 500 { 0 } else { 37 });
+            sent.push(now + b.reserve(now));
+        }
+        sent.sort();
+        for (i, &t) in sent.iter().enumerate() {
+            let in_window = sent[i..].iter().take_while(|&&u| u < t + rate.per).count();
+            assert!(
+                in_window <= 1000,
+                "{in_window} requests within 30 s of request {i}"
+            );
+        }
+        // And not much slower than the bound: 5,000 need 4 windows after the first burst.
+        let span = *sent.last().unwrap() - t0;
+        assert!(span < Duration::from_secs(135), "{span:?}");
+    }
+
+    #[test]
+    fn a_clock_going_backwards_never_bunches_requests() {
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let mut b = SlidingWindow::new(Rate::new(1, Duration::from_secs(1)), t0);
+        b.reserve(t0);
+        let earlier = t0 - Duration::from_secs(5);
+        assert!(earlier + b.reserve(earlier) >= t0 + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_pause_holds_everyone_back_then_resumes_within_the_window() {
+        let t0 = Instant::now();
+        let mut b = SlidingWindow::new(Rate::new(10, Duration::from_secs(1)), t0);
+        // Nothing sent yet, but ACS said 429 with Retry-After: 2 s.
         b.pause_until(t0 + Duration::from_secs(2), t0);
         assert_eq!(b.paused_for(t0), Duration::from_secs(2));
-        let close = |got: Duration, want: Duration| {
-            assert!(
-                got.abs_diff(want) < Duration::from_micros(1),
-                "{got:?} != {want:?}"
-            );
-        };
-        // Callers during the pause queue behind it, one refill interval apart.
-        close(b.reserve(t0 + ms(500)), ms(1600));
-        close(b.reserve(t0 + ms(500)), ms(1700));
-        // After the pause no burst: the queue is served at the steady rate.
-        close(b.reserve(t0 + Duration::from_secs(2)), ms(300));
+        assert_eq!(b.reserve(t0 + ms(500)), ms(1500));
+        assert_eq!(b.reserve(t0 + ms(600)), ms(1400));
         assert_eq!(b.paused_for(t0 + Duration::from_secs(3)), Duration::ZERO);
+        // A second 429 while callers are queued moves them behind the new pause.
+        b.pause_until(t0 + Duration::from_secs(4), t0 + ms(700));
+        assert_eq!(b.reserve(t0 + ms(800)), ms(3200));
     }
 
     #[test]
