@@ -6,7 +6,8 @@
 #                          [--reuse-peer JSON] [--keep]
 #   --n N              objects per workload (default 1000, or $N)
 #   --operator-bin P   measure this operator binary (any commit) instead of building ours
-#   --label NAME       name of the run in bench/results.md (default: the short commit)
+#   --label NAME       name of the run in bench/results.md (default: the last commit
+#                      that changed the operator's sources)
 #   --skip LIST        phases to skip: raw,peer,ours,quota,wave,delete
 #   --reuse-peer JSON  take the peer's figures from an earlier run's JSON (same N)
 #   --keep             leave the control plane's directory (audit log, logs) behind
@@ -46,7 +47,8 @@ say "building the harness and the emulator (release)"
 rel=$CARGO_TARGET_DIR/release
 if [[ -z $operator_bin ]]; then
   operator_bin=$rel/acs-identity-operator
-  label=${label:-$(git -C "$root" rev-parse --short HEAD)}
+  # The last commit that changed what the operator is built from (not the bench's own files).
+  label=${label:-$(git -C "$root" log -1 --format=%h -- src Cargo.toml Cargo.lock crds ':(exclude)src/bin/operator-bench')}
 else
   [[ -x $operator_bin ]] || die "--operator-bin $operator_bin is not an executable"
   operator_bin=$(cd "$(dirname "$operator_bin")" && pwd)/$(basename "$operator_bin")
