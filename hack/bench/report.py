@@ -138,6 +138,8 @@ ROWS = [
     ("API GETs per object", lambda r, s: g(r, s, "create", "api_gets_per_object"), "{:.1f}", "≤ 2"),
     ("API LISTs per object", lambda r, s: g(r, s, "create", "api_lists_per_object"), "{:.2f}", ""),
     ("CPU seconds (create → Ready)", lambda r, s: g(r, s, "create", "cpu_s"), "{:.1f}", ""),
+    ("kube-apiserver CPU seconds (create → Ready)", lambda r, s: g(r, s, "create", "apiserver_cpu_s"), "{:.1f}", ""),
+    ("etcd CPU seconds (create → Ready)", lambda r, s: g(r, s, "create", "etcd_cpu_s"), "{:.1f}", ""),
     ("RSS when all Ready (MiB)", lambda r, s: g(r, s, "create", "rss_at_ready_mib"), "{:.0f}", ""),
     ("peak RSS, whole run (MiB)", lambda r, s: g(r, s, "peak_rss_mib"), "{:.0f}",
      "≤ 64 at N=5000, ≤ ½ the peer"),
@@ -151,11 +153,13 @@ ROWS = [
     ("renewal wave: API writes per object", lambda r, s: g(r, s, "wave", "api_writes_per_object"), "{:.1f}", "≤ 3"),
     ("renewal wave: API GETs per object", lambda r, s: g(r, s, "wave", "api_gets_per_object"), "{:.1f}", ""),
     ("renewal wave: CPU seconds", lambda r, s: g(r, s, "wave", "cpu_s"), "{:.1f}", ""),
+    ("renewal wave: kube-apiserver CPU seconds", lambda r, s: g(r, s, "wave", "apiserver_cpu_s"), "{:.1f}", ""),
     ("delete all: seconds until gone", lambda r, s: g(r, s, "delete", "seconds"), "{:.1f}", ""),
     ("delete all: ACS requests per identity", lambda r, s: g(r, s, "delete", "acs_per_identity"), "{:.2f}", ""),
     ("delete all: API writes per object", lambda r, s: g(r, s, "delete", "api_writes_per_object"), "{:.1f}", ""),
     ("delete all: API GETs per object", lambda r, s: g(r, s, "delete", "api_gets_per_object"), "{:.1f}", ""),
     ("delete all: CPU seconds", lambda r, s: g(r, s, "delete", "cpu_s"), "{:.1f}", ""),
+    ("delete all: kube-apiserver CPU seconds", lambda r, s: g(r, s, "delete", "apiserver_cpu_s"), "{:.1f}", ""),
 ]
 
 

@@ -102,6 +102,8 @@ mkdir -p "$root/bench/data"
 out=$root/bench/data/$label-n$n.json
 args=(--n "$n" --kubeconfig "$admin_kubeconfig" --operator-bin "$operator_bin" --operator-kubeconfig "$ours_kc"
   --emulator-bin "$rel/acs-emulator" --audit-log "$work/audit.log" --work-dir "$work/logs" --out "$out")
+pid_of() { awk -v n="$1" '$2==n{print $1}' "$cp_dir/pids"; }
+args+=(--apiserver-pid "$(pid_of kube-apiserver)" --etcd-pid "$(pid_of etcd)")
 [[ -n $skip ]] && args+=(--skip "$skip")
 if [[ -z $reuse && ,$skip, != *,peer,* ]]; then
   args+=(--eso-bin "$eso_bin" --eso-kubeconfig "$eso_kc")

@@ -99,6 +99,12 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long)]
     out: PathBuf,
+    /// PIDs of kube-apiserver and etcd, so each phase also reports what serving the
+    /// operator cost the control plane (both share the cores with the operator).
+    #[arg(long)]
+    apiserver_pid: Option<u32>,
+    #[arg(long)]
+    etcd_pid: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -433,17 +439,32 @@ async fn operator_phases(
 struct Mark {
     wall: Timestamp,
     usage: Usage,
+    /// CPU seconds of kube-apiserver and etcd so far.
+    apiserver_cpu_s: f64,
+    etcd_cpu_s: f64,
     /// The machine's 1-minute load average: the cores are shared, so say how busy they were.
     load: f64,
 }
 
 impl Mark {
-    fn now(proc: &Proc) -> Mark {
+    fn now(proc: &Proc, args: &Args) -> Mark {
+        let cpu = |pid: Option<u32>| pid.map_or(0.0, |p| Usage::of(p).cpu_s);
         Mark {
             wall: Timestamp::now(),
             usage: proc.usage(),
+            apiserver_cpu_s: cpu(args.apiserver_pid),
+            etcd_cpu_s: cpu(args.etcd_pid),
             load: procs::load_average(),
         }
+    }
+
+    /// CPU seconds since `before`: the operator, kube-apiserver and etcd.
+    fn cpu_since(&self, before: &Mark) -> Value {
+        json!({
+            "cpu_s": self.usage.cpu_s - before.usage.cpu_s,
+            "apiserver_cpu_s": self.apiserver_cpu_s - before.apiserver_cpu_s,
+            "etcd_cpu_s": self.etcd_cpu_s - before.etcd_cpu_s,
+        })
     }
 }
 
@@ -505,7 +526,7 @@ async fn operator_phases_keep(
     if let Some(e) = emulator {
         e.reset_stats().await?;
     }
-    let m0 = Mark::now(&proc);
+    let m0 = Mark::now(&proc, args);
     let t0 = tracker.start.elapsed();
     let sampler = sample(&tracker, &proc, t0);
     let failed = workload::create_all(
@@ -529,7 +550,7 @@ async fn operator_phases_keep(
     };
     let timeout = Duration::from_secs(180 + n as u64 / 5);
     let ok = tracker.wait_until(timeout, all_ready).await;
-    let m1 = Mark::now(&proc);
+    let m1 = Mark::now(&proc, args);
     let snap = tracker.snapshot();
     let mut ready: Vec<f64> = names
         .iter()
@@ -562,12 +583,12 @@ async fn operator_phases_keep(
         "latency_p50_s": percentile(&latency, 0.50),
         "latency_p99_s": percentile(&latency, 0.99),
         "latency_max_s": latency.last(),
-        "cpu_s": m1.usage.cpu_s - m0.usage.cpu_s,
         "load_1m": [m0.load, m1.load],
         "rss_at_ready_mib": m1.usage.rss_kib as f64 / 1024.0,
         "peak_rss_mib": m1.usage.peak_rss_kib as f64 / 1024.0,
         "ready_times_s": ready,
     });
+    merge(&mut create, m1.cpu_since(&m0));
     if let Some(e) = emulator {
         let stats = e.stats().await?;
         let (total, throttled) = stats_totals(&stats);
@@ -588,7 +609,7 @@ async fn operator_phases_keep(
         if let Some(e) = emulator {
             e.reset_stats().await?;
         }
-        let w0 = Mark::now(&proc);
+        let w0 = Mark::now(&proc, args);
         say(format!(
             "{label}: waiting for the renewal wave (period {} s)",
             period.as_secs()
@@ -600,7 +621,7 @@ async fn operator_phases_keep(
         };
         let timeout = period + Duration::from_secs_f64(ready_s * 3.0) + Duration::from_secs(180);
         let ok = tracker.wait_until(timeout, all_renewed).await;
-        let w1 = Mark::now(&proc);
+        let w1 = Mark::now(&proc, args);
         let snap = tracker.snapshot();
         let mut renewed: Vec<f64> = names
             .iter()
@@ -621,10 +642,10 @@ async fn operator_phases_keep(
             "first_s": first,
             "last_s": last,
             "wave_s": last - first,
-            "cpu_s": w1.usage.cpu_s - w0.usage.cpu_s,
             "load_1m": [w0.load, w1.load],
             "renewed_times_s": renewed,
         });
+        merge(&mut wave, w1.cpu_since(&w0));
         if let Some(e) = emulator {
             let stats = e.stats().await?;
             let (total, throttled) = stats_totals(&stats);
@@ -646,7 +667,7 @@ async fn operator_phases_keep(
         if let Some(e) = emulator {
             e.reset_stats().await?;
         }
-        let d0 = Mark::now(&proc);
+        let d0 = Mark::now(&proc, args);
         let td = tracker.start.elapsed();
         // A failed delete leaves the figures so far intact; the timeout below reports it.
         if let Err(e) = workload::delete_all(client.clone(), ns, kind).await {
@@ -658,7 +679,7 @@ async fn operator_phases_keep(
         let ok = tracker
             .wait_until(Duration::from_secs(180 + n as u64 / 5), all_gone)
             .await;
-        let d1 = Mark::now(&proc);
+        let d1 = Mark::now(&proc, args);
         let secs = tracker.start.elapsed().saturating_sub(td).as_secs_f64();
         say(format!(
             "{label}: deleted {n} objects in {secs:.1} s{}",
@@ -667,9 +688,9 @@ async fn operator_phases_keep(
         let mut del = json!({
             "seconds": secs,
             "timed_out": !ok,
-            "cpu_s": d1.usage.cpu_s - d0.usage.cpu_s,
             "load_1m": [d0.load, d1.load],
         });
+        merge(&mut del, d1.cpu_since(&d0));
         if let Some(e) = emulator {
             let stats = e.stats().await?;
             let (total, throttled) = stats_totals(&stats);
@@ -738,6 +759,13 @@ impl Sampler {
 fn tracker_counts(tracker: &Tracker) -> impl Fn() -> (usize, usize, usize) + Send + 'static {
     let handle = tracker.handle();
     move || handle.counts()
+}
+
+/// Adds `extra`'s fields to the object `into`.
+fn merge(into: &mut Value, extra: Value) {
+    if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
+        into.extend(extra);
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
