@@ -214,20 +214,16 @@ async fn run(args: Args) -> Result<PathBuf, String> {
             &[("KUBECONFIG", kc.display().to_string())],
             &args.work_dir.join("external-secrets.log"),
         )?;
-        let r = operator_phases(
-            &client,
-            proc,
-            None,
-            Kind::ExternalSecret,
+        let run = Run {
+            kind: Kind::ExternalSecret,
             ns,
             n,
             period,
-            &args,
-            &args.eso_user,
-            "eso",
-            &mut windows,
-        )
-        .await?;
+            user: &args.eso_user,
+            label: "eso",
+        };
+        let (r, proc) = operator_phases(&client, proc, None, &run, &args, &mut windows).await?;
+        proc.stop(Duration::from_secs(30)).await;
         results["eso"] = r;
         results["eso"]["args"] = json!(eso_args);
     }
@@ -250,20 +246,16 @@ async fn run(args: Args) -> Result<PathBuf, String> {
             &[],
             &args.work_dir.join("operator.log"),
         )?;
-        let (r, proc) = operator_phases_keep(
-            &client,
-            proc,
-            Some(&emulator),
-            Kind::Identity,
+        let run = Run {
+            kind: Kind::Identity,
             ns,
             n,
             period,
-            &args,
-            &args.operator_user,
-            "ours",
-            &mut windows,
-        )
-        .await?;
+            user: &args.operator_user,
+            label: "ours",
+        };
+        let (r, proc) =
+            operator_phases(&client, proc, Some(&emulator), &run, &args, &mut windows).await?;
         results["ours"] = r;
         results["ours"]["args"] = json!(op_args);
         if !skip("quota") {
@@ -413,26 +405,16 @@ async fn raw_secret_loop(client: &Client, n: usize, connections: usize) -> Resul
     }))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn operator_phases(
-    client: &Client,
-    proc: Proc,
-    emulator: Option<&Emulator>,
+/// One operator's workload: which objects, where, how many, and who it is in the audit log.
+struct Run<'a> {
     kind: Kind,
-    ns: &str,
+    ns: &'a str,
     n: usize,
+    /// Renewal / refresh period.
     period: Duration,
-    args: &Args,
-    user: &str,
-    label: &str,
-    windows: &mut Vec<audit::Window>,
-) -> Result<Value, String> {
-    let (r, proc) = operator_phases_keep(
-        client, proc, emulator, kind, ns, n, period, args, user, label, windows,
-    )
-    .await?;
-    proc.stop(Duration::from_secs(30)).await;
-    Ok(r)
+    user: &'a str,
+    /// `ours` or `eso`: the key in the results.
+    label: &'a str,
 }
 
 /// Phase boundaries: wall clock for the audit log, the process's usage, emulator stats.
@@ -458,6 +440,16 @@ impl Mark {
         }
     }
 
+    /// The audit-log window from `before` to this mark.
+    fn window_since(&self, before: &Mark, label: &str, user: &str) -> audit::Window {
+        audit::Window {
+            label: label.to_string(),
+            user: user.to_string(),
+            start: before.wall,
+            end: self.wall,
+        }
+    }
+
     /// CPU seconds since `before`: the operator, kube-apiserver and etcd.
     fn cpu_since(&self, before: &Mark) -> Value {
         json!({
@@ -470,20 +462,22 @@ impl Mark {
 
 /// Create → all Ready, the renewal/refresh wave, delete-all; returns the figures and the
 /// still-running operator.
-#[allow(clippy::too_many_arguments)]
-async fn operator_phases_keep(
+async fn operator_phases(
     client: &Client,
     mut proc: Proc,
     emulator: Option<&Emulator>,
-    kind: Kind,
-    ns: &str,
-    n: usize,
-    period: Duration,
+    run: &Run<'_>,
     args: &Args,
-    user: &str,
-    label: &str,
     windows: &mut Vec<audit::Window>,
 ) -> Result<(Value, Proc), String> {
+    let &Run {
+        kind,
+        ns,
+        n,
+        period,
+        user,
+        label,
+    } = run;
     let skip = |p: &str| args.skip.iter().any(|s| s == p);
     let tracker = Tracker::start(client.clone(), ns, kind).await;
 
@@ -588,20 +582,8 @@ async fn operator_phases_keep(
         "peak_rss_mib": m1.usage.peak_rss_kib as f64 / 1024.0,
         "ready_times_s": ready,
     });
-    merge(&mut create, m1.cpu_since(&m0));
-    if let Some(e) = emulator {
-        let stats = e.stats().await?;
-        let (total, throttled) = stats_totals(&stats);
-        create["acs_requests"] = stats;
-        create["acs_per_identity"] = json!(total as f64 / n as f64);
-        create["acs_429"] = json!(throttled);
-    }
-    windows.push(audit::Window {
-        label: format!("{label}.create"),
-        user: user.to_string(),
-        start: m0.wall,
-        end: m1.wall,
-    });
+    close_phase(&mut create, &m0, &m1, emulator, n).await?;
+    windows.push(m1.window_since(&m0, &format!("{label}.create"), user));
     out["create"] = create;
 
     // --- the renewal / refresh wave
@@ -645,20 +627,8 @@ async fn operator_phases_keep(
             "load_1m": [w0.load, w1.load],
             "renewed_times_s": renewed,
         });
-        merge(&mut wave, w1.cpu_since(&w0));
-        if let Some(e) = emulator {
-            let stats = e.stats().await?;
-            let (total, throttled) = stats_totals(&stats);
-            wave["acs_requests"] = stats;
-            wave["acs_per_identity"] = json!(total as f64 / n as f64);
-            wave["acs_429"] = json!(throttled);
-        }
-        windows.push(audit::Window {
-            label: format!("{label}.wave"),
-            user: user.to_string(),
-            start: w0.wall,
-            end: w1.wall,
-        });
+        close_phase(&mut wave, &w0, &w1, emulator, n).await?;
+        windows.push(w1.window_since(&w0, &format!("{label}.wave"), user));
         out["wave"] = wave;
     }
 
@@ -690,20 +660,8 @@ async fn operator_phases_keep(
             "timed_out": !ok,
             "load_1m": [d0.load, d1.load],
         });
-        merge(&mut del, d1.cpu_since(&d0));
-        if let Some(e) = emulator {
-            let stats = e.stats().await?;
-            let (total, throttled) = stats_totals(&stats);
-            del["acs_requests"] = stats;
-            del["acs_per_identity"] = json!(total as f64 / n as f64);
-            del["acs_429"] = json!(throttled);
-        }
-        windows.push(audit::Window {
-            label: format!("{label}.delete"),
-            user: user.to_string(),
-            start: d0.wall,
-            end: d1.wall,
-        });
+        close_phase(&mut del, &d0, &d1, emulator, n).await?;
+        windows.push(d1.window_since(&d0, &format!("{label}.delete"), user));
         out["delete"] = del;
     }
 
@@ -725,7 +683,7 @@ struct Sampler {
 fn sample(tracker: &Tracker, proc: &Proc, t0: Duration) -> Sampler {
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let pid = proc.pid;
-    // The tracker outlives the sampler (both end in operator_phases_keep); share its state
+    // The tracker outlives the sampler (both end in operator_phases); share its state
     // through a cheap handle.
     let counts = tracker_counts(tracker);
     let start = tracker.start;
@@ -759,6 +717,26 @@ impl Sampler {
 fn tracker_counts(tracker: &Tracker) -> impl Fn() -> (usize, usize, usize) + Send + 'static {
     let handle = tracker.handle();
     move || handle.counts()
+}
+
+/// Adds a phase's CPU seconds (operator, kube-apiserver, etcd) and, for ours, the ACS
+/// requests the emulator counted since its last reset.
+async fn close_phase(
+    phase: &mut Value,
+    start: &Mark,
+    end: &Mark,
+    emulator: Option<&Emulator>,
+    n: usize,
+) -> Result<(), String> {
+    merge(phase, end.cpu_since(start));
+    if let Some(e) = emulator {
+        let stats = e.stats().await?;
+        let (total, throttled) = stats_totals(&stats);
+        phase["acs_requests"] = stats;
+        phase["acs_per_identity"] = json!(total as f64 / n as f64);
+        phase["acs_429"] = json!(throttled);
+    }
+    Ok(())
 }
 
 /// Adds `extra`'s fields to the object `into`.
