@@ -111,16 +111,17 @@ def acs_total(stats):
 
 
 def columns_for(runs):
-    """The peer (from the newest run that measured it) then each run of ours, oldest first."""
+    """Each run's own pair, oldest first: the peer as measured in that run (the load on the
+    shared cores differs between runs, so each of ours sits beside the peer of its run),
+    then ours. A run that reused the peer's figures shows only ours."""
     runs = sorted(runs, key=lambda r: g(r, "meta", "date") or "")
     cols = []
-    measured_peer = [r for r in runs if r.get("eso") and not g(r, "eso", "reused_from")]
-    if measured_peer:
-        p = measured_peer[-1]
-        cols.append(("external-secrets " + (g(p, "meta", "external_secrets") or ""), p, "eso"))
     for r in runs:
+        label = g(r, "meta", "label")
+        if r.get("eso") and not g(r, "eso", "reused_from"):
+            cols.append((f"external-secrets {g(r, 'meta', 'external_secrets')} (run {label})", r, "eso"))
         if r.get("ours"):
-            cols.append((f"ours @ {g(r, 'meta', 'label')}", r, "ours"))
+            cols.append((f"ours @ {label}", r, "ours"))
     return cols
 
 
