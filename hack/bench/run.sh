@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: our operator and external-secrets side by side on one fresh local control
-# plane with the ACS emulator (see bench/README section in the top-level README).
+# plane with the ACS emulator (see the Benchmarks section of README.md).
 #
 # Usage: hack/bench/run.sh [--n N] [--operator-bin PATH --label NAME] [--skip LIST]
 #                          [--reuse-peer JSON] [--keep]
@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --skip) skip=$2; shift 2 ;;
     --reuse-peer) reuse=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
