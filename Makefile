@@ -3,6 +3,7 @@
 #   make demo          the end-to-end demo on a local control plane
 #   make cluster-up    start a local control plane; last stdout line: export KUBECONFIG=...
 #   make cluster-down  stop the control plane that cluster-up started
+#   make bench N=1000  our operator against external-secrets (not part of make test)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 MAKEFLAGS += --no-print-directory
@@ -13,7 +14,7 @@ CLUSTER_DIR := $(CURDIR)/.cluster
 include hack/controlplane/versions.env
 
 .PHONY: help deps controlplane build release test lint fmt crds check-crds chart-crds \
-        compat hmac-vectors emulator bench-acs lint-dockerfile cluster-up cluster-down demo versions
+        compat hmac-vectors emulator bench-acs bench lint-dockerfile cluster-up cluster-down demo versions
 
 help:
 	@sed -n '2,6p' Makefile
@@ -77,6 +78,13 @@ emulator:
 bench-acs:
 	cargo build --quiet --release --bin acs-emulator --bin acs-bench
 	cargo run --quiet --release --bin acs-bench -- --emulator process --requests 100000
+
+# Our operator and external-secrets side by side on a fresh local control plane with the
+# ACS emulator: throughput, latency, API and ACS cost, memory (bench/results.md). N objects
+# per workload; BENCH_ARGS passes more (e.g. --skip quota, --operator-bin P --label L).
+N ?= 1000
+bench: controlplane
+	@hack/bench/run.sh --n $(N) $(BENCH_ARGS)
 
 lint-dockerfile:
 	hack/lint-dockerfile.sh
