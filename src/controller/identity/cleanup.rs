@@ -214,6 +214,18 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
                     source,
                 })?;
             let user = found.user.id;
+            // Recorded before the delete: a cleanup interrupted after it deletes by id
+            // (404 is done) instead of "finding" with the custom id again, which would
+            // create a new user once the first is gone.
+            let mut st = status.clone();
+            st.user_id = Some(user.clone());
+            st.user_endpoint = resolved.as_ref().map(|s| s.endpoint.clone());
+            write_status(ctx, &obj, &status, &st).await.map_err(|e| {
+                Error::Step(StepError::RecordUser {
+                    user: user.clone(),
+                    source: e,
+                })
+            })?;
             let r = c.delete_user(&user).await;
             Some((user, r, true))
         }

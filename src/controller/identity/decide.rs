@@ -414,7 +414,9 @@ pub fn decide(f: &Facts<'_>) -> Plan {
         return Plan {
             step: Step::Token(TokenPlan {
                 user,
-                revoke: revoke.filter(|_| st.user_id.is_some()),
+                // Kept for a new user too: a create that finds the user an interrupted
+                // attempt made (custom id) must still revoke the tokens it has.
+                revoke,
                 reason,
                 scopes: f.spec.scopes.clone(),
                 lifetime_minutes: u32::try_from(lifetime.as_secs() / 60).unwrap_or(1440),

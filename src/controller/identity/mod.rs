@@ -334,7 +334,9 @@ async fn issue(
 ) -> Result<Timestamp, StepError> {
     let oref = ObjectRef::from_obj(obj);
     let uid = obj.uid().unwrap_or_default();
-    if let (Some(request), UserPlan::Existing(user)) = (&tp.revoke, &tp.user) {
+    if let (Some(request), UserPlan::Existing(user) | UserPlan::Adopt(user)) =
+        (&tp.revoke, &tp.user)
+    {
         revoke(
             ctx,
             obj,
@@ -402,10 +404,34 @@ async fn issue(
                         source,
                     })?;
             }
-            let token = created.token.ok_or_else(|| StepError::NoTokenInCreate {
+            let mut token = created.token.ok_or_else(|| StepError::NoTokenInCreate {
                 user: user.clone(),
                 endpoint: svc.endpoint.clone(),
             })?;
+            if let (Some(request), false) = (&tp.revoke, created.created) {
+                // The custom id found a user an interrupted attempt made, whose token may
+                // be in the Secret the request is about: revoke (the one just issued
+                // too), then issue the token to keep.
+                revoke(
+                    ctx,
+                    obj,
+                    svc,
+                    &user,
+                    request,
+                    st,
+                    facts,
+                    std::time::Duration::ZERO,
+                )
+                .await?;
+                token = svc
+                    .client
+                    .issue_token(&user, &scopes, Some(tp.lifetime_minutes))
+                    .await
+                    .map_err(|source| StepError::IssueToken {
+                        user: user.clone(),
+                        source,
+                    })?;
+            }
             let what = if created.created {
                 "Created ACS user"
             } else {
