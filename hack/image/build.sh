@@ -10,9 +10,10 @@
 # nsswitch.conf for DNS, /etc/passwd with nonroot 65532, and /tmp. An instruction this
 # script does not know fails the build, so the two recipes cannot drift apart silently.
 #
-# Usage: hack/image/build.sh [--import-into NODE_DIR] [--check]
+# Usage: hack/image/build.sh [--import-into NODE_DIR] [--check [--dockerfile PATH]]
 #   --import-into NODE_DIR  also load the image into that running node's containerd
-#   --check                 only render the Containerfile from the Dockerfile (no build)
+#   --check                 only check that the Dockerfile's final stage can be mirrored
+#                           (no build); --dockerfile checks another file (tests)
 # Last stdout line: the path of the OCI archive (podman load / docker load ready).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,11 +26,12 @@ archive=$out/acs-identity-operator-dev.oci.tar
 say() { echo "image: $*" >&2; }
 die() { echo "image: ERROR: $*" >&2; exit 1; }
 
-import_into="" check=0
+import_into="" check=0 dockerfile=$root/Dockerfile
 while [[ $# -gt 0 ]]; do
   case $1 in
     --import-into) import_into=$2; shift 2 ;;
     --check) check=1; shift ;;
+    --dockerfile) dockerfile=$2; shift 2 ;;
     *) echo "image: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -37,7 +39,7 @@ done
 # --- the Dockerfile's final stage -> binaries to copy and image settings -------------
 # Prints "BIN name dest" for each COPY --from=builder, then the config lines verbatim.
 render_stage() {
-  python3 - "$root/Dockerfile" <<'PY'
+  python3 - "$dockerfile" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read().replace("\\\n", " ")
 lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
@@ -62,7 +64,7 @@ stage=$(render_stage) || die "cannot mirror the Dockerfile (see the line above)"
 mapfile -t bins < <(awk '$1=="BIN"{print $2}' <<<"$stage")
 grep -q '^USER 65532' <<<"$stage" || die "the Dockerfile's final stage must run as USER 65532"
 if ((check)); then
-  say "ok: Dockerfile final stage mirrored (binaries: ${bins[*]})"
+  say "ok: the Dockerfile's final stage is mirrored (binaries: ${bins[*]})"
   exit 0
 fi
 

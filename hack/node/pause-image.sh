@@ -12,7 +12,7 @@ archive=$(dirname "$pause_bin")/pause.oci.tar
 if [[ -f $archive && $archive -nt $pause_bin ]]; then echo "$archive"; exit 0; fi
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-log=$(dirname "$pause_bin")/../logs/pause-image.log
+log=$(dirname "$pause_bin")/pause-image.log
 cp "$pause_bin" "$ctx/pause"
 printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' >"$ctx/Containerfile"
 { podman build --pull=never --network=none -t "$PAUSE_IMAGE" "$ctx" &&
