@@ -46,7 +46,10 @@ fn the_dockerfile_is_mirrored_with_both_binaries() {
     assert!(dockerfile.contains("COPY --from=builder /kubectl-acs /usr/local/bin/kubectl-acs"));
     assert!(dockerfile.contains("ENV PATH=/usr/local/sbin:/usr/local/bin:"));
     let pod = std::fs::read_to_string(root().join("examples/pod.yaml")).expect("pod.yaml");
-    assert!(pod.contains(r#"command: ["kubectl-acs", "token", "--file""#), "{pod}");
+    assert!(
+        pod.contains(r#"command: ["kubectl-acs", "token", "--file""#),
+        "{pod}"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 # (`make image`), starts the control plane plus one node, runs the ACS emulator over TLS
 # at the node's address, installs the Helm chart with the local image, and checks:
 #   1. the operator pods become Ready through their probes (read-only root, non-root);
-#   2. a CommunicationService over TLS (the chart's extraCA) and an identity become Ready;
+#   2. a CommunicationService over TLS (the chart's extraCA) at a host name the pods
+#      resolve (a hostAlias: the image's resolver) and identities become Ready;
 #   3. examples/pod.yaml (our image running kubectl-acs) logs a second, later expiry
 #      after a renewal reaches its mounted Secret;
 #   4. `helm upgrade` changing only the log level re-issues no token;
@@ -56,8 +57,10 @@ node_ready=$((SECONDS - t_up))
 ok "node $NODE_NAME Ready at $NODE_IP, ${node_ready}s after the cluster started"
 
 admin_key=$(head -c 18 /dev/urandom | base64)
+# The operator reaches the emulator by name, resolved in its pods through /etc/hosts.
+acs_host=acs-emulator.node.test
 "$CARGO_TARGET_DIR/debug/acs-emulator" --listen "$NODE_IP:0" --tls --tls-ca-out "$dir/emulator-ca.pem" \
-  --tls-san "$NODE_IP" --token-lifetime-scale 0.01 --admin-key "$admin_key" \
+  --tls-san "$NODE_IP" --tls-san "$acs_host" --token-lifetime-scale 0.01 --admin-key "$admin_key" \
   >"$dir/emulator.out" 2>"$dir/emulator.log" &
 emulator_pid=$!
 until [[ -s $dir/emulator.out ]]; do
@@ -67,6 +70,7 @@ done
 conn=$(head -n 1 "$dir/emulator.out" | sed 's/^ACS_CONNECTION_STRING=//')
 endpoint=$(sed 's/^endpoint=\([^;]*\)\/;.*/\1/' <<<"$conn")
 [[ $endpoint == "https://$NODE_IP:"* ]] || fail "unexpected emulator endpoint $endpoint"
+conn=${conn/"https://$NODE_IP:"/"https://$acs_host:"}
 emulator_identities() {
   curl -fsS --cacert "$dir/emulator-ca.pem" -H "x-admin-key: $admin_key" "$endpoint/admin/identities"
 }
@@ -80,18 +84,26 @@ release=acs
 ns=acs-system
 kubectl create namespace "$ns" >/dev/null
 kubectl -n "$ns" create configmap acs-emulator-ca --from-file=ca.crt="$dir/emulator-ca.pem" >/dev/null
+# No cluster DNS here: the operator's pods resolve the ACS host name through a hostAlias
+# (glibc's files source; the image's nsswitch.conf asks DNS for the rest), added to the
+# chart's Deployment by a helm post-renderer.
+cat >"$dir/host-alias.sh" <<SH
+#!/bin/sh
+exec sed 's/^\(      \)serviceAccountName: .*/&\n\1hostAliases: [{ip: "$NODE_IP", hostnames: ["$acs_host"]}]/'
+SH
+chmod +x "$dir/host-alias.sh"
 t_install=$SECONDS
 helm install "$release" charts/acs-identity-operator -n "$ns" \
   --set image.repository=localhost/acs-identity-operator --set image.tag=dev --set image.pullPolicy=Never \
-  --set extraCA.configMapName=acs-emulator-ca --set logging.level=info >"$dir/helm-install.log" 2>&1 ||
+  --set extraCA.configMapName=acs-emulator-ca --set logging.level=info --post-renderer "$dir/host-alias.sh" >"$dir/helm-install.log" 2>&1 ||
   fail "helm install; log: $dir/helm-install.log"
 deploy=deployment/$release-acs-identity-operator
 kubectl -n "$ns" rollout status "$deploy" --timeout=180s >/dev/null ||
   fail "operator pods not Ready; see: kubectl -n $ns describe pods; kubelet log $dir/cluster/kubelet.log"
 operator_ready=$((SECONDS - t_install))
 selector=app.kubernetes.io/instance=$release,app.kubernetes.io/component=controller
-ready_pods=$(kubectl -n "$ns" get pods -l "$selector" -o jsonpath='{range .items[*]}{.status.containerStatuses[0].ready}{" "}{end}')
-[[ $ready_pods == "true true " ]] || fail "expected two Ready operator pods, got: $ready_pods"
+ready_pods=$(kubectl -n "$ns" get "$deploy" -o jsonpath='{.status.readyReplicas}')
+[[ $ready_pods == 2 ]] || fail "expected two Ready operator pods, got: $ready_pods"
 ok "two operator pods Ready through /readyz ${operator_ready}s after helm install (read-only root, uid 65532)"
 
 # --- a service over TLS and identities ------------------------------------------------
@@ -115,7 +127,7 @@ kubectl -n team-a wait communicationservice/acs --for=condition=Ready --timeout=
 kubectl -n team-a wait acsid/chat-bot acsid/steady --for=condition=Ready --timeout=120s >/dev/null ||
   fail "identities not Ready: $(kubectl -n team-a get acsid -o wide 2>&1)"
 identity_ready=$((SECONDS - t_identity))
-ok "CommunicationService over TLS (extraCA) and identities Ready ${identity_ready}s after they were applied"
+ok "CommunicationService over TLS (extraCA) at https://$acs_host and identities Ready ${identity_ready}s after they were applied"
 
 # --- the example workload sees a renewal ----------------------------------------------
 jp() { kubectl -n team-a get "$1" -o jsonpath="$2"; }
@@ -148,6 +160,7 @@ steady_user=$(jp acsid/steady '{.status.userId}')
 read -r steady_tokens _ < <(emulator_user "$steady_user")
 steady_issued=$(jp acsid/steady '{.status.lastTokenIssuedAt}')
 helm upgrade "$release" charts/acs-identity-operator -n "$ns" --reuse-values --set logging.level=debug \
+  --post-renderer "$dir/host-alias.sh" \
   >"$dir/helm-upgrade.log" 2>&1 || fail "helm upgrade; log: $dir/helm-upgrade.log"
 kubectl -n "$ns" rollout status "$deploy" --timeout=180s >/dev/null || fail "upgraded operator pods not Ready"
 grep -q -- '--log-level=debug' <<<"$(kubectl -n "$ns" get "$deploy" -o jsonpath='{.spec.template.spec.containers[0].args}')" ||

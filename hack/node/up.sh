@@ -227,7 +227,7 @@ hostnameOverride: $NODE_NAME
 mode: iptables
 clusterCIDR: $NODE_SUBNET
 healthzBindAddress: 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT
-metricsBindAddress: 127.0.0.1:0
+metricsBindAddress: 127.0.0.1:$KUBE_PROXY_METRICS_PORT
 # Leave the host's conntrack table settings alone (no CAP_SYS_RESOURCE here).
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 iptables: {localhostNodePorts: false}

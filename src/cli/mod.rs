@@ -83,10 +83,10 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
         /// With --file: keep watching and print a line each time the file changes.
-        #[arg(long, requires = "file")]
+        #[arg(long)]
         watch: bool,
         /// With --watch: how often to look at the file, e.g. 1s.
-        #[arg(long, default_value = "1s", value_parser = parse_timeout, requires = "watch")]
+        #[arg(long, default_value = "1s", value_parser = parse_timeout)]
         interval: Duration,
     },
 }
@@ -137,6 +137,11 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
     } = &cli.command
     {
         return token_file::run(path, watch.then_some(*interval), out).await;
+    }
+    if let Command::Token { watch: true, .. } = &cli.command {
+        return Err(CliError::Other(
+            "--watch needs --file PATH (a Secret in the cluster is not watched)".into(),
+        ));
     }
     let conn = cluster::connect(&cli.cluster).await?;
     match cli.command {
@@ -315,11 +320,28 @@ pub(crate) mod tests {
         for bad in [
             &["kubectl-acs", "token"][..],
             &["kubectl-acs", "token", "app", "--file", "/t"],
-            &["kubectl-acs", "token", "app", "--watch"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
         Cli::command_for_tests().debug_assert();
+    }
+
+    #[tokio::test]
+    async fn watch_without_a_file_is_refused_before_any_cluster_access() {
+        let cli = Cli::try_parse_from([
+            "kubectl-acs",
+            "--kubeconfig",
+            "/nonexistent",
+            "token",
+            "app",
+            "--watch",
+        ])
+        .expect("parses");
+        let err = run(cli, &mut Vec::new())
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("--watch needs --file PATH"), "{err}");
     }
 
     impl Cli {

@@ -65,7 +65,8 @@ pub async fn run(
         match read(path).and_then(|content| line(path, &content).map(|l| (content, l))) {
             Ok((content, report)) => {
                 if last.as_deref() != Some(content.as_str()) {
-                    writeln!(out, "{report}")?;
+                    // One write per line, so a log collector never sees half a line.
+                    out.write_all(format!("{report}\n").as_bytes())?;
                     out.flush()?;
                     last = Some(content);
                 }
@@ -135,22 +136,28 @@ mod tests {
                 Ok(())
             }
         }
-        let watched = path.clone();
-        let task = tokio::spawn(async move {
-            let mut out = Lines(tx);
-            run(&watched, Some(Duration::from_millis(20)), &mut out).await
-        });
-        let recv = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
-            let fut = rx.recv();
-            async move { tokio::time::timeout(Duration::from_secs(5), fut).await }
+        let five_s = Duration::from_secs(5);
+        let checks = async {
+            let got = tokio::time::timeout(five_s, rx.recv())
+                .await
+                .expect("first line")
+                .expect("open");
+            assert!(got.contains("expiresOn=2026-11-26T10:00:00Z"), "{got}");
+            // Unchanged content prints nothing; a new token prints one line.
+            std::fs::write(&path, &first).expect("rewrite");
+            std::fs::write(&path, &second).expect("write second");
+            let got = tokio::time::timeout(five_s, rx.recv())
+                .await
+                .expect("second line")
+                .expect("open");
+            assert!(got.contains("expiresOn=2026-11-26T11:00:00Z"), "{got}");
         };
-        let got = recv(&mut rx).await.expect("first line").expect("open");
-        assert!(got.contains("expiresOn=2026-11-26T10:00:00Z"), "{got}");
-        // Unchanged content prints nothing; a new token prints one line.
-        std::fs::write(&path, &first).expect("rewrite");
-        std::fs::write(&path, &second).expect("write second");
-        let got = recv(&mut rx).await.expect("second line").expect("open");
-        assert!(got.contains("expiresOn=2026-11-26T11:00:00Z"), "{got}");
-        task.abort();
+        let mut out = Lines(tx);
+        tokio::select! {
+            ended = run(&path, Some(Duration::from_millis(20)), &mut out) => {
+                panic!("the watch ended: {ended:?}")
+            }
+            () = checks => {}
+        }
     }
 }
