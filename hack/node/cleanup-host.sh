@@ -10,6 +10,22 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin=${ACS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}/k8s-$K8S_VERSION/bin
 
 [[ -x $bin/kube-proxy ]] && "$bin/kube-proxy" --cleanup >/dev/null 2>&1
+# What kube-proxy --cleanup leaves: the kubelet's KUBE-FIREWALL, canary and hint chains.
+# Only KUBE-* chains and the rules that jump to them; no other node runs here (the lock).
+for cmd in iptables ip6tables; do
+  command -v "$cmd" >/dev/null 2>&1 || continue
+  for table in filter nat mangle; do
+    rules=$("$cmd" -t "$table" -S 2>/dev/null) || continue
+    grep -E '^-A [A-Z]+ .*-j KUBE-' <<<"$rules" | grep -vE '^-A KUBE-' | sed 's/^-A /-D /' |
+      while read -r rule; do eval "$cmd -t $table $rule"; done
+    for chain in $(grep -oE '^-N KUBE-[A-Z0-9-]+' <<<"$rules" | cut -d' ' -f2); do
+      "$cmd" -t "$table" -F "$chain"
+    done
+    for chain in $(grep -oE '^-N KUBE-[A-Z0-9-]+' <<<"$rules" | cut -d' ' -f2); do
+      "$cmd" -t "$table" -X "$chain"
+    done
+  done
+done
 
 # The kubelet's cgroupfs tree is /kubepods in each hierarchy (cgroup v1) or once (v2).
 for root in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
