@@ -108,21 +108,9 @@ contexts:
 current-context: local
 KC
 
-start() { # name, then the command; records the PID, logs to $dir/NAME.log
-  local name=$1; shift
-  "$@" >"$dir/$name.log" 2>&1 &
-  echo "$! $name" >>"$dir/pids"
-}
-alive() { local pid; pid=$(awk -v n="$1" '$2==n{print $1}' "$dir/pids"); kill -0 "$pid" 2>/dev/null; }
-wait_for() { # component, seconds, check command...
-  local name=$1 secs=$2; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    alive "$name" || fail "$name exited during start-up; log: $dir/$name.log"
-    ((SECONDS < deadline)) || fail "$name not ready after ${secs}s; log: $dir/$name.log"
-    sleep 0.2
-  done
-}
+pids_file=$dir/pids log_dir=$dir
+# shellcheck source=procs.sh
+. "$here/procs.sh"
 
 t0=$SECONDS
 start etcd "$bin/etcd" --name local --data-dir "$dir/etcd" \

@@ -26,15 +26,9 @@ node=$dir/node
 sock=$node/containerd/containerd.sock
 log=$dir/node-down.log
 
-gone() { [[ ! -e /proc/$1 ]] || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 150; i++)); do gone "$pid" && return 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do gone "$pid" && return 0; sleep 0.1; done
-}
-pid_of() { awk -v n="$1" '$2==n{print $1}' "$node/pids" 2>/dev/null; }
+pids_file=$node/pids
+# shellcheck source=../controlplane/procs.sh
+. "$here/../controlplane/procs.sh"
 stop() { local pid; pid=$(pid_of "$1"); [[ -z $pid || $pid == "$$" || $pid == "$PPID" ]] || stop_pid "$pid"; }
 
 {

@@ -43,6 +43,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 fail() { say "FAILED: $*"; exit 1; }
+# stream_until SECONDS PREDICATE CMD...: runs CMD (a watch or a log stream), prints the
+# first line of its output that PREDICATE accepts and stops CMD at once; fails when CMD
+# ends or the time runs out first. Waiting on streams, never on sleeps.
+stream_until() {
+  local secs=$1 pred=$2 fd pid line
+  shift 2
+  exec {fd}< <(exec timeout "$secs" "$@" 2>/dev/null)
+  pid=$!
+  while IFS= read -r -u "$fd" line; do
+    if "$pred" "$line"; then
+      kill "$pid" 2>/dev/null
+      exec {fd}<&-
+      echo "$line"
+      return 0
+    fi
+  done
+  exec {fd}<&-
+  return 1
+}
+after="" # the threshold the predicates below compare with
+later_time() { [[ -n $1 && $1 > $after ]]; }
+later_expiry() { local e; e=$(grep -oE 'expiresOn=[^ ]+' <<<"$1" | cut -d= -f2); [[ -n $e && $e > $after ]]; }
+other_holder() { [[ -n $1 && $1 != "$after" ]]; }
 
 # --- image, node, emulator -----------------------------------------------------------
 hack/image/build.sh >"$dir/image.out" || fail "make image (see the line above)"
@@ -137,21 +160,27 @@ kubectl -n team-a wait pod/chat-bot --for=condition=Ready --timeout=120s >/dev/n
 kubectl -n team-a logs -f --timestamps chat-bot >"$dir/workload.log" 2>&1 &
 logs_pid=$!
 # Each log line: TIMESTAMP user=... scopes=... issuedAt=... expiresOn=...
-next_expiry_after() { # expiry: waits (on the log stream) for a later one; prints "TIMESTAMP EXPIRY"
-  timeout 120 tail -n +1 -f "$dir/workload.log" | while read -r ts rest; do
-    e=$(grep -oE 'expiresOn=[^ ]+' <<<"$rest" | cut -d= -f2)
-    if [[ -n $e && $e > $1 ]]; then echo "$ts $e"; break; fi
-  done
-}
-read -r _ first_expiry < <(next_expiry_after "") || true
-[[ -n ${first_expiry:-} ]] || fail "the workload logged no token; log: $dir/workload.log"
-read -r seen_at second_expiry < <(next_expiry_after "$first_expiry") || true
-[[ -n ${second_expiry:-} ]] || fail "the workload saw no renewal after $first_expiry; log: $dir/workload.log"
+workload_log=(tail -n +1 -f "$dir/workload.log")
+after="" first=$(stream_until 120 later_expiry "${workload_log[@]}") ||
+  fail "the workload logged no token; log: $dir/workload.log"
+first_expiry=$(grep -oE 'expiresOn=[^ ]+' <<<"$first" | cut -d= -f2)
+after=$first_expiry second=$(stream_until 120 later_expiry "${workload_log[@]}") ||
+  fail "the workload saw no renewal after $first_expiry; log: $dir/workload.log"
+seen_at=${second%% *}
+second_expiry=$(grep -oE 'expiresOn=[^ ]+' <<<"$second" | cut -d= -f2)
 secret_expiry=$(jp secret/chat-bot-token '{.data.expiresOn}' | base64 -d)
 issued_at=$(jp acsid/chat-bot '{.status.lastTokenIssuedAt}')
 lag="n/a"
 if [[ $secret_expiry == "$second_expiry" ]]; then
-  lag=$(python3 -c 'import sys; from datetime import datetime as d; f=lambda s: d.fromisoformat(s.replace("Z","+00:00")[:26] + ("+00:00" if len(s)>26 else "")); print("%.1f" % (f(sys.argv[1]) - f(sys.argv[2])).total_seconds())' "${seen_at%Z}Z" "$issued_at" 2>/dev/null || echo "n/a")
+  lag=$(python3 - "$seen_at" "$issued_at" <<'PY'
+import re, sys
+from datetime import datetime
+def parse(s):  # RFC 3339 with up to nanoseconds -> datetime (microseconds)
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", s)
+    return datetime.fromisoformat(m.group(1) + "." + (m.group(2) or "0").ljust(6, "0")[:6] + "+00:00")
+print("%.1f" % (parse(sys.argv[1]) - parse(sys.argv[2])).total_seconds())
+PY
+  )
 fi
 ok "the workload (kubectl-acs in our image) saw expiresOn $first_expiry, then $second_expiry; token change seen ${lag}s after it was issued"
 
@@ -168,8 +197,7 @@ grep -q -- '--log-level=debug' <<<"$(kubectl -n "$ns" get "$deploy" -o jsonpath=
 # The new leader is at work once chat-bot renews again; steady must be left alone.
 before=$(jp acsid/chat-bot '{.status.lastTokenIssuedAt}')
 wait_renewal_after() { # identity, timestamp: waits (watch) until lastTokenIssuedAt moves past it
-  timeout 120 kubectl -n team-a get "acsid/$1" -w -o jsonpath='{.status.lastTokenIssuedAt}{"\n"}' |
-    while read -r t; do [[ -n $t && $t > $2 ]] && { echo "$t"; break; }; done
+  after=$2 stream_until 120 later_time kubectl -n team-a get "acsid/$1" -w -o jsonpath='{.status.lastTokenIssuedAt}{"\n"}'
 }
 [[ -n $(wait_renewal_after chat-bot "$before") ]] || fail "no renewal after helm upgrade; see: kubectl -n $ns logs $deploy"
 read -r steady_tokens_after _ < <(emulator_user "$steady_user")
@@ -183,8 +211,8 @@ leader_pod=${lease%-*}
 [[ -n $leader_pod ]] && kubectl -n "$ns" get pod "$leader_pod" >/dev/null 2>&1 || fail "no leader pod for Lease holder '$lease'"
 t_delete=$SECONDS
 kubectl -n "$ns" delete pod "$leader_pod" --wait=false >/dev/null
-new_holder=$(timeout 90 kubectl -n "$ns" get lease acs-identity-operator -w -o jsonpath='{.spec.holderIdentity}{"\n"}' |
-  while read -r h; do [[ -n $h && $h != "$lease" ]] && { echo "$h"; break; }; done) || true
+new_holder=$(after=$lease stream_until 90 other_holder \
+  kubectl -n "$ns" get lease acs-identity-operator -w -o jsonpath='{.spec.holderIdentity}{"\n"}') || true
 [[ -n $new_holder ]] || fail "the Lease was not handed over after deleting leader $leader_pod"
 handover=$((SECONDS - t_delete))
 after=$(date -u +%FT%TZ)

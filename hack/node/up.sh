@@ -52,21 +52,10 @@ fail() {
 }
 trap 'fail "interrupted during start-up"' INT TERM
 
-start() { # name, command...: records the PID, logs to $dir/NAME.log (kept on failure)
-  local name=$1; shift
-  "$@" >"$dir/$name.log" 2>&1 &
-  echo "$! $name" >>"$node/pids"
-}
-alive() { local pid; pid=$(awk -v n="$1" '$2==n{print $1}' "$node/pids"); kill -0 "$pid" 2>/dev/null; }
-wait_for() { # component, seconds, check command...
-  local name=$1 secs=$2; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    alive "$name" || fail "$name exited during start-up; log: $dir/$name.log"
-    ((SECONDS < deadline)) || fail "$name not ready after ${secs}s; log: $dir/$name.log"
-    sleep 0.5
-  done
-}
+# Logs next to the control plane's, so that a failed start keeps them (down.sh --keep-logs).
+pids_file=$node/pids log_dir=$dir
+# shellcheck source=../controlplane/procs.sh
+. "$cp_scripts/procs.sh"
 
 # --- one node per machine: a lock held by a process of ours for the node's lifetime ---
 lock=${TMPDIR:-/tmp}/acs-identity-operator-node.lock
