@@ -91,6 +91,10 @@ cat >"$node/cni/net.d/10-acs-node.conflist" <<JSON
 JSON
 
 # --- the control plane, reachable at the node IP ----------------------------------------
+# kubectl logs/exec go from the apiserver to the kubelet: by the node's IP (no DNS for
+# node names here), as a client the kubelet's x509 authentication accepts.
+export KUBE_APISERVER_EXTRA_ARGS="${KUBE_APISERVER_EXTRA_ARGS:-} --kubelet-preferred-address-types=InternalIP
+  --kubelet-client-certificate=$dir/pki/admin.crt --kubelet-client-key=$dir/pki/admin.key"
 line=$(APISERVER_ADVERTISE_ADDRESS=$NODE_IP "$cp_scripts/up.sh" --dir "$dir" | tail -n 1) ||
   fail "the control plane did not start (see the line above)"
 kubeconfig=${line#export KUBECONFIG=}
