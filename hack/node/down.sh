@@ -49,11 +49,11 @@ stop() { local pid; pid=$(pid_of "$1"); [[ -z $pid || $pid == "$$" || $pid == "$
     fi
   done
   stop containerd
-  stop node-lock
 
   # 3. Host state that outlives processes: kube-proxy's iptables rules, the pods'
   #    cgroups (their processes first), the bridge and its veths, kubelet log links.
-  "$here/cleanup-host.sh"
+  #    Only if this node got the one-node-per-machine lock: else it is another's.
+  [[ ! -s $node/lock-held ]] || "$here/cleanup-host.sh"
   for link in /var/log/containers/*.log; do
     [[ -L $link && $(readlink "$link") == "$node/"* ]] && rm -f "$link"
   done
@@ -65,6 +65,8 @@ stop() { local pid; pid=$(pid_of "$1"); [[ -z $pid || $pid == "$$" || $pid == "$
       if ((pass == 1)); then umount "$m"; else umount -l "$m"; fi
     done
   done
+  # 5. Let the next node start.
+  stop node-lock
 } >>"$log" 2>&1
 
 if findmnt -rn -o TARGET | awk -v d="$dir/" 'index($0, d) == 1' | grep -q .; then

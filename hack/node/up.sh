@@ -60,13 +60,13 @@ pids_file=$node/pids log_dir=$dir
 # --- one node per machine: a lock held by a process of ours for the node's lifetime ---
 lock=${TMPDIR:-/tmp}/acs-identity-operator-node.lock
 # shellcheck disable=SC2016 # expanded by the inner shell
-start node-lock bash -c 'exec 8>"$0"; flock -w "$1" 8 || exit 1; echo "$2" >"$3"; exec sleep infinity' \
+start node-lock bash -c 'exec 8>>"$0"; flock -w "$1" 8 || exit 1; echo "$2" >"$3"; exec sleep infinity' \
   "$lock" "$lock_wait" "$dir" "$node/lock-held"
 until [[ -s $node/lock-held ]]; do
-  alive node-lock || fail "another node runs on this machine (lock $lock held by $(cat "$lock" 2>/dev/null || echo '?')); stop it first (make cluster-down)"
+  alive node-lock || fail "another node runs on this machine (started with --dir $(cat "$lock.owner" 2>/dev/null || echo '?')); stop it first (hack/node/down.sh --dir DIR, or make cluster-down)"
   sleep 0.2
 done
-echo "$dir" >"$lock"
+echo "$dir" >"$lock.owner"
 
 # Leftovers of a node that was killed without down.sh (we hold the lock: they are stale).
 "$here/cleanup-host.sh" >>"$dir/node-cleanup.log" 2>&1 || true
