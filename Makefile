@@ -6,6 +6,7 @@
 #   make cluster-up WITH_NODE=1   ... plus one node (containerd, kubelet, scheduler, kube-proxy)
 #   make image         build the operator image offline; last line: its OCI archive
 #   make node-e2e      the chart and the image on a real node (part of make test)
+#   make demo WITH_NODE=1         the demo with the operator and a workload as real pods
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 MAKEFLAGS += --no-print-directory
@@ -19,7 +20,7 @@ include hack/controlplane/versions.env
         compat hmac-vectors emulator bench-acs lint-dockerfile cluster-up cluster-down demo versions
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
 	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:

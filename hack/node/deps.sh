@@ -19,6 +19,7 @@ declare -A want=(
   [podman]=podman
   [conntrack]=conntrack
   [mount]=mount
+  [ip]=iproute2
 )
 missing=()
 for cmd in "${!want[@]}"; do
