@@ -20,7 +20,7 @@ include hack/controlplane/versions.env
         compat hmac-vectors emulator bench-acs lint-dockerfile cluster-up cluster-down demo versions
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,9p' Makefile
 	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:
