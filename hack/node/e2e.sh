@@ -2,6 +2,7 @@
 # `make node-e2e`: the operator as users run it, on a real node. Builds the image
 # (`make image`), starts the control plane plus one node, runs the ACS emulator over TLS
 # at the node's address, installs the Helm chart with the local image, and checks:
+#   0. a node whose kubelet cannot start fails in one line and leaves nothing behind;
 #   1. the operator pods become Ready through their probes (read-only root, non-root);
 #   2. a CommunicationService over TLS (the chart's extraCA) at a host name the pods
 #      resolve (a hostAlias: the image's resolver) and identities become Ready;
@@ -70,6 +71,18 @@ other_holder() { [[ -n $1 && $1 != "$after" ]]; }
 # --- image, node, emulator -----------------------------------------------------------
 hack/image/build.sh >"$dir/image.out" || fail "make image (see the line above)"
 cargo build --quiet --bin acs-emulator 2>"$dir/build.log" || fail "cargo build --bin acs-emulator; log: $dir/build.log"
+# A kubelet that cannot start: one line naming it and its log; nothing left behind.
+broken=$dir/broken
+if NODE_KUBELET_EXTRA_ARGS=--no-such-flag hack/node/up.sh --dir "$broken" --lock-wait 1200 >/dev/null 2>"$dir/broken.err"; then
+  fail "a node whose kubelet cannot start came up"
+fi
+[[ $(tail -n 1 "$dir/broken.err") == "node: ERROR: kubelet exited during start-up; log: $broken/kubelet.log" ]] ||
+  fail "a failed kubelet start did not say so in one line: $(tail -n 1 "$dir/broken.err")"
+grep -q -- '--no-such-flag' "$broken/kubelet.log" || fail "the kubelet log kept does not say why"
+leftovers=$(pgrep -f -- "$broken/" || true)$(findmnt -rn -o TARGET | grep -F "$broken/" || true)$(ip -o link show "$NODE_BRIDGE" 2>/dev/null || true)
+[[ -z $leftovers ]] || fail "a failed node start left processes, mounts or its bridge: $leftovers"
+ok "a kubelet that cannot start: one line naming it and its log, nothing left running or mounted, no bridge"
+
 t_up=$SECONDS
 line=$(hack/node/up.sh --dir "$dir/cluster" --owner-pid $$ --lock-wait 1200 | tail -n 1) ||
   fail "starting the control plane and node (see the line above)"

@@ -11,6 +11,7 @@
 #   --lock-wait SECONDS  one node per machine (it programs the host's iptables and
 #                        cgroups): wait this long for another one to stop (default 0)
 # Progress goes to stderr; the last stdout line is `export KUBECONFIG=/abs/path`.
+# Environment: NODE_KUBELET_EXTRA_ARGS adds kubelet flags.
 # Exit 3 (one line saying why) when this machine cannot run a node (not root, no apt).
 # On any other failure: one line naming what failed and its log; nothing is left
 # running or mounted, and the network devices are removed (hack/node/down.sh).
@@ -204,8 +205,10 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 YAML
+# shellcheck disable=SC2086 # extra args are words on purpose
 start kubelet "$bin/kubelet" --config "$node/kubelet.yaml" --kubeconfig "$node/kubelet.kubeconfig" \
-  --root-dir "$kubelet_dir" --cert-dir "$node/kubelet-pki" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" -v 1
+  --root-dir "$kubelet_dir" --cert-dir "$node/kubelet-pki" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" -v 1 \
+  ${NODE_KUBELET_EXTRA_ARGS:-}
 kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
 wait_for kubelet 60 "${kubectl[@]}" get node "$NODE_NAME"
 
