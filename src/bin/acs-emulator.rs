@@ -1,6 +1,8 @@
 //! `acs-emulator`: a local stand-in for Azure Communication Services' Identity API.
 //! The first line on stdout is the connection string; logs go to stderr.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::Operation;
+use super::config::EmulatedOperation;
 
 /// One fault, as `POST /admin/faults` takes it and `--fault` spells it
 /// (`operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3`).
@@ -21,7 +21,7 @@ use super::config::Operation;
 pub struct FaultRule {
     /// Absent: every operation.
     #[serde(default)]
-    pub operation: Option<Operation>,
+    pub operation: Option<EmulatedOperation>,
     /// Absent: no error, only the latency. `0` drops the connection.
     #[serde(default)]
     pub status: Option<u16>,
@@ -166,7 +166,7 @@ impl FaultSet {
     /// `roll` yields uniform numbers in `[0, 1)`; injected so tests are deterministic.
     pub fn decide(
         &mut self,
-        operation: Operation,
+        operation: EmulatedOperation,
         mut roll: impl FnMut() -> f64,
     ) -> Option<FaultAction> {
         let index = self.rules.iter().position(|rule| {
@@ -209,7 +209,7 @@ mod tests {
             "operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3"
                 .parse()
                 .unwrap();
-        assert_eq!(rule.operation, Some(Operation::Issue));
+        assert_eq!(rule.operation, Some(EmulatedOperation::Issue));
         assert_eq!(rule.status, Some(503));
         assert_eq!(rule.probability, 0.5);
         assert_eq!(rule.retry_after_seconds, Some(2));
@@ -227,26 +227,26 @@ mod tests {
     fn counted_fault_retires_after_its_count() {
         let mut set = FaultSet::new(vec!["operation=create,status=500,count=2".parse().unwrap()]);
         assert!(
-            set.decide(Operation::Issue, || 0.0).is_none(),
+            set.decide(EmulatedOperation::Issue, || 0.0).is_none(),
             "other operations are untouched"
         );
         for _ in 0..2 {
-            let action = set.decide(Operation::Create, || 0.0).unwrap();
+            let action = set.decide(EmulatedOperation::Create, || 0.0).unwrap();
             assert!(matches!(
                 action.outcome,
                 FaultOutcome::Respond { status: 500, .. }
             ));
         }
-        assert!(set.decide(Operation::Create, || 0.0).is_none());
+        assert!(set.decide(EmulatedOperation::Create, || 0.0).is_none());
         assert!(set.rules().is_empty());
     }
 
     #[test]
     fn probability_uses_the_roll_and_status_zero_drops() {
         let mut set = FaultSet::new(vec!["status=0,probability=0.5".parse().unwrap()]);
-        assert!(set.decide(Operation::Get, || 0.9).is_none());
+        assert!(set.decide(EmulatedOperation::Get, || 0.9).is_none());
         assert_eq!(
-            set.decide(Operation::Get, || 0.1).unwrap().outcome,
+            set.decide(EmulatedOperation::Get, || 0.1).unwrap().outcome,
             FaultOutcome::Drop
         );
     }
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn latency_only_fault_lets_the_request_proceed() {
         let mut set = FaultSet::new(vec!["latencyMs=5".parse().unwrap()]);
-        let action = set.decide(Operation::Delete, || 0.0).unwrap();
+        let action = set.decide(EmulatedOperation::Delete, || 0.0).unwrap();
         assert_eq!(action.latency, Some(Duration::from_millis(5)));
         assert_eq!(action.outcome, FaultOutcome::Proceed);
         assert!(!action.after_execute, "before the operation by default");
@@ -267,7 +267,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         ]);
-        let action = set.decide(Operation::Create, || 0.0).unwrap();
+        let action = set.decide(EmulatedOperation::Create, || 0.0).unwrap();
         assert!(action.after_execute);
         assert_eq!(action.latency, Some(Duration::from_millis(50)));
         assert!(
