@@ -6,6 +6,9 @@
 #   docker build -t acs-identity-operator:dev .
 #
 # The build command is the one CI runs: cargo build --release --locked --bin acs-identity-operator
+# The image also carries the kubectl-acs CLI on PATH (the example workload runs it).
+# `make image` builds the same image offline, FROM scratch, from this file's final stage
+# (hack/image/build.sh reads it: the binaries, LABEL, ENV, USER, EXPOSE, ENTRYPOINT, CMD).
 
 # Pinned to a minor release so that rebuilding the same commit gives the same compiler;
 # bump it together with the toolchain CI uses (Cargo.toml rust-version is the floor).
@@ -20,7 +23,8 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin \
     && echo "" > src/lib.rs \
     && echo "fn main() {}" > src/bin/acs-identity-operator.rs \
-    && cargo build --release --locked --bin acs-identity-operator \
+    && echo "fn main() {}" > src/bin/kubectl-acs.rs \
+    && cargo build --release --locked --bin acs-identity-operator --bin kubectl-acs \
     && rm -rf src
 
 # 2. The operator itself. COPY keeps the sources' old mtimes, which cargo could take for
@@ -31,8 +35,9 @@ RUN find src -name '*.rs' -exec touch {} + \
     && rm -rf target/release/.fingerprint/acs-identity-operator-* \
               target/release/deps/acs_identity_operator-* \
               target/release/deps/libacs_identity_operator-* \
-    && cargo build --release --locked --bin acs-identity-operator \
-    && cp target/release/acs-identity-operator /acs-identity-operator
+              target/release/deps/kubectl_acs-* \
+    && cargo build --release --locked --bin acs-identity-operator --bin kubectl-acs \
+    && cp target/release/acs-identity-operator target/release/kubectl-acs /
 
 # distroless/cc: glibc, libgcc and CA certificates, no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot
@@ -40,6 +45,9 @@ LABEL org.opencontainers.image.title="acs-identity-operator" \
       org.opencontainers.image.description="Kubernetes operator for Azure Communication Services identities and access tokens" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /acs-identity-operator /acs-identity-operator
+COPY --from=builder /kubectl-acs /usr/local/bin/kubectl-acs
+# distroless' own PATH, spelled out so that the FROM-scratch build of `make image` has it.
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Numeric, so that runAsNonRoot can verify it without resolving a user name.
 USER 65532:65532
 # Metrics, /healthz and /readyz (the chart's default --metrics-addr port).

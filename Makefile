@@ -3,6 +3,10 @@
 #   make demo          the end-to-end demo on a local control plane
 #   make cluster-up    start a local control plane; last stdout line: export KUBECONFIG=...
 #   make cluster-down  stop the control plane that cluster-up started
+#   make cluster-up WITH_NODE=1   ... plus one node (containerd, kubelet, scheduler, kube-proxy)
+#   make image         build the operator image offline; last line: its OCI archive
+#   make node-e2e      the chart and the image on a real node (part of make test)
+#   make demo WITH_NODE=1         the demo with the operator and a workload as real pods
 #   make bench N=1000  our operator against external-secrets (not part of make test)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,7 +21,7 @@ include hack/controlplane/versions.env
         compat hmac-vectors emulator bench-acs bench lint-dockerfile cluster-up cluster-down demo versions
 
 help:
-	@sed -n '2,6p' Makefile
+	@sed -n '2,10p' Makefile
 	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:
@@ -34,7 +38,7 @@ build: deps
 
 # The release binary exactly as the Dockerfile builds it.
 release: deps
-	cargo build --release --locked --bin acs-identity-operator
+	cargo build --release --locked --bin acs-identity-operator --bin kubectl-acs
 
 fmt:
 	cargo fmt
@@ -91,10 +95,24 @@ lint-dockerfile:
 
 cluster-up: controlplane
 	@if [[ -s $(CLUSTER_DIR)/pids ]]; then echo "cluster-up: a control plane is already running from $(CLUSTER_DIR); run make cluster-down first" >&2; exit 1; fi
-	@hack/controlplane/up.sh --dir $(CLUSTER_DIR) | tail -n 1
+	@if [[ -n "$(WITH_NODE)" ]]; then hack/node/up.sh --dir $(CLUSTER_DIR) | tail -n 1; \
+	else hack/controlplane/up.sh --dir $(CLUSTER_DIR) | tail -n 1; fi
 
 cluster-down:
-	@hack/controlplane/down.sh --dir $(CLUSTER_DIR)
+	@if [[ -d $(CLUSTER_DIR)/node ]]; then hack/node/down.sh --dir $(CLUSTER_DIR); \
+	else hack/controlplane/down.sh --dir $(CLUSTER_DIR); fi
+
+# --- a real node: the image, the chart and the example workload as pods -----------------
+WITH_NODE ?=
+.PHONY: image node-e2e
+
+# localhost/acs-identity-operator:dev, built offline FROM scratch after the Dockerfile's
+# final stage; loaded into the node of `make cluster-up WITH_NODE=1` when one runs.
+image:
+	@hack/image/build.sh $(if $(wildcard $(CLUSTER_DIR)/node/containerd/containerd.sock),--import-into $(CLUSTER_DIR))
+
+node-e2e:
+	@hack/node/e2e.sh
 
 demo: controlplane
-	@hack/demo.sh
+	@$(if $(WITH_NODE),hack/node/demo.sh,hack/demo.sh)

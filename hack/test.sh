@@ -23,7 +23,8 @@ hack/sync-chart-crds.sh --check
 
 say "building (and the release binary exactly as the Dockerfile builds it)"
 cargo build --all-targets --quiet
-cargo build --release --locked --quiet --bin acs-identity-operator
+cargo build --release --locked --quiet --bin acs-identity-operator --bin kubectl-acs
+hack/image/build.sh --check
 
 say "starting one control plane for all integration tests"
 cpdir=$(mktemp -d "${TMPDIR:-/tmp}/acs-test-cp.XXXXXX")
@@ -38,10 +39,16 @@ say "official Azure SDK compatibility tests (Python and JavaScript) against the 
 hack/compat/install.sh
 hack/compat/run.sh 2>&1 | tee "$cpdir.compat.log"
 
+say "node end-to-end: the image and the chart on a real node (make node-e2e)"
+hack/node/e2e.sh 2>&1 | tee "$cpdir.node-e2e.log"
+
 # One closing line for the whole run (each step above has already passed).
 sum() { grep -oE "[0-9]+ $1" "$2" | awk '{n += $1} END {print n + 0}'; }
-passed=$(($(sum passed "$cpdir.cargo-test.log") + $(sum passed "$cpdir.compat.log")))
-failed=$(($(sum failed "$cpdir.cargo-test.log") + $(sum failed "$cpdir.compat.log")))
-rm -f "$cpdir.cargo-test.log" "$cpdir.compat.log"
+logs=("$cpdir.cargo-test.log" "$cpdir.compat.log" "$cpdir.node-e2e.log")
+passed=0 failed=0
+for log in "${logs[@]}"; do
+  passed=$((passed + $(sum passed "$log"))) failed=$((failed + $(sum failed "$log")))
+done
+rm -f "${logs[@]}"
 echo
 echo "total: $passed passed, $failed failed"

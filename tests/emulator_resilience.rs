@@ -168,6 +168,44 @@ async fn tls_mode_serves_https_with_a_ca_the_client_trusts() {
 }
 
 #[tokio::test]
+async fn tls_sans_make_the_certificate_valid_for_other_names() {
+    // 127.0.0.2 is a local address that the default certificate does not name.
+    let config = EmulatorConfig {
+        listen: "127.0.0.2:0".parse().unwrap(),
+        tls: true,
+        tls_sans: vec![
+            "127.0.0.2".to_string(),
+            "acs-emulator.node.test".to_string(),
+        ],
+        ..EmulatorConfig::default()
+    };
+    let (emu, c) = start(config).await;
+    assert!(emu.endpoint().starts_with("https://127.0.0.2:"));
+    // The IP address SAN: the emulator's own client connects by IP.
+    let id = c.create_user().await;
+    assert_eq!(c.issue(&id, r#"{"scopes":["chat"]}"#).await.status, 200);
+    // A DNS name SAN; a name that is not in the certificate fails verification.
+    let addr: std::net::SocketAddr = emu.endpoint()["https://".len()..].parse().unwrap();
+    let ca = reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap();
+    let get = |name: &'static str| {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(ca.clone())
+            .resolve(name, addr)
+            .build()
+            .unwrap();
+        async move {
+            client
+                .get(format!("https://{name}:{}/admin/stats", addr.port()))
+                .send()
+                .await
+        }
+    };
+    assert_eq!(get("acs-emulator.node.test").await.unwrap().status(), 200);
+    let err = get("other.node.test").await.unwrap_err();
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
+}
+
+#[tokio::test]
 async fn state_file_keeps_users_and_tokens_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");

@@ -7,7 +7,13 @@
 # modules at local paths with `replace`, which `go install pkg@version` refuses. A tiny
 # module of our own requires the upstream module and replaces each staging module with
 # its published version instead.
+#
+# Usage: build.sh [--node]
+#   --node  also build the node's kubelet, kube-scheduler and kube-proxy (same wrapper
+#           module, same version stamps) and the pause program of its sandbox image
 set -euo pipefail
+with_node=0
+[[ ${1:-} != --node ]] || with_node=1
 
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -28,12 +34,17 @@ command -v go >/dev/null 2>&1 || die "Go toolchain not found on PATH; install Go
 exec 9>"$out/.lock"
 flock 9
 
+NODE_CMDS="kubelet kube-scheduler kube-proxy"
+
 # Bump when a recipe below changes, so cached binaries are rebuilt.
 HELM_RECIPE=2 # 2: helm's offline default Kubernetes version is the pinned one
 stamp=$bin/.stamp
 want_stamp="$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION/$HELM_RECIPE"
+all_built() { local b; for b in "$@"; do [[ -x $bin/$b ]] || return 1; done; }
+# shellcheck disable=SC2086 # NODE_CMDS is a list of words
 if [[ -f $stamp && "$(cat "$stamp")" == "$want_stamp" ]] &&
-  for b in etcd kube-apiserver kube-controller-manager kubectl helm; do [[ -x $bin/$b ]] || exit 1; done; then
+  all_built etcd kube-apiserver kube-controller-manager kubectl helm &&
+  { ((!with_node)) || all_built $NODE_CMDS pause; }; then
   say "cached binaries for $want_stamp in $bin"
   echo "$bin"
   exit 0
@@ -42,6 +53,7 @@ fi
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 
 # --- Kubernetes -------------------------------------------------------------------
+# build_kube CMD...: builds the named k8s.io/kubernetes/cmd/ programs into $bin.
 build_kube() {
   local src=$out/src/kubernetes minor major staging
   major=${K8S_VERSION#v}; major=${major%%.*}
@@ -73,7 +85,10 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   say "resolving Kubernetes $K8S_VERSION modules (log: $logdir/kube-tidy.log)"
@@ -84,12 +99,23 @@ GO
     ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date -X $pkg.gitCommit=module-$K8S_VERSION"
   done
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
+  local cmd
+  for cmd in "$@"; do
     say "building $cmd $K8S_VERSION (log: $logdir/$cmd.log)"
     (cd "$src" && go build -trimpath -tags selinux,notest -ldflags "-s -w $ld" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") \
       >"$logdir/$cmd.log" 2>&1 || die "building $cmd failed; see $logdir/$cmd.log"
     mv "$bin/$cmd.tmp" "$bin/$cmd"
   done
+}
+
+# --- pause: the sandbox (infra) container's only program -------------------------------
+# A node needs a sandbox image; registry.k8s.io/pause is out of reach, so the sandbox
+# image is built locally around this static program (hack/node/pause/).
+build_pause() {
+  say "building pause (log: $logdir/pause.log)"
+  (cd "$here/../node/pause" && go build -trimpath -ldflags "-s -w" -o "$bin/pause.tmp" .) \
+    >"$logdir/pause.log" 2>&1 || die "building pause failed; see $logdir/pause.log"
+  mv "$bin/pause.tmp" "$bin/pause"
 }
 
 # --- etcd ---------------------------------------------------------------------------
@@ -152,7 +178,14 @@ GO
 if [[ -f $stamp && "$(cat "$stamp")" != *"/$HELM_RECIPE" ]]; then rm -f "$bin/helm"; fi
 rm -f "$stamp"
 [[ -x $bin/etcd ]] || build_etcd
-[[ -x $bin/kube-apiserver && -x $bin/kube-controller-manager && -x $bin/kubectl ]] || build_kube
+[[ -x $bin/kube-apiserver && -x $bin/kube-controller-manager && -x $bin/kubectl ]] ||
+  build_kube kube-apiserver kube-controller-manager kubectl
+if ((with_node)); then
+  node_missing=()
+  for b in $NODE_CMDS; do [[ -x $bin/$b ]] || node_missing+=("$b"); done
+  ((${#node_missing[@]} == 0)) || build_kube "${node_missing[@]}"
+  [[ -x $bin/pause ]] || build_pause
+fi
 [[ -x $bin/helm ]] || build_helm
 echo "$want_stamp" >"$stamp"
 say "built $want_stamp into $bin"

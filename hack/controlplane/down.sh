@@ -19,14 +19,8 @@ done
 say() { ((quiet)) || echo "controlplane: $*" >&2; }
 if [[ ! -d $dir ]]; then say "nothing to stop: $dir does not exist"; exit 0; fi
 
-gone() { [[ ! -e /proc/$1 ]] || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
-stop_pid() { # TERM, up to 15 s to exit, then KILL and wait for it to be gone
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 150; i++)); do gone "$pid" && return 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do gone "$pid" && return 0; sleep 0.1; done
-}
+# shellcheck source=procs.sh
+. "$(dirname "$0")/procs.sh"
 
 if [[ -f $dir/pids ]]; then
   # Reverse start order, one at a time: the watchdog, the controller-manager, the

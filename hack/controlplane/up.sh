@@ -8,7 +8,9 @@
 #   --dir DIR        state directory (created; default: a new temp dir)
 #   --owner-pid PID  stop everything when process PID exits (used by the Rust test
 #                    harness so that a panicking or killed test binary leaves nothing)
-# Environment: ETCD_PORT, APISERVER_PORT pin ports; KUBE_APISERVER_EXTRA_ARGS adds flags.
+# Environment: ETCD_PORT, APISERVER_PORT pin ports; KUBE_APISERVER_EXTRA_ARGS adds flags;
+# APISERVER_ADVERTISE_ADDRESS (a node's IP, set by hack/node/up.sh) makes the apiserver
+# listen on all addresses and publish itself there as the `kubernetes` Service's endpoint.
 # Progress goes to stderr; the last line of stdout is `export KUBECONFIG=/abs/path`.
 # On any failure: one line naming the failed component and its log, and nothing is
 # left running.
@@ -53,6 +55,12 @@ free_port() {
 }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Loopback by default. With a node, pods reach the apiserver through the `kubernetes`
+# Service, whose endpoint must be an address they can route to.
+advertise=${APISERVER_ADVERTISE_ADDRESS:-127.0.0.1}
+api_bind=127.0.0.1 reconciler=none
+if [[ $advertise != 127.0.0.1 ]]; then api_bind=0.0.0.0 reconciler=lease; fi
+
 etcd_port=${ETCD_PORT:-$(free_port)}
 peer_port=$(free_port)
 api_port=${APISERVER_PORT:-$(free_port)}
@@ -68,7 +76,7 @@ gen_pki() {
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=acs-local-ca" \
     -keyout ca.key -out ca.crt
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' "$advertise" >apiserver.ext
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
     -extfile apiserver.ext -out apiserver.crt
   openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=admin" -keyout admin.key -out admin.csr
@@ -100,21 +108,9 @@ contexts:
 current-context: local
 KC
 
-start() { # name, then the command; records the PID, logs to $dir/NAME.log
-  local name=$1; shift
-  "$@" >"$dir/$name.log" 2>&1 &
-  echo "$! $name" >>"$dir/pids"
-}
-alive() { local pid; pid=$(awk -v n="$1" '$2==n{print $1}' "$dir/pids"); kill -0 "$pid" 2>/dev/null; }
-wait_for() { # component, seconds, check command...
-  local name=$1 secs=$2; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    alive "$name" || fail "$name exited during start-up; log: $dir/$name.log"
-    ((SECONDS < deadline)) || fail "$name not ready after ${secs}s; log: $dir/$name.log"
-    sleep 0.2
-  done
-}
+pids_file=$dir/pids log_dir=$dir
+# shellcheck source=procs.sh
+. "$here/procs.sh"
 
 t0=$SECONDS
 start etcd "$bin/etcd" --name local --data-dir "$dir/etcd" \
@@ -126,13 +122,13 @@ wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 # shellcheck disable=SC2086 # extra args are words on purpose
 start kube-apiserver "$bin/kube-apiserver" ${KUBE_APISERVER_EXTRA_ARGS:-} \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --secure-port "$api_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+  --secure-port "$api_port" --bind-address "$api_bind" --advertise-address "$advertise" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" --cert-dir "$dir/apiserver-certs" \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC \
-  --endpoint-reconciler-type none --allow-privileged=true
+  --endpoint-reconciler-type "$reconciler" --allow-privileged=true
 wait_for kube-apiserver 90 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
   "https://127.0.0.1:$api_port/readyz"
 

@@ -67,6 +67,11 @@ struct Args {
     #[arg(long, env = "ACS_EMULATOR_TLS_CA_OUT", requires = "tls")]
     tls_ca_out: Option<PathBuf>,
 
+    /// With --tls, also make the certificate valid for NAME (a DNS name or an IP address;
+    /// repeatable), e.g. the node address that pods use to reach the emulator.
+    #[arg(long = "tls-san", value_name = "NAME", requires = "tls", value_parser = parse_tls_san)]
+    tls_sans: Vec<String>,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ACS_EMULATOR_LOG_JSON")]
     log_json: bool,
@@ -136,6 +141,7 @@ fn config_from(args: Args) -> Result<EmulatorConfig, String> {
         admin_key: args.admin_key,
         tls: args.tls,
         tls_ca_out: args.tls_ca_out,
+        tls_sans: args.tls_sans,
         ..EmulatorConfig::default()
     };
     for quota in args.quotas {
@@ -169,4 +175,46 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A certificate name: an IP address, or a DNS name of letters, digits, '-' and '.'
+/// (optionally one leading `*.` label).
+fn parse_tls_san(value: &str) -> Result<String, String> {
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(value.to_string());
+    }
+    let host = value.strip_prefix("*.").unwrap_or(value);
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if value.len() <= 253 && host.split('.').all(valid_label) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "'{value}' is neither an IP address nor a DNS name (letters, digits, '-', '.')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tls_san;
+
+    #[test]
+    fn tls_san_accepts_ip_addresses_and_dns_names_only() {
+        for ok in ["10.244.0.1", "::1", "acs.node.test", "*.svc.test", "node-1"] {
+            assert_eq!(parse_tls_san(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "a..b", "-x.test", "bad name", "ünï.test", "a/b"] {
+            let err = parse_tls_san(bad).unwrap_err();
+            assert!(
+                err.contains("neither an IP address nor a DNS name"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod list;
 pub mod request;
 pub mod status;
 pub mod token;
+pub mod token_file;
 
 use cluster::ClusterArgs;
 use error::CliError;
@@ -71,10 +72,22 @@ pub enum Command {
     /// Ask the operator to revoke every token of the identity's ACS user, then issue a
     /// fresh one. Workloads holding an old token lose access.
     Revoke(RequestArgs),
-    /// Show the claims and expiry of the token in the identity's Secret (never the token).
+    /// Show the claims and expiry of the token in the identity's Secret (never the token),
+    /// or, with --file, of a mounted token file (no cluster access needed).
     Token {
         /// Name of the CommunicationIdentity.
-        name: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        name: Option<String>,
+        /// A token file, e.g. the `token` key of the Secret mounted in a pod; prints one
+        /// line: user, scopes, issuedAt, expiresOn.
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
+        /// With --file: keep watching and print a line each time the file changes.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: how often to look at the file, e.g. 1s.
+        #[arg(long, default_value = "1s", value_parser = parse_timeout)]
+        interval: Duration,
     },
 }
 
@@ -115,6 +128,21 @@ pub fn secret_name(id: &CommunicationIdentity) -> String {
 
 /// Runs one command, writing its output to `out`.
 pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    // A token file needs no cluster (a workload's ServiceAccount may have no rights).
+    if let Command::Token {
+        file: Some(path),
+        watch,
+        interval,
+        ..
+    } = &cli.command
+    {
+        return token_file::run(path, watch.then_some(*interval), out).await;
+    }
+    if let Command::Token { watch: true, .. } = &cli.command {
+        return Err(CliError::Other(
+            "--watch needs --file PATH (a Secret in the cluster is not watched)".into(),
+        ));
+    }
     let conn = cluster::connect(&cli.cluster).await?;
     match cli.command {
         Command::List {
@@ -124,7 +152,9 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
         Command::Status { name } => status::run(&conn, &name, out).await,
         Command::Renew(args) => request(&conn, args, Request::Renew, out).await,
         Command::Revoke(args) => request(&conn, args, Request::Revoke, out).await,
-        Command::Token { name } => token::run(&conn, &name, out).await,
+        Command::Token { name, .. } => {
+            token::run(&conn, name.as_deref().unwrap_or_default(), out).await
+        }
     }
 }
 
@@ -277,7 +307,41 @@ pub(crate) mod tests {
         assert!(args.wait);
         assert_eq!(args.timeout, Duration::from_secs(30));
         assert!(Cli::try_parse_from(["kubectl-acs", "renew", "app", "--timeout", "soon"]).is_err());
+        let cli = Cli::try_parse_from(["kubectl-acs", "token", "--file", "/t", "--watch"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Token {
+                name: None,
+                watch: true,
+                ..
+            }
+        ));
+        for bad in [
+            &["kubectl-acs", "token"][..],
+            &["kubectl-acs", "token", "app", "--file", "/t"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
         Cli::command_for_tests().debug_assert();
+    }
+
+    #[tokio::test]
+    async fn watch_without_a_file_is_refused_before_any_cluster_access() {
+        let cli = Cli::try_parse_from([
+            "kubectl-acs",
+            "--kubeconfig",
+            "/nonexistent",
+            "token",
+            "app",
+            "--watch",
+        ])
+        .expect("parses");
+        let err = run(cli, &mut Vec::new())
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("--watch needs --file PATH"), "{err}");
     }
 
     impl Cli {

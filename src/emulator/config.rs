@@ -138,6 +138,9 @@ pub struct EmulatorConfig {
     pub tls: bool,
     /// Where to write the PEM certificate clients should trust in TLS mode.
     pub tls_ca_out: Option<PathBuf>,
+    /// Names (DNS names or IP addresses) the serving certificate is valid for, besides
+    /// 127.0.0.1 and localhost: how pods on a node reach an emulator on the host.
+    pub tls_sans: Vec<String>,
     /// How far a request's date may be from the emulator's clock.
     pub max_clock_skew: Duration,
     pub max_body_bytes: usize,
@@ -156,6 +159,7 @@ impl Default for EmulatorConfig {
             admin_key: None,
             tls: false,
             tls_ca_out: None,
+            tls_sans: Vec::new(),
             max_clock_skew: Duration::from_secs(15 * 60),
             max_body_bytes: 64 * 1024,
         }

@@ -177,7 +177,7 @@ pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
         })?;
 
     let (tls, ca_pem) = if config.tls {
-        let material = tls::generate().map_err(EmulatorError::Tls)?;
+        let material = tls::generate(&config.tls_sans).map_err(EmulatorError::Tls)?;
         if let Some(path) = &config.tls_ca_out {
             std::fs::write(path, &material.ca_pem).map_err(|source| EmulatorError::CaOut {
                 path: path.clone(),

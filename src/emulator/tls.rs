@@ -1,5 +1,5 @@
-//! `--tls`: a throwaway CA generated at start signs a certificate for 127.0.0.1 and
-//! localhost. Clients trust the CA (written by `--tls-ca-out`), which works with strict
+//! `--tls`: a throwaway CA generated at start signs a certificate for 127.0.0.1,
+//! localhost and the `--tls-san` names. Clients trust the CA (written by `--tls-ca-out`), which works with strict
 //! verifiers that refuse a self-signed leaf as its own anchor.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ pub struct TlsMaterial {
     pub ca_pem: String,
 }
 
-pub fn generate() -> Result<TlsMaterial, String> {
+pub fn generate(extra_sans: &[String]) -> Result<TlsMaterial, String> {
     let err = |what: &str, e: &dyn std::fmt::Display| format!("TLS setup: {what}: {e}");
 
     let mut ca_params =
@@ -34,9 +34,10 @@ pub fn generate() -> Result<TlsMaterial, String> {
         .map_err(|e| err("CA certificate", &e))?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .map_err(|e| err("leaf params", &e))?;
+    // rcgen makes an IP address SAN of every name that parses as one.
+    let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    sans.extend(extra_sans.iter().cloned());
+    let mut leaf_params = CertificateParams::new(sans).map_err(|e| err("leaf params", &e))?;
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "acs-emulator");

@@ -1,0 +1,3 @@
+module acs-identity-operator/pause
+
+go 1.24
