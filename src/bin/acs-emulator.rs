@@ -149,6 +149,9 @@ fn config_from(args: Args) -> Result<EmulatorConfig, String> {
             count: None,
             drop: false,
             after_execute: false,
+            body: None,
+            body_repeat: None,
+            truncate_bytes: None,
         });
     }
     Ok(config)
