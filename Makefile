@@ -3,6 +3,7 @@
 #   make demo          the end-to-end demo on a local control plane
 #   make cluster-up    start a local control plane; last stdout line: export KUBECONFIG=...
 #   make cluster-down  stop the control plane that cluster-up started
+#   make reliability   the reliability suite at scale (RELIABILITY_N, default 200)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 MAKEFLAGS += --no-print-directory
@@ -13,10 +14,11 @@ CLUSTER_DIR := $(CURDIR)/.cluster
 include hack/controlplane/versions.env
 
 .PHONY: help deps controlplane build release test lint fmt crds check-crds chart-crds \
-        compat hmac-vectors emulator bench-acs lint-dockerfile cluster-up cluster-down demo versions
+        compat hmac-vectors emulator bench-acs lint-dockerfile cluster-up cluster-down demo versions \
+        reliability
 
 help:
-	@sed -n '2,6p' Makefile
+	@sed -n '2,7p' Makefile
 	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:
@@ -59,6 +61,11 @@ chart-crds:
 # the ACS emulator), and the official-SDK compatibility tests.
 test:
 	@hack/test.sh
+
+# Crashes, ACS and Kubernetes faults, a simulated day, an outage, bad input and fuzzing at
+# scale (docs/reliability.md); the last line sums up what was lost (nothing, or a finding).
+reliability: controlplane
+	@hack/reliability.sh
 
 compat: deps
 	@hack/compat/install.sh

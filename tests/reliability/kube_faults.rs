@@ -165,7 +165,6 @@ pub async fn run(n: usize) -> Tally {
     let cluster = Cluster {
         kubeconfig: cp.kubeconfig.clone(),
         operator_kubeconfig: cp.kubeconfig.clone(),
-        bin_dir: cp.bin_dir.clone(),
     };
     let (ok, _, err) = crate::support::run_with_stdin(
         Command::new(cp.bin_dir.join("kubectl"))

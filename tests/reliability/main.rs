@@ -65,7 +65,7 @@ async fn small_crash_injection_leaks_nothing_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_acs_faults_converge_and_respect_retry_after() {
-    let t = acs_faults::run(8).await;
+    let t = acs_faults::run(8, false).await;
     assert_clean("ACS faults", &t);
 }
 
@@ -123,7 +123,7 @@ async fn reliability_full() {
         );
     }
     if wanted("faults") {
-        all.add(&acs_faults::run(n).await);
+        all.add(&acs_faults::run(n, true).await);
     }
     if wanted("kube") {
         all.add(&kube_faults::run(n.min(100)).await);

@@ -151,7 +151,9 @@ pub async fn run(p: Params) -> Tally {
     let alert = ExpiryAlert::from_expr(&expr, soon * scale).expect("expr shape METRIC - time() < N");
     let expiry_fires = alert.fires_at(&gauge, for_secs * scale);
     let failing_expr = metrics::chart_alert_expr(&template, "AcsTokenRenewalFailing").unwrap_or_default();
-    let failing_fires = metrics::increase_fires_at(&failures, (900.0 * scale).max(0.6), for_secs * scale);
+    // The operator's retry backoff runs in real time, not scaled: the rule's 15 m window
+    // is kept as written; only `for` is scaled.
+    let failing_fires = metrics::increase_fires_at(&failures, 900.0, for_secs * scale);
 
     let e = secs(expires);
     let rel = |x: Option<f64>| x.map_or("never".to_string(), |v| format!("{:+.1} s", v - e));

@@ -87,7 +87,6 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// What operator processes run as.
     pub operator_kubeconfig: PathBuf,
-    pub bin_dir: PathBuf,
 }
 
 impl Cluster {
@@ -97,7 +96,6 @@ impl Cluster {
         Cluster {
             kubeconfig: cp.kubeconfig.clone(),
             operator_kubeconfig: operator_kubeconfig(),
-            bin_dir: cp.bin_dir.clone(),
         }
     }
 
@@ -112,8 +110,6 @@ impl Cluster {
 pub struct Emu {
     pub endpoint: String,
     pub connection_string: String,
-    pub access_key: String,
-    pub log: PathBuf,
     process: Watched,
     http: reqwest::Client,
 }
@@ -157,8 +153,6 @@ impl Emu {
         Emu {
             endpoint,
             connection_string: conn,
-            access_key: key,
-            log,
             process,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -778,6 +772,17 @@ impl World {
         if let Some(w) = self.watch.take() {
             w.abort();
         }
+        let names_by_uid: BTreeMap<String, String> = self
+            .list_identities()
+            .await
+            .iter()
+            .filter_map(|o| {
+                Some((
+                    o["metadata"]["uid"].as_str()?.to_string(),
+                    o["metadata"]["name"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
         let names: Vec<String> = self
             .list_identities()
             .await
@@ -800,13 +805,22 @@ impl World {
         let services: Vec<String> = self.emulators.keys().cloned().collect();
         for service in services {
             let custom = self.service_version(&service).await.as_deref() == Some(CUSTOM_ID_VERSION);
-            let live = self
+            let live_users: Vec<String> = self
                 .emu(&service)
                 .users()
                 .await
                 .into_iter()
                 .filter(|u| u["deleted"] == false)
-                .count() as u64;
+                .map(|u| {
+                    let owner = u["customId"]
+                        .as_str()
+                        .and_then(|c| c.strip_prefix("k8s-"))
+                        .and_then(|uid| names_by_uid.get(uid).cloned())
+                        .unwrap_or_else(|| "-".into());
+                    format!("{} (customId {}, identity {owner})", u["id"], u["customId"])
+                })
+                .collect();
+            let live = live_users.len() as u64;
             if custom {
                 tally.leaked += live;
             } else {
@@ -814,7 +828,7 @@ impl World {
             }
             if live > 0 {
                 tally.note(format!(
-                    "{}: {live} ACS users still alive at service {service} ({}) after every identity was deleted",
+                    "{}: {live} ACS users still alive at service {service} ({}) after every identity was deleted: {live_users:?}",
                     self.tag,
                     if custom { "custom ids" } else { "GA, no custom ids" }
                 ));
