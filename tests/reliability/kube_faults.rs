@@ -81,19 +81,24 @@ impl OwnControlPlane {
             .collect()
     }
 
-    /// SIGTERM, and wait until the process is gone; returns its argv for [`Self::start`].
+    /// SIGTERM (SIGKILL after 10 s: kube-apiserver drains its watches for up to a
+    /// minute), and wait until the process is gone; returns its argv for [`Self::start`].
     async fn stop(&self, name: &str) -> Vec<String> {
         let argv = self.argv(name);
         let pid = self.pid(name);
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        wait_for(30.0, || async {
+        let gone = || async {
             (!Path::new(&format!("/proc/{pid}")).exists()
                 || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .is_ok_and(|s| s.contains(") Z ")))
             .then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("{name} did not stop"));
+        };
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        if wait_for(10.0, gone).await.is_none() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            wait_for(20.0, gone)
+                .await
+                .unwrap_or_else(|| panic!("{name} did not stop"));
+        }
         argv
     }
 
@@ -131,11 +136,15 @@ impl OwnControlPlane {
     }
 }
 
+/// Until a quorum read (a list that goes to etcd) answers again.
 async fn wait_api(client: &kube::Client) -> f64 {
     let t = Instant::now();
-    wait_for(120.0, || async { client.apiserver_version().await.ok() })
-        .await
-        .expect("the API server answers again");
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    wait_for(120.0, || async {
+        namespaces.list(&kube::api::ListParams::default().limit(1)).await.ok()
+    })
+    .await
+    .expect("the API server and etcd answer again");
     t.elapsed().as_secs_f64()
 }
 
@@ -209,6 +218,14 @@ pub async fn run(n: usize) -> Tally {
     // resourceVersion the operator's watches hold.
     let http = reqwest::Client::new();
     let etcd = cp.etcd_url();
+    let before = w
+        .identities()
+        .list_metadata(&kube::api::ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .unwrap_or_default();
     let argv = cp.stop("kube-apiserver").await;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     for i in 0..200 {
@@ -219,6 +236,22 @@ pub async fn run(n: usize) -> Tally {
     let compacted = etcd_call(&http, &etcd, "/v3/kv/compaction", json!({"revision": revision, "physical": true})).await;
     cp.start("kube-apiserver", &argv);
     let back = wait_api(&w.client).await;
+    // What every watch resuming from before the compaction gets: 410 Gone.
+    let expired = {
+        use futures::StreamExt as _;
+        match w.identities().watch(&kube::api::WatchParams::default().timeout(5), &before).await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                match stream.next().await {
+                    Some(Ok(kube::core::WatchEvent::Error(e))) => format!("{} {}", e.code, e.reason),
+                    Some(Err(kube::Error::Api(e))) => format!("{} {}", e.code, e.reason),
+                    other => format!("no error: {:?}", other.map(|r| r.is_ok())),
+                }
+            }
+            Err(kube::Error::Api(e)) => format!("{} {}", e.code, e.reason),
+            Err(e) => format!("error {e}"),
+        }
+    };
     let c = batch("c");
     w.create_identities(&c, "acs", json!({})).await;
     all.extend(c);
@@ -230,7 +263,8 @@ pub async fn run(n: usize) -> Tally {
         .count();
     notes.push(format!(
         "etcd compacted at revision {revision} ({}) while the API server was down, back in {back:.1} s; \
-         operator log lines naming 410/Gone/expired: {gone_lines}; identities created afterwards not converged {pending:?}",
+         a watch from the operator-era resourceVersion {before} got: {expired}; operator log lines naming 410/Gone/expired: {gone_lines}; \
+         identities created afterwards not converged {pending:?}",
         if compacted.is_object() { "ok" } else { "no answer" }
     ));
     t.unconverged += pending.len() as u64;
