@@ -25,14 +25,19 @@ async fn the_request_log_records_times_operations_users_and_retry_after() {
     assert_eq!(log.len(), 3, "{log:?}");
     let seqs: Vec<u64> = log.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [0, 1, 2]);
-    let ops: Vec<&str> = log.iter().map(|r| r["operation"].as_str().unwrap()).collect();
+    let ops: Vec<&str> = log
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
     assert_eq!(ops, ["create", "issue", "issue"]);
     let statuses: Vec<&str> = log.iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["201", "200", "429"]);
     assert!(log[0].get("identity").is_none(), "a create names no user");
     assert_eq!(log[1]["identity"], id.as_str());
     assert!(log[1].get("retryAfterSeconds").is_none());
-    let retry_after = log[2]["retryAfterSeconds"].as_u64().expect("Retry-After recorded");
+    let retry_after = log[2]["retryAfterSeconds"]
+        .as_u64()
+        .expect("Retry-After recorded");
     assert_eq!(
         throttled.headers["retry-after"].to_str().unwrap(),
         retry_after.to_string()
@@ -43,12 +48,20 @@ async fn the_request_log_records_times_operations_users_and_retry_after() {
         assert!(received <= responded, "{r}");
     }
 
-    assert_eq!(c.admin(Method::DELETE, "/admin/requests", None).await.status, 204);
+    assert_eq!(
+        c.admin(Method::DELETE, "/admin/requests", None)
+            .await
+            .status,
+        204
+    );
     let empty = c.admin(Method::GET, "/admin/requests", None).await.json;
     assert_eq!(empty, json!([]));
     // Admin calls are not ACS requests and are not logged.
     c.admin(Method::GET, "/admin/stats", None).await;
-    assert_eq!(c.admin(Method::GET, "/admin/requests", None).await.json, json!([]));
+    assert_eq!(
+        c.admin(Method::GET, "/admin/requests", None).await.json,
+        json!([])
+    );
 }
 
 #[tokio::test]
@@ -79,14 +92,20 @@ async fn body_faults_send_raw_repeated_or_truncated_answers() {
     assert_eq!(cut.status, 201, "the real status stays");
     assert_eq!(cut.json, Value::String("{\"ide".into()));
     let users = c.admin(Method::GET, "/admin/identities", None).await.json;
-    assert_eq!(users.as_array().unwrap().len(), 2, "the truncated create ran");
+    assert_eq!(
+        users.as_array().unwrap().len(),
+        2,
+        "the truncated create ran"
+    );
 
     for bad in [
         json!({"truncateBytes": 5}),
         json!({"status": 500, "bodyRepeat": 2}),
         json!({"body": "x", "bodyRepeat": 1u64 << 40}),
     ] {
-        let r = c.admin(Method::POST, "/admin/faults", Some(bad.clone())).await;
+        let r = c
+            .admin(Method::POST, "/admin/faults", Some(bad.clone()))
+            .await;
         assert_eq!(r.status, 400, "{bad} was accepted");
     }
     // The faults were used up: the next answers are normal again.

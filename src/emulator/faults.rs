@@ -90,8 +90,7 @@ impl FaultRule {
         if self.body_repeat.is_some() && self.body.is_none() {
             return Err("bodyRepeat repeats body, so it needs body".into());
         }
-        if self.body.as_ref().map_or(0, String::len) as u128
-            * self.body_repeat.unwrap_or(1) as u128
+        if self.body.as_ref().map_or(0, String::len) as u128 * self.body_repeat.unwrap_or(1) as u128
             > MAX_FAULT_BODY_BYTES as u128
         {
             return Err(format!(

@@ -94,7 +94,11 @@ mod tests {
         log.clear();
         assert_eq!(log.entries().count(), 0);
         log.record(record("create"));
-        assert_eq!(log.entries().next().unwrap().seq, 0, "clear restarts the count");
+        assert_eq!(
+            log.entries().next().unwrap().seq,
+            0,
+            "clear restarts the count"
+        );
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub async fn run(n: usize, strict_quota: bool) -> Tally {
     let started = Instant::now();
     let mut t = Tally::default();
     let mut w = World::new(Cluster::shared(), "faults").await;
-    w.add_service("acs", CUSTOM_ID_VERSION, &[], json!({})).await;
+    w.add_service("acs", CUSTOM_ID_VERSION, &[], json!({}))
+        .await;
     w.start_operator().await;
     let n64 = n as u64;
     // First matching rule whose dice roll wins applies; counts retire each rule.
@@ -189,7 +190,10 @@ async fn wait_renewed(w: &World, names: &[String], at: Timestamp, secs: f64) -> 
             .into_iter()
             .map(|o| {
                 (
-                    o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     ts(&o["status"]["lastTokenIssuedAt"]),
                 )
             })
@@ -206,8 +210,13 @@ async fn wait_renewed(w: &World, names: &[String], at: Timestamp, secs: f64) -> 
             .cloned()
             .collect::<Vec<String>>()
     };
-    let done = crate::world::wait_for(secs, || async { pending().await.is_empty().then_some(()) }).await;
-    if done.is_some() { vec![] } else { pending().await }
+    let done =
+        crate::world::wait_for(secs, || async { pending().await.is_empty().then_some(()) }).await;
+    if done.is_some() {
+        vec![]
+    } else {
+        pending().await
+    }
 }
 
 #[test]

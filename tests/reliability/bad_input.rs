@@ -55,21 +55,83 @@ pub async fn run(p: Params) -> Tally {
     // ---- admission: identities
     let long = |n: usize| "a".repeat(n);
     let create_cases: Vec<(Case, Value, String)> = vec![
-        (case("scopes empty", &["scopes"]), json!({"scopes": []}), "b-empty".into()),
-        (case("unknown scope", &["video", "scopes"]), json!({"scopes": ["video"]}), "b-scope".into()),
-        (case("tokenLifetime 30m", &["tokenLifetime"]), json!({"tokenLifetime": "30m"}), "b-short".into()),
-        (case("tokenLifetime 25h", &["tokenLifetime"]), json!({"tokenLifetime": "25h"}), "b-long".into()),
-        (case("tokenLifetime not a duration", &["tokenLifetime"]), json!({"tokenLifetime": "one hour"}), "b-word".into()),
-        (case("renewBefore >= tokenLifetime", &["renewBefore"]), json!({"tokenLifetime": "1h", "renewBefore": "2h"}), "b-renew".into()),
-        (case("renewBefore 1m", &["renewBefore"]), json!({"renewBefore": "1m"}), "b-renew-short".into()),
-        (case("serviceRef kind Issuer", &["kind"]), json!({"serviceRef": {"kind": "Issuer", "name": "x"}}), "b-kind".into()),
-        (case("deletionPolicy Sometimes", &["deletionPolicy"]), json!({"deletionPolicy": "Sometimes"}), "b-policy".into()),
-        (case("identity name of 80 characters", &["name", "63", "characters"]), json!({}), long(80)),
-        (case("identity name of 254 characters", &["name", "253"]), json!({}), long(254)),
-        (case("secretTemplate label value of 100 characters", &["label", "63"]), json!({"secretTemplate": {"labels": {"team": long(100)}}}), "b-label".into()),
-        (case("secretTemplate label key `bad key!`", &["label", "key", "name part"]), json!({"secretTemplate": {"labels": {"bad key!": "x"}}}), "b-labelkey".into()),
+        (
+            case("scopes empty", &["scopes"]),
+            json!({"scopes": []}),
+            "b-empty".into(),
+        ),
+        (
+            case("unknown scope", &["video", "scopes"]),
+            json!({"scopes": ["video"]}),
+            "b-scope".into(),
+        ),
+        (
+            case("tokenLifetime 30m", &["tokenLifetime"]),
+            json!({"tokenLifetime": "30m"}),
+            "b-short".into(),
+        ),
+        (
+            case("tokenLifetime 25h", &["tokenLifetime"]),
+            json!({"tokenLifetime": "25h"}),
+            "b-long".into(),
+        ),
+        (
+            case("tokenLifetime not a duration", &["tokenLifetime"]),
+            json!({"tokenLifetime": "one hour"}),
+            "b-word".into(),
+        ),
+        (
+            case("renewBefore >= tokenLifetime", &["renewBefore"]),
+            json!({"tokenLifetime": "1h", "renewBefore": "2h"}),
+            "b-renew".into(),
+        ),
+        (
+            case("renewBefore 1m", &["renewBefore"]),
+            json!({"renewBefore": "1m"}),
+            "b-renew-short".into(),
+        ),
+        (
+            case("serviceRef kind Issuer", &["kind"]),
+            json!({"serviceRef": {"kind": "Issuer", "name": "x"}}),
+            "b-kind".into(),
+        ),
+        (
+            case("deletionPolicy Sometimes", &["deletionPolicy"]),
+            json!({"deletionPolicy": "Sometimes"}),
+            "b-policy".into(),
+        ),
+        (
+            case(
+                "identity name of 80 characters",
+                &["name", "63", "characters"],
+            ),
+            json!({}),
+            long(80),
+        ),
+        (
+            case("identity name of 254 characters", &["name", "253"]),
+            json!({}),
+            long(254),
+        ),
+        (
+            case(
+                "secretTemplate label value of 100 characters",
+                &["label", "63"],
+            ),
+            json!({"secretTemplate": {"labels": {"team": long(100)}}}),
+            "b-label".into(),
+        ),
+        (
+            case(
+                "secretTemplate label key `bad key!`",
+                &["label", "key", "name part"],
+            ),
+            json!({"secretTemplate": {"labels": {"bad key!": "x"}}}),
+            "b-labelkey".into(),
+        ),
     ];
-    w.add_service("acs", CUSTOM_ID_VERSION, &[], json!({})).await;
+    w.add_service("acs", CUSTOM_ID_VERSION, &[], json!({}))
+        .await;
     w.start_operator().await;
     let mut admitted_for_runtime: Vec<(Case, String)> = vec![];
     for (c, spec, name) in create_cases {
@@ -88,21 +150,42 @@ pub async fn run(p: Params) -> Tally {
             let o = w.identities().get_opt(&name).await.ok()??;
             let o = serde_json::to_value(o).ok()?;
             let ready = condition(&o, "Ready")?;
-            (ready["status"] == "False" && ready["reason"] != "Pending")
-                .then(|| format!("(admitted) Ready=False {}: {}", ready["reason"], ready["message"]))
+            (ready["status"] == "False" && ready["reason"] != "Pending").then(|| {
+                format!(
+                    "(admitted) Ready=False {}: {}",
+                    ready["reason"], ready["message"]
+                )
+            })
         })
         .await;
         let ok = msg.as_deref().is_some_and(|m| mentions_any(m, c.mentions));
-        record(&mut t, &c, ok, msg.unwrap_or_else(|| "admitted, and no Ready=False with a reason within 30 s".into()));
+        record(
+            &mut t,
+            &c,
+            ok,
+            msg.unwrap_or_else(|| "admitted, and no Ready=False with a reason within 30 s".into()),
+        );
     }
 
     // ---- admission: immutable fields
-    w.create_identity("b-fixed", "acs", json!({})).await.expect("valid identity");
-    w.add_service("acs2", CUSTOM_ID_VERSION, &[], json!({})).await;
+    w.create_identity("b-fixed", "acs", json!({}))
+        .await
+        .expect("valid identity");
+    w.add_service("acs2", CUSTOM_ID_VERSION, &[], json!({}))
+        .await;
     let update_cases: Vec<(Case, Value)> = vec![
-        (case("secretName changed", &["secretName"]), json!({"spec": {"secretName": "elsewhere"}})),
-        (case("serviceRef changed", &["serviceRef"]), json!({"spec": {"serviceRef": {"kind": "CommunicationService", "name": "acs2"}}})),
-        (case("existingUserId set after creation", &["existingUserId"]), json!({"spec": {"existingUserId": "8:acs:someone"}})),
+        (
+            case("secretName changed", &["secretName"]),
+            json!({"spec": {"secretName": "elsewhere"}}),
+        ),
+        (
+            case("serviceRef changed", &["serviceRef"]),
+            json!({"spec": {"serviceRef": {"kind": "CommunicationService", "name": "acs2"}}}),
+        ),
+        (
+            case("existingUserId set after creation", &["existingUserId"]),
+            json!({"spec": {"existingUserId": "8:acs:someone"}}),
+        ),
     ];
     for (c, patch) in update_cases {
         let r = w
@@ -120,17 +203,36 @@ pub async fn run(p: Params) -> Tally {
     }
 
     // ---- admission: services
-    let services: Api<DynamicObject> =
-        Api::namespaced_with(w.client.clone(), &w.ns, &resource("CommunicationService", "communicationservices"));
+    let services: Api<DynamicObject> = Api::namespaced_with(
+        w.client.clone(),
+        &w.ns,
+        &resource("CommunicationService", "communicationservices"),
+    );
     let _ = services;
     let service_cases: Vec<(Case, Value)> = vec![
-        (case("service without connectionStringSecretRef", &["connectionStringSecretRef"]), json!({})),
-        (case("service quota window `soon`", &["window"]), json!({"connectionStringSecretRef": {"name": "x"}, "quota": {"window": "soon"}})),
-        (case("service quota creates -1", &["creates"]), json!({"connectionStringSecretRef": {"name": "x"}, "quota": {"creates": -1}})),
+        (
+            case(
+                "service without connectionStringSecretRef",
+                &["connectionStringSecretRef"],
+            ),
+            json!({}),
+        ),
+        (
+            case("service quota window `soon`", &["window"]),
+            json!({"connectionStringSecretRef": {"name": "x"}, "quota": {"window": "soon"}}),
+        ),
+        (
+            case("service quota creates -1", &["creates"]),
+            json!({"connectionStringSecretRef": {"name": "x"}, "quota": {"creates": -1}}),
+        ),
     ];
     for (i, (c, spec)) in service_cases.into_iter().enumerate() {
         let r = w
-            .create("CommunicationService", "communicationservices", json!({"metadata": {"name": format!("bad-svc-{i}")}, "spec": spec}))
+            .create(
+                "CommunicationService",
+                "communicationservices",
+                json!({"metadata": {"name": format!("bad-svc-{i}")}, "spec": spec}),
+            )
             .await;
         let (ok, msg) = match r {
             Err(e) => {
@@ -146,16 +248,57 @@ pub async fn run(p: Params) -> Tally {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 64]>());
     leak::remember(&key);
     let conn_cases: Vec<(Case, Option<String>)> = vec![
-        (case("connection string without accesskey", &["accesskey"]), Some("endpoint=http://127.0.0.1:9/".into())),
-        (case("connection string without endpoint", &["endpoint"]), Some(format!("accesskey={key}"))),
-        (case("access key not base64", &["base64", "accesskey"]), Some("endpoint=http://127.0.0.1:9/;accesskey=not*base64!".into())),
-        (case("endpoint and key swapped", &["endpoint"]), Some(format!("endpoint={key};accesskey=http://127.0.0.1:9/"))),
-        (case("the key pasted alone", &["connection string", "endpoint"]), Some(key.clone())),
-        (case("a part without `=` holding the key", &["connection string", "part"]), Some(format!("endpoint=http://127.0.0.1:9/;accesskey={key};{}", key.trim_end_matches('=')))),
-        (case("endpoint named twice", &["twice", "endpoint"]), Some(format!("endpoint=http://127.0.0.1:9/;endpoint=http://127.0.0.1:8/;accesskey={key}"))),
-        (case("empty connection string", &["empty", "connection string"]), Some(String::new())),
-        (case("endpoint ftp://", &["endpoint", "http"]), Some(format!("endpoint=ftp://127.0.0.1/;accesskey={key}"))),
-        (case("credential Secret without the key", &["connectionString", "key"]), None),
+        (
+            case("connection string without accesskey", &["accesskey"]),
+            Some("endpoint=http://127.0.0.1:9/".into()),
+        ),
+        (
+            case("connection string without endpoint", &["endpoint"]),
+            Some(format!("accesskey={key}")),
+        ),
+        (
+            case("access key not base64", &["base64", "accesskey"]),
+            Some("endpoint=http://127.0.0.1:9/;accesskey=not*base64!".into()),
+        ),
+        (
+            case("endpoint and key swapped", &["endpoint"]),
+            Some(format!("endpoint={key};accesskey=http://127.0.0.1:9/")),
+        ),
+        (
+            case("the key pasted alone", &["connection string", "endpoint"]),
+            Some(key.clone()),
+        ),
+        (
+            case(
+                "a part without `=` holding the key",
+                &["connection string", "part"],
+            ),
+            Some(format!(
+                "endpoint=http://127.0.0.1:9/;accesskey={key};{}",
+                key.trim_end_matches('=')
+            )),
+        ),
+        (
+            case("endpoint named twice", &["twice", "endpoint"]),
+            Some(format!(
+                "endpoint=http://127.0.0.1:9/;endpoint=http://127.0.0.1:8/;accesskey={key}"
+            )),
+        ),
+        (
+            case("empty connection string", &["empty", "connection string"]),
+            Some(String::new()),
+        ),
+        (
+            case("endpoint ftp://", &["endpoint", "http"]),
+            Some(format!("endpoint=ftp://127.0.0.1/;accesskey={key}")),
+        ),
+        (
+            case(
+                "credential Secret without the key",
+                &["connectionString", "key"],
+            ),
+            None,
+        ),
     ];
     for (i, (c, value)) in conn_cases.into_iter().enumerate() {
         let svc = format!("conn-{i}");
@@ -165,9 +308,14 @@ pub async fn run(p: Params) -> Tally {
             None => json!({"other": "x"}),
         };
         let obj: k8s_openapi::api::core::v1::Secret =
-            serde_json::from_value(json!({"metadata": {"name": secret}, "stringData": data})).expect("secret");
+            serde_json::from_value(json!({"metadata": {"name": secret}, "stringData": data}))
+                .expect("secret");
         w.secrets()
-            .patch(&secret, &PatchParams::apply("acs-reliability").force(), &Patch::Apply(&obj))
+            .patch(
+                &secret,
+                &PatchParams::apply("acs-reliability").force(),
+                &Patch::Apply(&obj),
+            )
             .await
             .expect("secret");
         w.create(
@@ -178,33 +326,67 @@ pub async fn run(p: Params) -> Tally {
         .await
         .expect("service");
         let msg = wait_for(30.0, || async {
-            let o = w
-                .create_or_get_service(&svc)
-                .await?;
+            let o = w.create_or_get_service(&svc).await?;
             let ready = condition(&o, "Ready")?;
-            (ready["status"] == "False").then(|| format!("{}: {}", ready["reason"], ready["message"]))
+            (ready["status"] == "False")
+                .then(|| format!("{}: {}", ready["reason"], ready["message"]))
         })
         .await;
         let ok = msg
             .as_deref()
             .is_some_and(|m| mentions_any(m, c.mentions) && !leaks(&key, m));
-        record(&mut t, &c, ok, msg.map(|m| redact(&m, &key)).unwrap_or_else(|| "no Ready=False within 30 s".into()));
+        record(
+            &mut t,
+            &c,
+            ok,
+            msg.map(|m| redact(&m, &key))
+                .unwrap_or_else(|| "no Ready=False within 30 s".into()),
+        );
     }
 
     // ---- ACS answers that are not what the API promises
     let mut response_cases: Vec<(Case, Value)> = vec![
-        (case("non-JSON answer to create", &["json", "decod", "pars", "invalid", "unexpected", "response"]),
-            json!({"operation": "create", "status": 201, "body": "<html><body>upstream error</body></html>"})),
-        (case("truncated answer to create", &["json", "decod", "pars", "eof", "invalid", "response", "truncat"]),
-            json!({"operation": "create", "afterExecute": true, "truncateBytes": 20})),
-        (case("oversized (32 MiB) answer to create", &["json", "decod", "pars", "large", "size", "response", "invalid"]),
-            json!({"operation": "create", "status": 201, "body": "[", "bodyRepeat": 32 * 1024 * 1024})),
-        (case("JSON of the wrong shape", &["json", "decod", "pars", "missing", "field", "response", "invalid"]),
-            json!({"operation": "create", "status": 201, "body": "{\"identity\": 42}"})),
+        (
+            case(
+                "non-JSON answer to create",
+                &["json", "decod", "pars", "invalid", "unexpected", "response"],
+            ),
+            json!({"operation": "create", "status": 201, "body": "<html><body>upstream error</body></html>"}),
+        ),
+        (
+            case(
+                "truncated answer to create",
+                &[
+                    "json", "decod", "pars", "eof", "invalid", "response", "truncat",
+                ],
+            ),
+            json!({"operation": "create", "afterExecute": true, "truncateBytes": 20}),
+        ),
+        (
+            case(
+                "oversized (32 MiB) answer to create",
+                &[
+                    "json", "decod", "pars", "large", "size", "response", "invalid",
+                ],
+            ),
+            json!({"operation": "create", "status": 201, "body": "[", "bodyRepeat": 32 * 1024 * 1024}),
+        ),
+        (
+            case(
+                "JSON of the wrong shape",
+                &[
+                    "json", "decod", "pars", "missing", "field", "response", "invalid",
+                ],
+            ),
+            json!({"operation": "create", "status": 201, "body": "{\"identity\": 42}"}),
+        ),
     ];
     if p.slow {
         response_cases.push((
-            case("answer slower than the client's timeout", &["timed out", "timeout"]),
+            case(
+                "answer slower than the client's timeout",
+                &["timed out", "timeout"],
+            ),
             json!({"operation": "create", "latencyMs": 40_000}),
         ));
     }
@@ -212,7 +394,9 @@ pub async fn run(p: Params) -> Tally {
         let name = format!("resp-{i}");
         w.emu("acs").clear_faults().await;
         w.emu("acs").add_faults(fault).await;
-        w.create_identity(&name, "acs", json!({})).await.expect("identity");
+        w.create_identity(&name, "acs", json!({}))
+            .await
+            .expect("identity");
         let secs = if p.slow { 200.0 } else { 60.0 };
         let msg = wait_for(secs, || async {
             let o = w.identities().get_opt(&name).await.ok()??;
@@ -228,7 +412,10 @@ pub async fn run(p: Params) -> Tally {
             &mut t,
             &c,
             ok,
-            format!("{} (operator healthy: {alive})", msg.unwrap_or_else(|| format!("no Ready=False with a reason within {secs} s")),),
+            format!(
+                "{} (operator healthy: {alive})",
+                msg.unwrap_or_else(|| format!("no Ready=False with a reason within {secs} s")),
+            ),
         );
         w.emu("acs").clear_faults().await;
     }
@@ -257,7 +444,14 @@ pub async fn run(p: Params) -> Tally {
     w.leak_scan(&mut t).await;
     w.teardown(&mut t).await;
     for (what, ok, msg) in &results {
-        t.note(format!("bad input: {} {what}: {msg}", if *ok { "REFUSED" } else { "NOT REFUSED CLEARLY" }));
+        t.note(format!(
+            "bad input: {} {what}: {msg}",
+            if *ok {
+                "REFUSED"
+            } else {
+                "NOT REFUSED CLEARLY"
+            }
+        ));
     }
     t.note(format!(
         "bad input: {}/{} refused with a clear message; panics in the operator log: {panics}; not recovered after ACS answered properly again: {pending:?}; took {:?}",
@@ -292,8 +486,11 @@ fn redact(text: &str, secret: &str) -> String {
 
 impl World {
     async fn create_or_get_service(&self, name: &str) -> Option<Value> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &self.ns, &resource("CommunicationService", "communicationservices"));
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &resource("CommunicationService", "communicationservices"),
+        );
         let o = api.get_opt(name).await.ok()??;
         let mut v = serde_json::to_value(o).ok()?;
         merge(&mut v, json!({}));

@@ -26,7 +26,8 @@ pub async fn run(p: Params) -> Tally {
     let started = Instant::now();
     let mut t = Tally::default();
     let mut w = World::new(Cluster::shared(), "crash").await;
-    w.add_service("custom", CUSTOM_ID_VERSION, &[], json!({})).await;
+    w.add_service("custom", CUSTOM_ID_VERSION, &[], json!({}))
+        .await;
     w.add_service("ga", GA_VERSION, &[], json!({})).await;
     w.start_operator().await;
 
@@ -54,7 +55,11 @@ pub async fn run(p: Params) -> Tally {
         created.extend(new_g);
         let alive: Vec<String> = {
             let deleted = w.deleted.lock().unwrap().clone();
-            created.iter().filter(|n| !deleted.contains(*n)).cloned().collect()
+            created
+                .iter()
+                .filter(|n| !deleted.contains(*n))
+                .cloned()
+                .collect()
         };
         // Renew, revoke, delete a few of those that exist already.
         if round > 0 && alive.len() > 4 {
@@ -76,7 +81,10 @@ pub async fn run(p: Params) -> Tally {
         // A random moment of ACS activity: after 1 to 8 more requests, or 6 s.
         let base = total_requests(&w).await;
         let target = base + rng.random_range(1..=8);
-        wait_for(6.0, || async { (total_requests(&w).await >= target).then_some(()) }).await;
+        wait_for(6.0, || async {
+            (total_requests(&w).await >= target).then_some(())
+        })
+        .await;
         let during = last_operation(&w).await;
         w.kill_operator().await;
         t.kills += 1;
@@ -88,7 +96,10 @@ pub async fn run(p: Params) -> Tally {
     // Every renew or revoke request was acted on after it was made.
     let mut unhandled = vec![];
     for obj in w.list_identities().await {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let issued = ts(&obj["status"]["lastTokenIssuedAt"]);
         if let Some(at) = renews.get(&name)
             && issued.is_none_or(|i| i.as_second() < at.as_second())
@@ -148,7 +159,9 @@ async fn last_operation(w: &World) -> String {
     let mut newest: Option<(Timestamp, String)> = None;
     for emu in w.emulators.values() {
         if let Some(r) = emu.requests().await.last() {
-            let Some(at) = ts(&r["receivedAt"]) else { continue };
+            let Some(at) = ts(&r["receivedAt"]) else {
+                continue;
+            };
             let op = r["operation"].as_str().unwrap_or("other").to_string();
             if newest.as_ref().is_none_or(|(a, _)| at > *a) {
                 newest = Some((at, op));

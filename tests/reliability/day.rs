@@ -106,7 +106,11 @@ pub async fn run(p: Params) -> Tally {
         let mut min_left = f64::INFINITY;
         let mut with_token = 0usize;
         for s in &list {
-            if !s.owner_references().iter().any(|o| o.kind == "CommunicationIdentity") {
+            if !s
+                .owner_references()
+                .iter()
+                .any(|o| o.kind == "CommunicationIdentity")
+            {
                 continue;
             }
             let data = s.data.clone().unwrap_or_default();
@@ -176,10 +180,7 @@ pub async fn run(p: Params) -> Tally {
                 *m.entry(n.clone()).or_default() += 1;
                 m
             });
-    let plot = p
-        .plot
-        .clone()
-        .unwrap_or_else(|| w.dir.join("renewals.png"));
+    let plot = p.plot.clone().unwrap_or_else(|| w.dir.join("renewals.png"));
     let plotted = crate::png::plot_renewals(&plot, &hist, bucket, &min_series);
     let stats = w.emu("acs").stats().await;
     t.expired_served += expired_seen.len() as u64;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use acs_identity_operator::acs::{AcsClient, AcsClientOptions, ConnectionString, RetryPolicy, Scope};
+use acs_identity_operator::acs::{
+    AcsClient, AcsClientOptions, ConnectionString, RetryPolicy, Scope,
+};
 use acs_identity_operator::api::duration::{format_duration, parse_duration};
 use base64::Engine as _;
 use proptest::prelude::*;
@@ -73,7 +75,12 @@ pub fn connection_strings(cases: u32) -> Outcome {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 64]>());
     let runs = AtomicU64::new(0);
     let strategy = prop::collection::vec(part(key.clone()), 0..5)
-        .prop_flat_map(|parts| (Just(parts), prop::sample::select(vec![";", "; ", ";;", ",", "\n"])))
+        .prop_flat_map(|parts| {
+            (
+                Just(parts),
+                prop::sample::select(vec![";", "; ", ";;", ",", "\n"]),
+            )
+        })
         .prop_map(|(parts, sep)| parts.join(sep));
     let result = runner(cases).run(&strategy, |s| {
         runs.fetch_add(1, Ordering::Relaxed);
@@ -82,7 +89,10 @@ pub fn connection_strings(cases: u32) -> Outcome {
         match parsed {
             Ok(c) => {
                 let shown = format!("{c:?}");
-                prop_assert!(!leaks(&key, &shown), "Debug of a parsed connection string shows the key");
+                prop_assert!(
+                    !leaks(&key, &shown),
+                    "Debug of a parsed connection string shows the key"
+                );
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -121,10 +131,18 @@ pub fn durations(cases: u32) -> Outcome {
     let started = Instant::now();
     let runs = AtomicU64::new(0);
     let structured = prop::collection::vec(
-        (0u64..100_000, prop::sample::select(vec!["h", "m", "s", "ms", "us", "ns", "", "d", "."])),
+        (
+            0u64..100_000,
+            prop::sample::select(vec!["h", "m", "s", "ms", "us", "ns", "", "d", "."]),
+        ),
         0..5,
     )
-    .prop_map(|parts| parts.iter().map(|(n, u)| format!("{n}{u}")).collect::<String>());
+    .prop_map(|parts| {
+        parts
+            .iter()
+            .map(|(n, u)| format!("{n}{u}"))
+            .collect::<String>()
+    });
     let strategy = prop_oneof![structured, ".{0,16}", "[0-9hms.+-]{0,12}"];
     let result = runner(cases).run(&strategy, |s| {
         runs.fetch_add(1, Ordering::Relaxed);
@@ -134,7 +152,13 @@ pub fn durations(cases: u32) -> Outcome {
             Ok(d) => {
                 let shown = format_duration(d);
                 let back = parse_duration(&shown);
-                prop_assert_eq!(back.as_ref().ok(), Some(&d), "`{}` formats as `{}`", s, shown);
+                prop_assert_eq!(
+                    back.as_ref().ok(),
+                    Some(&d),
+                    "`{}` formats as `{}`",
+                    s,
+                    shown
+                );
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),
         }
@@ -161,11 +185,15 @@ struct Answer {
 /// A raw HTTP/1.1 server on loopback that answers every request with the current
 /// [`Answer`] (keep-alive), so the real client's decoding sees whatever a fuzzer makes.
 async fn raw_server(answer: Arc<Mutex<Answer>>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -289,7 +317,9 @@ pub async fn acs_responses(cases: u32) -> Outcome {
     let client = AcsClient::new(&conn, options).expect("client");
     let scopes: Vec<Scope> = vec!["chat".parse().expect("scope")];
     let strategy = (
-        prop::sample::select(vec![200u16, 201, 204, 400, 401, 404, 409, 429, 500, 503, 302, 100, 299]),
+        prop::sample::select(vec![
+            200u16, 201, 204, 400, 401, 404, 409, 429, 500, 503, 302, 100, 299,
+        ]),
         response_body(token.clone()),
         prop::option::of(prop_oneof![Just("2".to_string()), ".{0,12}"]),
         0..3u8,
@@ -322,7 +352,10 @@ pub async fn acs_responses(cases: u32) -> Outcome {
                                 .issue_token("8:acs:fuzz", &scopes, None)
                                 .await
                                 .map(|t| t.expires_on.to_string()),
-                            _ => client.revoke_tokens("8:acs:fuzz").await.map(|()| String::new()),
+                            _ => client
+                                .revoke_tokens("8:acs:fuzz")
+                                .await
+                                .map(|()| String::new()),
                         }
                     };
                     // A panic inside the client surfaces as a failed task.
@@ -368,7 +401,9 @@ pub async fn run(cases: u32) -> Tally {
             o.target,
             o.executions,
             o.took,
-            o.failure.as_deref().map_or("no failure".to_string(), |f| format!("FAILED: {f}"))
+            o.failure
+                .as_deref()
+                .map_or("no failure".to_string(), |f| format!("FAILED: {f}"))
         ));
         if o.failure.is_some() {
             t.fuzz_failures += 1;

@@ -25,6 +25,8 @@ struct OwnControlPlane {
     dir: PathBuf,
     kubeconfig: PathBuf,
     bin_dir: PathBuf,
+    /// Components this scenario restarted: stopped by down.sh, reaped here.
+    restarted: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 impl OwnControlPlane {
@@ -59,6 +61,7 @@ impl OwnControlPlane {
             dir,
             kubeconfig,
             bin_dir,
+            restarted: Default::default(),
         }
     }
 
@@ -69,7 +72,7 @@ impl OwnControlPlane {
             .filter_map(|l| l.split_once(' '))
             .filter(|(_, n)| *n == name)
             .filter_map(|(p, _)| p.parse().ok())
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no {name} in pids"))
     }
 
@@ -92,9 +95,13 @@ impl OwnControlPlane {
                     .is_ok_and(|s| s.contains(") Z ")))
             .then_some(())
         };
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         if wait_for(10.0, gone).await.is_none() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             wait_for(20.0, gone)
                 .await
                 .unwrap_or_else(|| panic!("{name} did not stop"));
@@ -121,11 +128,15 @@ impl OwnControlPlane {
             .open(self.dir.join("pids"))
             .expect("pids");
         writeln!(pids, "{} {name}", child.id()).expect("record pid");
+        self.restarted.lock().unwrap().push(child);
     }
 
     fn etcd_url(&self) -> String {
         let argv = self.argv("kube-apiserver");
-        let i = argv.iter().position(|a| a == "--etcd-servers").expect("--etcd-servers");
+        let i = argv
+            .iter()
+            .position(|a| a == "--etcd-servers")
+            .expect("--etcd-servers");
         argv[i + 1].clone()
     }
 
@@ -133,15 +144,23 @@ impl OwnControlPlane {
         let _ = Command::new(crate::support::repo_root().join("hack/controlplane/down.sh"))
             .args(["--dir", self.dir.to_str().expect("utf-8"), "--quiet"])
             .status();
+        for mut child in self.restarted.lock().unwrap().drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 /// Until a quorum read (a list that goes to etcd) answers again.
 async fn wait_api(client: &kube::Client) -> f64 {
     let t = Instant::now();
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
     wait_for(120.0, || async {
-        namespaces.list(&kube::api::ListParams::default().limit(1)).await.ok()
+        namespaces
+            .list(&kube::api::ListParams::default().limit(1))
+            .await
+            .ok()
     })
     .await
     .expect("the API server and etcd answer again");
@@ -184,11 +203,13 @@ pub async fn run(n: usize) -> Tally {
     );
     assert!(ok, "CRDs established: {err}");
     let mut w = World::new(cluster, "kube").await;
-    w.add_service("acs", CUSTOM_ID_VERSION, &[], json!({})).await;
+    w.add_service("acs", CUSTOM_ID_VERSION, &[], json!({}))
+        .await;
     w.start_operator().await;
     let operator_pid = w.operator().process().pid();
     let quarter = (n / 4).max(2);
-    let batch = |tag: &str| -> Vec<String> { (0..quarter).map(|i| format!("k{tag}-{i}")).collect() };
+    let batch =
+        |tag: &str| -> Vec<String> { (0..quarter).map(|i| format!("k{tag}-{i}")).collect() };
     let mut all: Vec<String> = vec![];
     let mut notes: Vec<String> = vec![];
 
@@ -200,7 +221,9 @@ pub async fn run(n: usize) -> Tally {
     cp.start("kube-apiserver", &argv);
     let back = wait_api(&w.client).await;
     let pending = w.wait_converged(180.0).await;
-    notes.push(format!("kube-apiserver restarted (back in {back:.1} s): not converged {pending:?}"));
+    notes.push(format!(
+        "kube-apiserver restarted (back in {back:.1} s): not converged {pending:?}"
+    ));
     t.unconverged += pending.len() as u64;
 
     // B: etcd restarted.
@@ -211,7 +234,9 @@ pub async fn run(n: usize) -> Tally {
     cp.start("etcd", &argv);
     let back = wait_api(&w.client).await;
     let pending = w.wait_converged(180.0).await;
-    notes.push(format!("etcd restarted (API answering again after {back:.1} s): not converged {pending:?}"));
+    notes.push(format!(
+        "etcd restarted (API answering again after {back:.1} s): not converged {pending:?}"
+    ));
     t.unconverged += pending.len() as u64;
 
     // C: 410 Gone. With the API server down, etcd moves on and is compacted past every
@@ -229,21 +254,48 @@ pub async fn run(n: usize) -> Tally {
     let argv = cp.stop("kube-apiserver").await;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     for i in 0..200 {
-        etcd_call(&http, &etcd, "/v3/kv/put", json!({"key": b64(&format!("/reliability/junk-{i}")), "value": b64("x")})).await;
+        etcd_call(
+            &http,
+            &etcd,
+            "/v3/kv/put",
+            json!({"key": b64(&format!("/reliability/junk-{i}")), "value": b64("x")}),
+        )
+        .await;
     }
-    let head = etcd_call(&http, &etcd, "/v3/kv/range", json!({"key": b64("/reliability/junk-0")})).await;
-    let revision = head["header"]["revision"].as_str().unwrap_or("0").to_string();
-    let compacted = etcd_call(&http, &etcd, "/v3/kv/compaction", json!({"revision": revision, "physical": true})).await;
+    let head = etcd_call(
+        &http,
+        &etcd,
+        "/v3/kv/range",
+        json!({"key": b64("/reliability/junk-0")}),
+    )
+    .await;
+    let revision = head["header"]["revision"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let compacted = etcd_call(
+        &http,
+        &etcd,
+        "/v3/kv/compaction",
+        json!({"revision": revision, "physical": true}),
+    )
+    .await;
     cp.start("kube-apiserver", &argv);
     let back = wait_api(&w.client).await;
     // What every watch resuming from before the compaction gets: 410 Gone.
     let expired = {
         use futures::StreamExt as _;
-        match w.identities().watch(&kube::api::WatchParams::default().timeout(5), &before).await {
+        match w
+            .identities()
+            .watch(&kube::api::WatchParams::default().timeout(5), &before)
+            .await
+        {
             Ok(stream) => {
                 let mut stream = std::pin::pin!(stream);
                 match stream.next().await {
-                    Some(Ok(kube::core::WatchEvent::Error(e))) => format!("{} {}", e.code, e.reason),
+                    Some(Ok(kube::core::WatchEvent::Error(e))) => {
+                        format!("{} {}", e.code, e.reason)
+                    }
                     Some(Err(kube::Error::Api(e))) => format!("{} {}", e.code, e.reason),
                     other => format!("no error: {:?}", other.map(|r| r.is_ok())),
                 }
@@ -259,7 +311,12 @@ pub async fn run(n: usize) -> Tally {
     let log = std::fs::read_to_string(&w.operator_logs[0]).unwrap_or_default();
     let gone_lines = log
         .lines()
-        .filter(|l| l.contains("410") || l.contains("too old") || l.contains("Expired") || l.contains("Gone"))
+        .filter(|l| {
+            l.contains("410")
+                || l.contains("too old")
+                || l.contains("Expired")
+                || l.contains("Gone")
+        })
         .count();
     notes.push(format!(
         "etcd compacted at revision {revision} ({}) while the API server was down, back in {back:.1} s; \
@@ -296,7 +353,11 @@ pub async fn run(n: usize) -> Tally {
                         }]},
                     });
                     if api
-                        .patch_status(n, &PatchParams::apply("reliability-second-writer").force(), &Patch::Apply(&patch))
+                        .patch_status(
+                            n,
+                            &PatchParams::apply("reliability-second-writer").force(),
+                            &Patch::Apply(&patch),
+                        )
                         .await
                         .is_ok()
                     {
@@ -325,7 +386,10 @@ pub async fn run(n: usize) -> Tally {
     let renewed = wait_for(180.0, || async {
         let objs = w.list_identities().await;
         objs.iter()
-            .all(|o| ts(&o["status"]["lastTokenIssuedAt"]).is_some_and(|i| i.as_second() >= renew_at.as_second()))
+            .all(|o| {
+                ts(&o["status"]["lastTokenIssuedAt"])
+                    .is_some_and(|i| i.as_second() >= renew_at.as_second())
+            })
             .then_some(())
     })
     .await
@@ -339,15 +403,26 @@ pub async fn run(n: usize) -> Tally {
 
     // No duplicate ACS calls: one create per identity, one issue per renew request.
     let log = w.emu("acs").requests().await;
-    let creates = log.iter().filter(|r| r["operation"] == "create" && r["status"].as_str().is_some_and(|s| s.starts_with('2'))).count();
+    let creates = log
+        .iter()
+        .filter(|r| {
+            r["operation"] == "create" && r["status"].as_str().is_some_and(|s| s.starts_with('2'))
+        })
+        .count();
     let mut issues_per_user: BTreeMap<String, u64> = BTreeMap::new();
-    for r in log.iter().filter(|r| r["operation"] == "issue" && r["status"] == "200") {
-        *issues_per_user.entry(r["identity"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    for r in log
+        .iter()
+        .filter(|r| r["operation"] == "issue" && r["status"] == "200")
+    {
+        *issues_per_user
+            .entry(r["identity"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     let extra_creates = creates.saturating_sub(all.len());
     let extra_issues: u64 = issues_per_user.values().map(|n| n.saturating_sub(1)).sum();
     t.unconverged += extra_creates as u64 + extra_issues;
-    let same_process = w.operator().process().pid() == operator_pid && w.operator().is_healthy().await;
+    let same_process =
+        w.operator().process().pid() == operator_pid && w.operator().is_healthy().await;
     t.unconverged += u64::from(!same_process);
     t.identities += all.len() as u64;
     let audit = w.audit(&mut t).await;

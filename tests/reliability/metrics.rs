@@ -52,7 +52,9 @@ pub fn sum(all: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
 
 /// The `expr:` of alert `alert` in the chart's PrometheusRule template.
 pub fn chart_alert_expr(template: &str, alert: &str) -> Option<String> {
-    let mut lines = template.lines().skip_while(|l| !l.contains(&format!("alert: {alert}")));
+    let mut lines = template
+        .lines()
+        .skip_while(|l| !l.contains(&format!("alert: {alert}")));
     lines.next()?;
     lines
         .take_while(|l| !l.contains("- alert:"))
@@ -123,6 +125,8 @@ fn expiry_alert_reads_the_chart_and_fires_after_its_for() {
     let scrapes: Vec<(f64, Option<f64>)> = (0..20).map(|t| (t as f64, Some(20.0))).collect();
     // expiry - t < 10 from t = 11; held for 3 s at t = 14.
     assert_eq!(alert.fires_at(&scrapes, 3.0), Some(14.0));
-    let counter: Vec<(f64, f64)> = (0..10).map(|t| (t as f64, if t >= 4 { 1.0 } else { 0.0 })).collect();
+    let counter: Vec<(f64, f64)> = (0..10)
+        .map(|t| (t as f64, if t >= 4 { 1.0 } else { 0.0 }))
+        .collect();
     assert_eq!(increase_fires_at(&counter, 2.0, 1.0), Some(5.0));
 }

@@ -60,7 +60,10 @@ pub async fn run(p: Params) -> Tally {
     let outage_from = secs(expires) - lead;
     let outage_to = secs(expires) + p.token_secs * 0.1;
     let now = || secs(Timestamp::now());
-    wait_for(p.token_secs, || async { (now() >= outage_from).then_some(()) }).await;
+    wait_for(p.token_secs, || async {
+        (now() >= outage_from).then_some(())
+    })
+    .await;
     w.emu("acs").add_faults(json!({"drop": true})).await;
     let outage_started = now();
 
@@ -81,7 +84,9 @@ pub async fn run(p: Params) -> Tally {
         let m = metrics::parse(&text);
         let g = m
             .iter()
-            .find(|s| s.name == EXPIRY_GAUGE && s.labels.get("name").map(String::as_str) == Some(first))
+            .find(|s| {
+                s.name == EXPIRY_GAUGE && s.labels.get("name").map(String::as_str) == Some(first)
+            })
             .map(|s| s.value);
         gauge.push((tick, g));
         let f = metrics::sum(&m, FAILURES, &labels);
@@ -108,7 +113,9 @@ pub async fn run(p: Params) -> Tally {
             && list.items.iter().any(|e| {
                 e.type_.as_deref() == Some("Warning")
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(first)
-                    && e.event_time.as_ref().is_some_and(|et| secs(et.0) >= outage_started - 1.0)
+                    && e.event_time
+                        .as_ref()
+                        .is_some_and(|et| secs(et.0) >= outage_started - 1.0)
             })
         {
             warning_at = Some(tick);
@@ -129,7 +136,8 @@ pub async fn run(p: Params) -> Tally {
 
     // The chart's rules, with its thresholds scaled like the lifetime.
     let template = std::fs::read_to_string(
-        crate::support::repo_root().join("charts/acs-identity-operator/templates/prometheusrule.yaml"),
+        crate::support::repo_root()
+            .join("charts/acs-identity-operator/templates/prometheusrule.yaml"),
     )
     .expect("the chart's PrometheusRule template");
     let values = std::fs::read_to_string(
@@ -137,20 +145,26 @@ pub async fn run(p: Params) -> Tally {
     )
     .expect("values.yaml");
     let value_of = |key: &str| -> Option<String> {
-        values
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+        values.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
     };
-    let soon: f64 = value_of("expiringSoonSeconds").and_then(|v| v.parse().ok()).unwrap_or(3600.0);
+    let soon: f64 = value_of("expiringSoonSeconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3600.0);
     let for_secs = value_of("for").map_or(600.0, |v| {
         acs_identity_operator::api::duration::parse_duration(&v)
             .map(|d| d.as_secs_f64())
             .unwrap_or(600.0)
     });
     let expr = metrics::chart_alert_expr(&template, "AcsTokenExpiringSoon").expect("expiry alert");
-    let alert = ExpiryAlert::from_expr(&expr, soon * scale).expect("expr shape METRIC - time() < N");
+    let alert =
+        ExpiryAlert::from_expr(&expr, soon * scale).expect("expr shape METRIC - time() < N");
     let expiry_fires = alert.fires_at(&gauge, for_secs * scale);
-    let failing_expr = metrics::chart_alert_expr(&template, "AcsTokenRenewalFailing").unwrap_or_default();
+    let failing_expr =
+        metrics::chart_alert_expr(&template, "AcsTokenRenewalFailing").unwrap_or_default();
     // The operator's retry backoff runs in real time, not scaled: the rule's 15 m window
     // is kept as written; only `for` is scaled.
     let failing_fires = metrics::increase_fires_at(&failures, 900.0, for_secs * scale);
@@ -162,7 +176,8 @@ pub async fn run(p: Params) -> Tally {
         (Some(r), Some(n)) => Some(n - r),
         _ => None,
     };
-    if !valid_while_failing || warning_at.is_none_or(|x| x >= e) || metric_at.is_none_or(|x| x >= e) {
+    if !valid_while_failing || warning_at.is_none_or(|x| x >= e) || metric_at.is_none_or(|x| x >= e)
+    {
         t.unconverged += 1;
     }
     if renewed_after_return.is_none_or(|d| d > 10.0) {

@@ -9,7 +9,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -67,7 +71,11 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: usize, h: usize) -> Self {
-        Self { w, h, px: vec![255; w * h * 3] }
+        Self {
+            w,
+            h,
+            px: vec![255; w * h * 3],
+        }
     }
     fn set(&mut self, x: usize, y: usize, c: [u8; 3]) {
         if x < self.w && y < self.h {
@@ -110,10 +118,7 @@ pub fn plot_renewals(
     }
     // Bottom panel: minimum remaining lifetime.
     let (bot0, bot1) = (270usize, 480usize);
-    let max_m = min_remaining
-        .iter()
-        .map(|p| p.1)
-        .fold(1.0f64, f64::max);
+    let max_m = min_remaining.iter().map(|p| p.1).fold(1.0f64, f64::max);
     let min_m = min_remaining.iter().map(|p| p.1).fold(0.0f64, f64::min);
     let y_of = |v: f64| bot1 - (((v - min_m) / (max_m - min_m)) * (bot1 - bot0) as f64) as usize;
     c.rect(left, y_of(0.0), right, y_of(0.0), [220, 40, 40]);
@@ -142,6 +147,10 @@ fn png_has_signature_chunks_and_valid_crc() {
     // CRC of IHDR covers type and data (4 + 13 bytes) and sits after them.
     let crc = u32::from_be_bytes(png[29..33].try_into().unwrap());
     assert_eq!(crc, crc32(&png[12..29]));
-    assert_eq!(crc32(b"123456789"), 0xcbf4_3926, "the standard CRC-32 check value");
+    assert_eq!(
+        crc32(b"123456789"),
+        0xcbf4_3926,
+        "the standard CRC-32 check value"
+    );
     assert!(png.ends_with(&[0xae, 0x42, 0x60, 0x82]), "IEND's fixed CRC");
 }

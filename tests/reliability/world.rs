@@ -198,7 +198,10 @@ impl Emu {
 
     /// `/admin/requests`: every ACS request with its times.
     pub async fn requests(&self) -> Vec<Value> {
-        match self.admin(reqwest::Method::GET, "/admin/requests", None).await {
+        match self
+            .admin(reqwest::Method::GET, "/admin/requests", None)
+            .await
+        {
             Value::Array(v) => v,
             other => panic!("/admin/requests is not a list: {other}"),
         }
@@ -379,7 +382,12 @@ impl World {
     }
 
     /// Creates an acs-operator.dev object in the namespace.
-    pub async fn create(&self, kind: &str, plural: &str, mut obj: Value) -> Result<Value, kube::Error> {
+    pub async fn create(
+        &self,
+        kind: &str,
+        plural: &str,
+        mut obj: Value,
+    ) -> Result<Value, kube::Error> {
         obj["apiVersion"] = json!(GROUP_VERSION);
         obj["kind"] = json!(kind);
         let api: Api<DynamicObject> =
@@ -390,7 +398,12 @@ impl World {
     }
 
     /// A CommunicationIdentity through `service` with scopes `[chat]` and `spec` merged in.
-    pub async fn create_identity(&self, name: &str, service: &str, spec: Value) -> Result<Value, kube::Error> {
+    pub async fn create_identity(
+        &self,
+        name: &str,
+        service: &str,
+        spec: Value,
+    ) -> Result<Value, kube::Error> {
         let mut full = json!({
             "serviceRef": {"kind": "CommunicationService", "name": service},
             "scopes": ["chat"],
@@ -510,7 +523,9 @@ impl World {
                 let Ok(event) = event else { continue };
                 match event {
                     watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                        let Some(owner) = owner_identity(&s) else { continue };
+                        let Some(owner) = owner_identity(&s) else {
+                            continue;
+                        };
                         let name = s.name_any();
                         let token = secret_string(&s, "token").filter(|t| !t.is_empty());
                         let mut l = ledger.lock().unwrap();
@@ -537,7 +552,9 @@ impl World {
                         }
                     }
                     watcher::Event::Delete(s) => {
-                        let Some(owner) = owner_identity(&s) else { continue };
+                        let Some(owner) = owner_identity(&s) else {
+                            continue;
+                        };
                         let name = s.name_any();
                         let mut l = ledger.lock().unwrap();
                         l.expires.remove(&name);
@@ -579,7 +596,10 @@ impl World {
             .unwrap_or_default();
         let mut out = vec![];
         for obj in self.list_identities().await {
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if deleted.contains(&name) {
                 out.push(format!("{name} (deleted, still present)"));
                 continue;
@@ -615,13 +635,20 @@ impl World {
                 .unwrap_or_default()
                 .to_string();
             if let Some(user) = obj["status"]["userId"].as_str() {
-                owned.entry(service.clone()).or_default().insert(user.to_string());
+                owned
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(user.to_string());
             }
             if let Some(uid) = obj["metadata"]["uid"].as_str() {
-                uids.entry(service.clone()).or_default().insert(uid.to_string());
+                uids.entry(service.clone())
+                    .or_default()
+                    .insert(uid.to_string());
             }
             let secret_name = obj["status"]["secretName"].as_str().unwrap_or(name);
-            let Some(emu) = self.emulators.get(&service) else { continue };
+            let Some(emu) = self.emulators.get(&service) else {
+                continue;
+            };
             if ready_status(obj).as_deref() != Some("True") {
                 audit.not_ready.push(name.to_string());
                 continue;
@@ -800,7 +827,10 @@ impl World {
         }
         let left = self.list_identities().await.len();
         if left > 0 {
-            tally.note(format!("{}: {left} identities not gone 120 s after deletion", self.tag));
+            tally.note(format!(
+                "{}: {left} identities not gone 120 s after deletion",
+                self.tag
+            ));
         }
         let services: Vec<String> = self.emulators.keys().cloned().collect();
         for service in services {
