@@ -7,14 +7,12 @@
 use std::time::Instant;
 
 use base64::Engine as _;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::core::DynamicObject;
 use serde_json::{Value, json};
 
-use crate::leak;
+use crate::leak::{self, leaks, redact};
 use crate::tally::Tally;
-use crate::world::{CUSTOM_ID_VERSION, Cluster, World, condition, merge, resource, wait_for};
+use crate::world::{CUSTOM_ID_VERSION, Cluster, World, condition, wait_for};
 
 /// One bad input and what its message must mention (any of, case-insensitive).
 struct Case {
@@ -25,6 +23,17 @@ struct Case {
 fn mentions_any(msg: &str, words: &[&str]) -> bool {
     let m = msg.to_lowercase();
     words.iter().any(|w| m.contains(&w.to_lowercase()))
+}
+
+/// Refused at admission with a message that mentions what the case names?
+fn refused<T>(r: Result<T, kube::Error>, c: &Case) -> (bool, String) {
+    match r {
+        Err(e) => {
+            let msg = api_message(e);
+            (mentions_any(&msg, c.mentions), msg)
+        }
+        Ok(_) => (false, "admitted".into()),
+    }
 }
 
 fn api_message(e: kube::Error) -> String {
@@ -192,23 +201,11 @@ pub async fn run(p: Params) -> Tally {
             .identities()
             .patch("b-fixed", &PatchParams::default(), &Patch::Merge(patch))
             .await;
-        let (ok, msg) = match r {
-            Err(e) => {
-                let msg = api_message(e);
-                (mentions_any(&msg, c.mentions), msg)
-            }
-            Ok(_) => (false, "admitted".into()),
-        };
+        let (ok, msg) = refused(r, &c);
         record(&mut t, &c, ok, msg);
     }
 
     // ---- admission: services
-    let services: Api<DynamicObject> = Api::namespaced_with(
-        w.client.clone(),
-        &w.ns,
-        &resource("CommunicationService", "communicationservices"),
-    );
-    let _ = services;
     let service_cases: Vec<(Case, Value)> = vec![
         (
             case(
@@ -234,13 +231,7 @@ pub async fn run(p: Params) -> Tally {
                 json!({"metadata": {"name": format!("bad-svc-{i}")}, "spec": spec}),
             )
             .await;
-        let (ok, msg) = match r {
-            Err(e) => {
-                let msg = api_message(e);
-                (mentions_any(&msg, c.mentions), msg)
-            }
-            Ok(_) => (false, "admitted".into()),
-        };
+        let (ok, msg) = refused(r, &c);
         record(&mut t, &c, ok, msg);
     }
 
@@ -326,7 +317,7 @@ pub async fn run(p: Params) -> Tally {
         .await
         .expect("service");
         let msg = wait_for(30.0, || async {
-            let o = w.create_or_get_service(&svc).await?;
+            let o = w.service_json(&svc).await?;
             let ready = condition(&o, "Ready")?;
             (ready["status"] == "False")
                 .then(|| format!("{}: {}", ready["reason"], ready["message"]))
@@ -466,34 +457,5 @@ fn case(what: &str, mentions: &'static [&'static str]) -> Case {
     Case {
         what: what.to_string(),
         mentions,
-    }
-}
-
-fn leaks(secret: &str, text: &str) -> bool {
-    let set = [secret.to_string()].into_iter().collect();
-    !leak::scan(&set, &[(String::new(), text.to_string())]).is_empty()
-}
-
-fn redact(text: &str, secret: &str) -> String {
-    let mut out = text.to_string();
-    for w in secret.as_bytes().windows(leak::PIECE) {
-        if let Ok(w) = std::str::from_utf8(w) {
-            out = out.replace(w, "<piece>");
-        }
-    }
-    out
-}
-
-impl World {
-    async fn create_or_get_service(&self, name: &str) -> Option<Value> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &self.ns,
-            &resource("CommunicationService", "communicationservices"),
-        );
-        let o = api.get_opt(name).await.ok()??;
-        let mut v = serde_json::to_value(o).ok()?;
-        merge(&mut v, json!({}));
-        Some(v)
     }
 }

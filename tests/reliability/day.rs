@@ -13,7 +13,7 @@ use kube::api::ListParams;
 use serde_json::json;
 
 use crate::tally::Tally;
-use crate::world::{CUSTOM_ID_VERSION, Cluster, World};
+use crate::world::{scaled_world, secs};
 
 pub struct Params {
     pub identities: usize,
@@ -42,23 +42,10 @@ impl Params {
     }
 }
 
-fn secs(t: Timestamp) -> f64 {
-    t.as_millisecond() as f64 / 1000.0
-}
-
 pub async fn run(p: Params) -> Tally {
     let started = Instant::now();
     let mut t = Tally::default();
-    let scale = p.token_secs / 86_400.0;
-    let mut w = World::new(Cluster::shared(), "day").await;
-    w.add_service(
-        "acs",
-        CUSTOM_ID_VERSION,
-        &["--token-lifetime-scale".into(), scale.to_string()],
-        json!({}),
-    )
-    .await;
-    w.start_operator().await;
+    let (mut w, scale) = scaled_world("day", p.token_secs).await;
     let names: Vec<String> = (0..p.identities).map(|i| format!("d-{i}")).collect();
     t.identities += names.len() as u64;
     let t0 = secs(Timestamp::now());

@@ -18,7 +18,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Mutex;
 
-use crate::leak;
+use crate::leak::{leaks, redact};
 use crate::tally::Tally;
 
 /// The results of one fuzz target.
@@ -37,11 +37,6 @@ fn runner(cases: u32) -> TestRunner {
         max_shrink_iters: 200,
         ..Config::default()
     })
-}
-
-fn leaks(secret: &str, text: &str) -> bool {
-    let set = [secret.to_string()].into_iter().collect();
-    !leak::scan(&set, &[(String::new(), text.to_string())]).is_empty()
 }
 
 // ---------------------------------------------------------------- connection strings
@@ -112,17 +107,6 @@ pub fn connection_strings(cases: u32) -> Outcome {
         failure: result.err().map(|e| redact(&e.to_string(), &key)),
         took: started.elapsed(),
     }
-}
-
-/// The text with every 6-character piece of `secret` replaced, for reports.
-fn redact(text: &str, secret: &str) -> String {
-    let mut out = text.to_string();
-    for w in secret.as_bytes().windows(leak::PIECE) {
-        if let Ok(w) = std::str::from_utf8(w) {
-            out = out.replace(w, "<piece>");
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------- durations

@@ -72,6 +72,23 @@ pub fn distinct_secrets(hits: &[Hit]) -> u64 {
     hits.iter().map(|h| h.secret).collect::<BTreeSet<_>>().len() as u64
 }
 
+/// Whether `text` holds a distinctive piece of `secret`.
+pub fn leaks(secret: &str, text: &str) -> bool {
+    let set = [secret.to_string()].into_iter().collect();
+    !scan(&set, &[(String::new(), text.to_string())]).is_empty()
+}
+
+/// `text` with every 6-character piece of `secret` replaced, for reports.
+pub fn redact(text: &str, secret: &str) -> String {
+    let mut out = text.to_string();
+    for w in secret.as_bytes().windows(PIECE) {
+        if let Ok(w) = std::str::from_utf8(w) {
+            out = out.replace(w, "<piece>");
+        }
+    }
+    out
+}
+
 #[test]
 fn finds_a_piece_and_ignores_ordinary_text() {
     let secrets: BTreeSet<String> = ["eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.QmFk+/Xy".to_string()]

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::metrics::{self, ExpiryAlert};
 use crate::tally::Tally;
-use crate::world::{CUSTOM_ID_VERSION, Cluster, World, condition, ts, wait_for};
+use crate::world::{condition, scaled_world, secs, ts, wait_for};
 
 const EXPIRY_GAUGE: &str = "acs_operator_token_expiry_timestamp_seconds";
 const FAILURES: &str = "acs_operator_renewal_failures_total";
@@ -25,23 +25,10 @@ pub struct Params {
     pub identities: usize,
 }
 
-fn secs(t: Timestamp) -> f64 {
-    t.as_millisecond() as f64 / 1000.0
-}
-
 pub async fn run(p: Params) -> Tally {
     let started = Instant::now();
     let mut t = Tally::default();
-    let scale = p.token_secs / 86_400.0;
-    let mut w = World::new(Cluster::shared(), "outage").await;
-    w.add_service(
-        "acs",
-        CUSTOM_ID_VERSION,
-        &["--token-lifetime-scale".into(), scale.to_string()],
-        json!({}),
-    )
-    .await;
-    w.start_operator().await;
+    let (mut w, scale) = scaled_world("outage", p.token_secs).await;
     let names: Vec<String> = (0..p.identities).map(|i| format!("o-{i}")).collect();
     t.identities += names.len() as u64;
     w.create_identities(&names, "acs", json!({})).await;

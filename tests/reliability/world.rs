@@ -715,6 +715,16 @@ impl World {
         audit
     }
 
+    /// A CommunicationService of the namespace as JSON.
+    pub async fn service_json(&self, name: &str) -> Option<Value> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &resource("CommunicationService", "communicationservices"),
+        );
+        serde_json::to_value(api.get_opt(name).await.ok()??).ok()
+    }
+
     async fn service_version(&self, service: &str) -> Option<String> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
@@ -905,6 +915,27 @@ pub fn merge(base: &mut Value, patch: Value) {
         }
         (b, p) => *b = p,
     }
+}
+
+/// Unix seconds with milliseconds.
+pub fn secs(t: Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
+
+/// A world with one custom-id service `acs` whose emulator makes a 24 h token live
+/// `token_secs`, and its operator running; returns it with the lifetime scale.
+pub async fn scaled_world(tag: &str, token_secs: f64) -> (World, f64) {
+    let scale = token_secs / 86_400.0;
+    let mut w = World::new(Cluster::shared(), tag).await;
+    w.add_service(
+        "acs",
+        CUSTOM_ID_VERSION,
+        &["--token-lifetime-scale".into(), scale.to_string()],
+        json!({}),
+    )
+    .await;
+    w.start_operator().await;
+    (w, scale)
 }
 
 pub fn ts(v: &Value) -> Option<Timestamp> {
