@@ -109,7 +109,25 @@ pub async fn run(p: Params) -> Tally {
         if let Some(at) = revokes.get(&name)
             && ts(&obj["status"]["lastRevokedAt"]).is_none_or(|r| r.as_second() < at.as_second())
         {
-            unhandled.push(format!("{name}: revoke"));
+            // Did ACS revoke at all? Its own record says.
+            let service = obj["spec"]["serviceRef"]["name"]
+                .as_str()
+                .unwrap_or_default();
+            let user = obj["status"]["userId"].as_str().unwrap_or_default();
+            let at_acs = match w.emulators.get(service) {
+                Some(emu) => emu
+                    .users()
+                    .await
+                    .into_iter()
+                    .find(|u| u["id"] == user)
+                    .map(|u| u["tokensRevokedAt"].clone()),
+                None => None,
+            };
+            unhandled.push(format!(
+                "{name}: revoke requested {at}, status.lastRevokedAt {}, ACS tokensRevokedAt {}",
+                obj["status"]["lastRevokedAt"],
+                at_acs.unwrap_or_default()
+            ));
         }
     }
     let audit = w.audit(&mut t).await;
@@ -123,7 +141,7 @@ pub async fn run(p: Params) -> Tally {
     t.note(format!(
         "crash: {} identities ({} custom-id, {} GA), {} kill -9 (during the last ACS operation: {kills_during:?}), \
          {} renew and {} revoke requests, {} deletions; not converged after 240 s: {pending:?}; unhandled requests: {unhandled:?}; \
-         not ready {:?}, invalid tokens {:?}, lost {:?}; ACS requests custom {} GA {}; GA users ever created {ga_users} for {n_ga} identities; took {:?}",
+         not ready {:?}, invalid tokens {:?}, lost {:?}, users made twice {:?}; ACS requests custom {} GA {}; GA users ever created {ga_users} for {n_ga} identities; took {:?}",
         t.identities,
         custom.len(),
         ga.len(),
@@ -134,6 +152,7 @@ pub async fn run(p: Params) -> Tally {
         audit.not_ready,
         audit.invalid_tokens,
         audit.lost,
+        audit.duplicate_users,
         stats_custom["requests"],
         stats_ga["requests"],
         started.elapsed(),

@@ -286,6 +286,8 @@ pub struct World {
     pub metrics_texts: Vec<String>,
     /// Identities this scenario deleted on purpose.
     pub deleted: Arc<Mutex<BTreeSet<String>>>,
+    /// uid → name of every identity this scenario created (deleted ones included).
+    pub names_by_uid: Arc<Mutex<BTreeMap<String, String>>>,
     pub ledger: Ledger,
     watch: Option<tokio::task::JoinHandle<()>>,
 }
@@ -314,6 +316,7 @@ impl World {
             operator_logs: vec![],
             metrics_texts: vec![],
             deleted: Arc::default(),
+            names_by_uid: Arc::default(),
             ledger: Arc::default(),
             watch: None,
         };
@@ -409,12 +412,20 @@ impl World {
             "scopes": ["chat"],
         });
         merge(&mut full, spec);
-        self.create(
-            "CommunicationIdentity",
-            "communicationidentities",
-            json!({"metadata": {"name": name}, "spec": full}),
-        )
-        .await
+        let created = self
+            .create(
+                "CommunicationIdentity",
+                "communicationidentities",
+                json!({"metadata": {"name": name}, "spec": full}),
+            )
+            .await?;
+        if let Some(uid) = created["metadata"]["uid"].as_str() {
+            self.names_by_uid
+                .lock()
+                .unwrap()
+                .insert(uid.to_string(), name.to_string());
+        }
+        Ok(created)
     }
 
     /// Creates many identities, 16 requests at a time.
@@ -698,6 +709,30 @@ impl World {
                 }
             }
             let duplicated: u64 = by_custom.values().map(|n| n - 1).sum();
+            let names = self.names_by_uid.lock().unwrap().clone();
+            for (cid, _) in by_custom.iter().filter(|(_, n)| **n > 1) {
+                let name = cid
+                    .strip_prefix("k8s-")
+                    .and_then(|uid| names.get(uid))
+                    .cloned()
+                    .unwrap_or_default();
+                let deleted_on_purpose = self.deleted.lock().unwrap().contains(&name);
+                let users: Vec<String> = users
+                    .iter()
+                    .filter(|u| u["customId"] == cid.as_str())
+                    .map(|u| {
+                        format!(
+                            "{} created {} deleted {}",
+                            u["id"].as_str().unwrap_or_default(),
+                            u["createdAt"].as_str().unwrap_or("-"),
+                            u["deletedAt"].as_str().unwrap_or("-")
+                        )
+                    })
+                    .collect();
+                audit.duplicate_users.push(format!(
+                    "identity {name} (deleted by the scenario: {deleted_on_purpose}): {users:?}"
+                ));
+            }
             // Leaks are counted by `teardown`, after every identity was deleted: then any
             // user still alive at ACS is one.
             let _ = leaked;
@@ -890,6 +925,8 @@ pub struct Audit {
     pub invalid_tokens: Vec<String>,
     pub missing_tokens: Vec<String>,
     pub leaked_users: Vec<String>,
+    /// Users made more than once for one identity (custom id), with their times.
+    pub duplicate_users: Vec<String>,
     pub lost: Vec<String>,
     pub users_total: u64,
 }
