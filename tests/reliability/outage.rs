@@ -173,9 +173,18 @@ pub async fn run(p: Params) -> Tally {
     if expiry_fires.is_none_or(|x| x >= e) {
         t.unconverged += 1;
     }
+    // Every identity, not only the one watched closely, gets its new token.
+    let pending = w.wait_converged(120.0).await;
+    let all_back = returned_at.map(|r| now() - r);
+    t.unconverged += pending.len() as u64;
     let audit = w.audit(&mut t).await;
     w.leak_scan(&mut t).await;
     w.teardown(&mut t).await;
+    t.note(format!(
+        "outage: all {} identities Ready with a valid token {} after ACS returned; not converged {pending:?}",
+        names.len(),
+        all_back.map_or("?".into(), |d| format!("{d:.1} s"))
+    ));
     t.note(format!(
         "outage: {} identities, 24 h tokens living {:.0} s (scale {scale:.6}), renewalTime {} s before expiry; ACS dropped every \
          connection from {} to {} (expiry = 0 s); RenewalFailing=True at {}, Warning event at {}, {FAILURES} > 0 at {}, \
