@@ -40,6 +40,11 @@ pub async fn run(p: Params) -> Tally {
     let expires = ts(&obj["status"]["tokenExpiresOn"]).expect("tokenExpiresOn");
     let renewal = ts(&obj["status"]["renewalTime"]);
     let token_before = w.ledger.lock().unwrap().tokens.get(first).cloned();
+    // Every identity's token and expiry before the outage, to see each one renewed.
+    let before_all = w.ledger.lock().unwrap().tokens.clone();
+    let expiry_all = w.ledger.lock().unwrap().expires.clone();
+    let mut renewed_all: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut ready_with_expired: std::collections::BTreeSet<String> = Default::default();
 
     // The outage starts a little before the renewal is due and ends after the expiry:
     // longer than the time between renewal and expiry.
@@ -111,10 +116,31 @@ pub async fn run(p: Params) -> Tally {
             w.emu("acs").clear_faults().await;
             returned_at = Some(now());
         }
+        // Ready=True over a Secret whose token has expired is a status that lies.
+        for o in w.list_identities().await {
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let held = w.ledger.lock().unwrap().expires.get(&name).copied();
+            if condition(&o, "Ready").is_some_and(|c| c["status"] == "True")
+                && held.is_some_and(|x| secs(x) < tick)
+            {
+                ready_with_expired.insert(name);
+            }
+        }
         if returned_at.is_some() {
-            let current = w.ledger.lock().unwrap().tokens.get(first).cloned();
-            if current.is_some() && current != token_before {
+            let ledger = w.ledger.lock().unwrap().tokens.clone();
+            for (name, token) in &before_all {
+                if ledger.get(name).is_some_and(|t| t != token) {
+                    renewed_all.entry(name.clone()).or_insert_with(now);
+                }
+            }
+            let current = ledger.get(first).cloned();
+            if renewed_at.is_none() && current.is_some() && current != token_before {
                 renewed_at = Some(now());
+            }
+            if renewed_all.len() == before_all.len() {
                 break;
             }
         }
@@ -170,6 +196,29 @@ pub async fn run(p: Params) -> Tally {
     if renewed_after_return.is_none_or(|d| d > 10.0) {
         t.unconverged += 1;
     }
+    // With ACS back, a Secret still holding an expired token 10 s later is served expired.
+    let served_expired: Vec<String> = before_all
+        .keys()
+        .filter(|name| {
+            let expired_at_return = expiry_all
+                .get(*name)
+                .zip(returned_at)
+                .is_some_and(|(x, r)| secs(*x) <= r);
+            let renewed = returned_at.zip(renewed_all.get(*name)).map(|(r, n)| n - r);
+            expired_at_return && renewed.is_none_or(|d| d > 10.0)
+        })
+        .cloned()
+        .collect();
+    t.expired_served += served_expired.len() as u64;
+    t.unconverged += ready_with_expired.len() as u64;
+    t.note(format!(
+        "outage: identities renewed after ACS returned, seconds: {:?}; still serving an expired token 10 s after ACS returned: {served_expired:?}; \
+         Ready=True while the Secret's token had expired: {ready_with_expired:?}",
+        renewed_all
+            .values()
+            .map(|n| returned_at.map_or(0.0, |r| ((n - r) * 10.0).round() / 10.0))
+            .collect::<Vec<_>>()
+    ));
     if expiry_fires.is_none_or(|x| x >= e) {
         t.unconverged += 1;
     }
