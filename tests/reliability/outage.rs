@@ -18,6 +18,8 @@ use crate::world::{condition, scaled_world, secs, ts, wait_for};
 
 const EXPIRY_GAUGE: &str = "acs_operator_token_expiry_timestamp_seconds";
 const FAILURES: &str = "acs_operator_renewal_failures_total";
+/// How long after a token's expiry `Ready` may still say True (one reconcile's lag).
+const EXPIRY_GRACE_SECS: f64 = 3.0;
 
 pub struct Params {
     /// Seconds a 24 h token lives at the emulator (its lifetime scale follows).
@@ -116,7 +118,8 @@ pub async fn run(p: Params) -> Tally {
             w.emu("acs").clear_faults().await;
             returned_at = Some(now());
         }
-        // Ready=True over a Secret whose token has expired is a status that lies.
+        // Ready=True over a Secret whose token expired (3 s ago or more: a reconcile
+        // must have run) is a status that lies.
         for o in w.list_identities().await {
             let name = o["metadata"]["name"]
                 .as_str()
@@ -124,7 +127,7 @@ pub async fn run(p: Params) -> Tally {
                 .to_string();
             let held = w.ledger.lock().unwrap().expires.get(&name).copied();
             if condition(&o, "Ready").is_some_and(|c| c["status"] == "True")
-                && held.is_some_and(|x| secs(x) < tick)
+                && held.is_some_and(|x| secs(x) + EXPIRY_GRACE_SECS < tick)
             {
                 ready_with_expired.insert(name);
             }
