@@ -95,6 +95,7 @@ pub async fn run(p: Params) -> Tally {
     let pending = w.wait_converged(240.0).await;
     // Every renew or revoke request was acted on after it was made.
     let mut unhandled = vec![];
+    let mut unrecorded = vec![];
     for obj in w.list_identities().await {
         let name = obj["metadata"]["name"]
             .as_str()
@@ -123,11 +124,22 @@ pub async fn run(p: Params) -> Tally {
                     .map(|u| u["tokensRevokedAt"].clone()),
                 None => None,
             };
-            unhandled.push(format!(
+            let revoked_at_acs = at_acs
+                .as_ref()
+                .and_then(ts)
+                .is_some_and(|r| r.as_second() >= at.as_second());
+            let line = format!(
                 "{name}: revoke requested {at}, status.lastRevokedAt {}, ACS tokensRevokedAt {}",
                 obj["status"]["lastRevokedAt"],
                 at_acs.unwrap_or_default()
-            ));
+            );
+            // The promise is the revocation at ACS (the Secret's token is validated by
+            // the audit); a status that forgot to record it is reported.
+            if revoked_at_acs {
+                unrecorded.push(line);
+            } else {
+                unhandled.push(line);
+            }
         }
     }
     let audit = w.audit(&mut t).await;
@@ -141,6 +153,7 @@ pub async fn run(p: Params) -> Tally {
     t.note(format!(
         "crash: {} identities ({} custom-id, {} GA), {} kill -9 (during the last ACS operation: {kills_during:?}), \
          {} renew and {} revoke requests, {} deletions; not converged after 240 s: {pending:?}; unhandled requests: {unhandled:?}; \
+         revoked at ACS but not in status.lastRevokedAt: {unrecorded:?}; \
          not ready {:?}, invalid tokens {:?}, lost {:?}, users made twice {:?}; ACS requests custom {} GA {}; GA users ever created {ga_users} for {n_ga} identities; took {:?}",
         t.identities,
         custom.len(),
