@@ -18,7 +18,7 @@ include hack/controlplane/versions.env
         reliability
 
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,6p' Makefile
 	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:
