@@ -1,7 +1,6 @@
 //! The "nothing lost" counts every scenario adds to, and the suite's closing line.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
 
 /// Counts across scenarios. A count is a broken promise unless its name says otherwise.
 #[derive(Debug, Default, Clone)]
@@ -94,26 +93,6 @@ impl Tally {
             && self.fuzz_failures == 0
     }
 }
-
-/// The suite-wide tally of one test binary run.
-pub static TOTAL: Mutex<Tally> = Mutex::new(Tally {
-    identities: 0,
-    kills: 0,
-    leaked: 0,
-    duplicated: 0,
-    expired_served: 0,
-    lost_tokens: 0,
-    secrets_in_logs: 0,
-    bad_refused: 0,
-    bad_total: 0,
-    ga_leaked: 0,
-    ga_duplicated: 0,
-    unconverged: 0,
-    throttled_at_quota: 0,
-    fuzz_executions: 0,
-    fuzz_failures: 0,
-    lines: Vec::new(),
-});
 
 #[test]
 fn summary_line_has_the_documented_shape() {
