@@ -28,6 +28,121 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(&crc.to_be_bytes());
 }
 
+/// Writes bits least significant first, as deflate packs them.
+struct Bits {
+    out: Vec<u8>,
+    acc: u32,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u32, count: u32) {
+        for k in 0..count {
+            self.acc |= ((value >> k) & 1) << self.n;
+            self.n += 1;
+            if self.n == 8 {
+                self.out.push(self.acc as u8);
+                (self.acc, self.n) = (0, 0);
+            }
+        }
+    }
+
+    /// A Huffman code goes most significant bit first.
+    fn code(&mut self, code: u32, len: u32) {
+        for k in (0..len).rev() {
+            self.put((code >> k) & 1, 1);
+        }
+    }
+
+    fn literal(&mut self, v: u32) {
+        match v {
+            0..=143 => self.code(0x30 + v, 8),
+            144..=255 => self.code(0x190 + v - 144, 9),
+            256..=279 => self.code(v - 256, 7),
+            _ => self.code(0xc0 + v - 280, 8),
+        }
+    }
+}
+
+/// Deflate's length codes: (first length, extra bits) for codes 257..=285.
+const LENGTHS: [(u32, u32); 29] = [
+    (3, 0),
+    (4, 0),
+    (5, 0),
+    (6, 0),
+    (7, 0),
+    (8, 0),
+    (9, 0),
+    (10, 0),
+    (11, 1),
+    (13, 1),
+    (15, 1),
+    (17, 1),
+    (19, 2),
+    (23, 2),
+    (27, 2),
+    (31, 2),
+    (35, 3),
+    (43, 3),
+    (51, 3),
+    (59, 3),
+    (67, 4),
+    (83, 4),
+    (99, 4),
+    (115, 4),
+    (131, 5),
+    (163, 5),
+    (195, 5),
+    (227, 5),
+    (258, 0),
+];
+
+fn deflate_runs(raw: &[u8]) -> Vec<u8> {
+    let mut bits = Bits {
+        out: Vec::new(),
+        acc: 0,
+        n: 0,
+    };
+    bits.put(1, 1); // final block
+    bits.put(1, 2); // fixed Huffman codes
+    let mut i = 0;
+    while i < raw.len() {
+        // The longer of a repeat of the last byte (distance 1) or of the last RGB pixel
+        // (distance 3, distance code 2).
+        let run_at = |d: usize| {
+            if i < d {
+                return 0;
+            }
+            (0..258.min(raw.len() - i))
+                .take_while(|&k| raw[i + k] == raw[i + k - d])
+                .count()
+        };
+        let (run, dist_code) = match (run_at(1), run_at(3)) {
+            (a, b) if b > a => (b, 2),
+            (a, _) => (a, 0),
+        };
+        if run >= 3 {
+            let code = LENGTHS
+                .iter()
+                .rposition(|&(base, _)| base as usize <= run)
+                .unwrap_or(0);
+            let (base, extra) = LENGTHS[code];
+            bits.literal(257 + code as u32);
+            bits.put(run as u32 - base, extra);
+            bits.code(dist_code, 5);
+            i += run;
+        } else {
+            bits.literal(raw[i] as u32);
+            i += 1;
+        }
+    }
+    bits.literal(256);
+    if bits.n > 0 {
+        bits.out.push(bits.acc as u8);
+    }
+    bits.out
+}
+
 /// RGB pixels, row-major, `width * height * 3` bytes.
 pub fn encode(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
     let mut raw = Vec::with_capacity((width as usize * 3 + 1) * height as usize);
@@ -35,16 +150,10 @@ pub fn encode(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
         raw.push(0);
         raw.extend_from_slice(row);
     }
-    // zlib with stored (uncompressed) blocks of at most 65535 bytes.
+    // zlib: one deflate block with the fixed Huffman codes, repeats coded as matches at
+    // distance 1 or 3 (a plot is mostly runs of one colour).
     let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
-    for (i, block) in blocks.iter().enumerate() {
-        z.push(u8::from(i + 1 == blocks.len()));
-        let len = block.len() as u16;
-        z.extend_from_slice(&len.to_le_bytes());
-        z.extend_from_slice(&(!len).to_le_bytes());
-        z.extend_from_slice(block);
-    }
+    z.extend_from_slice(&deflate_runs(&raw));
     let (mut a, mut b) = (1u32, 0u32);
     for &byte in &raw {
         a = (a + byte as u32) % 65_521;
@@ -153,4 +262,10 @@ fn png_has_signature_chunks_and_valid_crc() {
         "the standard CRC-32 check value"
     );
     assert!(png.ends_with(&[0xae, 0x42, 0x60, 0x82]), "IEND's fixed CRC");
+    let white = encode(1000, 500, &vec![255u8; 1000 * 500 * 3]);
+    assert!(
+        white.len() < 30_000,
+        "runs are compressed: {} bytes",
+        white.len()
+    );
 }
