@@ -25,6 +25,39 @@ fn mentions_any(msg: &str, words: &[&str]) -> bool {
     words.iter().any(|w| m.contains(&w.to_lowercase()))
 }
 
+/// Polls `current` (the object's `Ready=False` text, if any) until it mentions what the
+/// case names, or `secs` pass: an operator may first report a transient reason (pending,
+/// retrying) before the one that names the problem. Returns (mentioned, last text seen).
+async fn settled<F, Fut>(secs: f64, c: &Case, mut current: F) -> (bool, Option<String>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let last = std::sync::Mutex::new(None::<String>);
+    let found = wait_for(secs, || {
+        let next = current();
+        let last = &last;
+        async move {
+            let msg = next.await?;
+            *last.lock().unwrap() = Some(msg.clone());
+            mentions_any(&msg, c.mentions).then_some(msg)
+        }
+    })
+    .await;
+    match found {
+        Some(msg) => (true, Some(msg)),
+        None => (false, last.into_inner().unwrap()),
+    }
+}
+
+/// The `Ready=False` reason and message of an identity.
+async fn identity_not_ready(w: &World, name: &str) -> Option<String> {
+    let o = w.identities().get_opt(name).await.ok()??;
+    let o = serde_json::to_value(o).ok()?;
+    let ready = condition(&o, "Ready")?;
+    (ready["status"] == "False").then(|| format!("{}: {}", ready["reason"], ready["message"]))
+}
+
 /// Refused at admission with a message that mentions what the case names?
 fn refused<T>(r: Result<T, kube::Error>, c: &Case) -> (bool, String) {
     match r {
@@ -155,24 +188,13 @@ pub async fn run(p: Params) -> Tally {
         }
     }
     for (c, name) in admitted_for_runtime {
-        let msg = wait_for(30.0, || async {
-            let o = w.identities().get_opt(&name).await.ok()??;
-            let o = serde_json::to_value(o).ok()?;
-            let ready = condition(&o, "Ready")?;
-            (ready["status"] == "False" && ready["reason"] != "Pending").then(|| {
-                format!(
-                    "(admitted) Ready=False {}: {}",
-                    ready["reason"], ready["message"]
-                )
-            })
-        })
-        .await;
-        let ok = msg.as_deref().is_some_and(|m| mentions_any(m, c.mentions));
+        let (ok, msg) = settled(30.0, &c, || identity_not_ready(&w, &name)).await;
         record(
             &mut t,
             &c,
             ok,
-            msg.unwrap_or_else(|| "admitted, and no Ready=False with a reason within 30 s".into()),
+            msg.map(|m| format!("(admitted) Ready=False {m}"))
+                .unwrap_or_else(|| "admitted, and no Ready=False within 30 s".into()),
         );
     }
 
@@ -316,16 +338,14 @@ pub async fn run(p: Params) -> Tally {
         )
         .await
         .expect("service");
-        let msg = wait_for(30.0, || async {
+        let (mentioned, msg) = settled(30.0, &c, || async {
             let o = w.service_json(&svc).await?;
             let ready = condition(&o, "Ready")?;
             (ready["status"] == "False")
                 .then(|| format!("{}: {}", ready["reason"], ready["message"]))
         })
         .await;
-        let ok = msg
-            .as_deref()
-            .is_some_and(|m| mentions_any(m, c.mentions) && !leaks(&key, m));
+        let ok = mentioned && msg.as_deref().is_some_and(|m| !leaks(&key, m));
         record(
             &mut t,
             &c,
@@ -389,23 +409,16 @@ pub async fn run(p: Params) -> Tally {
             .await
             .expect("identity");
         let secs = if p.slow { 200.0 } else { 60.0 };
-        let msg = wait_for(secs, || async {
-            let o = w.identities().get_opt(&name).await.ok()??;
-            let o = serde_json::to_value(o).ok()?;
-            let ready = condition(&o, "Ready")?;
-            (ready["status"] == "False" && ready["reason"] != "Pending")
-                .then(|| format!("{}: {}", ready["reason"], ready["message"]))
-        })
-        .await;
+        let (mentioned, msg) = settled(secs, &c, || identity_not_ready(&w, &name)).await;
         let alive = w.operator().is_healthy().await;
-        let ok = alive && msg.as_deref().is_some_and(|m| mentions_any(m, c.mentions));
+        let ok = alive && mentioned;
         record(
             &mut t,
             &c,
             ok,
             format!(
                 "{} (operator healthy: {alive})",
-                msg.unwrap_or_else(|| format!("no Ready=False with a reason within {secs} s")),
+                msg.unwrap_or_else(|| format!("no Ready=False within {secs} s")),
             ),
         );
         w.emu("acs").clear_faults().await;
