@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use acs_identity_operator::acs::{
     AccessKey, AccessToken, AcsClient, AcsClientOptions, AcsError, ConnectionString, QuotaConfig,
-    RetryPolicy, Scope,
+    RetryPolicy, TokenScope,
 };
 use acs_identity_operator::emulator::{self, EmulatorConfig, QuotaLimit, RunningEmulator};
 use jiff::{SignedDuration, Timestamp};
@@ -62,15 +62,20 @@ async fn token_valid(emu: &RunningEmulator, t: &AccessToken) -> bool {
     v["valid"].as_bool().unwrap()
 }
 
-async fn admin_identity(emu: &RunningEmulator, id: &str) -> Value {
-    let list: Vec<Value> = admin(emu)
-        .get(format!("{}/admin/identities", emu.endpoint()))
+/// `GET /admin/{path}` of the emulator, as JSON.
+async fn admin_get(emu: &RunningEmulator, path: &str) -> Value {
+    admin(emu)
+        .get(format!("{}/admin/{path}", emu.endpoint()))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn admin_identity(emu: &RunningEmulator, id: &str) -> Value {
+    let list: Vec<Value> = serde_json::from_value(admin_get(emu, "identities").await).unwrap();
     list.into_iter()
         .find(|i| i["id"] == id)
         .unwrap_or_else(|| panic!("{id} not in the emulator's state"))
@@ -92,7 +97,7 @@ async fn full_flow(tls: bool) {
     assert!(plain.created && plain.token.is_none());
     assert!(plain.user.id.starts_with("8:acs:"), "{}", plain.user.id);
     let created = c
-        .create_user(Some(&[Scope::Chat, Scope::Voip]), Some(60), None)
+        .create_user(Some(&[TokenScope::Chat, TokenScope::Voip]), Some(60), None)
         .await
         .unwrap();
     let first = created.token.expect("token with scopes");
@@ -102,11 +107,15 @@ async fn full_flow(tls: bool) {
 
     // Issue: a second token, default and explicit lifetimes.
     let second = c
-        .issue_token(&id, &[Scope::ChatJoin, Scope::VoipJoin], Some(1440))
+        .issue_token(
+            &id,
+            &[TokenScope::ChatJoin, TokenScope::VoipJoin],
+            Some(1440),
+        )
         .await
         .unwrap();
     assert_expires_in(&second, 1440);
-    let third = c.issue_token(&id, &[Scope::Chat], None).await.unwrap();
+    let third = c.issue_token(&id, &[TokenScope::Chat], None).await.unwrap();
     assert_expires_in(&third, 1440);
     assert!(token_valid(&emu, &second).await && token_valid(&emu, &third).await);
 
@@ -114,14 +123,20 @@ async fn full_flow(tls: bool) {
     c.revoke_tokens(&id).await.unwrap();
     assert!(!token_valid(&emu, &first).await);
     assert!(!token_valid(&emu, &third).await);
-    let after_revoke = c.issue_token(&id, &[Scope::Chat], Some(60)).await.unwrap();
+    let after_revoke = c
+        .issue_token(&id, &[TokenScope::Chat], Some(60))
+        .await
+        .unwrap();
     assert!(token_valid(&emu, &after_revoke).await);
 
     // Delete; afterwards the user is a 404 everywhere, and the operator's delete-404 is "done".
     c.delete_user(&id).await.unwrap();
     assert_eq!(admin_identity(&emu, &id).await["deleted"], true);
     assert!(!token_valid(&emu, &after_revoke).await);
-    let e = c.issue_token(&id, &[Scope::Chat], None).await.unwrap_err();
+    let e = c
+        .issue_token(&id, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
     assert!(e.is_not_found() && !e.is_retryable(), "{e:?}");
     let e = c.revoke_tokens(&id).await.unwrap_err();
     assert!(e.is_not_found(), "{e:?}");
@@ -134,16 +149,16 @@ async fn full_flow(tls: bool) {
     // 400s: unknown scope, lifetime outside 60..=1440.
     let other = c.create_user(None, None, None).await.unwrap().user.id;
     for (scopes, minutes) in [
-        (vec![Scope::Other("chat.admin".into())], None),
-        (vec![Scope::Chat], Some(59)),
-        (vec![Scope::Chat], Some(1441)),
+        (vec![TokenScope::Other("chat.admin".into())], None),
+        (vec![TokenScope::Chat], Some(59)),
+        (vec![TokenScope::Chat], Some(1441)),
     ] {
         let e = c.issue_token(&other, &scopes, minutes).await.unwrap_err();
         assert_eq!(e.status(), Some(400), "{scopes:?} {minutes:?}: {e:?}");
         assert!(!e.is_retryable() && e.code().is_some(), "{e:?}");
     }
     let e = c
-        .create_user(Some(&[Scope::Voip]), Some(10), None)
+        .create_user(Some(&[TokenScope::Voip]), Some(10), None)
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(400), "{e:?}");
@@ -153,7 +168,7 @@ async fn full_flow(tls: bool) {
     let cs = ConnectionString::new(url::Url::parse(emu.endpoint()).unwrap(), wrong_key.clone());
     let bad = AcsClient::new(&cs, options(&emu, "2023-10-01")).unwrap();
     let e = bad
-        .issue_token(&other, &[Scope::Chat], None)
+        .issue_token(&other, &[TokenScope::Chat], None)
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(401), "{e:?}");
@@ -195,7 +210,7 @@ async fn custom_id_makes_create_idempotent_and_get_reads_it() {
     let emu = start(false).await;
     let c = client(&emu, options(&emu, "2025-03-02-preview"));
     let first = c
-        .create_user(Some(&[Scope::Chat]), Some(60), Some("uid-1234"))
+        .create_user(Some(&[TokenScope::Chat]), Some(60), Some("uid-1234"))
         .await
         .unwrap();
     assert!(first.created && first.token.is_some());
@@ -213,29 +228,54 @@ async fn custom_id_makes_create_idempotent_and_get_reads_it() {
     let e = c.get_user(&first.user.id).await.unwrap_err();
     assert!(e.is_not_found(), "{e:?}");
 
-    // The SDKs' default version has no custom ids: the id is not sent, each create is new.
-    let old = client(&emu, options(&emu, "2023-10-01"));
-    let a = old.create_user(None, None, Some("uid-x")).await.unwrap();
-    let b = old.create_user(None, None, Some("uid-x")).await.unwrap();
-    assert_ne!(a.user.id, b.user.id);
-    assert!(matches!(
-        old.get_user(&a.user.id).await,
-        Err(AcsError::Unsupported { .. })
-    ));
+    // The SDKs' default version and the GA versions published after the previews have no
+    // custom ids: the id is not sent, each create is new, and there is no GET.
+    for version in ["2023-10-01", "2025-06-30", "2026-07-22"] {
+        let old = client(&emu, options(&emu, version));
+        assert!(!old.supports_custom_id(), "{version}");
+        let a = old.create_user(None, None, Some("uid-x")).await.unwrap();
+        let b = old.create_user(None, None, Some("uid-x")).await.unwrap();
+        assert_ne!(a.user.id, b.user.id, "{version}");
+        assert!(matches!(
+            old.get_user(&a.user.id).await,
+            Err(AcsError::Unsupported { .. })
+        ));
+    }
+    // The second preview has them too.
+    let later = client(&emu, options(&emu, "2025-04-01-preview"));
+    let x = later.create_user(None, None, Some("uid-y")).await.unwrap();
+    let y = later.create_user(None, None, Some("uid-y")).await.unwrap();
+    assert!(x.created && !y.created && x.user.id == y.user.id);
     emu.shutdown().await;
+}
+
+/// An emulator that admits `max` token issues per `window` and answers 429 beyond.
+async fn with_issue_quota(max: u32, window: Duration) -> RunningEmulator {
+    let mut config = EmulatorConfig::default();
+    config.quotas.insert(
+        emulator::EmulatedOperation::Issue,
+        QuotaLimit { max, window },
+    );
+    emulator::spawn(config).await.unwrap()
+}
+
+/// An emulator whose next create meets `fault` (once).
+async fn with_create_fault(fault: emulator::FaultRule) -> RunningEmulator {
+    emulator::spawn(EmulatorConfig {
+        faults: vec![emulator::FaultRule {
+            operation: Some(emulator::EmulatedOperation::Create),
+            count: Some(1),
+            ..fault
+        }],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
 async fn emulator_throttling_is_retried_after_retry_after() {
-    let mut config = EmulatorConfig::default();
-    config.quotas.insert(
-        emulator::Operation::Issue,
-        QuotaLimit {
-            max: 2,
-            window: Duration::from_secs(1),
-        },
-    );
-    let emu = emulator::spawn(config).await.unwrap();
+    let emu = with_issue_quota(2, Duration::from_secs(1)).await;
     let c = client(
         &emu,
         AcsClientOptions {
@@ -247,7 +287,7 @@ async fn emulator_throttling_is_retried_after_retry_after() {
     let id = c.create_user(None, None, None).await.unwrap().user.id;
     let started = std::time::Instant::now();
     for _ in 0..3 {
-        c.issue_token(&id, &[Scope::Chat], None).await.unwrap();
+        c.issue_token(&id, &[TokenScope::Chat], None).await.unwrap();
     }
     // The third waited for the emulator's Retry-After instead of failing.
     assert!(
@@ -266,7 +306,7 @@ async fn emulator_throttling_is_retried_after_retry_after() {
     );
     let mut throttled = None;
     for _ in 0..5 {
-        if let Err(e) = no_retry.issue_token(&id, &[Scope::Chat], None).await {
+        if let Err(e) = no_retry.issue_token(&id, &[TokenScope::Chat], None).await {
             throttled = Some(e);
             break;
         }
@@ -275,5 +315,161 @@ async fn emulator_throttling_is_retried_after_retry_after() {
     assert_eq!(e.status(), Some(429));
     assert!(e.is_retryable() && e.retry_after().is_some(), "{e:?}");
     assert_eq!(e.metric_label(), "throttled");
+    emu.shutdown().await;
+}
+
+/// Requests by operation and status, from the emulator's admin stats.
+async fn stats(emu: &RunningEmulator) -> Value {
+    admin_get(emu, "stats").await
+}
+
+async fn live_users(emu: &RunningEmulator) -> usize {
+    let list: Vec<Value> = serde_json::from_value(admin_get(emu, "identities").await).unwrap();
+    list.iter().filter(|i| i["deleted"] != true).count()
+}
+
+/// The answer to a create is lost after ACS made the user. Without custom ids a retry
+/// would make a second, unrecorded user: the client does not retry and says the outcome
+/// is unknown. With a custom id the retry returns the same user.
+#[tokio::test]
+async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
+    let lost_answer = |drop: bool| emulator::FaultRule {
+        operation: None,
+        status: (!drop).then_some(503),
+        probability: 1.0,
+        retry_after_seconds: None,
+        latency_ms: None,
+        count: None,
+        drop,
+        after_execute: true,
+        ..emulator::FaultRule::default()
+    };
+    for version in ["2023-10-01", "2025-06-30", "2026-07-22"] {
+        for drop in [true, false] {
+            let emu = with_create_fault(lost_answer(drop)).await;
+            let c = client(&emu, options(&emu, version));
+            let e = c
+                .create_user(Some(&[TokenScope::Chat]), None, Some("uid-1"))
+                .await
+                .unwrap_err();
+            assert!(e.is_outcome_unknown(), "{version} drop={drop}: {e:?}");
+            assert_eq!(
+                stats(&emu).await["requests"]["create"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(Value::as_u64).sum::<u64>()),
+                Some(1),
+                "{version}: one create sent, not retried"
+            );
+            assert_eq!(
+                live_users(&emu).await,
+                1,
+                "{version}: the one user ACS made"
+            );
+            emu.shutdown().await;
+        }
+    }
+
+    let emu = with_create_fault(lost_answer(true)).await;
+    let c = client(&emu, options(&emu, "2025-03-02-preview"));
+    let created = c
+        .create_user(Some(&[TokenScope::Chat]), None, Some("uid-1"))
+        .await
+        .expect("retried with the same custom id");
+    assert!(
+        !created.created,
+        "the retry found the user the lost answer made"
+    );
+    assert_eq!(live_users(&emu).await, 1);
+    emu.shutdown().await;
+}
+
+/// 429 before ACS acted: retried even without custom ids.
+#[tokio::test]
+async fn a_throttled_create_is_retried_without_custom_ids() {
+    let emu = with_create_fault(emulator::FaultRule {
+        operation: None,
+        status: Some(429),
+        probability: 1.0,
+        retry_after_seconds: Some(1),
+        latency_ms: None,
+        count: None,
+        drop: false,
+        after_execute: false,
+        ..emulator::FaultRule::default()
+    })
+    .await;
+    let c = client(&emu, options(&emu, "2025-06-30"));
+    c.create_user(None, None, None).await.unwrap();
+    assert_eq!(stats(&emu).await["requests"]["create"]["429"], 1);
+    assert_eq!(live_users(&emu).await, 1);
+    emu.shutdown().await;
+}
+
+/// One AcsClient per ACS resource is shared by every reconcile: when ACS answers 429 with
+/// Retry-After, the other callers wait instead of collecting 429s of their own.
+#[tokio::test]
+async fn a_429_pauses_the_operation_for_every_caller_of_the_client() {
+    let emu = with_issue_quota(1, Duration::from_secs(2)).await;
+    let shared = client(
+        &emu,
+        AcsClientOptions {
+            // Only the server's quota applies, and nobody retries: a second 429 would show.
+            quota: QuotaConfig::unlimited(),
+            retry: RetryPolicy::no_retries(),
+            ..options(&emu, "2023-10-01")
+        },
+    );
+    let id = shared.create_user(None, None, None).await.unwrap().user.id;
+    shared
+        .issue_token(&id, &[TokenScope::Chat], None)
+        .await
+        .unwrap();
+    let e = shared
+        .issue_token(&id, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(429), "{e:?}");
+
+    // Another caller of the same client (a clone, as each reconcile holds one) waits out
+    // the pause and succeeds on its first request.
+    let other = shared.clone();
+    let started = std::time::Instant::now();
+    other
+        .issue_token(&id, &[TokenScope::Chat], None)
+        .await
+        .expect("sent after the pause");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let issued = stats(&emu).await["requests"]["issue"].clone();
+    assert_eq!(issued["429"], 1, "{issued}");
+    assert_eq!(issued["200"], 2, "{issued}");
+
+    // A pause longer than the caller may wait comes back at once, with nothing sent.
+    let impatient = client(
+        &emu,
+        AcsClientOptions {
+            quota: QuotaConfig::unlimited(),
+            retry: RetryPolicy {
+                max_retry_after: Duration::from_millis(100),
+                ..RetryPolicy::no_retries()
+            },
+            ..options(&emu, "2023-10-01")
+        },
+    );
+    impatient
+        .issue_token(&id, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
+    let before = stats(&emu).await["total"].as_u64();
+    let e = impatient
+        .issue_token(&id, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AcsError::Paused { .. }), "{e:?}");
+    assert!(e.is_retryable() && e.retry_after().is_some());
+    assert_eq!(stats(&emu).await["total"].as_u64(), before, "nothing sent");
     emu.shutdown().await;
 }

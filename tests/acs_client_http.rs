@@ -12,7 +12,7 @@ use acs_identity_operator::acs::signing::{
 };
 use acs_identity_operator::acs::{
     AccessKey, AcsClient, AcsClientOptions, AcsError, Attempt, ConnectionString, QuotaConfig, Rate,
-    RequestObserver, RetryPolicy, Scope,
+    RequestObserver, RetryPolicy, TokenScope,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -179,12 +179,12 @@ async fn operations_send_signed_sdk_shaped_requests() {
         .unwrap();
     assert!(plain.created && plain.token.is_none());
     let with_token = c
-        .create_user(Some(&[Scope::Chat, Scope::Voip]), Some(60), None)
+        .create_user(Some(&[TokenScope::Chat, TokenScope::Voip]), Some(60), None)
         .await
         .unwrap();
     assert_eq!(with_token.token.unwrap().token.expose_secret(), TOKEN);
     let t = c
-        .issue_token(USER, &[Scope::VoipJoin], Some(1440))
+        .issue_token(USER, &[TokenScope::VoipJoin], Some(1440))
         .await
         .unwrap();
     assert_eq!(t.expires_on.to_string(), "2026-11-25T22:35:05.1234567Z");
@@ -276,7 +276,10 @@ async fn retries_5xx_and_429_then_succeeds() {
     throttled.headers.push(("retry-after-ms", "20".into()));
     let (script, addr) = serve(vec![reply(503, ""), throttled, reply(200, &token_json())]).await;
     let c = client("http", addr, options("2023-10-01"));
-    let t = c.issue_token(USER, &[Scope::Chat], None).await.unwrap();
+    let t = c
+        .issue_token(USER, &[TokenScope::Chat], None)
+        .await
+        .unwrap();
     assert_eq!(t.token.expose_secret(), TOKEN);
     assert_eq!(script.seen().len(), 3);
 }
@@ -335,7 +338,10 @@ async fn client_errors_are_not_retried() {
         let body = format!(r#"{{"error":{{"code":"{code}","message":"nope"}}}}"#);
         let (script, addr) = serve(vec![reply(status, &body), reply(200, &token_json())]).await;
         let c = client("http", addr, options("2023-10-01"));
-        let e = c.issue_token(USER, &[Scope::Chat], None).await.unwrap_err();
+        let e = c
+            .issue_token(USER, &[TokenScope::Chat], None)
+            .await
+            .unwrap_err();
         assert_eq!((e.status(), e.code()), (Some(status), Some(code)));
         assert_eq!(e.is_not_found(), status == 404);
         assert!(!e.is_retryable());
@@ -351,7 +357,10 @@ async fn malformed_success_is_a_typed_error_without_the_token() {
     )])
     .await;
     let c = client("http", addr, options("2023-10-01"));
-    let e = c.issue_token(USER, &[Scope::Chat], None).await.unwrap_err();
+    let e = c
+        .issue_token(USER, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, AcsError::MalformedResponse { status: 200, .. }),
         "{e:?}"
@@ -458,6 +467,110 @@ async fn quota_makes_requests_wait_instead_of_failing() {
     );
 }
 
+/// An endpoint that redirects must not turn the client into a signed-request (and token)
+/// courier for wherever it points.
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (elsewhere, other) = serve(vec![reply(200, &token_json())]).await;
+    let mut moved = reply(302, "");
+    moved.headers.push((
+        "location",
+        format!("http://{other}/identities/x/:issueAccessToken?api-version=2023-10-01"),
+    ));
+    let mut permanent = moved.clone();
+    permanent.status = 308;
+    let (script, addr) = serve(vec![moved, permanent]).await;
+    let c = client("http", addr, options("2023-10-01"));
+    for status in [302, 308] {
+        let e = c
+            .issue_token(USER, &[TokenScope::Chat], None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(status), "{e:?}");
+        assert!(!e.is_retryable(), "{e:?}");
+    }
+    assert_eq!(script.seen().len(), 2, "each answered once, not retried");
+    assert!(
+        elsewhere.seen().is_empty(),
+        "the redirect target was never contacted"
+    );
+}
+
+const CREATED: &str = r#"{"identity":{"id":"8:acs:r_u"}}"#;
+
+/// Without custom ids a create that may have reached ACS is never sent again: a second
+/// create would make a second, unrecorded user. A 429 (ACS did not act) is retried.
+#[tokio::test]
+async fn a_create_without_custom_ids_is_not_retried_once_acs_may_have_acted() {
+    for version in ["2023-10-01", "2025-06-30", "2026-07-22"] {
+        let mut late = reply(201, CREATED);
+        late.delay = Duration::from_millis(500);
+        for first in [reply(500, ""), reply(503, ""), reply(408, ""), late] {
+            let (script, addr) = serve(vec![first.clone(), reply(201, CREATED)]).await;
+            let c = client(
+                "http",
+                addr,
+                AcsClientOptions {
+                    request_timeout: Duration::from_millis(200),
+                    ..options(version)
+                },
+            );
+            let e = c.create_user(None, None, Some("uid-1")).await.unwrap_err();
+            assert!(e.is_outcome_unknown(), "{version} {}: {e:?}", first.status);
+            assert_eq!(
+                script.seen().len(),
+                1,
+                "{version} {}: not retried",
+                first.status
+            );
+            assert_eq!(script.seen()[0].body, "", "{version}: no customId sent");
+        }
+        let mut throttled = reply(429, "");
+        throttled.headers.push(("retry-after-ms", "10".into()));
+        let (script, addr) = serve(vec![throttled, reply(201, CREATED)]).await;
+        let c = client("http", addr, options(version));
+        c.create_user(None, None, None)
+            .await
+            .expect("a 429 is retried: ACS did not act");
+        assert_eq!(script.seen().len(), 2);
+    }
+
+    // With custom ids the retry is safe and happens.
+    let (script, addr) = serve(vec![reply(503, ""), reply(200, CREATED)]).await;
+    let c = client("http", addr, options("2025-03-02-preview"));
+    let again = c.create_user(None, None, Some("uid-1")).await.unwrap();
+    assert!(!again.created);
+    let seen = script.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.body == r#"{"customId":"uid-1"}"#));
+}
+
+/// Error text from an endpoint reaches conditions and events: cut, and without control
+/// characters (no forged log lines, no terminal escapes). Non-JSON bodies are not echoed.
+#[tokio::test]
+async fn endpoint_error_text_is_cut_and_stripped() {
+    let long = format!(
+        r#"{{"error":{{"code":"Bad\nCode","message":"first\r\nlevel=info msg=forged \u001b[2J{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    let (_script, addr) = serve(vec![
+        reply(400, &long),
+        reply(400, "<html>secret-looking page body</html>"),
+    ])
+    .await;
+    let c = client("http", addr, options("2023-10-01"));
+    let e = c.revoke_tokens(USER).await.unwrap_err();
+    let shown = e.to_string();
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(
+        shown.contains("Bad Code") && shown.contains("first level=info"),
+        "{shown}"
+    );
+    assert!(shown.chars().count() < 500, "{}", shown.chars().count());
+    let e = c.revoke_tokens(USER).await.unwrap_err();
+    assert!(!format!("{e} {e:?}").contains("page body"), "{e:?}");
+}
+
 mod tls {
     use super::*;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -516,7 +629,7 @@ mod tls {
             },
         );
         let t = trusted
-            .issue_token(USER, &[Scope::Chat], Some(60))
+            .issue_token(USER, &[TokenScope::Chat], Some(60))
             .await
             .unwrap();
         assert_eq!(t.token.expose_secret(), TOKEN);
@@ -531,7 +644,7 @@ mod tls {
             },
         );
         let e = untrusted
-            .issue_token(USER, &[Scope::Chat], Some(60))
+            .issue_token(USER, &[TokenScope::Chat], Some(60))
             .await
             .unwrap_err();
         assert!(matches!(e, AcsError::Transport { .. }), "{e:?}");

@@ -260,13 +260,27 @@ async fn custom_id_and_get_on_the_preview_version() {
     assert_eq!(got.json["id"], id);
     assert_eq!(got.json["customId"], "uid-1234");
 
-    // The GA version ignores customId: every create is a new user.
-    let ga = format!("/identities?api-version={V}");
-    let a = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
-    let b = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
-    assert_eq!((a.status, b.status), (201, 201));
-    assert_ne!(a.json["identity"]["id"], b.json["identity"]["id"]);
-    assert!(a.json["identity"].get("customId").is_none());
+    // GA versions, the ones published after the previews included, have no customId
+    // (ignored: every create is a new user) and no GET /identities/{id}.
+    for version in [V, "2025-06-30", "2026-07-22"] {
+        let ga = format!("/identities?api-version={version}");
+        let a = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
+        let b = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
+        assert_eq!((a.status, b.status), (201, 201), "{version}");
+        assert_ne!(
+            a.json["identity"]["id"], b.json["identity"]["id"],
+            "{version}"
+        );
+        assert!(a.json["identity"].get("customId").is_none(), "{version}");
+        let get = c
+            .call(
+                Method::GET,
+                &format!("/identities/{}?api-version={version}", enc(id)),
+                None,
+            )
+            .await;
+        assert_eq!(get.status, 404, "{version}: {}", get.json);
+    }
 }
 
 #[tokio::test]

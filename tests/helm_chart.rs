@@ -389,6 +389,31 @@ fn values_schema_rejects_bad_values_readably() {
             &["--set", "clusterCommunicationService.create=true"],
             &["connectionStringSecretRef/name"],
         ),
+        (
+            &["--set", "maxConcurrentReconciles=0"],
+            &["/maxConcurrentReconciles"],
+        ),
+        (
+            &["--set-string", "minTokenInterval=15"],
+            &["/minTokenInterval"],
+        ),
+        (
+            &["--set-string", "allowInsecureEndpoints=yes"],
+            &["/allowInsecureEndpoints"],
+        ),
+        (
+            &["--set", "clusterResourceNamespace=Acs_System"],
+            &["/clusterResourceNamespace"],
+        ),
+        (
+            &["--set", "networkPolicy.acsPorts[0]=70000"],
+            &["/networkPolicy/acsPorts/0"],
+        ),
+        // Credential Secrets outside the cluster resource namespace are gone for good.
+        (
+            &["--set", "rbac.credentialNamespaces[0]=team-a"],
+            &["credentialNamespaces", "not allowed"],
+        ),
     ];
     for (set, expect) in cases {
         let chart = chart();
@@ -423,6 +448,231 @@ fn values_schema_rejects_bad_values_readably() {
         ],
     );
     assert!(!ok && err.contains("leaderElection.enabled"), "{err}");
+}
+
+fn deployment_args(docs: &[Value]) -> Vec<String> {
+    let deploy = of_kind(docs, "Deployment")[0];
+    str_list(&deploy["spec"]["template"]["spec"]["containers"][0]["args"])
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// Roles and ClusterRoles that let the operator read Secrets, by namespace (`*` for a
+/// ClusterRole).
+fn secret_readers(docs: &[Value]) -> Vec<String> {
+    let reads = |role: &Value| {
+        role["rules"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|rule| {
+                let core = str_list(&rule["apiGroups"])
+                    .iter()
+                    .any(|g| g.is_empty() || *g == "*");
+                let secrets = str_list(&rule["resources"])
+                    .iter()
+                    .any(|r| *r == "secrets" || *r == "*");
+                let read = str_list(&rule["verbs"])
+                    .iter()
+                    .any(|v| ["get", "list", "watch", "*"].contains(v));
+                core && secrets && read
+            })
+    };
+    let mut out: Vec<String> = of_kind(docs, "ClusterRole")
+        .into_iter()
+        .filter(|r| reads(r))
+        .map(|_| "*".to_string())
+        .chain(
+            of_kind(docs, "Role")
+                .into_iter()
+                .filter(|r| reads(r))
+                .filter_map(|r| r["metadata"]["namespace"].as_str().map(String::from)),
+        )
+        .collect();
+    out.sort();
+    out
+}
+
+/// The operator's new flags come from values: the cluster resource namespace (default the
+/// release namespace), insecure endpoints (off), the reconcile bound and the token floor.
+#[test]
+fn deployment_passes_the_tenant_safety_flags() {
+    let cp = ControlPlane::get();
+    let d = docs(&template(cp, "flags", "acs-system", &[]));
+    let args = deployment_args(&d);
+    for want in [
+        "--cluster-resource-namespace=acs-system",
+        "--max-concurrent-reconciles=16",
+        "--min-token-interval=15s",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--allow-insecure-endpoints")),
+        "https only by default: {args:?}"
+    );
+    let env = &of_kind(&d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+    let pod_ns = env
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "POD_NAMESPACE")
+        .expect("POD_NAMESPACE env");
+    assert_eq!(
+        pod_ns["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+
+    let d = docs(&template(
+        cp,
+        "flags",
+        "acs-system",
+        &[
+            "--set",
+            "clusterResourceNamespace=acs-creds,allowInsecureEndpoints=true,maxConcurrentReconciles=4,minTokenInterval=1m",
+        ],
+    ));
+    let args = deployment_args(&d);
+    for want in [
+        "--cluster-resource-namespace=acs-creds",
+        "--allow-insecure-endpoints",
+        "--max-concurrent-reconciles=4",
+        "--min-token-interval=1m",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+    }
+}
+
+/// In restricted mode the operator reads Secrets only in the watched namespaces and the
+/// cluster resource namespace; the chart's ClusterCommunicationService must keep its
+/// credentials there.
+#[test]
+fn cluster_credentials_are_readable_only_in_the_cluster_resource_namespace() {
+    let cp = ControlPlane::get();
+    let (_dir, values) = values_file(&restricted_values(&["team-a", "team-b"], "shared"));
+    // (clusterResourceNamespace, Secret readers, the chart's service's Secret namespace);
+    // a watched cluster resource namespace needs no extra Role.
+    let cases: [(&str, [&str; 3], &str); 3] = [
+        ("", ["acs-system", "team-a", "team-b"], "acs-system"),
+        ("acs-creds", ["acs-creds", "team-a", "team-b"], "acs-creds"),
+        ("team-a", ["team-a", "team-a", "team-b"], "team-a"),
+    ];
+    for (crn, readers, secret_ns) in cases {
+        let set = format!("clusterResourceNamespace={crn}");
+        let d = docs(&template(
+            cp,
+            "creds",
+            "acs-system",
+            &["-f", &values, "--api-versions", CCS_API, "--set", &set],
+        ));
+        let mut want: Vec<&str> = readers.to_vec();
+        want.dedup();
+        assert_eq!(secret_readers(&d), want, "{set}");
+        let ccs = of_kind(&d, "ClusterCommunicationService")[0];
+        assert_eq!(
+            ccs["spec"]["connectionStringSecretRef"]["namespace"], secret_ns,
+            "{set}"
+        );
+    }
+
+    // A chart-made ClusterCommunicationService with its Secret elsewhere would never be
+    // used: refused at render time, naming both namespaces.
+    let chart = chart();
+    let (ok, _, err) = helm(
+        cp,
+        &[
+            "template",
+            "creds",
+            chart.as_str(),
+            "--namespace",
+            "acs-system",
+            "--kube-version",
+            &cp.k8s_version,
+            "-f",
+            &values,
+            "--api-versions",
+            CCS_API,
+            "--set",
+            "clusterCommunicationService.connectionStringSecretRef.namespace=team-b",
+        ],
+    );
+    assert!(
+        !ok,
+        "a credential Secret outside the cluster resource namespace rendered"
+    );
+    assert!(
+        err.contains("\"team-b\"")
+            && err.contains("\"acs-system\"")
+            && err.contains("cluster resource namespace"),
+        "{err}"
+    );
+}
+
+/// Off by default; when enabled the policy lets the operator reach DNS, the API server and
+/// ACS over https, and lets scrapes reach the metrics port, and nothing else.
+#[tokio::test]
+async fn network_policy_is_opt_in_and_accepted_by_the_api_server() {
+    let cp = ControlPlane::get();
+    assert!(
+        of_kind(
+            &docs(&template(cp, "np", "acs-system", &[])),
+            "NetworkPolicy"
+        )
+        .is_empty()
+    );
+
+    let admin = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &admin, "chart-np").await;
+    let (_dir, values) = values_file(
+        "networkPolicy:\n  enabled: true\n  apiServer: {cidrs: [10.0.0.1/32]}\n\
+         \x20 metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]\n",
+    );
+    let rendered = template(cp, "np", &ns.name, &["-f", &values]);
+    let d = docs(&rendered);
+    let policies = of_kind(&d, "NetworkPolicy");
+    assert_eq!(policies.len(), 1);
+    let spec = &policies[0]["spec"];
+    assert_eq!(str_list(&spec["policyTypes"]), ["Ingress", "Egress"]);
+    let ports = |rule: &Value| -> Vec<(String, u64)> {
+        rule["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["protocol"].as_str().unwrap_or_default().to_string(),
+                    p["port"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let ingress = spec["ingress"].as_sequence().expect("ingress rules");
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(ports(&ingress[0]), [("TCP".to_string(), 8080)]);
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let egress: Vec<Vec<(String, u64)>> = spec["egress"]
+        .as_sequence()
+        .expect("egress rules")
+        .iter()
+        .map(ports)
+        .collect();
+    let tcp = |p: u64| ("TCP".to_string(), p);
+    assert_eq!(
+        egress,
+        [
+            vec![("UDP".to_string(), 53), tcp(53)],
+            vec![tcp(443), tcp(6443)],
+            vec![tcp(443)],
+        ]
+    );
+    assert_eq!(spec["egress"][1]["to"][0]["ipBlock"]["cidr"], "10.0.0.1/32");
+    dry_run_server(cp, &rendered);
 }
 
 #[tokio::test]
@@ -594,15 +844,18 @@ async fn install_upgrade_uninstall() {
         cr["rules"]
     );
     // Restricted mode: Secret writes only in the watched namespace; credential reads in
-    // the release namespace (where the service's Secret lives), no writes there.
+    // the cluster resource namespace (default: the release namespace, where the
+    // service's Secret lives), no writes there.
     assert!(can_i(cp, &sa, "create", "secrets", Some(&team.name)));
     assert!(!can_i(cp, &sa, "create", "secrets", Some(&other.name)));
     assert!(!can_i(cp, &sa, "get", "secrets", Some(&other.name)));
     assert!(!can_i(cp, &sa, "create", "secrets", None));
     assert!(can_i(cp, &sa, "get", "secrets", Some(&ns.name)));
     assert!(!can_i(cp, &sa, "create", "secrets", Some(&ns.name)));
+    // Namespace labels are watched (metadata only) for cluster services' selectors.
     assert!(can_i(cp, &sa, "get", "namespaces", None));
-    assert!(!can_i(cp, &sa, "list", "namespaces", None));
+    assert!(can_i(cp, &sa, "watch", "namespaces", None));
+    assert!(!can_i(cp, &sa, "delete", "namespaces", None));
 
     let (ok, out, err) = helm(cp, &["uninstall", &release, "-n", &ns.name, "--no-hooks"]);
     assert!(ok, "helm uninstall:\n{out}\n{err}");

@@ -122,8 +122,13 @@ async fn an_applied_identity_gets_a_user_a_valid_token_in_its_secret_status_and_
     );
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));
 
-    env.wait_event("app", "UserCreated", Some("Normal")).await;
-    env.wait_event("app", "TokenIssued", Some("Normal")).await;
+    // One event for a new identity (an API write each): the user and its first token.
+    let created = env.wait_event("app", "UserCreated", Some("Normal")).await;
+    let note = created.note.unwrap_or_default();
+    assert!(
+        note.contains("token") && note.contains("Secret app"),
+        "{note}"
+    );
     settle().await;
     assert_eq!(
         tokens_issued(&env, &user).await,
@@ -703,9 +708,22 @@ async fn services_do_not_cross_namespaces_unless_a_cluster_service_selects_them(
         .await
         .unwrap();
 
-    // A cluster service reading the credentials from the first namespace, for
-    // namespaces labelled `label=allowed`.
+    // A cluster service, its credentials in the cluster resource namespace (the
+    // operator's), for namespaces labelled `label=allowed`.
     let cluster_name = format!("shared-{}", env.ns());
+    let shared_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": cluster_name, "namespace": operator::OPERATOR_NAMESPACE},
+        "stringData": {"connectionString": env.emulator.connection_string},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), operator::OPERATOR_NAMESPACE)
+        .patch(
+            &cluster_name,
+            &kube::api::PatchParams::apply("acs-e2e").force(),
+            &kube::api::Patch::Apply(&shared_secret),
+        )
+        .await
+        .unwrap();
     create_in(
         client,
         "",
@@ -715,7 +733,7 @@ async fn services_do_not_cross_namespaces_unless_a_cluster_service_selects_them(
             "kind": "ClusterCommunicationService",
             "metadata": {"name": cluster_name},
             "spec": {
-                "connectionStringSecretRef": {"name": operator::CREDENTIAL_SECRET, "namespace": env.ns()},
+                "connectionStringSecretRef": {"name": cluster_name, "namespace": operator::OPERATOR_NAMESPACE},
                 "namespaceSelector": {"matchLabels": {label.clone(): "allowed"}},
             },
         }),

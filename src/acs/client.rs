@@ -10,20 +10,17 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
+use super::api_versions::{DEFAULT_API_VERSION, supports_custom_id, supports_get_identity};
 use super::connection_string::{AccessKey, ConnectionString, host_with_port};
+use super::endpoint::check_endpoint;
 use super::error::{AcsError, Operation};
 use super::model::{
     AccessToken, CommunicationUser, CreateUserBody, CreatedUser, IssueTokenBody, RawResponse,
-    Scope, parse_create_user, parse_get_user, parse_issue_token, parse_no_content,
+    TokenScope, parse_create_user, parse_get_user, parse_issue_token, parse_no_content,
 };
-use super::quota::{Quota, QuotaConfig};
+use super::quota::{ClientQuota, QuotaConfig};
 use super::retry::{RetryPolicy, retry_after_from_headers};
 use super::signing::sign_request;
-
-/// The api-version the SDKs use by default.
-pub const DEFAULT_API_VERSION: &str = "2023-10-01";
-/// The first api-version with `customId` on create and `GET /identities/{id}`.
-pub const CUSTOM_ID_API_VERSION: &str = "2025-03-02-preview";
 
 /// What the SDKs' serializer escapes in a path parameter: everything but RFC 3986's
 /// unreserved characters (Python's `quote(value, safe="")`), so `8:acs:x` becomes
@@ -34,26 +31,9 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Whether an api-version (`YYYY-MM-DD[-preview]`) is at least `CUSTOM_ID_API_VERSION`.
-/// Later versions are assumed to keep the feature, as ACS's versions have so far.
-pub fn supports_custom_id(api_version: &str) -> bool {
-    let date = |v: &str| -> Option<(u16, u8, u8)> {
-        let d = v.get(..10)?;
-        let mut it = d.split('-');
-        let y = it.next()?.parse().ok()?;
-        let m = it.next()?.parse().ok()?;
-        let day = it.next()?.parse().ok()?;
-        Some((y, m, day))
-    };
-    match (date(api_version), date(CUSTOM_ID_API_VERSION)) {
-        (Some(v), Some(min)) => v >= min,
-        _ => false,
-    }
-}
-
 /// The request target (`path?query`) of an operation, percent-encoded as sent and signed.
 /// `id` is ignored for `CreateUser`.
-pub fn request_target(op: Operation, id: &str, api_version: &str) -> String {
+fn request_target(op: Operation, id: &str, api_version: &str) -> String {
     let id = utf8_percent_encode(id, PATH_SEGMENT);
     let path = match op {
         Operation::CreateUser => "/identities".to_string(),
@@ -107,6 +87,9 @@ pub struct AcsClientOptions {
     /// emulator's `--tls`).
     pub extra_ca_pem: Option<Vec<u8>>,
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Allow plain http to any host (`--allow-insecure-endpoints`); without it plain http
+    /// goes to loopback addresses only. User info in the endpoint is refused regardless.
+    pub allow_insecure_endpoints: bool,
 }
 
 impl Default for AcsClientOptions {
@@ -119,6 +102,7 @@ impl Default for AcsClientOptions {
             quota: QuotaConfig::default(),
             extra_ca_pem: None,
             observer: None,
+            allow_insecure_endpoints: false,
         }
     }
 }
@@ -133,6 +117,7 @@ impl fmt::Debug for AcsClientOptions {
             .field("quota", &self.quota)
             .field("extra_ca_pem", &self.extra_ca_pem.as_ref().map(|p| p.len()))
             .field("observer", &self.observer.is_some())
+            .field("allow_insecure_endpoints", &self.allow_insecure_endpoints)
             .finish()
     }
 }
@@ -151,7 +136,7 @@ struct Inner {
     api_version: String,
     request_timeout: Duration,
     retry: RetryPolicy,
-    quota: Quota,
+    quota: ClientQuota,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -165,7 +150,10 @@ impl fmt::Debug for AcsClient {
 }
 
 impl AcsClient {
+    /// A client for the connection's endpoint. Refuses an endpoint that [`check_endpoint`]
+    /// refuses (`AcsError::Endpoint`), before any request.
     pub fn new(connection: &ConnectionString, options: AcsClientOptions) -> Result<Self, AcsError> {
+        check_endpoint(connection.endpoint(), options.allow_insecure_endpoints)?;
         if options.api_version.trim().is_empty() {
             return Err(AcsError::Config("api-version is empty".into()));
         }
@@ -186,6 +174,9 @@ impl AcsClient {
             .use_rustls_tls()
             .timeout(options.request_timeout)
             .connect_timeout(options.connect_timeout.min(options.request_timeout))
+            // A redirect would send a signed request (and get tokens back) from wherever
+            // the endpoint points; an ACS endpoint never redirects.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("acs-identity-operator/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &options.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
@@ -209,7 +200,7 @@ impl AcsClient {
                 key: connection.key().clone(),
                 request_timeout: options.request_timeout,
                 retry: options.retry,
-                quota: Quota::new(&options.quota),
+                quota: ClientQuota::new(&options.quota),
                 api_version: options.api_version,
                 observer: options.observer,
             }),
@@ -220,9 +211,15 @@ impl AcsClient {
         &self.inner.api_version
     }
 
-    /// Whether `create_user` sends a custom id (and `get_user` is available).
+    /// Whether `create_user` sends a custom id (and `get_user` is available), from the
+    /// table of published api-versions ([`super::api_versions`]).
     pub fn supports_custom_id(&self) -> bool {
         supports_custom_id(&self.inner.api_version)
+    }
+
+    /// The endpoint requests go to, without a trailing slash.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.base
     }
 
     /// Creates a user, with a token when `scopes` is given. With an api-version that knows
@@ -232,10 +229,12 @@ impl AcsClient {
     /// accepts 60..=1440 and answers 400 otherwise).
     ///
     /// Without a custom id a create is not idempotent: a retry after a timeout whose
-    /// request did reach ACS makes a second user. Prefer an api-version with custom ids.
+    /// request did reach ACS would make a second, unrecorded user. So without one the
+    /// client retries a create only when ACS certainly did not act (429, connection
+    /// refused); otherwise the error says so (`is_outcome_unknown()`) and the caller decides.
     pub async fn create_user(
         &self,
-        scopes: Option<&[Scope]>,
+        scopes: Option<&[TokenScope]>,
         expires_in_minutes: Option<u32>,
         custom_id: Option<&str>,
     ) -> Result<CreatedUser, AcsError> {
@@ -262,31 +261,41 @@ impl AcsClient {
         } else {
             Some(to_json(&body)?)
         };
-        self.call(Operation::CreateUser, "", body, |r| {
+        let retry = if custom_id.is_some() {
+            Retry::Retryable
+        } else {
+            Retry::OnlyIfNotExecuted
+        };
+        self.call(Operation::CreateUser, "", body, retry, |r| {
             parse_create_user(r, token_expected)
         })
         .await
     }
 
-    /// Reads a user (`GET /identities/{id}`); needs `CUSTOM_ID_API_VERSION` or newer.
+    /// Reads a user (`GET /identities/{id}`), on api-versions that publish it.
     pub async fn get_user(&self, id: &str) -> Result<CommunicationUser, AcsError> {
-        if !self.supports_custom_id() {
+        if !supports_get_identity(&self.inner.api_version) {
             return Err(AcsError::Unsupported {
                 api_version: self.inner.api_version.clone(),
                 what: "get_user",
-                needed: CUSTOM_ID_API_VERSION,
             });
         }
         check_id(id)?;
-        self.call(Operation::GetUser, id, None, parse_get_user)
-            .await
+        self.call(
+            Operation::GetUser,
+            id,
+            None,
+            Retry::Retryable,
+            parse_get_user,
+        )
+        .await
     }
 
     /// Issues a new token for an existing user. A deleted or unknown id is a 404.
     pub async fn issue_token(
         &self,
         id: &str,
-        scopes: &[Scope],
+        scopes: &[TokenScope],
         expires_in_minutes: Option<u32>,
     ) -> Result<AccessToken, AcsError> {
         check_id(id)?;
@@ -294,14 +303,20 @@ impl AcsClient {
             scopes,
             expires_in_minutes,
         })?;
-        self.call(Operation::IssueToken, id, Some(body), parse_issue_token)
-            .await
+        self.call(
+            Operation::IssueToken,
+            id,
+            Some(body),
+            Retry::Retryable,
+            parse_issue_token,
+        )
+        .await
     }
 
     /// Revokes every token issued to the user so far.
     pub async fn revoke_tokens(&self, id: &str) -> Result<(), AcsError> {
         check_id(id)?;
-        self.call(Operation::RevokeTokens, id, None, |r| {
+        self.call(Operation::RevokeTokens, id, None, Retry::Retryable, |r| {
             parse_no_content(Operation::RevokeTokens, r)
         })
         .await
@@ -311,24 +326,36 @@ impl AcsClient {
     /// already gone.
     pub async fn delete_user(&self, id: &str) -> Result<(), AcsError> {
         check_id(id)?;
-        self.call(Operation::DeleteUser, id, None, |r| {
+        self.call(Operation::DeleteUser, id, None, Retry::Retryable, |r| {
             parse_no_content(Operation::DeleteUser, r)
         })
         .await
     }
 
-    /// Quota, send, parse; retried while the error is retryable and the policy allows.
+    /// Quota, send, parse; retried while the error is retryable, `retry` allows it and the
+    /// policy allows. A 429 with `Retry-After` pauses the operation for every caller of
+    /// this client (they share one ACS resource's limit).
     async fn call<T>(
         &self,
         op: Operation,
         id: &str,
         body: Option<Vec<u8>>,
+        retry: Retry,
         parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
     ) -> Result<T, AcsError> {
         let url = self.request_url(op, id)?;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            let paused = self.inner.quota.paused_for(op, Instant::now());
+            if paused > self.inner.retry.max_retry_after {
+                // Waiting here would hold the caller's reconcile for that long; it can
+                // requeue instead.
+                return Err(AcsError::Paused {
+                    operation: op,
+                    retry_after: paused,
+                });
+            }
             let quota_wait = self.inner.quota.acquire(op).await;
             let started = Instant::now();
             let result = match self.send_once(op, &url, body.as_deref()).await {
@@ -359,7 +386,14 @@ impl AcsClient {
                 Ok(v) => return Ok(v),
                 Err((_, e)) => e,
             };
-            let delay = if err.is_retryable() {
+            if err.status() == Some(429)
+                && let Some(wait) = err.retry_after()
+            {
+                self.inner.quota.pause(op, Instant::now() + wait);
+            }
+            let may_retry =
+                err.is_retryable() && (retry == Retry::Retryable || !err.is_outcome_unknown());
+            let delay = if may_retry {
                 self.inner
                     .retry
                     .next_delay(attempt, err.retry_after(), rand::random::<f64>())
@@ -367,7 +401,16 @@ impl AcsClient {
                 None
             };
             let Some(delay) = delay else {
-                tracing::debug!(operation = %op, attempt, error = %err, "ACS request failed");
+                if err.is_outcome_unknown() && retry == Retry::OnlyIfNotExecuted {
+                    tracing::warn!(
+                        operation = %op,
+                        attempt,
+                        error = %err,
+                        "ACS may have carried out this request although no answer came back; not retrying it (the api-version has no custom ids, a second create would make a second user)"
+                    );
+                } else {
+                    tracing::debug!(operation = %op, attempt, error = %err, "ACS request failed");
+                }
                 return Err(err);
             };
             tracing::debug!(
@@ -387,7 +430,7 @@ impl AcsClient {
     pub fn prepare_issue_token(
         &self,
         id: &str,
-        scopes: &[Scope],
+        scopes: &[TokenScope],
         expires_in_minutes: Option<u32>,
     ) -> Result<reqwest::Request, AcsError> {
         check_id(id)?;
@@ -482,9 +525,19 @@ impl AcsClient {
         AcsError::Transport {
             operation: op,
             connect: e.is_connect(),
-            detail: error_chain(&e.without_url()),
+            // Bounded like any text that may come from the other end (TLS names, proxies).
+            detail: super::error::endpoint_text(&error_chain(&e.without_url())),
         }
     }
+}
+
+/// Whether a failed request may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Idempotent (or made so by a custom id): retry any retryable error.
+    Retryable,
+    /// Not idempotent: retry only when ACS certainly did not act (429, connect failure).
+    OnlyIfNotExecuted,
 }
 
 fn success_status(op: Operation) -> u16 {
@@ -527,13 +580,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn custom_id_support_by_api_version() {
-        assert!(!supports_custom_id("2023-10-01"));
-        assert!(!supports_custom_id("2025-03-01"));
-        assert!(supports_custom_id("2025-03-02-preview"));
-        assert!(supports_custom_id("2026-01-01"));
-        assert!(!supports_custom_id("garbage"));
-        assert!(!supports_custom_id(""));
+    fn custom_id_support_comes_from_the_published_table() {
+        let cs =
+            ConnectionString::parse("endpoint=https://a.b/;accesskey=c2VjcmV0LWtleS1ieXRlcw==")
+                .unwrap();
+        for (version, custom) in [
+            ("2023-10-01", false),
+            ("2025-03-02-preview", true),
+            ("2025-04-01-preview", true),
+            ("2025-06-30", false),
+            ("2026-07-22", false),
+        ] {
+            let client = AcsClient::new(
+                &cs,
+                AcsClientOptions {
+                    api_version: version.into(),
+                    ..AcsClientOptions::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(client.supports_custom_id(), custom, "{version}");
+        }
+    }
+
+    #[test]
+    fn endpoints_are_checked_when_the_client_is_built() {
+        let key = "accesskey=c2VjcmV0LWtleS1ieXRlcw==";
+        let build = |endpoint: &str, allow_insecure_endpoints| {
+            let cs = ConnectionString::parse(&format!("endpoint={endpoint};{key}")).unwrap();
+            AcsClient::new(
+                &cs,
+                AcsClientOptions {
+                    allow_insecure_endpoints,
+                    ..AcsClientOptions::default()
+                },
+            )
+        };
+        assert!(build("https://res.communication.azure.com/", false).is_ok());
+        assert!(build("http://127.0.0.1:7000/", false).is_ok());
+        let e = build("http://10.1.2.3:7000/", false).unwrap_err();
+        assert_eq!(e.reason(), Some("InsecureEndpoint"), "{e:?}");
+        assert_eq!(e.metric_label(), "insecure_endpoint");
+        assert!(build("http://10.1.2.3:7000/", true).is_ok());
+        let e = build("https://me:pw@res.example/", true).unwrap_err();
+        assert!(matches!(e, AcsError::Endpoint(_)), "{e:?}");
+        assert!(!e.to_string().contains("pw"), "{e}");
     }
 
     #[test]
@@ -561,7 +652,7 @@ mod tests {
             let name = v["name"].as_str().unwrap();
             let api = op["api_version"].as_str().unwrap();
             let id = op["id"].as_str().unwrap_or("");
-            let scopes: Option<Vec<Scope>> = op["scopes"].as_array().map(|a| {
+            let scopes: Option<Vec<TokenScope>> = op["scopes"].as_array().map(|a| {
                 a.iter()
                     .map(|s| s.as_str().unwrap().parse().unwrap())
                     .collect()
@@ -634,7 +725,7 @@ mod tests {
         .unwrap();
         let client = AcsClient::new(&cs, AcsClientOptions::default()).unwrap();
         let request = client
-            .prepare_issue_token("8:acs:x_y", &[Scope::Chat], Some(60))
+            .prepare_issue_token("8:acs:x_y", &[TokenScope::Chat], Some(60))
             .unwrap();
         assert_eq!(request.method(), Method::POST);
         let target = format!(
@@ -661,7 +752,7 @@ mod tests {
         assert!(verify(cs.key(), &sts, &auth.signature));
         assert!(
             client
-                .prepare_issue_token(" ", &[Scope::Chat], None)
+                .prepare_issue_token(" ", &[TokenScope::Chat], None)
                 .is_err()
         );
     }

@@ -43,14 +43,20 @@ impl fmt::Debug for AccessKey {
     }
 }
 
+/// Why a connection string was refused. No variant holds any part of the input: a
+/// malformed string may have its values swapped or shifted, so any value (even a short
+/// prefix) can be the access key. Only part numbers and fixed part names are shown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectionStringError {
     #[error("connection string is empty")]
     Empty,
     #[error(
-        "connection string part `{0}` has no `=`; expected `endpoint=https://...;accesskey=...`"
+        "connection string part {index} has no `=`; expected `endpoint=<url>;accesskey=<key>` (values are not shown)"
     )]
-    MalformedPart(String),
+    MalformedPart {
+        /// 1-based position among the `;`-separated parts.
+        index: usize,
+    },
     #[error("connection string has no `endpoint=` part")]
     MissingEndpoint,
     #[error("connection string has no `accesskey=` part")]
@@ -59,10 +65,23 @@ pub enum ConnectionStringError {
     EmptyPart(&'static str),
     #[error("connection string names `{0}` twice")]
     Duplicate(&'static str),
-    #[error("connection string endpoint is not a valid http(s) URL: {0}")]
-    BadEndpoint(String),
-    #[error("connection string access key is not valid base64")]
+    #[error(
+        "connection string endpoint is not an http(s) URL with a host ({0}); its value is not shown"
+    )]
+    BadEndpoint(EndpointProblem),
+    #[error("connection string access key is not valid base64 (its value is not shown)")]
     KeyNotBase64,
+}
+
+/// What is wrong with an endpoint value, in fixed words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointProblem {
+    #[error("not a URL")]
+    NotAUrl,
+    #[error("the scheme is neither http nor https")]
+    Scheme,
+    #[error("no host")]
+    NoHost,
 }
 
 impl ConnectionString {
@@ -79,11 +98,14 @@ impl ConnectionString {
         }
         let mut endpoint = None;
         let mut key = None;
-        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        for (index, part) in s
+            .split(';')
+            .map(str::trim)
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+        {
             let Some((name, value)) = part.split_once('=') else {
-                // The part may contain the key, so only its name-ish prefix is shown.
-                let shown: String = part.chars().take(12).collect();
-                return Err(ConnectionStringError::MalformedPart(shown));
+                return Err(ConnectionStringError::MalformedPart { index: index + 1 });
             };
             let value = value.trim();
             let (slot, part_name) = match name.trim().to_ascii_lowercase().as_str() {
@@ -147,12 +169,14 @@ pub fn host_with_port(url: &Url) -> String {
 }
 
 fn parse_endpoint(s: &str) -> Result<Url, ConnectionStringError> {
-    let url =
-        Url::parse(s).map_err(|e| ConnectionStringError::BadEndpoint(format!("`{s}`: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConnectionStringError::BadEndpoint(format!(
-            "`{s}`: expected http:// or https:// with a host"
-        )));
+    let bad = ConnectionStringError::BadEndpoint;
+    // url's own errors are fixed texts, but they are not needed: the problem kinds say enough.
+    let url = Url::parse(s).map_err(|_| bad(EndpointProblem::NotAUrl))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(EndpointProblem::Scheme));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(EndpointProblem::NoHost));
     }
     Ok(url)
 }
@@ -218,7 +242,7 @@ mod tests {
         ));
         assert!(matches!(
             ConnectionString::parse("garbage"),
-            Err(MalformedPart(_))
+            Err(MalformedPart { index: 1 })
         ));
     }
 
@@ -232,6 +256,97 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("<redacted>"));
+    }
+
+    /// A 6-character window of `source` found in `shown`, skipping windows that touch or
+    /// are part of a fixed part name (`endpoint`, `accesskey`: the format, not a value).
+    fn leaked_fragment(shown: &str, source: &str) -> Option<String> {
+        const FIXED: [&str; 2] = ["endpoint", "accesskey"];
+        let mut blanked = source.to_string();
+        for word in FIXED {
+            while let Some(at) = blanked.to_ascii_lowercase().find(word) {
+                blanked.replace_range(at..at + word.len(), &"\0".repeat(word.len()));
+            }
+        }
+        let chars: Vec<char> = blanked.chars().collect();
+        chars
+            .windows(6)
+            .map(|w| w.iter().collect::<String>())
+            .filter(|w| !w.contains('\0'))
+            .filter(|w| !FIXED.iter().any(|f| f.contains(&w.to_ascii_lowercase())))
+            .find(|w| shown.contains(w.as_str()))
+    }
+
+    /// Every malformation we can think of, built around a known key: no error's Display or
+    /// Debug holds 6 consecutive characters of the key or of the connection string.
+    #[test]
+    fn no_error_carries_any_piece_of_the_input() {
+        const SECRET: &str = "QzNwdjRkR0hxWlRtWnJ5bE5vZ0xKc3U5cmF0V0tRZ1BzYmVkTjhOa0JmMD0=";
+        let ep = "https://tenant-a.communication.azure.com/";
+        let unpadded = SECRET.trim_end_matches('=');
+        let head = &SECRET[..12];
+        let cases: Vec<String> = vec![
+            format!("endpoint={SECRET};accesskey={ep}"),
+            format!("accesskey={ep};endpoint={SECRET}"),
+            SECRET.to_string(),
+            format!("{SECRET};{ep}"),
+            format!("endpoint={ep};{SECRET}"),
+            format!("endpoint={ep};{unpadded}"),
+            format!("{unpadded};endpoint={ep};accesskey={SECRET}"),
+            format!("endpoint={ep};accesskey={SECRET}!!"),
+            format!("endpoint={ep};accesskey={}", &SECRET[..SECRET.len() - 3]),
+            format!("endpoint={ep};accesskey={unpadded}"),
+            format!("endpoint={ep};accesskey={SECRET} {SECRET}"),
+            format!("endpoint={ep};accesskey={SECRET};accesskey={SECRET}"),
+            format!("endpoint={ep};endpoint={SECRET};accesskey={SECRET}"),
+            format!("endpoint=ftp://{unpadded}/;accesskey={SECRET}"),
+            format!("endpoint={unpadded}://x/;accesskey={SECRET}"),
+            format!("endpoint=https://;accesskey={SECRET}"),
+            format!("endpoint=https://{unpadded}:{unpadded}@;accesskey={SECRET}"),
+            format!("endpoint=https://[{unpadded}]/;accesskey={SECRET}"),
+            format!("endpoint={ep}accesskey={SECRET}"),
+            format!("endpoint {ep};accesskey {SECRET}"),
+            format!("accesskey={SECRET}"),
+            format!("endpoint={SECRET}"),
+            format!("eNdPoInT={SECRET}"),
+            format!("endpoint={ep}"),
+            format!(";;;accesskey=;endpoint={SECRET}"),
+            format!("endpoint=;accesskey={SECRET}"),
+            format!("endpoint=\"{ep}\";accesskey=\"{SECRET}\""),
+            format!("endpoint='{ep}';accesskey='{SECRET}'"),
+            format!("\n endpoint = {ep} ;\t accesskey = {head}\u{0}{SECRET}"),
+            format!("endpoint={ep};accesskey={SECRET}\u{7}"),
+            format!("endpoint={ep};accesskey={head}é{SECRET}"),
+            format!("{SECRET}={SECRET}"),
+            format!("={SECRET}"),
+            format!("endpoint={ep};accesskey={SECRET};{head}"),
+            format!("endpoint={ep},accesskey={SECRET}"),
+            format!("endpoint:{ep};accesskey:{SECRET}"),
+            format!("Endpoint={ep}&AccessKey={SECRET}"),
+            format!("endpoint={ep};access_key={SECRET}"),
+            format!("endpoint={ep};accesskey==="),
+            format!("endpoint={ep};accesskey=key:{SECRET}"),
+            String::new(),
+            "   ".into(),
+            ";".into(),
+            "=".into(),
+            ";=;".into(),
+        ];
+        let mut refused = 0;
+        for cs in &cases {
+            let Err(err) = ConnectionString::parse(cs) else {
+                continue;
+            };
+            refused += 1;
+            for shown in [err.to_string(), format!("{err:?}")] {
+                for source in [SECRET, cs.as_str()] {
+                    if let Some(piece) = leaked_fragment(&shown, source) {
+                        panic!("{shown:?} holds {piece:?} of the input {cs:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(refused, cases.len(), "every case above is malformed");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::endpoint::EndpointError;
+
 /// The identity operations, used in errors, metrics, quota and tracing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -41,9 +43,10 @@ impl fmt::Display for Operation {
     }
 }
 
-/// ACS messages end up in conditions and events; a bound keeps a misbehaving server from
-/// stuffing kilobytes into an object's status.
-const MAX_MESSAGE_CHARS: usize = 512;
+/// Text from an endpoint (ACS's `error.message` and `error.code`) ends up in conditions,
+/// events and logs; the endpoint may be a tenant's own server, so it is cut to this many
+/// characters and stripped of control characters (no forged log lines, no terminal escapes).
+pub const MAX_ENDPOINT_TEXT_CHARS: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcsError {
@@ -81,11 +84,24 @@ pub enum AcsError {
         reason: String,
     },
     /// The configured api-version does not offer what was asked (e.g. `get_user`).
-    #[error("ACS api-version {api_version} does not support {what}; use {needed} or newer")]
+    #[error(
+        "ACS api-version {api_version} does not support {what}; api-versions that do: {}",
+        custom_id_version_list()
+    )]
     Unsupported {
         api_version: String,
         what: &'static str,
-        needed: &'static str,
+    },
+    /// The endpoint is refused (not https, plain http to a non-loopback host, user info).
+    /// `reason()` of the inner error is the condition reason (`InsecureEndpoint`).
+    #[error("{0}")]
+    Endpoint(#[from] EndpointError),
+    /// ACS answered 429 with a `Retry-After` longer than the retry policy waits; every
+    /// request of this operation through this client waits until then. Nothing was sent.
+    #[error("ACS asked to slow down: {operation} is paused for another {retry_after:?}")]
+    Paused {
+        operation: Operation,
+        retry_after: Duration,
     },
     /// The client could not be built from its options (bad CA bundle, bad endpoint).
     #[error("invalid ACS client configuration: {0}")]
@@ -93,6 +109,12 @@ pub enum AcsError {
     /// The caller passed something no request can be made from (e.g. an empty user id).
     #[error("invalid ACS request: {0}")]
     InvalidArgument(String),
+}
+
+fn custom_id_version_list() -> String {
+    super::api_versions::custom_id_versions()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_service_error(code: Option<&str>, message: Option<&str>) -> String {
@@ -115,8 +137,8 @@ impl AcsError {
         AcsError::Service {
             operation,
             status,
-            code,
-            message: message.map(truncate_message),
+            code: code.map(|c| endpoint_text(&c)).filter(|c| !c.is_empty()),
+            message: message.map(|m| endpoint_text(&m)).filter(|m| !m.is_empty()),
             retry_after,
         }
     }
@@ -127,10 +149,12 @@ impl AcsError {
             AcsError::Service { operation, .. }
             | AcsError::Timeout { operation, .. }
             | AcsError::Transport { operation, .. }
-            | AcsError::MalformedResponse { operation, .. } => Some(*operation),
-            AcsError::Unsupported { .. } | AcsError::Config(_) | AcsError::InvalidArgument(_) => {
-                None
-            }
+            | AcsError::MalformedResponse { operation, .. }
+            | AcsError::Paused { operation, .. } => Some(*operation),
+            AcsError::Unsupported { .. }
+            | AcsError::Endpoint(_)
+            | AcsError::Config(_)
+            | AcsError::InvalidArgument(_) => None,
         }
     }
 
@@ -170,9 +194,29 @@ impl AcsError {
             AcsError::Service { status, .. } => {
                 *status == 408 || *status == 429 || (500..=599).contains(status)
             }
-            AcsError::Timeout { .. } | AcsError::Transport { .. } => true,
+            AcsError::Timeout { .. } | AcsError::Transport { .. } | AcsError::Paused { .. } => true,
             AcsError::MalformedResponse { .. }
             | AcsError::Unsupported { .. }
+            | AcsError::Endpoint(_)
+            | AcsError::Config(_)
+            | AcsError::InvalidArgument(_) => false,
+        }
+    }
+
+    /// ACS may have carried out the request although no success came back: a timeout, a
+    /// connection lost after sending, a 5xx (or 408), or a success status with an unusable
+    /// body. For a create on an api-version without custom ids this means a user may exist
+    /// that nobody recorded; the client never retries such a create by itself.
+    /// A 429, a refused connection or a 4xx mean ACS did not act.
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            AcsError::Timeout { .. } => true,
+            AcsError::Transport { connect, .. } => !connect,
+            AcsError::Service { status, .. } => *status == 408 || (500..=599).contains(status),
+            AcsError::MalformedResponse { status, .. } => (200..300).contains(status),
+            AcsError::Unsupported { .. }
+            | AcsError::Endpoint(_)
+            | AcsError::Paused { .. }
             | AcsError::Config(_)
             | AcsError::InvalidArgument(_) => false,
         }
@@ -182,6 +226,16 @@ impl AcsError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             AcsError::Service { retry_after, .. } => *retry_after,
+            AcsError::Paused { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The condition reason this error should be reported with, where it has its own
+    /// (`InsecureEndpoint`); `None` for errors the caller classifies itself.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            AcsError::Endpoint(e) => Some(e.reason()),
             _ => None,
         }
     }
@@ -203,19 +257,39 @@ impl AcsError {
             AcsError::Transport { .. } => "transport",
             AcsError::MalformedResponse { .. } => "malformed_response",
             AcsError::Unsupported { .. } => "unsupported",
+            AcsError::Endpoint(_) => "insecure_endpoint",
+            AcsError::Paused { .. } => "paused",
             AcsError::Config(_) => "config",
             AcsError::InvalidArgument(_) => "invalid_argument",
         }
     }
 }
 
-fn truncate_message(m: String) -> String {
-    if m.chars().count() <= MAX_MESSAGE_CHARS {
-        return m;
+/// Endpoint text as it may be shown: control characters (newlines, escapes) become
+/// spaces, runs of whitespace one space, and the result is cut to
+/// [`MAX_ENDPOINT_TEXT_CHARS`] characters.
+pub fn endpoint_text(raw: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    let mut pending_space = false;
+    for c in raw.chars() {
+        if c.is_control() || c.is_whitespace() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        if count + usize::from(pending_space) + 1 > MAX_ENDPOINT_TEXT_CHARS {
+            out.push('…');
+            return out;
+        }
+        if pending_space {
+            out.push(' ');
+            count += 1;
+            pending_space = false;
+        }
+        out.push(c);
+        count += 1;
     }
-    let mut t: String = m.chars().take(MAX_MESSAGE_CHARS).collect();
-    t.push('…');
-    t
+    out
 }
 
 #[cfg(test)]
@@ -272,14 +346,70 @@ mod tests {
     }
 
     #[test]
-    fn long_messages_are_truncated() {
+    fn endpoint_text_is_cut_and_stripped() {
         let e = AcsError::service(
             Operation::GetUser,
             500,
-            None,
-            Some("x".repeat(10_000)),
+            Some(format!("Code\r\n{}", "c".repeat(1000))),
+            Some(format!(
+                "line one\nINFO forged log line\x1b[31m{}",
+                "x".repeat(10_000)
+            )),
             None,
         );
-        assert!(e.to_string().len() < 700);
+        let shown = e.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("line one INFO forged log line"), "{shown}");
+        let AcsError::Service { code, message, .. } = &e else {
+            panic!("{e:?}");
+        };
+        for text in [code, message] {
+            let text = text.as_deref().unwrap_or_default();
+            assert_eq!(text.chars().count(), MAX_ENDPOINT_TEXT_CHARS + 1, "{text}");
+            assert!(text.ends_with('…'));
+        }
+        assert_eq!(endpoint_text("  short\tone  "), "short one");
+        assert_eq!(endpoint_text("\u{7}\u{1b}"), "");
+        let blank = AcsError::service(Operation::GetUser, 500, Some("\n".into()), None, None);
+        assert_eq!(blank.code(), None);
+    }
+
+    #[test]
+    fn outcome_unknown_when_acs_may_have_acted() {
+        let timeout = AcsError::Timeout {
+            operation: Operation::CreateUser,
+            timeout: Duration::from_secs(1),
+        };
+        let transport = |connect| AcsError::Transport {
+            operation: Operation::CreateUser,
+            connect,
+            detail: "reset".into(),
+        };
+        let malformed = |status| AcsError::MalformedResponse {
+            operation: Operation::CreateUser,
+            status,
+            reason: "x".into(),
+        };
+        for unknown in [
+            timeout,
+            transport(false),
+            svc(500),
+            svc(503),
+            svc(408),
+            malformed(201),
+        ] {
+            assert!(unknown.is_outcome_unknown(), "{unknown:?}");
+        }
+        for known in [
+            transport(true),
+            svc(429),
+            svc(400),
+            svc(401),
+            svc(404),
+            svc(302),
+            malformed(404),
+        ] {
+            assert!(!known.is_outcome_unknown(), "{known:?}");
+        }
     }
 }

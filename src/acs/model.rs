@@ -13,7 +13,7 @@ use super::error::{AcsError, Operation};
 /// A token scope. `Other` carries a scope this client does not know yet, so that a scope
 /// ACS adds later can be requested without a new release; the server validates it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
+pub enum TokenScope {
     Chat,
     Voip,
     ChatJoin,
@@ -22,28 +22,28 @@ pub enum Scope {
     Other(String),
 }
 
-impl Scope {
-    pub const KNOWN: [Scope; 5] = [
-        Scope::Chat,
-        Scope::Voip,
-        Scope::ChatJoin,
-        Scope::ChatJoinLimited,
-        Scope::VoipJoin,
+impl TokenScope {
+    pub const KNOWN: [TokenScope; 5] = [
+        TokenScope::Chat,
+        TokenScope::Voip,
+        TokenScope::ChatJoin,
+        TokenScope::ChatJoinLimited,
+        TokenScope::VoipJoin,
     ];
 
     pub fn as_str(&self) -> &str {
         match self {
-            Scope::Chat => "chat",
-            Scope::Voip => "voip",
-            Scope::ChatJoin => "chat.join",
-            Scope::ChatJoinLimited => "chat.join.limited",
-            Scope::VoipJoin => "voip.join",
-            Scope::Other(s) => s,
+            TokenScope::Chat => "chat",
+            TokenScope::Voip => "voip",
+            TokenScope::ChatJoin => "chat.join",
+            TokenScope::ChatJoinLimited => "chat.join.limited",
+            TokenScope::VoipJoin => "voip.join",
+            TokenScope::Other(s) => s,
         }
     }
 }
 
-impl fmt::Display for Scope {
+impl fmt::Display for TokenScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -55,18 +55,18 @@ impl fmt::Display for Scope {
 )]
 pub struct UnknownScope(pub String);
 
-/// Parses only the scopes ACS documents; use `Scope::Other` deliberately for anything else.
-impl FromStr for Scope {
+/// Parses only the scopes ACS documents; use `TokenScope::Other` deliberately for anything else.
+impl FromStr for TokenScope {
     type Err = UnknownScope;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scope::KNOWN
+        TokenScope::KNOWN
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| UnknownScope(s.to_string()))
     }
 }
 
-impl Serialize for Scope {
+impl Serialize for TokenScope {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
@@ -127,7 +127,7 @@ pub struct CreatedUser {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateUserBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub create_token_with_scopes: Option<&'a [Scope]>,
+    pub create_token_with_scopes: Option<&'a [TokenScope]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_minutes: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,7 +137,7 @@ pub(crate) struct CreateUserBody<'a> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct IssueTokenBody<'a> {
-    pub scopes: &'a [Scope],
+    pub scopes: &'a [TokenScope],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_minutes: Option<u32>,
 }
@@ -357,12 +357,12 @@ mod tests {
 
     #[test]
     fn scopes_round_trip_and_serialize_as_strings() {
-        for s in Scope::KNOWN {
-            assert_eq!(s.as_str().parse::<Scope>().unwrap(), s);
+        for s in TokenScope::KNOWN {
+            assert_eq!(s.as_str().parse::<TokenScope>().unwrap(), s);
         }
-        assert!("chat.admin".parse::<Scope>().is_err());
+        assert!("chat.admin".parse::<TokenScope>().is_err());
         let body = IssueTokenBody {
-            scopes: &[Scope::ChatJoin, Scope::Other("x.y".into())],
+            scopes: &[TokenScope::ChatJoin, TokenScope::Other("x.y".into())],
             expires_in_minutes: Some(60),
         };
         assert_eq!(

@@ -89,6 +89,8 @@ pub struct TokenBucket {
     /// previous ones, so waiters are served in order and never all wake at once.
     tokens: f64,
     last: Instant,
+    /// Set by a 429 with `Retry-After`: nothing is granted before it.
+    paused_until: Option<Instant>,
 }
 
 impl TokenBucket {
@@ -101,6 +103,7 @@ impl TokenBucket {
             per_second: capacity / per,
             tokens: capacity,
             last: now,
+            paused_until: None,
         }
     }
 
@@ -118,10 +121,12 @@ impl TokenBucket {
     pub fn reserve(&mut self, now: Instant) -> Duration {
         self.refill(now);
         self.tokens -= 1.0;
+        // While paused `last` is the end of the pause, so the debt is repaid from then on.
+        let paused = self.paused_for(now);
         if self.tokens >= 0.0 {
-            Duration::ZERO
+            paused
         } else {
-            Duration::from_secs_f64(-self.tokens / self.per_second)
+            paused + Duration::from_secs_f64(-self.tokens / self.per_second)
         }
     }
 
@@ -130,12 +135,35 @@ impl TokenBucket {
         self.refill(now);
         self.tokens
     }
+
+    /// Nothing is granted before `until` (the server said so), and after it the bucket
+    /// restarts empty, so the queued callers resume at the steady rate instead of in one
+    /// burst that would be throttled again.
+    pub fn pause_until(&mut self, until: Instant, now: Instant) {
+        self.refill(now);
+        self.tokens = self.tokens.min(0.0);
+        self.last = self.last.max(until);
+        self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// How much longer a pause lasts at `now`.
+    pub fn paused_for(&self, now: Instant) -> Duration {
+        self.paused_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
 }
 
-/// The per-operation buckets of one client.
+/// The per-operation buckets of one client, shared by every caller of that client.
 #[derive(Debug)]
-pub struct Quota {
-    buckets: [Option<Mutex<TokenBucket>>; 5],
+pub struct ClientQuota {
+    slots: [Mutex<Slot>; 5],
+}
+
+/// One operation's bucket (none when unlimited) and, for unlimited operations, a pause.
+#[derive(Debug)]
+struct Slot {
+    bucket: Option<TokenBucket>,
+    paused_until: Option<Instant>,
 }
 
 fn index(op: Operation) -> usize {
@@ -148,35 +176,69 @@ fn index(op: Operation) -> usize {
     }
 }
 
-impl Quota {
+impl ClientQuota {
     pub fn new(config: &QuotaConfig) -> Self {
         let now = Instant::now();
-        let bucket = |op| {
-            config
-                .rate(op)
-                .filter(Rate::is_valid)
-                .map(|r| Mutex::new(TokenBucket::new(r, now)))
+        let slot = |op| {
+            Mutex::new(Slot {
+                bucket: config
+                    .rate(op)
+                    .filter(Rate::is_valid)
+                    .map(|r| TokenBucket::new(r, now)),
+                paused_until: None,
+            })
         };
         Self {
-            buckets: [
-                bucket(Operation::CreateUser),
-                bucket(Operation::GetUser),
-                bucket(Operation::IssueToken),
-                bucket(Operation::RevokeTokens),
-                bucket(Operation::DeleteUser),
+            slots: [
+                slot(Operation::CreateUser),
+                slot(Operation::GetUser),
+                slot(Operation::IssueToken),
+                slot(Operation::RevokeTokens),
+                slot(Operation::DeleteUser),
             ],
         }
     }
 
+    fn slot(&self, op: Operation) -> std::sync::MutexGuard<'_, Slot> {
+        // A poisoned lock only means another task panicked mid-update of plain numbers;
+        // the slot is still usable.
+        self.slots[index(op)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// How long a request for `op` must wait at `now`, with its token reserved.
     pub fn reserve(&self, op: Operation, now: Instant) -> Duration {
-        let Some(bucket) = &self.buckets[index(op)] else {
-            return Duration::ZERO;
-        };
-        // A poisoned lock only means another task panicked mid-update of plain numbers;
-        // the bucket is still usable.
-        let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
-        b.reserve(now)
+        let mut slot = self.slot(op);
+        match slot.bucket.as_mut() {
+            Some(bucket) => bucket.reserve(now),
+            None => slot
+                .paused_until
+                .map_or(Duration::ZERO, |until| until.saturating_duration_since(now)),
+        }
+    }
+
+    /// Holds back every request for `op` until `until` (ACS answered 429 with
+    /// `Retry-After`). A later, shorter pause never shortens a longer one.
+    pub fn pause(&self, op: Operation, until: Instant) {
+        let now = Instant::now();
+        let mut slot = self.slot(op);
+        match slot.bucket.as_mut() {
+            Some(bucket) => bucket.pause_until(until, now),
+            None => slot.paused_until = Some(slot.paused_until.map_or(until, |u| u.max(until))),
+        }
+        tracing::debug!(operation = %op, pause_ms = until.saturating_duration_since(now).as_millis() as u64, "ACS throttled; pausing this operation for every caller of the client");
+    }
+
+    /// How much longer `op` is paused at `now` (zero when it is not).
+    pub fn paused_for(&self, op: Operation, now: Instant) -> Duration {
+        let slot = self.slot(op);
+        match &slot.bucket {
+            Some(bucket) => bucket.paused_for(now),
+            None => slot
+                .paused_until
+                .map_or(Duration::ZERO, |until| until.saturating_duration_since(now)),
+        }
     }
 
     /// Waits until a request for `op` may be sent; returns how long it waited.
@@ -254,6 +316,45 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_holds_everyone_back_then_resumes_at_the_steady_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(Rate::new(10, Duration::from_secs(1)), t0);
+        // Full bucket, yet ACS said 429 with Retry-After: 2 s.
+        b.pause_until(t0 + Duration::from_secs(2), t0);
+        assert_eq!(b.paused_for(t0), Duration::from_secs(2));
+        let close = |got: Duration, want: Duration| {
+            assert!(
+                got.abs_diff(want) < Duration::from_micros(1),
+                "{got:?} != {want:?}"
+            );
+        };
+        // Callers during the pause queue behind it, one refill interval apart.
+        close(b.reserve(t0 + ms(500)), ms(1600));
+        close(b.reserve(t0 + ms(500)), ms(1700));
+        // After the pause no burst: the queue is served at the steady rate.
+        close(b.reserve(t0 + Duration::from_secs(2)), ms(300));
+        assert_eq!(b.paused_for(t0 + Duration::from_secs(3)), Duration::ZERO);
+    }
+
+    #[test]
+    fn unlimited_operations_can_be_paused_too() {
+        let t0 = Instant::now();
+        let q = ClientQuota::new(&QuotaConfig::unlimited());
+        q.pause(Operation::GetUser, t0 + Duration::from_secs(5));
+        q.pause(Operation::GetUser, t0 + Duration::from_secs(1));
+        assert_eq!(
+            q.reserve(Operation::GetUser, t0),
+            Duration::from_secs(5),
+            "a shorter pause does not cut a longer one"
+        );
+        assert_eq!(q.paused_for(Operation::IssueToken, t0), Duration::ZERO);
+        assert_eq!(
+            q.paused_for(Operation::GetUser, t0 + Duration::from_secs(6)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
     fn defaults_match_published_limits() {
         let q = QuotaConfig::default();
         assert_eq!(q.issue_token, Some(Rate::new(1000, THIRTY_SECONDS)));
@@ -270,7 +371,7 @@ mod tests {
     #[test]
     fn quota_is_per_operation_and_unlimited_when_unset() {
         let t0 = Instant::now();
-        let q = Quota::new(&QuotaConfig {
+        let q = ClientQuota::new(&QuotaConfig {
             delete_user: Some(Rate::new(1, Duration::from_secs(10))),
             ..QuotaConfig::unlimited()
         });

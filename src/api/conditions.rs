@@ -20,6 +20,12 @@ pub mod types {
     /// `False` with reason [`super::reasons::SECRET_CONFLICT`] until the Secret is removed or
     /// `secretName` points elsewhere (on a new identity, since it is immutable).
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+
+    /// `CommunicationIdentity` only. `True` when ACS grants tokens that live shorter than
+    /// the operator's minimum token interval (`--min-token-interval`), so the identity
+    /// cannot be renewed as often as its tokens expire; reason
+    /// [`super::reasons::TOKEN_TOO_SHORT_LIVED`].
+    pub const TOKEN_TOO_SHORT_LIVED: &str = "TokenTooShortLived";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes requires).
@@ -58,6 +64,21 @@ pub mod reasons {
     pub const DELETING: &str = "Deleting";
     /// Deletion is blocked: the ACS user cannot be deleted/revoked (e.g. credentials gone).
     pub const CLEANUP_FAILED: &str = "CleanupFailed";
+    /// `spec.existingUserId` is set but the service's `spec.allowAdoption` is not true: no
+    /// ACS call is made for that user.
+    pub const ADOPTION_NOT_ALLOWED: &str = "AdoptionNotAllowed";
+    /// The service now points at another ACS endpoint than the one the user lives on
+    /// (`status.userEndpoint`); no token is requested from the new one.
+    pub const SERVICE_CHANGED: &str = "ServiceChanged";
+
+    // --- CommunicationIdentity, TokenTooShortLived
+    /// ACS granted a token shorter than the minimum token interval.
+    pub const TOKEN_TOO_SHORT_LIVED: &str = "TokenTooShortLived";
+    /// Every token of the user was revoked on request; `Ready` is False until the new
+    /// token is in the Secret.
+    pub const TOKENS_REVOKED: &str = "TokensRevoked";
+    /// Reading or writing the token Secret or the identity's status failed.
+    pub const SECRET_WRITE_FAILED: &str = "SecretWriteFailed";
 
     // --- CommunicationIdentity, RenewalFailing
     /// Renewal failed; the message says why and until when the old token is valid.
@@ -80,4 +101,12 @@ pub mod reasons {
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
     /// The value is not a valid `endpoint=...;accesskey=...` connection string.
     pub const CONNECTION_STRING_INVALID: &str = "ConnectionStringInvalid";
+
+    // --- Services and the identities using them, Ready=False
+    /// A `ClusterCommunicationService` names a credential Secret outside the operator's
+    /// cluster resource namespace: the Secret is not read and the service not used.
+    pub const SECRET_NAMESPACE_NOT_ALLOWED: &str = "SecretNamespaceNotAllowed";
+    /// The endpoint is not https (plain http only to loopback or with
+    /// `--allow-insecure-endpoints`) or carries user info.
+    pub const INSECURE_ENDPOINT: &str = "InsecureEndpoint";
 }

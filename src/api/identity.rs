@@ -14,9 +14,13 @@ pub const DEFAULT_TOKEN_LIFETIME: &str = "24h";
 pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 /// Longest token lifetime ACS accepts.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
-/// Shortest `spec.renewBefore` admitted (cert-manager's minimum too): below this a renewal
-/// that fails once leaves no time to retry before the token expires.
-pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// The token interval floor: no identity gets more than one token per this interval (the
+/// default of the operator's `--min-token-interval`). Admission requires
+/// `tokenLifetime - renewBefore` to leave at least this much between renewals.
+pub const DEFAULT_MIN_TOKEN_INTERVAL: Duration = Duration::from_secs(15);
+/// Longest `metadata.name` of a `CommunicationIdentity`: the name is a label value on the
+/// token Secret (`acs-operator.dev/identity`), and label values hold at most 63 characters.
+pub const MAX_IDENTITY_NAME_LENGTH: usize = 63;
 
 /// Desired state of a `CommunicationIdentity`: which ACS resource, which scopes, how long
 /// tokens live and which Secret receives them.
@@ -53,6 +57,12 @@ pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
     .message("spec.secretName is immutable (it defaults to metadata.name); create a new CommunicationIdentity to use another Secret")
     .field_path(".spec.secretName")
     .reason(Reason::FieldValueForbidden),
+    // Everything derived from the name must stay valid: the Secret's
+    // `acs-operator.dev/identity` label value (63 at most), the default secretName and
+    // the event names (`<name>.<suffix>`, far below 253 with this bound).
+    validation = Rule::new("size(self.metadata.name) <= 63")
+    .message("metadata.name must be at most 63 characters: it becomes the value of the token Secret's acs-operator.dev/identity label, which Kubernetes limits to 63")
+    .reason(Reason::FieldValueInvalid),
 )]
 #[x_kube(
     validation = Rule::new(
@@ -60,6 +70,22 @@ pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
     )
     .message("renewBefore must be shorter than tokenLifetime (leave it unset to renew after two thirds of the lifetime)")
     .field_path(".renewBefore"),
+    // Only where the rule above holds, so one mistake gets one message. 15s is the
+    // default --min-token-interval: a renewal sooner than that would be held back anyway.
+    validation = Rule::new(
+        "!has(self.renewBefore) || duration(self.renewBefore) >= duration(self.tokenLifetime) || duration(self.tokenLifetime) - duration(self.renewBefore) >= duration('15s')"
+    )
+    .message("renewBefore must leave at least 15s between renewals (tokenLifetime - renewBefore >= 15s, the operator's minimum token interval); choose a shorter renewBefore")
+    .field_path(".renewBefore"),
+    // A user lives on one ACS resource: switching services would ask another resource
+    // (or another key) for this user's tokens. Absent -> set and set -> absent are
+    // changes too, since absent means the operator's default service.
+    validation = Rule::new(
+        "has(self.serviceRef) == has(oldSelf.serviceRef) && (!has(self.serviceRef) || self.serviceRef == oldSelf.serviceRef)"
+    )
+    .message("serviceRef is immutable: the ACS user of this identity lives on the service's ACS resource; create a new CommunicationIdentity to use another service")
+    .field_path(".serviceRef")
+    .reason(Reason::FieldValueForbidden),
     validation = Rule::new(
         "has(self.existingUserId) == has(oldSelf.existingUserId) && (!has(self.existingUserId) || self.existingUserId == oldSelf.existingUserId)"
     )
@@ -73,6 +99,7 @@ pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
 pub struct CommunicationIdentitySpec {
     /// The `CommunicationService` (same namespace) or `ClusterCommunicationService` whose
     /// ACS resource holds this user. When absent the operator's default service is used.
+    /// Immutable: a user lives on one ACS resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_ref: Option<ServiceRef>,
 
@@ -91,11 +118,14 @@ pub struct CommunicationIdentitySpec {
     pub token_lifetime: String,
 
     /// How long before expiry a new token is issued (default: one third of
-    /// `tokenLifetime`). Must be at least `5m` and shorter than `tokenLifetime`. When ACS grants
+    /// `tokenLifetime`). Must be at least `5m` and leave at least `15s` of the
+    /// `tokenLifetime` between renewals. When ACS grants
     /// a shorter token than requested, renewal happens at two thirds of its real lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('5m')")
+        // cert-manager's minimum too: below it a renewal that fails once leaves no time
+        // to retry before the token expires.
         .message("renewBefore must be at least 5m"))]
     pub renew_before: Option<String>,
 
@@ -236,6 +266,9 @@ pub struct CommunicationIdentityStatus {
     /// cannot leak it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// The ACS endpoint the user lives on; tokens for this user are only requested from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_endpoint: Option<String>,
     /// Expiry of the token currently in the Secret, as ACS returned it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_on: Option<Time>,
@@ -297,6 +330,13 @@ pub enum SpecError {
         renew_before: String,
         lifetime: String,
     },
+    #[error(
+        "spec.renewBefore `{renew_before}` leaves less than 15s of spec.tokenLifetime `{lifetime}` between renewals"
+    )]
+    RenewBeforeLeavesNoInterval {
+        renew_before: String,
+        lifetime: String,
+    },
 }
 
 impl CommunicationIdentitySpec {
@@ -320,6 +360,12 @@ impl CommunicationIdentitySpec {
         let d = parse_duration(raw).map_err(SpecError::RenewBefore)?;
         if d >= lifetime {
             return Err(SpecError::RenewBeforeNotShorter {
+                renew_before: raw.clone(),
+                lifetime: self.token_lifetime.clone(),
+            });
+        }
+        if lifetime - d < DEFAULT_MIN_TOKEN_INTERVAL {
+            return Err(SpecError::RenewBeforeLeavesNoInterval {
                 renew_before: raw.clone(),
                 lifetime: self.token_lifetime.clone(),
             });
@@ -399,6 +445,14 @@ mod tests {
             spec("1h", Some("59m")).renew_before(),
             Ok(Duration::from_secs(59 * 60))
         );
+        assert_eq!(
+            spec("1h", Some("59m45s")).renew_before(),
+            Ok(Duration::from_secs(59 * 60 + 45))
+        );
+        assert!(matches!(
+            spec("1h", Some("59m46s")).renew_before(),
+            Err(SpecError::RenewBeforeLeavesNoInterval { .. })
+        ));
     }
 
     #[test]

@@ -32,6 +32,21 @@ pub const RENEW_REQUESTED_AT_ANNOTATION: &str = "acs-operator.dev/renew-requeste
 /// Set (to any new value) to revoke every token of the user, then issue a fresh one.
 pub const REVOKE_REQUESTED_AT_ANNOTATION: &str = "acs-operator.dev/revoke-requested-at";
 
+/// Keys of the token Secret a `CommunicationIdentity` writes (documented interface:
+/// workloads and the CLI read them).
+pub mod secret_keys {
+    /// The access token.
+    pub const TOKEN: &str = "token";
+    /// The token's expiry, RFC 3339.
+    pub const EXPIRES_ON: &str = "expiresOn";
+    /// The ACS user id (`8:acs:...`).
+    pub const USER_ID: &str = "userId";
+    /// The ACS endpoint the token is valid for.
+    pub const ENDPOINT: &str = "endpoint";
+    /// Every key, in the order above.
+    pub const ALL: [&str; 4] = [TOKEN, EXPIRES_ON, USER_ID, ENDPOINT];
+}
+
 /// The CRDs to install, as `crdgen` writes them. Use this rather than `T::crd()`: it also
 /// removes `nullable: true` that schemars adds to every `Option` field (see
 /// [`strip_nullable`]).

@@ -143,7 +143,41 @@ fn identity_cel_rules() {
             .is_some_and(|m| m.contains("immutable"))
     );
 
+    let floor = rule_with(
+        &spec_rules,
+        "duration(self.tokenLifetime) - duration(self.renewBefore) >= duration('15s')",
+    );
+    assert_eq!(floor["fieldPath"], ".renewBefore");
+    assert!(
+        floor["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at least 15s between renewals"))
+    );
+
+    let service = rule_with(&spec_rules, "oldSelf.serviceRef");
+    assert_eq!(service["fieldPath"], ".serviceRef");
+    assert_eq!(service["reason"], "FieldValueForbidden");
+    let service_rule = service["rule"].as_str().unwrap_or_default();
+    assert!(
+        service_rule.contains("has(self.serviceRef) == has(oldSelf.serviceRef)"),
+        "adding or removing serviceRef is a change too: {service_rule}"
+    );
+    assert!(
+        service["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("serviceRef is immutable")
+                && m.contains("create a new CommunicationIdentity"))
+    );
+
     let root_rules = rules(&root);
+    let name = rule_with(&root_rules, "size(self.metadata.name) <= 63");
+    assert!(
+        name["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 63 characters") && m.contains("label"))
+    );
+    assert_eq!(identity::MAX_IDENTITY_NAME_LENGTH, 63);
+
     let secret = rule_with(&root_rules, "oldSelf.spec.secretName");
     assert!(
         secret["rule"]
@@ -199,6 +233,12 @@ fn service_defaults() {
             assert_eq!(p["quota"]["properties"][f]["format"], "int32");
         }
     }
+    for name in [SERVICE, CLUSTER_SERVICE] {
+        let adoption = &schema(name)["properties"]["spec"]["properties"]["allowAdoption"];
+        assert_eq!(adoption["type"], "boolean", "{name}");
+        // The default differs by kind and is resolved in code (`allows_adoption`).
+        assert!(adoption.get("default").is_none(), "{name}");
+    }
     let cluster = &schema(CLUSTER_SERVICE)["properties"]["spec"]["properties"];
     assert_eq!(
         cluster["connectionStringSecretRef"]["required"],
@@ -215,6 +255,12 @@ fn service_defaults() {
             .get("namespace")
             .is_none()
     );
+}
+
+#[test]
+fn identity_status_records_the_user_endpoint() {
+    let status = &schema(IDENTITY)["properties"]["status"]["properties"];
+    assert_eq!(status["userEndpoint"]["type"], "string");
 }
 
 #[test]

@@ -50,6 +50,11 @@ pub struct CommunicationServiceSpec {
     /// Client-side rate limits, so that the operator backs off before ACS answers 429.
     #[serde(default)]
     pub quota: Quota,
+    /// Whether identities may adopt an existing ACS user (`spec.existingUserId`) through
+    /// this service. Default `true`: the namespace that owns the key can reach every user
+    /// of the resource anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_adoption: Option<bool>,
 }
 
 /// An ACS resource shared by several namespaces, chosen by `namespaceSelector`.
@@ -86,6 +91,11 @@ pub struct ClusterCommunicationServiceSpec {
     /// Client-side rate limits, shared by every identity using this service.
     #[serde(default)]
     pub quota: Quota,
+    /// Whether identities may adopt an existing ACS user (`spec.existingUserId`) through
+    /// this service. Default `false`: ACS user ids are not secret, so on a shared resource
+    /// adoption would let one namespace take over another namespace's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_adoption: Option<bool>,
     /// Namespaces whose identities may use this service. Absent selects no namespace
     /// (a shared credential is never exposed by omission); `{}` selects every namespace;
     /// otherwise the usual label-selector semantics on the Namespace's labels
@@ -211,7 +221,19 @@ pub struct CommunicationServiceStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl CommunicationServiceSpec {
+    /// `allowAdoption`, resolved: `true` unless set to `false`.
+    pub fn allows_adoption(&self) -> bool {
+        self.allow_adoption.unwrap_or(true)
+    }
+}
+
 impl ClusterCommunicationServiceSpec {
+    /// `allowAdoption`, resolved: `false` unless set to `true`.
+    pub fn allows_adoption(&self) -> bool {
+        self.allow_adoption.unwrap_or(false)
+    }
+
     /// Whether identities in a namespace with these labels may use this service.
     /// Absent selector: none. Invalid selector (unknown operator): none, so a typo never
     /// widens access.
@@ -263,6 +285,7 @@ mod tests {
             api_version: DEFAULT_API_VERSION.into(),
             quota: Quota::default(),
             namespace_selector: selector,
+            allow_adoption: None,
         }
     }
 
@@ -302,6 +325,21 @@ mod tests {
             }]),
         }));
         assert!(!bad.selects_namespace(&labels(&[("env", "x")])));
+    }
+
+    #[test]
+    fn adoption_is_allowed_by_default_only_on_namespaced_services() {
+        let mut cluster = spec(None);
+        assert!(!cluster.allows_adoption());
+        cluster.allow_adoption = Some(true);
+        assert!(cluster.allows_adoption());
+        let mut ns: CommunicationServiceSpec = serde_json::from_value(serde_json::json!({
+            "connectionStringSecretRef": {"name": "acs"}
+        }))
+        .expect("minimal spec deserializes");
+        assert!(ns.allows_adoption());
+        ns.allow_adoption = Some(false);
+        assert!(!ns.allows_adoption());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! Exits non-zero when any request failed (after retries) or the throughput is under
 //! `--min-rps`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -20,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 use acs_identity_operator::acs::signing::sign_request;
 use acs_identity_operator::acs::{
     AccessKey, AcsClient, AcsClientOptions, Attempt, ConnectionString, DEFAULT_API_VERSION,
-    QuotaConfig, RequestObserver, RetryPolicy, Scope,
+    QuotaConfig, RequestObserver, RetryPolicy, TokenScope,
 };
-use acs_identity_operator::emulator::{self, EmulatorConfig, Operation, RunningEmulator};
+use acs_identity_operator::emulator::{self, EmulatedOperation, EmulatorConfig, RunningEmulator};
 use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -230,7 +232,7 @@ async fn start_target(args: &Args, cpus: usize) -> Result<(String, Target, Strin
             }
             let mut command = tokio::process::Command::new(&bin);
             command.args(["--listen", "127.0.0.1:0"]);
-            for op in Operation::ALL {
+            for op in EmulatedOperation::ALL {
                 command.arg("--quota").arg(format!("{op}=0/1"));
             }
             // The emulator logs every request at info: that is stderr I/O per request, not
@@ -307,7 +309,7 @@ async fn load(
         let users = users.clone();
         let next = next.clone();
         tasks.spawn(async move {
-            let scopes = [Scope::Chat, Scope::Voip];
+            let scopes = [TokenScope::Chat, TokenScope::Voip];
             let mut out = Outcome {
                 ok: 0,
                 errors: 0,
@@ -573,7 +575,7 @@ fn overhead(
     connection_string: &str,
     iterations: u32,
 ) -> Result<(), String> {
-    let scopes = [Scope::Chat, Scope::Voip];
+    let scopes = [TokenScope::Chat, TokenScope::Voip];
     if let Err(e) = client.prepare_issue_token(user, &scopes, Some(60)) {
         return Err(format!("preparing a request: {e}"));
     }

@@ -1,6 +1,8 @@
 //! `acs-emulator`: a local stand-in for Azure Communication Services' Identity API.
 //! The first line on stdout is the connection string; logs go to stderr.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,17 +143,8 @@ fn config_from(args: Args) -> Result<EmulatorConfig, String> {
     }
     if let Some(ms) = args.latency_ms {
         config.faults.push(FaultRule {
-            operation: None,
-            status: None,
-            probability: 1.0,
-            retry_after_seconds: None,
             latency_ms: Some(ms),
-            count: None,
-            drop: false,
-            after_execute: false,
-            body: None,
-            body_repeat: None,
-            truncate_bytes: None,
+            ..FaultRule::default()
         });
     }
     Ok(config)

@@ -13,7 +13,10 @@ use kube::{Client, Config};
 
 use acs_identity_operator::acs::RequestObserver;
 use acs_identity_operator::api::ServiceKind;
-use acs_identity_operator::controller::services::{ClientSettings, parse_default_service};
+use acs_identity_operator::api::duration::parse_duration;
+use acs_identity_operator::controller::clients::ClientSettings;
+use acs_identity_operator::controller::context::{Leadership, SystemClock};
+use acs_identity_operator::controller::resolver::parse_default_service;
 use acs_identity_operator::controller::{OperatorConfig, run};
 use acs_identity_operator::runtime::signals::shutdown_channel;
 use acs_identity_operator::runtime::{
@@ -81,6 +84,35 @@ struct RunArgs {
     /// the emulator's --tls).
     #[arg(long, env = "ACS_OPERATOR_EXTRA_CA_FILE")]
     extra_ca_file: Option<PathBuf>,
+    /// Namespace where ClusterCommunicationService credential Secrets must live (as
+    /// cert-manager's cluster resource namespace); default: the pod's namespace
+    /// (POD_NAMESPACE), else acs-system. Secrets elsewhere are never read.
+    #[arg(long, env = "ACS_OPERATOR_CLUSTER_RESOURCE_NAMESPACE")]
+    cluster_resource_namespace: Option<String>,
+    /// Allow plain-http ACS endpoints on any host (by default only loopback addresses may
+    /// use http). For test rigs only: tokens and signed requests travel unencrypted.
+    #[arg(long, env = "ACS_OPERATOR_ALLOW_INSECURE_ENDPOINTS")]
+    allow_insecure_endpoints: bool,
+    /// Reconciles that run at once, across every watched namespace.
+    #[arg(
+        long,
+        env = "ACS_OPERATOR_MAX_CONCURRENT_RECONCILES",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    max_concurrent_reconciles: u16,
+    /// No identity gets more than one token per this interval, whatever ACS returns and
+    /// whatever fails (a Go-style duration, e.g. 15s, 1m).
+    #[arg(long, env = "ACS_OPERATOR_MIN_TOKEN_INTERVAL", default_value = "15s", value_parser = parse_interval)]
+    min_token_interval: std::time::Duration,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -157,7 +189,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
         None => None,
     };
     let observer: Arc<dyn RequestObserver> = metrics.clone();
-    let config = OperatorConfig {
+    let mut config = OperatorConfig {
         default_service: args.default_service.clone(),
         watch_namespaces: args
             .watch_namespaces
@@ -169,7 +201,18 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
             extra_ca_pem,
             observer: Some(observer),
             request_timeout: None,
+            allow_insecure_endpoints: args.allow_insecure_endpoints,
         },
+        cluster_resource_namespace: args
+            .cluster_resource_namespace
+            .clone()
+            .or_else(|| args.leader_election_namespace.clone())
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "acs-system".to_string()),
+        max_concurrent_reconciles: usize::from(args.max_concurrent_reconciles),
+        min_token_interval: args.min_token_interval,
+        leadership: Leadership::default(),
+        clock: Arc::new(SystemClock),
     };
 
     let leader = if args.leader_elect {
@@ -192,6 +235,9 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
         None
     };
 
+    if let Some(h) = &leader {
+        config.leadership = Leadership::elected(h.watch());
+    }
     // Stop on a signal, or when leadership is lost (another replica now acts).
     let lost = match &leader {
         Some(h) => h.lost().boxed(),

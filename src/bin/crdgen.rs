@@ -5,6 +5,8 @@
 //! exits 1 naming every file that is missing or differs, so CI catches a type change
 //! committed without regenerated CRDs.
 
+#![forbid(unsafe_code)]
+
 use std::{path::PathBuf, process::ExitCode};
 
 use acs_identity_operator::api;

@@ -6,7 +6,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use crate::api::CommunicationIdentity;
-use crate::controller::secret::{KEY_ENDPOINT, KEY_EXPIRES_ON, KEY_TOKEN, KEY_USER_ID};
+use crate::api::secret_keys::{
+    ENDPOINT as KEY_ENDPOINT, EXPIRES_ON as KEY_EXPIRES_ON, TOKEN as KEY_TOKEN,
+    USER_ID as KEY_USER_ID,
+};
 
 use super::cluster::Connection;
 use super::error::{CliError, Op, Resource, classify};

@@ -1,28 +1,70 @@
-//! What every reconcile shares: the API client, event recorder, metrics, ACS clients,
-//! the default service, per-object error backoff, and the credential-Secret watches.
+//! What every identity reconcile shares, process-wide: the API client, event recorder,
+//! metrics, caches, the service resolver (one ACS client per resource), the memory of our
+//! own writes, the clock, the concurrency limit, leadership, and per-object backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{Semaphore, watch};
 
-use crate::api::{CommunicationIdentity, ServiceKind};
+use crate::api::CommunicationIdentity;
 use crate::runtime::metrics::Metrics;
 
-use super::credentials::CredentialWatches;
-use super::services::{ClientCache, ClientSettings};
+use super::memory::Memory;
+use super::resolver::Resolver;
+use super::stores::Stores;
+
+/// The time source of every decision; tests inject their own.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Whether this process may write. Without leader election it always may.
+#[derive(Clone, Default)]
+pub struct Leadership(Option<watch::Receiver<bool>>);
+
+impl Leadership {
+    pub fn elected(leading: watch::Receiver<bool>) -> Self {
+        Leadership(Some(leading))
+    }
+
+    /// Resolves once leadership is lost; never without leader election.
+    pub async fn lost(&self) {
+        match &self.0 {
+            Some(rx) => {
+                let mut rx = rx.clone();
+                let _ = rx.wait_for(|leading| !*leading).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
 
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub clients: ClientCache,
-    pub client_settings: ClientSettings,
-    pub default_service: Option<(ServiceKind, String)>,
-    pub credentials: CredentialWatches<CommunicationIdentity>,
+    pub stores: Stores,
+    pub resolver: Resolver,
+    pub memory: Memory,
+    pub clock: Arc<dyn Clock>,
+    pub limiter: Semaphore,
+    pub leadership: Leadership,
+    /// At most one token per identity per this interval, whatever fails.
+    pub min_token_interval: Duration,
     backoff: Mutex<HashMap<ObjectRef<CommunicationIdentity>, u32>>,
 }
 
@@ -33,26 +75,34 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// a fix to the credential Secret or the object triggers a reconcile at once anyway.
 pub const SLOW_RETRY: Duration = Duration::from_secs(60);
 
+pub struct ContextParts {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    pub resolver: Resolver,
+    pub clock: Arc<dyn Clock>,
+    pub max_concurrent_reconciles: usize,
+    pub leadership: Leadership,
+    pub min_token_interval: Duration,
+}
+
 impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        client_settings: ClientSettings,
-        default_service: Option<(ServiceKind, String)>,
-        credentials: CredentialWatches<CommunicationIdentity>,
-    ) -> Self {
+    pub fn new(p: ContextParts) -> Self {
         let reporter = Reporter {
             controller: "acs-identity-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            metrics,
-            clients: ClientCache::default(),
-            client_settings,
-            default_service,
-            credentials,
+            recorder: Recorder::new(p.client.clone(), reporter),
+            client: p.client,
+            metrics: p.metrics,
+            stores: p.stores,
+            resolver: p.resolver,
+            memory: Memory::default(),
+            clock: p.clock,
+            limiter: Semaphore::new(p.max_concurrent_reconciles.max(1)),
+            leadership: p.leadership,
+            min_token_interval: p.min_token_interval,
             backoff: Mutex::new(HashMap::new()),
         }
     }

@@ -1,28 +1,46 @@
-//! Watches on the credential Secrets that services name, so identities are reconciled
-//! as soon as a connection string is fixed or rotated, without caching every Secret of
-//! the cluster: one metadata-only watch per referenced Secret, by field selector.
+//! Watches on the credential Secrets that services name, so dependents are reconciled as
+//! soon as a connection string is fixed or rotated, without caching every Secret of the
+//! cluster: one metadata-only watch per referenced Secret, by field selector. The watch
+//! also tells the current resourceVersion, so a parsed credential is re-read only when the
+//! Secret changed. A watch stops when nothing depends on its Secret any more.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
-use tokio::sync::mpsc;
+use kube::{Api, Client, ResourceExt};
+use tokio::task::AbortHandle;
 
-use super::services::CredentialRef;
-
-type Key = (String, String); // (namespace, name)
-
-/// Registry of credential-Secret watches and the identities that depend on each Secret.
-pub struct CredentialWatches<K: Resource<DynamicType = ()>> {
-    inner: Arc<Inner<K>>,
+/// Where a service's connection string lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CredentialRef {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
 }
 
-impl<K: Resource<DynamicType = ()>> Clone for CredentialWatches<K> {
+type SecretId = (String, String); // (namespace, name)
+
+/// What the watch of one Secret knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretVersion {
+    /// Not listed yet.
+    Unknown,
+    Absent,
+    Present(String),
+}
+
+/// Registry of credential-Secret watches and the dependents (`D`: an identity or a service
+/// reference) of each Secret; `notify` is called for each dependent when its Secret changes.
+pub struct CredentialWatches<D> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D> Clone for CredentialWatches<D> {
     fn clone(&self) -> Self {
         CredentialWatches {
             inner: self.inner.clone(),
@@ -30,107 +48,138 @@ impl<K: Resource<DynamicType = ()>> Clone for CredentialWatches<K> {
     }
 }
 
-struct Inner<K: Resource<DynamicType = ()>> {
+type Notify<D> = Arc<dyn Fn(D) + Send + Sync>;
+
+struct Inner<D> {
     client: Client,
-    trigger: mpsc::UnboundedSender<ObjectRef<K>>,
-    dependents: Mutex<HashMap<Key, HashSet<ObjectRef<K>>>>,
-    watching: Mutex<HashSet<Key>>,
+    notify: Notify<D>,
+    state: Mutex<State<D>>,
 }
 
-impl<K: Resource<DynamicType = ()> + Send + Sync + 'static> CredentialWatches<K> {
-    /// The receiver yields objects to reconcile; feed it to `Controller::reconcile_on`.
-    pub fn new(client: Client) -> (Self, mpsc::UnboundedReceiver<ObjectRef<K>>) {
-        let (trigger, rx) = mpsc::unbounded_channel();
-        let inner = Inner {
-            client,
-            trigger,
-            dependents: Mutex::default(),
-            watching: Mutex::default(),
-        };
-        (
-            CredentialWatches {
-                inner: Arc::new(inner),
-            },
-            rx,
-        )
+struct State<D> {
+    dependents: HashMap<SecretId, HashSet<D>>,
+    uses: HashMap<D, SecretId>,
+    watches: HashMap<SecretId, (AbortHandle, SecretVersion)>,
+}
+
+impl<D: Clone + Eq + Hash + Send + Sync + 'static> CredentialWatches<D> {
+    pub fn new(client: Client, notify: impl Fn(D) + Send + Sync + 'static) -> Self {
+        CredentialWatches {
+            inner: Arc::new(Inner {
+                client,
+                notify: Arc::new(notify),
+                state: Mutex::new(State {
+                    dependents: HashMap::new(),
+                    uses: HashMap::new(),
+                    watches: HashMap::new(),
+                }),
+            }),
+        }
     }
 
-    /// Notes that `identity` uses the Secret `credential` and makes sure it is watched.
-    /// An identity depends on one credential at a time.
-    pub fn depend(&self, identity: ObjectRef<K>, credential: &CredentialRef) {
-        let key = (credential.namespace.clone(), credential.name.clone());
+    /// Notes that `dependent` uses the Secret of `credential` (one Secret at a time) and
+    /// makes sure it is watched; returns what the watch knows of its version.
+    pub fn depend(&self, dependent: D, credential: &CredentialRef) -> SecretVersion {
+        let id = (credential.namespace.clone(), credential.name.clone());
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = st.uses.insert(dependent.clone(), id.clone())
+            && previous != id
         {
-            let mut deps = self
-                .inner
-                .dependents
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for (k, set) in deps.iter_mut() {
-                if *k != key {
-                    set.remove(&identity);
-                }
-            }
-            deps.entry(key.clone()).or_default().insert(identity);
+            release(&mut st, &dependent, &previous);
         }
-        let mut watching = self
-            .inner
-            .watching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if watching.insert(key.clone()) {
-            tokio::spawn(watch_secret(self.inner.clone(), key));
+        st.dependents
+            .entry(id.clone())
+            .or_default()
+            .insert(dependent);
+        if let Some((_, version)) = st.watches.get(&id) {
+            return version.clone();
+        }
+        let task = tokio::spawn(watch_secret(self.inner.clone(), id.clone()));
+        st.watches
+            .insert(id, (task.abort_handle(), SecretVersion::Unknown));
+        SecretVersion::Unknown
+    }
+
+    /// `dependent` no longer uses any Secret; a watch nobody needs is stopped.
+    pub fn forget(&self, dependent: &D) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = st.uses.remove(dependent) {
+            release(&mut st, dependent, &id);
         }
     }
 
-    pub fn forget(&self, identity: &ObjectRef<K>) {
-        let mut deps = self
-            .inner
-            .dependents
+    /// Number of Secrets watched (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.inner
+            .state
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for set in deps.values_mut() {
-            set.remove(identity);
+            .unwrap_or_else(|p| p.into_inner())
+            .watches
+            .len()
+    }
+}
+
+fn release<D: Eq + Hash>(st: &mut State<D>, dependent: &D, id: &SecretId) {
+    let empty = st.dependents.get_mut(id).is_some_and(|set| {
+        set.remove(dependent);
+        set.is_empty()
+    });
+    if empty {
+        st.dependents.remove(id);
+        if let Some((handle, _)) = st.watches.remove(id) {
+            handle.abort();
         }
     }
 }
 
-async fn watch_secret<K: Resource<DynamicType = ()> + Send + Sync + 'static>(
-    inner: Arc<Inner<K>>,
-    key: Key,
+async fn watch_secret<D: Clone + Eq + Hash + Send + Sync + 'static>(
+    inner: Arc<Inner<D>>,
+    id: SecretId,
 ) {
-    let (ns, name) = &key;
+    let (ns, name) = &id;
     let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(inner.client.clone(), ns);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    // Any change, including creation and deletion, re-triggers the dependents: the
-    // reconcile re-reads the Secret and decides.
-    let mut changes = watcher(api, config)
-        .default_backoff()
-        .touched_objects()
-        .boxed();
-    loop {
-        let event = changes.next().await;
-        match event {
-            None => break,
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut listed: Option<String> = None;
+    while let Some(event) = events.next().await {
+        let version = match event {
+            Ok(watcher::Event::Apply(s)) => SecretVersion::Present(rv(&s)),
+            Ok(watcher::Event::Delete(_)) => SecretVersion::Absent,
+            Ok(watcher::Event::Init) => {
+                listed = None;
+                continue;
+            }
+            Ok(watcher::Event::InitApply(s)) => {
+                listed = Some(rv(&s));
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => match listed.take() {
+                Some(v) => SecretVersion::Present(v),
+                None => SecretVersion::Absent,
+            },
+            Err(e) => {
                 tracing::debug!(namespace = %ns, secret = %name, error = %e, "credential Secret watch error");
                 continue;
             }
-        }
-        let dependents: Vec<_> = inner
-            .dependents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        };
+        let dependents: Vec<D> = {
+            let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            match st.watches.get_mut(&id) {
+                Some((_, v)) if *v == version => continue,
+                Some((_, v)) => *v = version,
+                None => return,
+            }
+            st.dependents
+                .get(&id)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default()
+        };
         for d in dependents {
-            let _ = inner.trigger.send(d);
+            (inner.notify)(d);
         }
     }
-    inner
-        .watching
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
+}
+
+fn rv(s: &PartialObjectMeta<Secret>) -> String {
+    s.resource_version().unwrap_or_default()
 }

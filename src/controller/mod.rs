@@ -1,15 +1,19 @@
-//! Reconcile logic: one reconcile per kind, the Secret, status, and the renewal math.
+//! Reconcile logic: one reconcile per kind, the caches they read, the Secret, status, and
+//! the renewal math.
 
+pub mod clients;
 pub mod context;
 pub mod credentials;
 pub mod error;
 pub mod identity;
+pub mod memory;
 pub mod renewal;
+pub mod resolver;
 pub mod run;
 pub mod secret;
 pub mod service;
-pub mod services;
 pub mod status;
+pub mod stores;
 
 pub use error::Error;
 pub use run::{OperatorConfig, run};

@@ -8,11 +8,9 @@
 //! its real lifetime. A minimum delay after issuance keeps a broken clock or a tiny token
 //! from turning into a hot loop of issue calls.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-
-use crate::api::Scope;
 
 /// Never schedule a renewal sooner than this after a token was issued.
 pub const MIN_RENEWAL_DELAY: Duration = Duration::from_secs(15);
@@ -135,82 +133,6 @@ pub fn requeue_after(now: Timestamp, renewal_at: Timestamp) -> Duration {
     to_std(renewal_at.duration_since(now)).max(Duration::from_secs(1))
 }
 
-/// What the controller observed about the token Secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretState {
-    /// No Secret with that name.
-    Missing,
-    /// Owned by the identity and its `token`, `userId` and `expiresOn` agree with status.
-    Matches,
-    /// Owned by the identity but edited, emptied or holding another user's/older token.
-    Mismatch,
-}
-
-/// Why a new token must be issued. Ordered by precedence: the first that applies wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenReason {
-    /// A revoke request is pending: revoke every token, then issue. Also satisfies a
-    /// pending renew request (mark both handled).
-    RevokeRequested,
-    /// Status records no token yet (first issuance, or status was lost).
-    NoToken,
-    /// The Secret was deleted.
-    SecretMissing,
-    /// The Secret no longer holds what status says was written.
-    SecretMismatch,
-    /// The token in the Secret has expired.
-    Expired,
-    /// `spec.scopes` differs from the token's scopes.
-    ScopesChanged,
-    /// `spec.tokenLifetime` differs from the lifetime the token was requested with.
-    LifetimeChanged,
-    /// A renew request is pending.
-    RenewRequested,
-    /// `renewalTime` has been reached.
-    RenewalDue,
-}
-
-impl TokenReason {
-    /// Short CamelCase label for events, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenReason::RevokeRequested => "RevokeRequested",
-            TokenReason::NoToken => "NoToken",
-            TokenReason::SecretMissing => "SecretMissing",
-            TokenReason::SecretMismatch => "SecretMismatch",
-            TokenReason::Expired => "Expired",
-            TokenReason::ScopesChanged => "ScopesChanged",
-            TokenReason::LifetimeChanged => "LifetimeChanged",
-            TokenReason::RenewRequested => "RenewRequested",
-            TokenReason::RenewalDue => "RenewalDue",
-        }
-    }
-}
-
-/// Plain inputs to [`needs_new_token`], gathered from spec, status, annotations and the
-/// Secret by the caller.
-#[derive(Debug, Clone)]
-pub struct TokenInputs<'a> {
-    pub now: Timestamp,
-    pub secret: SecretState,
-    pub desired_scopes: &'a BTreeSet<Scope>,
-    /// Spec lifetime, resolved.
-    pub desired_lifetime: Duration,
-    /// `status.tokenExpiresOn`.
-    pub token_expires_on: Option<Timestamp>,
-    /// `status.tokenScopes`.
-    pub token_scopes: Option<&'a BTreeSet<Scope>>,
-    /// `status.tokenLifetime`, parsed; `None` when unknown (then not compared).
-    pub token_lifetime: Option<Duration>,
-    /// Renewal time recomputed with [`renewal_time`] (preferred) or `status.renewalTime`.
-    pub renewal_time: Option<Timestamp>,
-    /// Annotation value and the last value handled (from status).
-    pub renew_requested: Option<&'a str>,
-    pub renew_handled: Option<&'a str>,
-    pub revoke_requested: Option<&'a str>,
-    pub revoke_handled: Option<&'a str>,
-}
-
 /// A request annotation is pending when it is set and differs from the value last
 /// handled. Values are compared, not parsed as times: any new value is a new request,
 /// which needs no clock agreement with whoever set it and cannot be replayed (the
@@ -222,51 +144,18 @@ pub fn request_pending(requested: Option<&str>, handled: Option<&str>) -> bool {
     }
 }
 
-/// Decides whether a new token is needed, and why. `None` means the current one is fine.
-pub fn needs_new_token(i: &TokenInputs<'_>) -> Option<TokenReason> {
-    if request_pending(i.revoke_requested, i.revoke_handled) {
-        return Some(TokenReason::RevokeRequested);
-    }
-    let Some(expires_on) = i.token_expires_on else {
-        return Some(TokenReason::NoToken);
-    };
-    match i.secret {
-        SecretState::Missing => return Some(TokenReason::SecretMissing),
-        SecretState::Mismatch => return Some(TokenReason::SecretMismatch),
-        SecretState::Matches => {}
-    }
-    if expires_on <= i.now {
-        return Some(TokenReason::Expired);
-    }
-    if i.token_scopes != Some(i.desired_scopes) {
-        return Some(TokenReason::ScopesChanged);
-    }
-    if i.token_lifetime.is_some_and(|l| l != i.desired_lifetime) {
-        return Some(TokenReason::LifetimeChanged);
-    }
-    if request_pending(i.renew_requested, i.renew_handled) {
-        return Some(TokenReason::RenewRequested);
-    }
-    // A missing renewal time with a known expiry is odd but harmless: fall back to
-    // expiry, which was checked above.
-    if i.renewal_time.is_some_and(|r| r <= i.now) {
-        return Some(TokenReason::RenewalDue);
-    }
-    None
-}
-
-fn to_std(d: SignedDuration) -> Duration {
+pub(crate) fn to_std(d: SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
 
-fn add(t: Timestamp, d: Duration) -> Timestamp {
+pub(crate) fn add(t: Timestamp, d: Duration) -> Timestamp {
     SignedDuration::try_from(d)
         .ok()
         .and_then(|d| t.checked_add(d).ok())
         .unwrap_or(Timestamp::MAX)
 }
 
-fn sub(t: Timestamp, d: Duration) -> Timestamp {
+pub(crate) fn sub(t: Timestamp, d: Duration) -> Timestamp {
     SignedDuration::try_from(d)
         .ok()
         .and_then(|d| t.checked_sub(d).ok())
@@ -276,6 +165,7 @@ fn sub(t: Timestamp, d: Duration) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     const H: u64 = 3600;
 
@@ -398,194 +288,5 @@ mod tests {
             Jitter(0.999_999),
         );
         assert!(to_std(base.at.duration_since(max.at)) > secs(23 * 60));
-    }
-
-    struct Fixture {
-        scopes: BTreeSet<Scope>,
-        other_scopes: BTreeSet<Scope>,
-    }
-
-    impl Fixture {
-        fn new() -> Self {
-            Self {
-                scopes: [Scope::Chat, Scope::Voip].into(),
-                other_scopes: [Scope::Chat].into(),
-            }
-        }
-
-        /// A healthy token: issued at 0, expires at 24h, renewal at 16h, now = 1h.
-        fn ok(&self) -> TokenInputs<'_> {
-            TokenInputs {
-                now: ts(3600),
-                secret: SecretState::Matches,
-                desired_scopes: &self.scopes,
-                desired_lifetime: secs(24 * H),
-                token_expires_on: Some(ts(24 * 3600)),
-                token_scopes: Some(&self.scopes),
-                token_lifetime: Some(secs(24 * H)),
-                renewal_time: Some(ts(16 * 3600)),
-                renew_requested: None,
-                renew_handled: None,
-                revoke_requested: None,
-                revoke_handled: None,
-            }
-        }
-    }
-
-    #[test]
-    fn healthy_token_needs_nothing() {
-        let f = Fixture::new();
-        assert_eq!(needs_new_token(&f.ok()), None);
-        // Unknown recorded lifetime (older status) is not a change.
-        let i = TokenInputs {
-            token_lifetime: None,
-            ..f.ok()
-        };
-        assert_eq!(needs_new_token(&i), None);
-    }
-
-    #[test]
-    fn each_reason() {
-        let f = Fixture::new();
-        let cases: Vec<(TokenInputs<'_>, TokenReason)> = vec![
-            (
-                TokenInputs {
-                    token_expires_on: None,
-                    secret: SecretState::Missing,
-                    ..f.ok()
-                },
-                TokenReason::NoToken,
-            ),
-            (
-                TokenInputs {
-                    secret: SecretState::Missing,
-                    ..f.ok()
-                },
-                TokenReason::SecretMissing,
-            ),
-            (
-                TokenInputs {
-                    secret: SecretState::Mismatch,
-                    ..f.ok()
-                },
-                TokenReason::SecretMismatch,
-            ),
-            (
-                TokenInputs {
-                    now: ts(24 * 3600),
-                    ..f.ok()
-                },
-                TokenReason::Expired,
-            ),
-            (
-                TokenInputs {
-                    token_scopes: Some(&f.other_scopes),
-                    ..f.ok()
-                },
-                TokenReason::ScopesChanged,
-            ),
-            (
-                TokenInputs {
-                    token_scopes: None,
-                    ..f.ok()
-                },
-                TokenReason::ScopesChanged,
-            ),
-            (
-                TokenInputs {
-                    desired_lifetime: secs(12 * H),
-                    ..f.ok()
-                },
-                TokenReason::LifetimeChanged,
-            ),
-            (
-                TokenInputs {
-                    renew_requested: Some("2025-01-01T00:00:00Z"),
-                    ..f.ok()
-                },
-                TokenReason::RenewRequested,
-            ),
-            (
-                TokenInputs {
-                    now: ts(16 * 3600),
-                    ..f.ok()
-                },
-                TokenReason::RenewalDue,
-            ),
-            (
-                TokenInputs {
-                    revoke_requested: Some("2025-01-01T00:00:00Z"),
-                    ..f.ok()
-                },
-                TokenReason::RevokeRequested,
-            ),
-        ];
-        for (inputs, want) in cases {
-            assert_eq!(needs_new_token(&inputs), Some(want), "{inputs:?}");
-        }
-    }
-
-    #[test]
-    fn precedence() {
-        let f = Fixture::new();
-        // Revoke beats everything, including a missing token (adopted user).
-        let i = TokenInputs {
-            token_expires_on: None,
-            revoke_requested: Some("a"),
-            renew_requested: Some("b"),
-            ..f.ok()
-        };
-        assert_eq!(needs_new_token(&i), Some(TokenReason::RevokeRequested));
-        // A missing Secret is reported before expiry.
-        let i = TokenInputs {
-            secret: SecretState::Missing,
-            now: ts(48 * 3600),
-            ..f.ok()
-        };
-        assert_eq!(needs_new_token(&i), Some(TokenReason::SecretMissing));
-        // Spec changes beat a routine renewal.
-        let i = TokenInputs {
-            token_scopes: Some(&f.other_scopes),
-            now: ts(20 * 3600),
-            ..f.ok()
-        };
-        assert_eq!(needs_new_token(&i), Some(TokenReason::ScopesChanged));
-    }
-
-    #[test]
-    fn handled_requests_are_not_repeated() {
-        let f = Fixture::new();
-        let i = TokenInputs {
-            renew_requested: Some("2025-01-01T00:00:00Z"),
-            renew_handled: Some("2025-01-01T00:00:00Z"),
-            revoke_requested: Some("x"),
-            revoke_handled: Some("x"),
-            ..f.ok()
-        };
-        assert_eq!(needs_new_token(&i), None);
-        assert!(!request_pending(Some(""), None));
-        assert!(!request_pending(None, Some("x")));
-        assert!(!request_pending(Some(" x "), Some("x")));
-        assert!(request_pending(Some("y"), Some("x")));
-        // An older value is still a new request: values are compared, not times.
-        assert!(request_pending(
-            Some("2024-01-01T00:00:00Z"),
-            Some("2025-01-01T00:00:00Z")
-        ));
-    }
-
-    #[test]
-    fn renewal_due_exactly_at_renewal_time_and_not_before() {
-        let f = Fixture::new();
-        let i = TokenInputs {
-            now: ts(16 * 3600 - 1),
-            ..f.ok()
-        };
-        assert_eq!(needs_new_token(&i), None);
-        let i = TokenInputs {
-            now: ts(16 * 3600),
-            ..f.ok()
-        };
-        assert_eq!(needs_new_token(&i), Some(TokenReason::RenewalDue));
     }
 }

@@ -1,15 +1,18 @@
-//! Wiring: one identity controller (and one service controller) per watched namespace,
-//! or one for the whole cluster; a cluster service controller; readiness once every
-//! cache has synced.
+//! Wiring: the caches (reflectors), one identity controller per watched scope sharing one
+//! process-wide context, the service controllers, and readiness once every cache synced.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::Secret;
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::api::{
@@ -18,22 +21,288 @@ use crate::api::{
 use crate::runtime::Readiness;
 use crate::runtime::metrics::Metrics;
 
-use super::context::Context;
+use super::clients::{ClientCache, ClientSettings};
+use super::context::{Clock, Context, ContextParts, Leadership, SystemClock};
 use super::credentials::CredentialWatches;
 use super::identity;
+use super::resolver::{Resolver, service_key_for};
 use super::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::service::{self, ServiceContext};
-use super::services::{ClientCache, ClientSettings, service_key_for};
+use super::stores::{Scope, Stores, slim};
 
-#[derive(Clone, Default)]
+/// Default `--min-token-interval`.
+pub const DEFAULT_MIN_TOKEN_INTERVAL: Duration = Duration::from_secs(15);
+/// Default `--max-concurrent-reconciles`.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: usize = 16;
+
+#[derive(Clone)]
 pub struct OperatorConfig {
     pub default_service: Option<(ServiceKind, String)>,
     /// Empty: every namespace.
     pub watch_namespaces: Vec<String>,
     pub client_settings: ClientSettings,
+    /// Where ClusterCommunicationService credential Secrets must live.
+    pub cluster_resource_namespace: String,
+    pub max_concurrent_reconciles: usize,
+    pub min_token_interval: Duration,
+    pub leadership: Leadership,
+    pub clock: Arc<dyn Clock>,
 }
 
-/// Runs every controller until `shutdown` resolves; in-flight reconciles finish first.
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            default_service: None,
+            watch_namespaces: vec![],
+            client_settings: ClientSettings::default(),
+            cluster_resource_namespace: "acs-system".into(),
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
+            min_token_interval: DEFAULT_MIN_TOKEN_INTERVAL,
+            leadership: Leadership::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A watch feeding a reflector, with the cached objects slimmed.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream =
+        reflector(writer, watcher(api, config).default_backoff().modify(slim)).touched_objects();
+    (reader, stream)
+}
+
+use reflector::reflector;
+
+/// Identities that use a service, across every scope.
+fn using_service(
+    stores: &[Store<CommunicationIdentity>],
+    default: Option<&(ServiceKind, String)>,
+    kind: ServiceKind,
+    ns: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<CommunicationIdentity>> {
+    stores
+        .iter()
+        .flat_map(|s| s.state())
+        .filter(|i| {
+            service_key_for(i, default).is_some_and(|k| {
+                k.kind == kind && k.name == name && (ns.is_none() || k.namespace.as_deref() == ns)
+            })
+        })
+        .map(|i| ObjectRef::from_obj(i.as_ref()))
+        .collect()
+}
+
+/// The streams of one watched scope, before a controller consumes them.
+struct ScopeParts {
+    ns: Option<String>,
+    identities: Store<CommunicationIdentity>,
+    identity_stream: BoxStream<'static, Result<CommunicationIdentity, watcher::Error>>,
+    service_stream: BoxStream<'static, Result<CommunicationService, watcher::Error>>,
+    secret_stream: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
+    triggers: mpsc::UnboundedReceiver<ObjectRef<CommunicationIdentity>>,
+}
+
+/// The identity side of the operator, wired but not running: the shared context, the
+/// cluster-wide cache tasks, each scope's streams, and the readiness of every cache.
+struct Wired {
+    ctx: Arc<Context>,
+    identity_stores: Vec<Store<CommunicationIdentity>>,
+    cache_tasks: Vec<BoxFuture<'static, ()>>,
+    scopes: Vec<ScopeParts>,
+    ready: BoxFuture<'static, ()>,
+}
+
+fn wire(
+    client: &Client,
+    config: &OperatorConfig,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+) -> Wired {
+    let scopes_ns: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut ready: Vec<BoxFuture<'static, bool>> = vec![];
+    fn wait<K: Resource + Clone + Send + Sync + 'static>(s: &Store<K>) -> BoxFuture<'static, bool>
+    where
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let s = s.clone();
+        async move { s.wait_until_ready().await.is_ok() }.boxed()
+    }
+
+    // Cluster-wide caches: cluster services and Namespace labels.
+    let (css_store, css_stream) = reflected(
+        Api::<ClusterCommunicationService>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (ns_store, ns_stream) = reflected(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    ready.push(wait(&css_store));
+    ready.push(wait(&ns_store));
+
+    // Per scope: identities, namespaced services, owned Secrets.
+    let mut scopes = vec![];
+    let mut parts = vec![];
+    for ns in &scopes_ns {
+        let (id_store, id_stream) = reflected(
+            api_for::<CommunicationIdentity>(client, ns),
+            watcher::Config::default().any_semantic(),
+        );
+        let (svc_store, svc_stream) = reflected(
+            api_for::<CommunicationService>(client, ns),
+            watcher::Config::default(),
+        );
+        // Only Secrets labelled as ours, and only their metadata: memory does not grow with
+        // the cluster's other Secrets.
+        let (sec_store, sec_stream) = reflected(
+            api_for::<PartialObjectMeta<Secret>>(client, ns),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+        );
+        ready.extend([wait(&id_store), wait(&svc_store), wait(&sec_store)]);
+        let (tx, rx) = mpsc::unbounded_channel();
+        scopes.push(Scope {
+            namespace: ns.clone(),
+            identities: id_store.clone(),
+            services: svc_store,
+            secrets: sec_store,
+            trigger: tx,
+        });
+        parts.push(ScopeParts {
+            ns: ns.clone(),
+            identities: id_store,
+            identity_stream: id_stream.boxed(),
+            service_stream: svc_stream.boxed(),
+            secret_stream: sec_stream.boxed(),
+            triggers: rx,
+        });
+    }
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let stores = Stores::new(scopes, css_store, ns_store, synced_rx);
+    let identity_stores: Vec<Store<CommunicationIdentity>> =
+        stores.scopes.iter().map(|s| s.identities.clone()).collect();
+
+    let credentials = {
+        let stores = stores.clone();
+        CredentialWatches::new(client.clone(), move |id| stores.trigger(id))
+    };
+    let resolver = Resolver {
+        kube: client.clone(),
+        stores: stores.clone(),
+        clients: ClientCache::new(config.client_settings.clone()),
+        credentials,
+        default_service: config.default_service.clone(),
+        cluster_resource_namespace: config.cluster_resource_namespace.clone(),
+    };
+    let ctx = Arc::new(Context::new(ContextParts {
+        client: client.clone(),
+        metrics,
+        stores: stores.clone(),
+        resolver,
+        clock: config.clock.clone(),
+        max_concurrent_reconciles: config.max_concurrent_reconciles,
+        leadership: config.leadership.clone(),
+        min_token_interval: config.min_token_interval,
+    }));
+
+    // Cluster services and namespace labels change which identities may use what.
+    let mut cache_tasks: Vec<BoxFuture<'static, ()>> = vec![];
+    {
+        let stores = stores.clone();
+        let ids = identity_stores.clone();
+        let default = config.default_service.clone();
+        cache_tasks.push(
+            css_stream
+                .for_each(move |ev| {
+                    if let Ok(css) = ev {
+                        for id in using_service(
+                            &ids,
+                            default.as_ref(),
+                            ServiceKind::ClusterCommunicationService,
+                            None,
+                            &css.name_any(),
+                        ) {
+                            stores.trigger(id);
+                        }
+                    }
+                    futures::future::ready(())
+                })
+                .boxed(),
+        );
+    }
+    {
+        let stores = stores.clone();
+        let ids = identity_stores.clone();
+        cache_tasks.push(
+            ns_stream
+                .for_each(move |ev| {
+                    if let Ok(ns) = ev {
+                        let name = ns.name_any();
+                        for id in ids.iter().flat_map(|s| s.state()) {
+                            if id.namespace().as_deref() == Some(name.as_str()) {
+                                stores.trigger(ObjectRef::from_obj(id.as_ref()));
+                            }
+                        }
+                    }
+                    futures::future::ready(())
+                })
+                .boxed(),
+        );
+    }
+    let ready = async move {
+        if futures::future::join_all(ready)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+        {
+            let _ = synced_tx.send(true);
+            readiness.set_ready(true);
+            tracing::info!("caches synced; ready");
+            // Keep the sender alive: reconciles wait on its value.
+            futures::future::pending::<()>().await;
+        }
+    }
+    .boxed();
+    Wired {
+        ctx,
+        identity_stores,
+        cache_tasks,
+        scopes: parts,
+        ready,
+    }
+}
+
+/// Runs every controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     config: OperatorConfig,
@@ -41,24 +310,47 @@ pub async fn run(
     readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let scopes: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
+    let wired = wire(&client, &config, metrics.clone(), readiness);
+    let mut tasks = wired.cache_tasks;
+    for scope in wired.scopes {
+        let ids = wired.identity_stores.clone();
+        let default = config.default_service.clone();
+        tracing::debug!(scope = ?scope.ns, "identity controller starting");
+        let concurrency = u16::try_from(config.max_concurrent_reconciles).unwrap_or(u16::MAX);
+        tasks.push(
+            Controller::for_stream(scope.identity_stream, scope.identities)
+                .with_config(ControllerConfig::default().concurrency(concurrency))
+                .owns_stream(scope.secret_stream)
+                .watches_stream(scope.service_stream, move |svc: CommunicationService| {
+                    using_service(
+                        &ids,
+                        default.as_ref(),
+                        ServiceKind::CommunicationService,
+                        svc.namespace().as_deref(),
+                        &svc.name_any(),
+                    )
+                })
+                .reconcile_on(UnboundedReceiverStream::new(scope.triggers))
+                .graceful_shutdown_on(shutdown.clone())
+                .run(
+                    identity::reconcile,
+                    identity::error_policy,
+                    wired.ctx.clone(),
+                )
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "identity controller event");
+                    }
+                })
+                .boxed(),
+        );
+    }
+    let scopes_ns: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
         vec![None]
     } else {
         config.watch_namespaces.iter().cloned().map(Some).collect()
     };
-    let mut tasks: Vec<BoxFuture<'static, ()>> = vec![];
-    let mut stores: Vec<BoxFuture<'static, bool>> = vec![];
-
-    for ns in scopes {
-        let (store, task) = identity_controller(
-            client.clone(),
-            &config,
-            metrics.clone(),
-            ns.clone(),
-            shutdown.clone(),
-        );
-        stores.push(async move { store.wait_until_ready().await.is_ok() }.boxed());
-        tasks.push(task);
+    for ns in scopes_ns {
         tasks.push(namespaced_service_controller(
             client.clone(),
             &config,
@@ -73,115 +365,40 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
-
-    let ready = async move {
-        if futures::future::join_all(stores)
-            .await
-            .into_iter()
-            .all(|ok| ok)
-        {
-            readiness.set_ready(true);
-            tracing::info!("caches synced; ready");
-        }
-    };
     // Polled in the controllers' own task, never spawned: `Store::wait_until_ready` keeps
     // a single waker (kube-runtime's DelayedInit wraps a oneshot), so a waiter in another
-    // task loses its waker to the controller's own wait and never wakes (`/readyz` stayed
-    // 503 forever), or takes the controller's. In one task every wake re-polls both.
-    futures::future::join(ready, futures::future::join_all(tasks)).await;
-}
-
-fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    // task loses its waker to the controller's own wait and never wakes.
+    tokio::select! {
+        _ = futures::future::join_all(tasks) => {}
+        _ = wired.ready => {}
     }
 }
 
-fn identity_controller(
+/// The identity reconcile's context with its caches running, and no controller: for tests
+/// that call [`identity::reconcile`] themselves. Resolves once every cache has synced; the
+/// caches stop when the returned task is aborted.
+pub async fn caches_only(
     client: Client,
-    config: &OperatorConfig,
+    config: OperatorConfig,
     metrics: Arc<Metrics>,
-    ns: Option<String>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> (Store<CommunicationIdentity>, BoxFuture<'static, ()>) {
-    let identities: Api<CommunicationIdentity> = api_for(&client, &ns);
-    let (credentials, triggers) = CredentialWatches::new(client.clone());
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        config.client_settings.clone(),
-        config.default_service.clone(),
-        credentials,
-    ));
-    // Only Secrets labelled as ours, and only their metadata: memory does not grow with
-    // the cluster's other Secrets.
-    let owned = watcher(
-        api_for::<PartialObjectMeta<Secret>>(&client, &ns),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-    )
-    .default_backoff()
-    .touched_objects();
-
-    let controller = Controller::new(identities, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    let default_service = config.default_service.clone();
-    let by_service = {
-        let store = store.clone();
-        let default_service = default_service.clone();
-        move |kind: ServiceKind, svc_ns: Option<String>, svc_name: String| {
-            store
-                .state()
-                .into_iter()
-                .filter(|i| {
-                    service_key_for(i, default_service.as_ref()).is_some_and(|k| {
-                        k.kind == kind
-                            && k.name == svc_name
-                            && (svc_ns.is_none() || k.namespace == svc_ns)
-                    })
-                })
-                .map(|i| ObjectRef::from_obj(i.as_ref()))
-                .collect::<Vec<_>>()
+) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
+    let wired = wire(&client, &config, metrics, Readiness::new());
+    let ctx = wired.ctx.clone();
+    let mut tasks = wired.cache_tasks;
+    for scope in wired.scopes {
+        tasks.push(scope.identity_stream.for_each(|_| async {}).boxed());
+        tasks.push(scope.service_stream.for_each(|_| async {}).boxed());
+        tasks.push(scope.secret_stream.for_each(|_| async {}).boxed());
+    }
+    let ready = wired.ready;
+    let handle = tokio::spawn(async move {
+        tokio::select! {
+            _ = futures::future::join_all(tasks) => {}
+            _ = ready => {}
         }
-    };
-    let by_service_cluster = by_service.clone();
-    let task = controller
-        .owns_stream(owned)
-        .watches(
-            api_for::<CommunicationService>(&client, &ns),
-            watcher::Config::default(),
-            move |svc| {
-                by_service(
-                    ServiceKind::CommunicationService,
-                    svc.namespace(),
-                    svc.name_any(),
-                )
-            },
-        )
-        .watches(
-            Api::<ClusterCommunicationService>::all(client.clone()),
-            watcher::Config::default(),
-            move |svc| {
-                by_service_cluster(
-                    ServiceKind::ClusterCommunicationService,
-                    None,
-                    svc.name_any(),
-                )
-            },
-        )
-        .reconcile_on(UnboundedReceiverStream::new(triggers))
-        .graceful_shutdown_on(shutdown)
-        .run(identity::reconcile, identity::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "identity controller event");
-            }
-        })
-        .boxed();
-    (store, task)
+    });
+    ctx.stores.synced().await;
+    (ctx, handle)
 }
 
 fn namespaced_service_controller(
@@ -230,7 +447,7 @@ fn service_controller<K, F, Fut>(
     reconcile: F,
 ) -> BoxFuture<'static, ()>
 where
-    K: kube::Resource<DynamicType = ()>
+    K: Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -242,16 +459,19 @@ where
         + Send
         + 'static,
 {
-    let (credentials, triggers) = CredentialWatches::new(client.clone());
+    let (tx, rx) = mpsc::unbounded_channel::<ObjectRef<K>>();
+    let credentials = CredentialWatches::new(client.clone(), move |o| {
+        let _ = tx.send(o);
+    });
     let ctx = Arc::new(ServiceContext {
         client,
         metrics,
         credentials,
-        clients: ClientCache::default(),
-        settings: config.client_settings.clone(),
+        clients: ClientCache::new(config.client_settings.clone()),
+        cluster_resource_namespace: config.cluster_resource_namespace.clone(),
     });
     Controller::new(api, watcher::Config::default())
-        .reconcile_on(UnboundedReceiverStream::new(triggers))
+        .reconcile_on(UnboundedReceiverStream::new(rx))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, service::error_policy, ctx)
         .for_each(|_| async {})

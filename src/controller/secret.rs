@@ -5,19 +5,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::CommunicationIdentity;
-
-use super::renewal::SecretState;
-
-/// Secret keys (documented interface).
-pub const KEY_TOKEN: &str = "token";
-pub const KEY_EXPIRES_ON: &str = "expiresOn";
-pub const KEY_USER_ID: &str = "userId";
-pub const KEY_ENDPOINT: &str = "endpoint";
+use crate::api::{CommunicationIdentity, CommunicationIdentityStatus, secret_keys};
 
 /// Label on every Secret the operator writes; its watch selects on it, so the operator
 /// never caches unrelated Secrets.
@@ -28,6 +20,12 @@ pub const IDENTITY_LABEL: &str = "acs-operator.dev/identity";
 /// SHA-256 of the token, so an edit of the `token` key is noticed without keeping the
 /// token anywhere but the Secret.
 pub const TOKEN_HASH_ANNOTATION: &str = "acs-operator.dev/token-sha256";
+/// SHA-256 of the `secretTemplate` the Secret was written with: a template edit is seen
+/// from the cached metadata and re-applied without waiting for the next token.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "acs-operator.dev/template-sha256";
+/// When the token was requested: the token floor survives a restart even when status
+/// was not written.
+pub const ISSUED_AT_ANNOTATION: &str = "acs-operator.dev/issued-at";
 
 /// What goes into the Secret.
 pub struct TokenSecret<'a> {
@@ -36,6 +34,14 @@ pub struct TokenSecret<'a> {
     pub expires_on: &'a str,
     pub user_id: &'a str,
     pub endpoint: &'a str,
+    pub issued_at: &'a str,
+}
+
+/// Hash of the identity's `secretTemplate` (empty template included).
+pub fn template_hash(identity: &CommunicationIdentity) -> String {
+    let template = identity.spec.secret_template.clone().unwrap_or_default();
+    let json = serde_json::to_vec(&template).unwrap_or_default();
+    format!("{:x}", Sha256::digest(json))
 }
 
 pub fn token_hash(token: &[u8]) -> String {
@@ -51,11 +57,13 @@ pub fn build(identity: &CommunicationIdentity, s: &TokenSecret<'_>) -> Secret {
     labels.insert(IDENTITY_LABEL.into(), identity.name_any());
     let mut annotations: BTreeMap<String, String> = template.annotations;
     annotations.insert(TOKEN_HASH_ANNOTATION.into(), token_hash(s.token.as_bytes()));
+    annotations.insert(TEMPLATE_HASH_ANNOTATION.into(), template_hash(identity));
+    annotations.insert(ISSUED_AT_ANNOTATION.into(), s.issued_at.to_string());
     let data = [
-        (KEY_TOKEN, s.token),
-        (KEY_EXPIRES_ON, s.expires_on),
-        (KEY_USER_ID, s.user_id),
-        (KEY_ENDPOINT, s.endpoint),
+        (secret_keys::TOKEN, s.token),
+        (secret_keys::EXPIRES_ON, s.expires_on),
+        (secret_keys::USER_ID, s.user_id),
+        (secret_keys::ENDPOINT, s.endpoint),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
@@ -75,57 +83,58 @@ pub fn build(identity: &CommunicationIdentity, s: &TokenSecret<'_>) -> Secret {
     }
 }
 
-/// How the Secret in the cluster relates to this identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observed {
-    /// Exists without a controller ownerReference to this identity: never touched.
-    NotOwned,
-    Ours(SecretState),
-}
-
-fn controller_ref(secret: &Secret) -> Option<&OwnerReference> {
-    secret
-        .metadata
-        .owner_references
+/// Whether a Secret's controller ownerReference is this identity.
+pub fn owned_by(meta: &ObjectMeta, identity_uid: &str) -> bool {
+    meta.owner_references
         .iter()
         .flatten()
         .find(|r| r.controller == Some(true))
+        .is_some_and(|r| r.uid == identity_uid)
 }
 
-/// Classifies the Secret: missing, not ours, ours and intact, or ours but edited
-/// (token changed, keys removed, another user or expiry than status records, another
-/// endpoint).
-pub fn observe(
-    secret: Option<&Secret>,
-    identity_uid: &str,
-    user_id: Option<&str>,
+/// The issued-at annotation, if the Secret carries a readable one.
+pub fn issued_at(meta: &ObjectMeta) -> Option<jiff::Timestamp> {
+    meta.annotations
+        .as_ref()?
+        .get(ISSUED_AT_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// Whether the Secret's labels and annotations follow the identity's current template.
+pub fn template_current(meta: &ObjectMeta, identity: &CommunicationIdentity) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION))
+        .is_some_and(|h| *h == template_hash(identity))
+}
+
+/// Whether an owned Secret holds exactly what status describes: an unedited token (its
+/// hash), the user, the expiry and (when recorded) the endpoint.
+pub fn intact(
+    secret: &Secret,
+    status: &CommunicationIdentityStatus,
     expires_on: Option<&str>,
-    endpoint: &str,
-) -> Observed {
-    let Some(secret) = secret else {
-        return Observed::Ours(SecretState::Missing);
-    };
-    if controller_ref(secret).is_none_or(|r| r.uid != identity_uid) {
-        return Observed::NotOwned;
-    }
+) -> bool {
     let data = secret.data.clone().unwrap_or_default();
     let get = |k: &str| data.get(k).map(|b| b.0.as_slice());
     let hash_ok = match (
-        get(KEY_TOKEN),
+        get(secret_keys::TOKEN),
         secret.annotations().get(TOKEN_HASH_ANNOTATION),
     ) {
         (Some(t), Some(h)) => !t.is_empty() && token_hash(t) == *h,
         _ => false,
     };
-    let intact = hash_ok
-        && user_id.is_some_and(|u| get(KEY_USER_ID) == Some(u.as_bytes()))
-        && expires_on.is_some_and(|e| get(KEY_EXPIRES_ON) == Some(e.as_bytes()))
-        && get(KEY_ENDPOINT) == Some(endpoint.as_bytes());
-    Observed::Ours(if intact {
-        SecretState::Matches
-    } else {
-        SecretState::Mismatch
-    })
+    hash_ok
+        && status
+            .user_id
+            .as_deref()
+            .is_some_and(|u| get(secret_keys::USER_ID) == Some(u.as_bytes()))
+        && expires_on.is_some_and(|e| get(secret_keys::EXPIRES_ON) == Some(e.as_bytes()))
+        && status
+            .user_endpoint
+            .as_deref()
+            .is_none_or(|e| get(secret_keys::ENDPOINT) == Some(e.as_bytes()))
 }
 
 #[cfg(test)]
@@ -159,6 +168,7 @@ mod tests {
             expires_on: "2026-11-26T10:00:00Z",
             user_id: "8:acs:u",
             endpoint: "https://e",
+            issued_at: "2026-11-25T10:00:00Z",
         }
     }
 
@@ -177,52 +187,5 @@ mod tests {
         let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
         assert_eq!(keys, ["endpoint", "expiresOn", "token", "userId"]);
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
-    }
-
-    #[test]
-    fn observe_tells_missing_foreign_intact_and_edited_apart() {
-        let id = identity();
-        let s = build(&id, &ts());
-        let obs = |sec: Option<&Secret>| {
-            observe(
-                sec,
-                "uid-1",
-                Some("8:acs:u"),
-                Some("2026-11-26T10:00:00Z"),
-                "https://e",
-            )
-        };
-        assert_eq!(obs(None), Observed::Ours(SecretState::Missing));
-        assert_eq!(obs(Some(&s)), Observed::Ours(SecretState::Matches));
-
-        let mut edited = s.clone();
-        edited
-            .data
-            .as_mut()
-            .unwrap()
-            .insert(KEY_TOKEN.into(), ByteString(b"forged".to_vec()));
-        assert_eq!(obs(Some(&edited)), Observed::Ours(SecretState::Mismatch));
-
-        let mut emptied = s.clone();
-        emptied.data = None;
-        assert_eq!(obs(Some(&emptied)), Observed::Ours(SecretState::Mismatch));
-
-        assert_eq!(
-            observe(
-                Some(&s),
-                "uid-1",
-                Some("8:acs:other"),
-                Some("2026-11-26T10:00:00Z"),
-                "https://e"
-            ),
-            Observed::Ours(SecretState::Mismatch)
-        );
-
-        let mut foreign = s.clone();
-        foreign.metadata.owner_references = None;
-        assert_eq!(obs(Some(&foreign)), Observed::NotOwned);
-        let mut other_owner = s;
-        other_owner.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-2".into();
-        assert_eq!(obs(Some(&other_owner)), Observed::NotOwned);
     }
 }

@@ -17,9 +17,13 @@ use crate::api::{
 };
 use crate::runtime::metrics::Metrics;
 
-use super::credentials::CredentialWatches;
+use super::clients::ClientCache;
+use super::credentials::{CredentialRef, CredentialWatches};
 use super::error::Error;
-use super::services::{self, ClientCache, ClientSettings, CredentialRef, ServiceKey};
+use super::resolver::{
+    ResolveError, ServiceKey, check_cluster_secret_namespace, credential_error,
+    namespaced_credential,
+};
 use super::status::{apply_status, set_condition};
 
 /// Credentials are re-checked this often even without a watch event.
@@ -28,10 +32,10 @@ const RECHECK: Duration = Duration::from_secs(300);
 pub struct ServiceContext<K: Resource<DynamicType = ()>> {
     pub client: Client,
     pub metrics: Arc<Metrics>,
-    pub credentials: CredentialWatches<K>,
+    pub credentials: CredentialWatches<ObjectRef<K>>,
     /// Separate from the identities' cache: only used to validate and learn the endpoint.
     pub clients: ClientCache,
-    pub settings: ClientSettings,
+    pub cluster_resource_namespace: String,
 }
 
 /// What both kinds have in common, as the reconcile needs it.
@@ -58,7 +62,7 @@ pub async fn reconcile_namespaced(
             name: obj.name_any(),
         },
         // A namespaced service reads its Secret from its own namespace only.
-        credential: CredentialRef::namespaced(&ns, &obj.spec.connection_string_secret_ref),
+        credential: namespaced_credential(&ns, &obj.spec.connection_string_secret_ref),
         api_version: &obj.spec.api_version,
         quota: &obj.spec.quota,
         status: obj.status.as_ref(),
@@ -79,7 +83,11 @@ pub async fn reconcile_cluster(
             namespace: None,
             name: obj.name_any(),
         },
-        credential: CredentialRef::from(&obj.spec.connection_string_secret_ref),
+        credential: CredentialRef {
+            namespace: obj.spec.connection_string_secret_ref.namespace.clone(),
+            name: obj.spec.connection_string_secret_ref.name.clone(),
+            key: obj.spec.connection_string_secret_ref.key.clone(),
+        },
         api_version: &obj.spec.api_version,
         quota: &obj.spec.quota,
         status: obj.status.as_ref(),
@@ -105,23 +113,14 @@ where
         + 'static,
 {
     let started = Instant::now();
-    let resolved = services::check_credentials(
-        &ctx.client,
-        &ctx.clients,
-        &ctx.settings,
-        &view.key,
-        &view.credential,
-        view.api_version,
-        view.quota,
-    )
-    .await;
+    let resolved = check(obj, &view, ctx).await;
     let mut st = view.status.cloned().unwrap_or_default();
     st.observed_generation = view.generation;
     let now = Timestamp::now();
     match &resolved {
-        Ok(svc) => {
-            st.endpoint = Some(svc.endpoint.clone());
-            let msg = format!("Connection string for {} resolved", svc.endpoint);
+        Ok(endpoint) => {
+            st.endpoint = Some(endpoint.clone());
+            let msg = format!("Connection string for {endpoint} resolved");
             set_condition(
                 &mut st.conditions,
                 types::READY,
@@ -145,15 +144,60 @@ where
             );
         }
     }
-    // Watch the credential Secret whether or not it resolved: a fix must be noticed.
-    ctx.credentials
-        .depend(ObjectRef::from_obj(obj), &view.credential);
     let result = apply_status(api, &obj.name_any(), view.status, &st).await;
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .observe_reconcile(&K::kind(&()), label, started.elapsed());
     result?;
     Ok(Action::requeue(RECHECK))
+}
+
+/// Checks the service's credentials: where the Secret lives (cluster services), that it
+/// holds a connection string, that its endpoint is allowed, and that a client builds.
+/// Returns the endpoint.
+async fn check<K>(
+    obj: &K,
+    view: &ServiceView<'_>,
+    ctx: &ServiceContext<K>,
+) -> Result<String, ResolveError>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    if view.key.kind == ServiceKind::ClusterCommunicationService {
+        // Checked before the Secret is watched or read: a Secret elsewhere is never read.
+        if let Err(e) = check_cluster_secret_namespace(
+            &view.key,
+            &view.credential.namespace,
+            &ctx.cluster_resource_namespace,
+        ) {
+            ctx.credentials.forget(&ObjectRef::from_obj(obj));
+            return Err(e);
+        }
+    }
+    // Watch the credential Secret whether or not it resolves: a fix must be noticed.
+    let version = ctx
+        .credentials
+        .depend(ObjectRef::from_obj(obj), &view.credential);
+    let connection = ctx
+        .clients
+        .connection(&ctx.client, &view.credential, &version)
+        .await
+        .map_err(|e| credential_error(&view.key, &view.credential, e))?;
+    crate::acs::check_endpoint(
+        connection.endpoint(),
+        ctx.clients.settings().allow_insecure_endpoints,
+    )
+    .map_err(|e| ResolveError::InsecureEndpoint {
+        service: view.key.clone(),
+        reason: e.to_string(),
+    })?;
+    ctx.clients
+        .client(&connection, view.api_version, view.quota)
+        .map_err(|reason| ResolveError::BadClient {
+            service: view.key.clone(),
+            reason,
+        })?;
+    Ok(connection.endpoint_str())
 }
 
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<ServiceContext<K>>) -> Action

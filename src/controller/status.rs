@@ -23,6 +23,9 @@ pub fn set_condition(
 ) {
     let status = if status { "True" } else { "False" }.to_string();
     let message = message.into();
+    // The API server keeps whole seconds: a finer time would never compare equal to the
+    // stored one, and every reconcile would write status again.
+    let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
@@ -52,32 +55,34 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     condition(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
-/// Writes `status` with server-side apply when it differs from `current`.
+/// Writes `status` with server-side apply when it differs from `current`; returns the
+/// object as written (its resourceVersion), or `None` when nothing changed.
 pub async fn apply_status<K, S>(
     api: &Api<K>,
     name: &str,
     current: Option<&S>,
     status: &S,
-) -> Result<bool, kube::Error>
+) -> Result<Option<K>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if current == Some(status) {
-        return Ok(false);
+        return Ok(None);
     }
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(true)
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(Some(written))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::app::{App, lock};
-use super::error::AcsError;
+use super::error::ServiceError;
 use super::faults::FaultRule;
 
 pub async fn handle(app: &App, request: Request<Body>, peer: SocketAddr) -> Response {
@@ -27,13 +27,13 @@ async fn handle_inner(
     app: &App,
     request: Request<Body>,
     peer: SocketAddr,
-) -> Result<Response, AcsError> {
+) -> Result<Response, ServiceError> {
     authorize(app, &request, peer)?;
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, app.max_body_bytes)
         .await
         .map_err(|_| {
-            AcsError::new(
+            ServiceError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
                 "The request body is too large.",
@@ -68,7 +68,7 @@ async fn handle_inner(
                 token: String,
             }
             let request: ValidateRequest = serde_json::from_slice(&body).map_err(|_| {
-                AcsError::bad_request("InvalidRequestBody", "Expected {\"token\": \"...\"}.")
+                ServiceError::bad_request("InvalidRequestBody", "Expected {\"token\": \"...\"}.")
             })?;
             let validation = lock(&app.store).validate_token(&request.token, Timestamp::now());
             Ok(
@@ -100,11 +100,11 @@ async fn handle_inner(
                 _ => serde_json::from_slice(&body).map(|rule| vec![rule]),
             }
             .map_err(|e| {
-                AcsError::bad_request("InvalidRequestBody", format!("Not a fault rule: {e}."))
+                ServiceError::bad_request("InvalidRequestBody", format!("Not a fault rule: {e}."))
             })?;
             for rule in &rules {
                 rule.validate()
-                    .map_err(|e| AcsError::bad_request("InvalidRequestBody", e))?;
+                    .map_err(|e| ServiceError::bad_request("InvalidRequestBody", e))?;
             }
             let mut faults = lock(&app.faults);
             for rule in rules {
@@ -116,18 +116,18 @@ async fn handle_inner(
             lock(&app.faults).clear();
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => Err(AcsError::unknown_route()),
+        _ => Err(ServiceError::unknown_route()),
     }
 }
 
-fn authorize(app: &App, request: &Request<Body>, peer: SocketAddr) -> Result<(), AcsError> {
+fn authorize(app: &App, request: &Request<Body>, peer: SocketAddr) -> Result<(), ServiceError> {
     match &app.admin_key {
         Some(key) => {
             let given = request.headers().get("x-admin-key").map(|v| v.as_bytes());
             if given.is_some_and(|g| constant_time_eq(g, key.as_bytes())) {
                 Ok(())
             } else {
-                Err(AcsError::new(
+                Err(ServiceError::new(
                     StatusCode::UNAUTHORIZED,
                     "Denied",
                     "The admin API needs the x-admin-key header.",
@@ -135,7 +135,7 @@ fn authorize(app: &App, request: &Request<Body>, peer: SocketAddr) -> Result<(),
             }
         }
         None if peer.ip().is_loopback() => Ok(()),
-        None => Err(AcsError::new(
+        None => Err(ServiceError::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
             "The admin API answers loopback clients only; start the emulator with --admin-key to open it.",

@@ -1,36 +1,22 @@
-//! The `api-version` query parameter: which versions the emulator speaks and what each adds.
+//! The `api-version` query parameter: which versions the emulator speaks and what each
+//! offers, from the same table of published versions the client reads
+//! ([`crate::acs::api_versions`]), so the emulator answers as the real service would.
 
-use super::error::AcsError;
+use crate::acs::api_versions::{self, API_VERSIONS, ApiVersionInfo, LEGACY_API_VERSION};
 
-/// Versions served on the current routes (`/identities/{id}/:issueAccessToken`, ...).
-pub const CURRENT_VERSIONS: &[&str] = &[
-    "2021-03-07",
-    "2021-10-31-preview",
-    "2022-06-01",
-    "2022-10-01",
-    "2023-08-01",
-    "2023-10-01",
-    "2025-03-02-preview",
-    "2025-06-30",
-];
-
-/// The retired version of `azure-communication-administration` 1.0.0b4, with its own routes.
-pub const LEGACY_VERSION: &str = "2020-07-20-preview2";
-
-/// The first version that knows `customId` on create and `GET /identities/{id}`.
-const CUSTOM_ID_SINCE: &str = "2025-03-02";
+use super::error::ServiceError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiVersion {
     /// `2020-07-20-preview2`: `/identities/{id}/token`, `PATCH` to revoke, 200 on create.
     Legacy,
-    Current(String),
+    Current(&'static ApiVersionInfo),
 }
 
 impl ApiVersion {
     /// Reads `api-version` from a raw query string; a missing or unknown one is a 400, as
     /// Azure data planes answer before looking at anything else.
-    pub fn from_query(query: Option<&str>) -> Result<Self, AcsError> {
+    pub fn from_query(query: Option<&str>) -> Result<Self, ServiceError> {
         let value = query
             .into_iter()
             .flat_map(|q| q.split('&'))
@@ -38,35 +24,38 @@ impl ApiVersion {
             .find(|(name, _)| name.eq_ignore_ascii_case("api-version"))
             .map(|(_, value)| value);
         let Some(value) = value.filter(|v| !v.is_empty()) else {
-            return Err(AcsError::bad_request(
+            return Err(ServiceError::bad_request(
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
             ));
         };
-        if value == LEGACY_VERSION {
+        if value == LEGACY_API_VERSION {
             return Ok(Self::Legacy);
         }
-        if CURRENT_VERSIONS.contains(&value) {
-            return Ok(Self::Current(value.to_string()));
+        if let Some(info) = api_versions::lookup(value) {
+            return Ok(Self::Current(info));
         }
         // The value is echoed back, so it is cut short: it came from outside.
         let shown: String = value.chars().take(40).collect();
-        Err(AcsError::bad_request(
+        let supported: Vec<&str> = API_VERSIONS.iter().map(|v| v.version).collect();
+        Err(ServiceError::bad_request(
             "UnsupportedApiVersion",
             format!(
                 "The HTTP resource does not support the api-version '{shown}'. Supported versions: {}, {}.",
-                CURRENT_VERSIONS.join(", "),
-                LEGACY_VERSION
+                supported.join(", "),
+                LEGACY_API_VERSION
             ),
         ))
     }
 
+    /// `customId` on create (and in the identity it returns).
     pub fn supports_custom_id(&self) -> bool {
-        match self {
-            Self::Legacy => false,
-            // Versions are ISO dates, so string order is time order.
-            Self::Current(v) => v.as_str() >= CUSTOM_ID_SINCE,
-        }
+        matches!(self, Self::Current(info) if info.custom_id)
+    }
+
+    /// `GET /identities/{id}`.
+    pub fn supports_get_identity(&self) -> bool {
+        matches!(self, Self::Current(info) if info.get_identity)
     }
 }
 
@@ -74,11 +63,15 @@ impl ApiVersion {
 mod tests {
     use super::*;
 
+    fn current(v: &str) -> ApiVersion {
+        ApiVersion::from_query(Some(&format!("api-version={v}"))).expect(v)
+    }
+
     #[test]
     fn reads_the_version_among_other_parameters() {
         assert_eq!(
             ApiVersion::from_query(Some("x=1&api-version=2023-10-01")).unwrap(),
-            ApiVersion::Current("2023-10-01".into())
+            ApiVersion::Current(api_versions::lookup("2023-10-01").unwrap())
         );
         assert_eq!(
             ApiVersion::from_query(Some("api-version=2020-07-20-preview2")).unwrap(),
@@ -99,19 +92,30 @@ mod tests {
                 "MissingApiVersionParameter"
             );
         }
-        assert_eq!(
-            ApiVersion::from_query(Some("api-version=1999-01-01"))
-                .unwrap_err()
-                .code,
-            "UnsupportedApiVersion"
-        );
+        for unknown in ["1999-01-01", "2025-03-02", "2027-01-01"] {
+            assert_eq!(
+                ApiVersion::from_query(Some(&format!("api-version={unknown}")))
+                    .unwrap_err()
+                    .code,
+                "UnsupportedApiVersion",
+                "{unknown}"
+            );
+        }
     }
 
     #[test]
-    fn custom_id_arrives_with_2025_03_02() {
-        assert!(!ApiVersion::Current("2023-10-01".into()).supports_custom_id());
-        assert!(ApiVersion::Current("2025-03-02-preview".into()).supports_custom_id());
-        assert!(ApiVersion::Current("2025-06-30".into()).supports_custom_id());
+    fn every_published_version_is_served_with_custom_ids_only_where_published() {
+        for info in API_VERSIONS {
+            let v = current(info.version);
+            assert_eq!(v.supports_custom_id(), info.custom_id, "{}", info.version);
+            assert_eq!(v.supports_get_identity(), info.get_identity);
+        }
+        assert!(current("2025-03-02-preview").supports_custom_id());
+        assert!(current("2025-04-01-preview").supports_custom_id());
+        for ga in ["2023-10-01", "2025-06-30", "2026-07-22"] {
+            assert!(!current(ga).supports_custom_id(), "{ga}");
+            assert!(!current(ga).supports_get_identity(), "{ga}");
+        }
         assert!(!ApiVersion::Legacy.supports_custom_id());
     }
 }

@@ -16,8 +16,8 @@ use crate::acs::connection_string::AccessKey;
 use super::admin;
 use super::api_version::ApiVersion;
 use super::auth::{SignedRequest, authenticate};
-use super::config::Operation;
-use super::error::AcsError;
+use super::config::EmulatedOperation;
+use super::error::ServiceError;
 use super::faults::{FaultAction, FaultOutcome, FaultSet};
 use super::quota::Quotas;
 use super::request_log::{RequestLog, RequestRecord, identity_of};
@@ -59,7 +59,7 @@ impl App {
         let started = Instant::now();
         let received_at = Timestamp::now();
         let (operation, response) = self.handle_acs(request).await;
-        let label = operation.map_or("other", Operation::as_str);
+        let label = operation.map_or("other", EmulatedOperation::as_str);
         let status = if response.extensions().get::<DropConnection>().is_some() {
             "dropped".to_string()
         } else {
@@ -84,10 +84,10 @@ impl App {
         response
     }
 
-    async fn handle_acs(&self, request: Request<Body>) -> (Option<Operation>, Response) {
+    async fn handle_acs(&self, request: Request<Body>) -> (Option<EmulatedOperation>, Response) {
         let (parts, body) = request.into_parts();
         let too_large = || {
-            AcsError::new(
+            ServiceError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
                 "The request body is too large.",
@@ -159,7 +159,7 @@ impl App {
         body: &[u8],
         route: &Route,
         version: &ApiVersion,
-        operation: Operation,
+        operation: EmulatedOperation,
     ) -> Response {
         // The target as received: hyper keeps the percent-encoding the client sent.
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -179,7 +179,7 @@ impl App {
             return e.into_response();
         }
         if let Err(retry_after) = lock(&self.quotas).try_admit(operation, Instant::now()) {
-            return AcsError::too_many_requests(retry_after).into_response();
+            return ServiceError::too_many_requests(retry_after).into_response();
         }
         let result = {
             let mut store = lock(&self.store);
@@ -187,7 +187,7 @@ impl App {
         };
         match result {
             Ok(response) => {
-                if operation != Operation::Get
+                if operation != EmulatedOperation::Get
                     && let Some(persist) = &self.persist
                 {
                     persist.notify_one();
@@ -233,7 +233,7 @@ fn fault_response(outcome: FaultOutcome) -> Option<Response> {
             retry_after_seconds,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut error = AcsError::new(
+            let mut error = ServiceError::new(
                 status,
                 "InjectedFault",
                 "Fault injected by the ACS emulator.",

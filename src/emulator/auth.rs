@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use crate::acs::connection_string::AccessKey;
 use crate::acs::signing::{content_hash, parse_authorization, string_to_sign, verify};
 
-use super::error::AcsError;
+use super::error::ServiceError;
 
 /// What one request brings to authentication; borrowed straight from the wire.
 pub struct SignedRequest<'a> {
@@ -28,12 +28,12 @@ pub fn authenticate(
     request: &SignedRequest<'_>,
     now: Timestamp,
     max_skew: Duration,
-) -> Result<(), AcsError> {
+) -> Result<(), ServiceError> {
     let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
     let authorization = header("authorization")
-        .ok_or_else(|| AcsError::denied("Authorization header is missing."))?;
+        .ok_or_else(|| ServiceError::denied("Authorization header is missing."))?;
     let parsed = parse_authorization(authorization).ok_or_else(|| {
-        AcsError::denied(
+        ServiceError::denied(
             "Authorization header is not 'HMAC-SHA256 SignedHeaders=...&Signature=...'.",
         )
     })?;
@@ -41,20 +41,20 @@ pub fn authenticate(
     let date_header = match names.as_slice() {
         [date @ ("x-ms-date" | "date"), "host", "x-ms-content-sha256"] => *date,
         _ => {
-            return Err(AcsError::denied(
+            return Err(ServiceError::denied(
                 "SignedHeaders must be 'x-ms-date;host;x-ms-content-sha256' (or 'date;host;x-ms-content-sha256').",
             ));
         }
     };
     let date = header(date_header)
-        .ok_or_else(|| AcsError::denied(format!("Header '{date_header}' is missing.")))?;
+        .ok_or_else(|| ServiceError::denied(format!("Header '{date_header}' is missing.")))?;
     let host = request
         .host
-        .ok_or_else(|| AcsError::denied("Header 'host' is missing."))?;
+        .ok_or_else(|| ServiceError::denied("Header 'host' is missing."))?;
     let claimed_hash = header("x-ms-content-sha256")
-        .ok_or_else(|| AcsError::denied("Header 'x-ms-content-sha256' is missing."))?;
+        .ok_or_else(|| ServiceError::denied("Header 'x-ms-content-sha256' is missing."))?;
     if claimed_hash != content_hash(request.body) {
-        return Err(AcsError::denied(
+        return Err(ServiceError::denied(
             "Request 'x-ms-content-sha256' differs from generated content hash.",
         ));
     }
@@ -67,19 +67,19 @@ pub fn authenticate(
         claimed_hash,
     );
     if !verify(key, &sts, &parsed.signature) {
-        return Err(AcsError::denied("Denied by the resource provider."));
+        return Err(ServiceError::denied("Denied by the resource provider."));
     }
     Ok(())
 }
 
-fn check_date(date: &str, now: Timestamp, max_skew: Duration) -> Result<(), AcsError> {
+fn check_date(date: &str, now: Timestamp, max_skew: Duration) -> Result<(), ServiceError> {
     let when = httpdate::parse_http_date(date)
-        .map_err(|_| AcsError::denied("The request date is not an RFC 1123 date."))?;
+        .map_err(|_| ServiceError::denied("The request date is not an RFC 1123 date."))?;
     let when = Timestamp::try_from(when)
-        .map_err(|_| AcsError::denied("The request date is out of range."))?;
+        .map_err(|_| ServiceError::denied("The request date is out of range."))?;
     let skew = now.duration_since(when).unsigned_abs();
     if skew > max_skew {
-        return Err(AcsError::denied(format!(
+        return Err(ServiceError::denied(format!(
             "The request date differs from the server time by more than {} seconds.",
             max_skew.as_secs()
         )));
@@ -113,7 +113,12 @@ mod tests {
         h
     }
 
-    fn check(headers: &HeaderMap, host: &str, body: &[u8], target: &str) -> Result<(), AcsError> {
+    fn check(
+        headers: &HeaderMap,
+        host: &str,
+        body: &[u8],
+        target: &str,
+    ) -> Result<(), ServiceError> {
         let now = Timestamp::now();
         authenticate(
             &key(),

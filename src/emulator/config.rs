@@ -18,7 +18,7 @@ use super::faults::FaultRule;
 /// The identity operations that quotas, faults and statistics are counted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Operation {
+pub enum EmulatedOperation {
     Create,
     Issue,
     Revoke,
@@ -26,8 +26,8 @@ pub enum Operation {
     Get,
 }
 
-impl Operation {
-    pub const ALL: [Operation; 5] = [
+impl EmulatedOperation {
+    pub const ALL: [EmulatedOperation; 5] = [
         Self::Create,
         Self::Issue,
         Self::Revoke,
@@ -46,13 +46,13 @@ impl Operation {
     }
 }
 
-impl fmt::Display for Operation {
+impl fmt::Display for EmulatedOperation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for Operation {
+impl FromStr for EmulatedOperation {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -77,7 +77,7 @@ pub struct QuotaLimit {
 /// One `--quota OP=N/SECONDS` flag. `N = 0` lifts the limit for that operation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuotaSetting {
-    pub operation: Operation,
+    pub operation: EmulatedOperation,
     pub limit: Option<QuotaLimit>,
 }
 
@@ -106,16 +106,16 @@ impl FromStr for QuotaSetting {
 
 /// ACS's published limits (1000 creates and 1000 token issues, 500 deletes and 500
 /// revokes per 30 seconds); `get` is unlimited since ACS publishes no limit for it.
-pub fn default_quotas() -> BTreeMap<Operation, QuotaLimit> {
+pub fn default_quotas() -> BTreeMap<EmulatedOperation, QuotaLimit> {
     let per30 = |max| QuotaLimit {
         max,
         window: Duration::from_secs(30),
     };
     BTreeMap::from([
-        (Operation::Create, per30(1000)),
-        (Operation::Issue, per30(1000)),
-        (Operation::Delete, per30(500)),
-        (Operation::Revoke, per30(500)),
+        (EmulatedOperation::Create, per30(1000)),
+        (EmulatedOperation::Issue, per30(1000)),
+        (EmulatedOperation::Delete, per30(500)),
+        (EmulatedOperation::Revoke, per30(500)),
     ])
 }
 
@@ -127,7 +127,7 @@ pub struct EmulatorConfig {
     pub access_key: Option<AccessKey>,
     /// The resource GUID in identity ids; random (or the state file's) when absent.
     pub resource_id: Option<Uuid>,
-    pub quotas: BTreeMap<Operation, QuotaLimit>,
+    pub quotas: BTreeMap<EmulatedOperation, QuotaLimit>,
     /// Multiplies every token lifetime, so demos can watch renewals in seconds.
     pub token_lifetime_scale: f64,
     pub state_file: Option<PathBuf>,
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn quota_flag_parses_and_zero_lifts_the_limit() {
         let q: QuotaSetting = "issue=5/2.5".parse().unwrap();
-        assert_eq!(q.operation, Operation::Issue);
+        assert_eq!(q.operation, EmulatedOperation::Issue);
         assert_eq!(
             q.limit,
             Some(QuotaLimit {
@@ -188,9 +188,9 @@ mod tests {
         );
         let mut config = EmulatorConfig::default();
         config.apply_quota("create=0/30".parse().unwrap());
-        assert!(!config.quotas.contains_key(&Operation::Create));
+        assert!(!config.quotas.contains_key(&EmulatedOperation::Create));
         config.apply_quota(q);
-        assert_eq!(config.quotas[&Operation::Issue].max, 5);
+        assert_eq!(config.quotas[&EmulatedOperation::Issue].max, 5);
     }
 
     #[test]

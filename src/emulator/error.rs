@@ -6,14 +6,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcsError {
+pub struct ServiceError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
     pub retry_after_seconds: Option<u64>,
 }
 
-impl AcsError {
+impl ServiceError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -63,7 +63,7 @@ impl AcsError {
     }
 }
 
-impl IntoResponse for AcsError {
+impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();

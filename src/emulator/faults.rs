@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::Operation;
+use super::config::EmulatedOperation;
 
 /// One fault, as `POST /admin/faults` takes it and `--fault` spells it
 /// (`operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3`).
@@ -21,7 +21,7 @@ use super::config::Operation;
 pub struct FaultRule {
     /// Absent: every operation.
     #[serde(default)]
-    pub operation: Option<Operation>,
+    pub operation: Option<EmulatedOperation>,
     /// Absent: no error, only the latency. `0` drops the connection.
     #[serde(default)]
     pub status: Option<u16>,
@@ -51,6 +51,27 @@ pub struct FaultRule {
     /// that loses the end of a response would.
     #[serde(default)]
     pub truncate_bytes: Option<u64>,
+}
+
+/// Strikes every request, does nothing: set a status, latency, drop or body on it.
+/// (Struct literals can end with `..FaultRule::default()`, so new kinds of fault do not
+/// break them.)
+impl Default for FaultRule {
+    fn default() -> Self {
+        Self {
+            operation: None,
+            status: None,
+            probability: 1.0,
+            retry_after_seconds: None,
+            latency_ms: None,
+            count: None,
+            drop: false,
+            after_execute: false,
+            body: None,
+            body_repeat: None,
+            truncate_bytes: None,
+        }
+    }
 }
 
 /// An oversized answer, not an out-of-memory emulator.
@@ -109,19 +130,7 @@ impl FromStr for FaultRule {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut rule = FaultRule {
-            operation: None,
-            status: None,
-            probability: 1.0,
-            retry_after_seconds: None,
-            latency_ms: None,
-            count: None,
-            drop: false,
-            after_execute: false,
-            body: None,
-            body_repeat: None,
-            truncate_bytes: None,
-        };
+        let mut rule = FaultRule::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
                 .split_once('=')
@@ -212,7 +221,7 @@ impl FaultSet {
     /// `roll` yields uniform numbers in `[0, 1)`; injected so tests are deterministic.
     pub fn decide(
         &mut self,
-        operation: Operation,
+        operation: EmulatedOperation,
         mut roll: impl FnMut() -> f64,
     ) -> Option<FaultAction> {
         let index = self.rules.iter().position(|rule| {
@@ -263,7 +272,7 @@ mod tests {
             "operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3"
                 .parse()
                 .unwrap();
-        assert_eq!(rule.operation, Some(Operation::Issue));
+        assert_eq!(rule.operation, Some(EmulatedOperation::Issue));
         assert_eq!(rule.status, Some(503));
         assert_eq!(rule.probability, 0.5);
         assert_eq!(rule.retry_after_seconds, Some(2));
@@ -281,26 +290,26 @@ mod tests {
     fn counted_fault_retires_after_its_count() {
         let mut set = FaultSet::new(vec!["operation=create,status=500,count=2".parse().unwrap()]);
         assert!(
-            set.decide(Operation::Issue, || 0.0).is_none(),
+            set.decide(EmulatedOperation::Issue, || 0.0).is_none(),
             "other operations are untouched"
         );
         for _ in 0..2 {
-            let action = set.decide(Operation::Create, || 0.0).unwrap();
+            let action = set.decide(EmulatedOperation::Create, || 0.0).unwrap();
             assert!(matches!(
                 action.outcome,
                 FaultOutcome::Respond { status: 500, .. }
             ));
         }
-        assert!(set.decide(Operation::Create, || 0.0).is_none());
+        assert!(set.decide(EmulatedOperation::Create, || 0.0).is_none());
         assert!(set.rules().is_empty());
     }
 
     #[test]
     fn probability_uses_the_roll_and_status_zero_drops() {
         let mut set = FaultSet::new(vec!["status=0,probability=0.5".parse().unwrap()]);
-        assert!(set.decide(Operation::Get, || 0.9).is_none());
+        assert!(set.decide(EmulatedOperation::Get, || 0.9).is_none());
         assert_eq!(
-            set.decide(Operation::Get, || 0.1).unwrap().outcome,
+            set.decide(EmulatedOperation::Get, || 0.1).unwrap().outcome,
             FaultOutcome::Drop
         );
     }
@@ -308,7 +317,7 @@ mod tests {
     #[test]
     fn latency_only_fault_lets_the_request_proceed() {
         let mut set = FaultSet::new(vec!["latencyMs=5".parse().unwrap()]);
-        let action = set.decide(Operation::Delete, || 0.0).unwrap();
+        let action = set.decide(EmulatedOperation::Delete, || 0.0).unwrap();
         assert_eq!(action.latency, Some(Duration::from_millis(5)));
         assert_eq!(action.outcome, FaultOutcome::Proceed);
         assert!(!action.after_execute, "before the operation by default");
@@ -321,7 +330,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         ]);
-        let action = set.decide(Operation::Create, || 0.0).unwrap();
+        let action = set.decide(EmulatedOperation::Create, || 0.0).unwrap();
         assert!(action.after_execute);
         assert_eq!(action.latency, Some(Duration::from_millis(50)));
         assert!(
@@ -342,14 +351,16 @@ mod tests {
                 .unwrap(),
         ]);
         assert_eq!(
-            set.decide(Operation::Issue, || 0.0).unwrap().outcome,
+            set.decide(EmulatedOperation::Issue, || 0.0)
+                .unwrap()
+                .outcome,
             FaultOutcome::RawBody {
                 status: 201,
                 body: "<html>".into(),
                 repeat: 3
             }
         );
-        let cut = set.decide(Operation::Create, || 0.0).unwrap();
+        let cut = set.decide(EmulatedOperation::Create, || 0.0).unwrap();
         assert_eq!(cut.outcome, FaultOutcome::Truncate(7));
         assert!(cut.after_execute);
         assert!(

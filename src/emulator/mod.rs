@@ -2,8 +2,10 @@
 //! wire-compatible with the official SDKs, for tests, demos and benchmarks.
 //!
 //! ACS side: `POST /identities`, `POST /identities/{id}/:issueAccessToken`,
-//! `POST /identities/{id}/:revokeAccessTokens`, `DELETE /identities/{id}` and, from
-//! `2025-03-02-preview`, `customId` on create and `GET /identities/{id}`; the retired
+//! `POST /identities/{id}/:revokeAccessTokens`, `DELETE /identities/{id}` on every
+//! published api-version and, only where the published spec has them (the table in
+//! `acs::api_versions`: 2025-03-02-preview, 2025-04-01-preview), `customId` on create and
+//! `GET /identities/{id}`; the retired
 //! `2020-07-20-preview2` routes (`/identities/{id}/token`, `PATCH /identities/{id}`).
 //! Every request is HMAC-checked as ACS does (see the `auth` module), then faults, then
 //! quota. Errors are ACS's `{"error": {"code", "message"}}`.
@@ -60,7 +62,7 @@ use uuid::Uuid;
 use crate::acs::connection_string::AccessKey;
 
 use app::{App, lock};
-pub use config::{EmulatorConfig, Operation, QuotaLimit, QuotaSetting, default_quotas};
+pub use config::{EmulatedOperation, EmulatorConfig, QuotaLimit, QuotaSetting, default_quotas};
 pub use faults::FaultRule;
 use faults::FaultSet;
 use quota::Quotas;

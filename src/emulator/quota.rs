@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::config::{Operation, QuotaLimit};
+use super::config::{EmulatedOperation, QuotaLimit};
 
 /// The admission times of the last `max` requests of one operation: a request is
 /// admitted when fewer than `max` fall inside the window ending now.
@@ -37,11 +37,11 @@ impl Window {
 
 #[derive(Debug, Default)]
 pub struct Quotas {
-    windows: BTreeMap<Operation, Window>,
+    windows: BTreeMap<EmulatedOperation, Window>,
 }
 
 impl Quotas {
-    pub fn new(limits: &BTreeMap<Operation, QuotaLimit>) -> Self {
+    pub fn new(limits: &BTreeMap<EmulatedOperation, QuotaLimit>) -> Self {
         Self {
             windows: limits
                 .iter()
@@ -60,7 +60,7 @@ impl Quotas {
 
     /// `Err(seconds)` is the whole number of seconds to put in `Retry-After` (at least 1,
     /// so a client that honours it is never early).
-    pub fn try_admit(&mut self, operation: Operation, now: Instant) -> Result<(), u64> {
+    pub fn try_admit(&mut self, operation: EmulatedOperation, now: Instant) -> Result<(), u64> {
         let Some(window) = self.windows.get_mut(&operation) else {
             return Ok(());
         };
@@ -79,7 +79,7 @@ mod tests {
 
     fn quotas(max: u32, secs: u64) -> Quotas {
         Quotas::new(&BTreeMap::from([(
-            Operation::Issue,
+            EmulatedOperation::Issue,
             QuotaLimit {
                 max,
                 window: Duration::from_secs(secs),
@@ -93,26 +93,26 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..3 {
             assert_eq!(
-                q.try_admit(Operation::Issue, t0 + Duration::from_secs(i)),
+                q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_secs(i)),
                 Ok(())
             );
         }
         // The oldest admission (t0) leaves the window at t0+30: 20 s after t0+10.
         assert_eq!(
-            q.try_admit(Operation::Issue, t0 + Duration::from_secs(10)),
+            q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_secs(10)),
             Err(20)
         );
         assert_eq!(
-            q.try_admit(Operation::Issue, t0 + Duration::from_millis(29_500)),
+            q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_millis(29_500)),
             Err(1)
         );
         assert_eq!(
-            q.try_admit(Operation::Issue, t0 + Duration::from_secs(30)),
+            q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_secs(30)),
             Ok(())
         );
         // t0+1 is now the oldest; one slot is still taken by it until t0+31.
         assert_eq!(
-            q.try_admit(Operation::Issue, t0 + Duration::from_secs(30)),
+            q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_secs(30)),
             Err(1)
         );
     }
@@ -121,15 +121,15 @@ mod tests {
     fn rejected_requests_do_not_use_up_the_quota() {
         let mut q = quotas(1, 10);
         let t0 = Instant::now();
-        assert!(q.try_admit(Operation::Issue, t0).is_ok());
+        assert!(q.try_admit(EmulatedOperation::Issue, t0).is_ok());
         for s in 1..10 {
             assert!(
-                q.try_admit(Operation::Issue, t0 + Duration::from_secs(s))
+                q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_secs(s))
                     .is_err()
             );
         }
         assert!(
-            q.try_admit(Operation::Issue, t0 + Duration::from_secs(10))
+            q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_secs(10))
                 .is_ok()
         );
     }
@@ -139,7 +139,7 @@ mod tests {
         let mut q = quotas(1, 10);
         let t0 = Instant::now();
         for _ in 0..100 {
-            assert!(q.try_admit(Operation::Get, t0).is_ok());
+            assert!(q.try_admit(EmulatedOperation::Get, t0).is_ok());
         }
     }
 

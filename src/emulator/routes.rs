@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::api_version::ApiVersion;
-use super::config::Operation;
-use super::error::AcsError;
+use super::config::EmulatedOperation;
+use super::error::ServiceError;
 use super::store::{Identity, IssuedToken, Store};
 
 /// One recognised request; ids are percent-decoded.
@@ -27,24 +27,28 @@ pub enum Route {
 }
 
 impl Route {
-    pub fn operation(&self) -> Operation {
+    pub fn operation(&self) -> EmulatedOperation {
         match self {
-            Self::Create => Operation::Create,
-            Self::Issue(_) => Operation::Issue,
-            Self::Revoke(_) => Operation::Revoke,
-            Self::Delete(_) => Operation::Delete,
-            Self::Get(_) => Operation::Get,
+            Self::Create => EmulatedOperation::Create,
+            Self::Issue(_) => EmulatedOperation::Issue,
+            Self::Revoke(_) => EmulatedOperation::Revoke,
+            Self::Delete(_) => EmulatedOperation::Delete,
+            Self::Get(_) => EmulatedOperation::Get,
         }
     }
 }
 
 /// Maps method and raw path to a route for `version`. Segments are split before
 /// decoding, so an id holding an encoded `/` stays one segment.
-pub fn classify(method: &Method, raw_path: &str, version: &ApiVersion) -> Result<Route, AcsError> {
+pub fn classify(
+    method: &Method,
+    raw_path: &str,
+    version: &ApiVersion,
+) -> Result<Route, ServiceError> {
     let trimmed = raw_path.trim_end_matches('/');
     let mut segments = trimmed.split('/').skip(1);
     if segments.next() != Some("identities") {
-        return Err(AcsError::unknown_route());
+        return Err(ServiceError::unknown_route());
     }
     let rest: Vec<String> = segments
         .map(|s| {
@@ -52,7 +56,7 @@ pub fn classify(method: &Method, raw_path: &str, version: &ApiVersion) -> Result
                 .decode_utf8()
                 .map(|d| d.into_owned())
                 .map_err(|_| {
-                    AcsError::bad_request(
+                    ServiceError::bad_request(
                         "InvalidIdentifier",
                         "The identity id is not valid UTF-8.",
                     )
@@ -69,13 +73,13 @@ pub fn classify(method: &Method, raw_path: &str, version: &ApiVersion) -> Result
         ("POST", [id, action], true) if action == "token" => Route::Issue(id.clone()),
         ("PATCH", [id], true) => Route::Revoke(id.clone()),
         ("DELETE", [id], _) => Route::Delete(id.clone()),
-        ("GET", [id], false) if version.supports_custom_id() => Route::Get(id.clone()),
-        _ => return Err(AcsError::unknown_route()),
+        ("GET", [id], false) if version.supports_get_identity() => Route::Get(id.clone()),
+        _ => return Err(ServiceError::unknown_route()),
     };
     if let Route::Issue(id) | Route::Revoke(id) | Route::Delete(id) | Route::Get(id) = &route
         && id.is_empty()
     {
-        return Err(AcsError::unknown_route());
+        return Err(ServiceError::unknown_route());
     }
     Ok(route)
 }
@@ -87,7 +91,7 @@ pub fn execute(
     version: &ApiVersion,
     body: &[u8],
     now: Timestamp,
-) -> Result<Response, AcsError> {
+) -> Result<Response, ServiceError> {
     match (route, version) {
         (Route::Create, ApiVersion::Legacy) => {
             let (identity, _) = store.create(None, now)?;
@@ -159,7 +163,7 @@ fn create(
     version: &ApiVersion,
     body: &[u8],
     now: Timestamp,
-) -> Result<Response, AcsError> {
+) -> Result<Response, ServiceError> {
     // The SDKs send no body at all for a plain create.
     let request: CreateRequest = parse_json(body)?.unwrap_or(CreateRequest {
         create_token_with_scopes: None,
@@ -172,7 +176,8 @@ fn create(
         super::store::validate_scopes(scopes)?;
         super::store::validate_expiry(request.expires_in_minutes)?;
     }
-    // Older versions don't know customId and ignore it, as a real service ignores unknown fields.
+    // Versions whose published spec has no customId ignore it, as the service ignores
+    // properties its version does not define (GA 2025-06-30 and 2026-07-22 included).
     let custom_id = request.custom_id.filter(|_| version.supports_custom_id());
     let (identity, created) = store.create(custom_id.as_deref(), now)?;
     let token = match &scopes {
@@ -211,17 +216,17 @@ fn token_json(token: &IssuedToken) -> Value {
     json!({"token": token.token, "expiresOn": token.expires_on.to_string()})
 }
 
-fn missing_body() -> AcsError {
-    AcsError::bad_request("InvalidRequestBody", "The request body is required.")
+fn missing_body() -> ServiceError {
+    ServiceError::bad_request("InvalidRequestBody", "The request body is required.")
 }
 
 /// `None` for an empty body; malformed JSON or wrong field types are a 400.
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, AcsError> {
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ServiceError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     serde_json::from_slice(body).map(Some).map_err(|e| {
-        AcsError::bad_request(
+        ServiceError::bad_request(
             "InvalidRequestBody",
             format!(
                 "The request body is not valid: {}.",
@@ -235,8 +240,12 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, AcsError> {
 mod tests {
     use super::*;
 
+    fn version(v: &str) -> ApiVersion {
+        ApiVersion::from_query(Some(&format!("api-version={v}"))).expect(v)
+    }
+
     fn current() -> ApiVersion {
-        ApiVersion::Current("2023-10-01".into())
+        version("2023-10-01")
     }
 
     #[test]
@@ -294,10 +303,16 @@ mod tests {
             classify(
                 &Method::GET,
                 "/identities/x",
-                &ApiVersion::Current("2025-03-02-preview".into())
+                &version("2025-03-02-preview")
             )
             .is_ok()
         );
+        for ga in ["2025-06-30", "2026-07-22"] {
+            assert!(
+                classify(&Method::GET, "/identities/x", &version(ga)).is_err(),
+                "{ga} has no GET /identities/{{id}}"
+            );
+        }
         assert!(classify(&Method::PUT, "/identities", &current()).is_err());
         assert!(classify(&post, "/other", &current()).is_err());
         assert!(classify(&Method::DELETE, "/identities//", &current()).is_err());

@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::error::AcsError;
-use super::tokens::{Claims, TokenError, TokenSigner};
+use super::error::ServiceError;
+use super::tokens::{MintedClaims, TokenError, TokenSigner};
 
 pub const SCOPES: &[&str] = &[
     "chat",
@@ -141,10 +141,10 @@ impl Store {
         &mut self,
         custom_id: Option<&str>,
         now: Timestamp,
-    ) -> Result<(Identity, bool), AcsError> {
+    ) -> Result<(Identity, bool), ServiceError> {
         if let Some(custom_id) = custom_id {
             if custom_id.is_empty() || custom_id.len() > MAX_CUSTOM_ID_LEN {
-                return Err(AcsError::bad_request(
+                return Err(ServiceError::bad_request(
                     "ValidationError",
                     format!("customId must be 1 to {MAX_CUSTOM_ID_LEN} characters long."),
                 ));
@@ -175,17 +175,17 @@ impl Store {
     }
 
     /// The live identity behind an id from a request path (already percent-decoded).
-    pub fn get(&self, id: &str) -> Result<&Identity, AcsError> {
+    pub fn get(&self, id: &str) -> Result<&Identity, ServiceError> {
         self.check_id_shape(id)?;
         match self.by_id.get(id).map(|&i| &self.identities[i]) {
             Some(identity) if !identity.deleted => Ok(identity),
-            _ => Err(AcsError::not_found(format!(
+            _ => Err(ServiceError::not_found(format!(
                 "Identity '{id}' was not found."
             ))),
         }
     }
 
-    fn get_mut(&mut self, id: &str) -> Result<&mut Identity, AcsError> {
+    fn get_mut(&mut self, id: &str) -> Result<&mut Identity, ServiceError> {
         self.get(id)?;
         let index = self.by_id[id];
         Ok(&mut self.identities[index])
@@ -193,9 +193,9 @@ impl Store {
 
     /// Ids that cannot be ACS user ids are a 400; well-formed ids of other resources or
     /// never created are a 404.
-    fn check_id_shape(&self, id: &str) -> Result<(), AcsError> {
+    fn check_id_shape(&self, id: &str) -> Result<(), ServiceError> {
         let bad = || {
-            AcsError::bad_request(
+            ServiceError::bad_request(
                 "InvalidIdentifier",
                 format!("'{id}' is not a valid identity id."),
             )
@@ -214,7 +214,7 @@ impl Store {
         scopes: &[String],
         expires_in_minutes: Option<i64>,
         now: Timestamp,
-    ) -> Result<IssuedToken, AcsError> {
+    ) -> Result<IssuedToken, ServiceError> {
         let scopes = validate_scopes(scopes)?;
         let minutes = validate_expiry(expires_in_minutes)?;
         self.get(id)?;
@@ -223,11 +223,11 @@ impl Store {
         // Whole seconds, so `expiresOn` and the JWT's `exp` name the same instant.
         let expires_on =
             Timestamp::from_second(now.as_second().saturating_add(lifetime.as_secs() as i64))
-                .map_err(|_| AcsError::internal("token expiry is out of range"))?;
+                .map_err(|_| ServiceError::internal("token expiry is out of range"))?;
         let seq = self.last_seq + 1;
         let token = self
             .signer
-            .mint(Claims {
+            .mint(MintedClaims {
                 skypeid: id.trim_start_matches("8:").to_string(),
                 acs_scope: scopes.join(","),
                 resource_id: self.resource_id.to_string(),
@@ -236,7 +236,7 @@ impl Store {
                 seq,
                 nonce: rand::random::<u16>().into(),
             })
-            .map_err(|e| AcsError::internal(e.to_string()))?;
+            .map_err(|e| ServiceError::internal(e.to_string()))?;
         self.last_seq = seq;
         let identity = self.get_mut(id)?;
         identity.tokens_issued += 1;
@@ -245,7 +245,7 @@ impl Store {
     }
 
     /// Revokes every token issued so far to the user; later ones stay valid.
-    pub fn revoke(&mut self, id: &str, now: Timestamp) -> Result<(), AcsError> {
+    pub fn revoke(&mut self, id: &str, now: Timestamp) -> Result<(), ServiceError> {
         let last_seq = self.last_seq;
         let identity = self.get_mut(id)?;
         identity.revoked_through_seq = last_seq;
@@ -255,10 +255,10 @@ impl Store {
 
     /// Deleting an already deleted user succeeds again (ACS deletes idempotently);
     /// an id this resource never issued is a 404.
-    pub fn delete(&mut self, id: &str, now: Timestamp) -> Result<(), AcsError> {
+    pub fn delete(&mut self, id: &str, now: Timestamp) -> Result<(), ServiceError> {
         self.check_id_shape(id)?;
         let Some(&index) = self.by_id.get(id) else {
-            return Err(AcsError::not_found(format!(
+            return Err(ServiceError::not_found(format!(
                 "Identity '{id}' was not found."
             )));
         };
@@ -307,9 +307,9 @@ fn invalid(reason: &str) -> Validation {
 }
 
 /// Known scopes, deduplicated in request order; none or an unknown one is a 400.
-pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, AcsError> {
+pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, ServiceError> {
     if scopes.is_empty() {
-        return Err(AcsError::bad_request(
+        return Err(ServiceError::bad_request(
             "ValidationError",
             "At least one scope is required.",
         ));
@@ -318,7 +318,7 @@ pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, AcsError> {
     for scope in scopes {
         let Some(known) = SCOPES.iter().find(|s| **s == scope.as_str()) else {
             let shown: String = scope.chars().take(64).collect();
-            return Err(AcsError::bad_request(
+            return Err(ServiceError::bad_request(
                 "ValidationError",
                 format!(
                     "Scope '{shown}' is invalid. Valid scopes: {}.",
@@ -333,10 +333,10 @@ pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, AcsError> {
     Ok(out)
 }
 
-pub fn validate_expiry(expires_in_minutes: Option<i64>) -> Result<i64, AcsError> {
+pub fn validate_expiry(expires_in_minutes: Option<i64>) -> Result<i64, ServiceError> {
     let minutes = expires_in_minutes.unwrap_or(MAX_EXPIRES_IN_MINUTES);
     if !(MIN_EXPIRES_IN_MINUTES..=MAX_EXPIRES_IN_MINUTES).contains(&minutes) {
-        return Err(AcsError::bad_request(
+        return Err(ServiceError::bad_request(
             "ValidationError",
             format!(
                 "expiresInMinutes must be between {MIN_EXPIRES_IN_MINUTES} and {MAX_EXPIRES_IN_MINUTES}; got {minutes}."

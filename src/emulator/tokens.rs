@@ -16,7 +16,7 @@ type HmacSha256 = Hmac<Sha256>;
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
+pub struct MintedClaims {
     /// `acs:<resource>_<user>` as in real ACS tokens; the identity id is `8:` + this.
     pub skypeid: String,
     /// Comma-separated scopes, as ACS's `acsScope` claim.
@@ -34,7 +34,7 @@ pub struct Claims {
     pub nonce: u32,
 }
 
-impl Claims {
+impl MintedClaims {
     pub fn user_id(&self) -> String {
         format!("8:{}", self.skypeid)
     }
@@ -90,7 +90,7 @@ impl TokenSigner {
     }
 
     /// Mints a token for `claims`, trying nonces from `claims.nonce` upwards.
-    pub fn mint(&self, mut claims: Claims) -> Result<String, TokenError> {
+    pub fn mint(&self, mut claims: MintedClaims) -> Result<String, TokenError> {
         let header = URL_SAFE_NO_PAD.encode(HEADER);
         for _ in 0..10_000 {
             let json = serde_json::to_vec(&claims).map_err(|_| TokenError::BadClaims)?;
@@ -108,7 +108,7 @@ impl TokenSigner {
     }
 
     /// Checks the signature and returns the claims; expiry and revocation are the store's call.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<MintedClaims, TokenError> {
         let mut parts = token.trim().split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -144,8 +144,8 @@ mod tests {
 
     use super::*;
 
-    fn claims() -> Claims {
-        Claims {
+    fn claims() -> MintedClaims {
+        MintedClaims {
             skypeid:
                 "acs:11111111-2222-3333-4444-555555555555_66666666-7777-8888-9999-000000000000"
                     .into(),

@@ -267,7 +267,13 @@ async fn prepare_operator_identity() -> PathBuf {
 }
 
 async fn start_operator() -> Operator {
-    spawn_operator(&[], "acs-operator-e2e-").await
+    // Cluster services' credentials live in the operator's own namespace, as the chart
+    // sets it up.
+    spawn_operator(
+        &["--cluster-resource-namespace", OPERATOR_NAMESPACE],
+        "acs-operator-e2e-",
+    )
+    .await
 }
 
 /// Starts another operator process as the chart's ServiceAccount with `extra_args`

@@ -62,24 +62,20 @@ release creates, else empty. */}}
 {{- end }}
 {{- end }}
 
-{{/* Namespace of the chart-created ClusterCommunicationService's credential Secret. */}}
-{{- define "acs-identity-operator.cssSecretNamespace" -}}
-{{- .Values.clusterCommunicationService.connectionStringSecretRef.namespace | default .Release.Namespace }}
+{{/* The cluster resource namespace: where ClusterCommunicationService credentials live. */}}
+{{- define "acs-identity-operator.clusterResourceNamespace" -}}
+{{- .Values.clusterResourceNamespace | default .Release.Namespace }}
 {{- end }}
 
-{{/* Namespaces where the operator only reads credential Secrets (restricted mode), not
-already covered by a watched namespace's Role. */}}
-{{- define "acs-identity-operator.credentialNamespaces" -}}
-{{- $ns := list }}
-{{- range .Values.rbac.credentialNamespaces }}{{ $ns = append $ns . }}{{ end }}
-{{- if .Values.clusterCommunicationService.create }}
-{{- $ns = append $ns (include "acs-identity-operator.cssSecretNamespace" .) }}
+{{/* Namespace of the chart-created ClusterCommunicationService's credential Secret: the
+cluster resource namespace; any other would be refused by the operator. */}}
+{{- define "acs-identity-operator.cssSecretNamespace" -}}
+{{- $crn := include "acs-identity-operator.clusterResourceNamespace" . }}
+{{- $ns := .Values.clusterCommunicationService.connectionStringSecretRef.namespace | default $crn }}
+{{- if ne $ns $crn }}
+{{- fail (printf "clusterCommunicationService.connectionStringSecretRef.namespace is %q, but ClusterCommunicationService credentials must live in the cluster resource namespace %q: leave it empty, or set clusterResourceNamespace" $ns $crn) }}
 {{- end }}
-{{- $out := list }}
-{{- range uniq $ns }}
-{{- if not (has . $.Values.watchNamespaces) }}{{ $out = append $out . }}{{ end }}
-{{- end }}
-{{- toJson $out }}
+{{- $ns }}
 {{- end }}
 
 {{/*
@@ -107,9 +103,11 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # Token Secrets it owns (written with server-side apply; deleted by the garbage
-  # collector with their identity, never by the operator) and the credential Secrets
-  # that services name (read).
+  # Token Secrets it owns (written with server-side apply, watched by label; deleted by
+  # the garbage collector with their identity, never by the operator) and the credential
+  # Secrets of the namespace's own CommunicationServices (read). Kubernetes RBAC cannot
+  # narrow list/watch by label, so this is every Secret of the namespace; the operator
+  # reads ClusterCommunicationService credentials only from the cluster resource namespace.
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
@@ -129,9 +127,9 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["namespaces"]
-  # Reads an identity's namespace labels for ClusterCommunicationService
-  # namespaceSelectors, and whether the namespace is being deleted.
-  verbs: ["get"]
+  # Watches namespace labels (metadata only) for ClusterCommunicationService
+  # namespaceSelectors, and whether a namespace is being deleted.
+  verbs: ["get", "list", "watch"]
 {{- end }}
 
 {{/* Non-empty when the ClusterCommunicationService API is registered in the cluster

@@ -1,0 +1,135 @@
+//! Every published api-version of the ACS Identity REST API and what each offers, as an
+//! explicit table read from the published specification (azure-rest-api-specs,
+//! `specification/communication/data-plane/Identity/{stable,preview}/<version>/CommunicationIdentity.json`).
+//!
+//! Features are never inferred from a version's date: the GA versions published after the
+//! first custom-id preview (2025-06-30, 2026-07-22, 2026-09-23) have neither `customId` nor
+//! `GET /identities/{id}`. The client and the emulator both read this table, so a test
+//! against the emulator sees what the real service would do.
+
+/// The default api-version of the official SDKs (and of the operator's services).
+pub const DEFAULT_API_VERSION: &str = "2023-10-01";
+
+/// The retired api-version of `azure-communication-administration` 1.0.0b4, with its own
+/// routes (`/identities/{id}/token`, `PATCH` to revoke). Only the emulator speaks it.
+pub const LEGACY_API_VERSION: &str = "2020-07-20-preview2";
+
+/// GA or preview, as the specification folder (`stable/` or `preview/`) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stability {
+    Ga,
+    Preview,
+}
+
+/// One published api-version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiVersionInfo {
+    /// The `api-version` query value.
+    pub version: &'static str,
+    pub stability: Stability,
+    /// `customId` on `POST /identities`: the same custom id returns the existing user, so a
+    /// create can be retried without making a second user.
+    pub custom_id: bool,
+    /// `GET /identities/{id}`.
+    pub get_identity: bool,
+}
+
+const fn ga(version: &'static str) -> ApiVersionInfo {
+    ApiVersionInfo {
+        version,
+        stability: Stability::Ga,
+        custom_id: false,
+        get_identity: false,
+    }
+}
+
+const fn preview(version: &'static str, custom_id: bool) -> ApiVersionInfo {
+    ApiVersionInfo {
+        version,
+        stability: Stability::Preview,
+        custom_id,
+        get_identity: custom_id,
+    }
+}
+
+/// Every api-version served on the current routes (`/identities`, `:issueAccessToken`,
+/// `:revokeAccessTokens`), oldest first.
+pub const API_VERSIONS: &[ApiVersionInfo] = &[
+    ga("2021-03-07"),
+    preview("2021-10-31-preview", false),
+    ga("2022-06-01"),
+    ga("2022-09-01"),
+    ga("2022-10-01"),
+    ga("2023-08-01"),
+    ga("2023-10-01"),
+    // The first version with `customId` on create and `GET /identities/{id}`.
+    preview("2025-03-02-preview", true),
+    preview("2025-04-01-preview", true),
+    // GA after the previews, yet without custom ids: CommunicationIdentity is `{id}` only
+    // and `/identities/{id}` has `delete` only.
+    ga("2025-06-30"),
+    ga("2026-07-22"),
+    ga("2026-09-23"),
+];
+
+/// The table entry of a published api-version; `None` for anything else.
+pub fn lookup(api_version: &str) -> Option<&'static ApiVersionInfo> {
+    API_VERSIONS.iter().find(|v| v.version == api_version)
+}
+
+/// Whether `api_version` is published with `customId` on create (and with it
+/// `GET /identities/{id}`). Unknown versions: no.
+pub fn supports_custom_id(api_version: &str) -> bool {
+    lookup(api_version).is_some_and(|v| v.custom_id)
+}
+
+/// Whether `api_version` is published with `GET /identities/{id}`.
+pub fn supports_get_identity(api_version: &str) -> bool {
+    lookup(api_version).is_some_and(|v| v.get_identity)
+}
+
+/// The api-versions with custom ids, for messages ("use one of ...").
+pub fn custom_id_versions() -> impl Iterator<Item = &'static str> {
+    API_VERSIONS
+        .iter()
+        .filter(|v| v.custom_id)
+        .map(|v| v.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_ids_only_where_published() {
+        let with: Vec<&str> = custom_id_versions().collect();
+        assert_eq!(with, ["2025-03-02-preview", "2025-04-01-preview"]);
+        for ga in ["2025-06-30", "2026-07-22", "2026-09-23", "2023-10-01"] {
+            assert!(!supports_custom_id(ga), "{ga}");
+            assert!(!supports_get_identity(ga), "{ga}");
+        }
+        assert!(supports_get_identity("2025-03-02-preview"));
+        // Never inferred from the date.
+        for unknown in ["2025-03-03", "2027-01-01", "2025-03-02", "garbage", ""] {
+            assert!(!supports_custom_id(unknown), "{unknown}");
+            assert!(lookup(unknown).is_none(), "{unknown}");
+        }
+    }
+
+    #[test]
+    fn table_is_ordered_unique_and_names_its_stability() {
+        for pair in API_VERSIONS.windows(2) {
+            assert!(pair[0].version < pair[1].version, "{pair:?}");
+        }
+        for v in API_VERSIONS {
+            assert_eq!(
+                v.version.ends_with("-preview"),
+                v.stability == Stability::Preview,
+                "{v:?}"
+            );
+            assert_eq!(v.custom_id, v.get_identity, "{v:?}");
+        }
+        assert!(lookup(DEFAULT_API_VERSION).is_some());
+        assert!(lookup(LEGACY_API_VERSION).is_none(), "own routes");
+    }
+}

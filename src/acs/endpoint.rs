@@ -1,0 +1,167 @@
+//! Which endpoints the client may talk to. The operator signs requests with a shared key
+//! from its own network position and sends tokens back to whoever answers, so an endpoint
+//! a tenant wrote must not turn it into a plain-http client of arbitrary hosts:
+//! https only; plain http only to a loopback address (the emulator, a local proxy) or when
+//! the platform team allows it (`--allow-insecure-endpoints`); never credentials in the URL.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use url::{Host, Url};
+
+/// The condition reason an [`EndpointError`] is reported with.
+pub const INSECURE_ENDPOINT_REASON: &str = "InsecureEndpoint";
+
+/// Why an endpoint is refused. Messages name the rule and the host, never the rest of the
+/// URL (it came from a connection string).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("the ACS endpoint must use https")]
+    Scheme,
+    #[error(
+        "plain http to `{host}` is refused: use https (plain http is allowed only to loopback addresses, or when the operator runs with --allow-insecure-endpoints)"
+    )]
+    PlainHttp { host: String },
+    #[error(
+        "the ACS endpoint must not carry a user name or password (`user:password@`); the access key belongs in `accesskey=`"
+    )]
+    UserInfo,
+    #[error("the ACS endpoint has no host")]
+    NoHost,
+}
+
+impl EndpointError {
+    /// The condition reason for this error: always `InsecureEndpoint`.
+    pub fn reason(&self) -> &'static str {
+        INSECURE_ENDPOINT_REASON
+    }
+}
+
+/// Checks an endpoint against the rules above. `allow_insecure` admits plain http to any
+/// host (never user info).
+pub fn check_endpoint(url: &Url, allow_insecure: bool) -> Result<(), EndpointError> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(EndpointError::UserInfo);
+    }
+    let host = url.host().ok_or(EndpointError::NoHost)?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure || is_loopback(&host) => Ok(()),
+        "http" => Err(EndpointError::PlainHttp {
+            host: shown_host(&host),
+        }),
+        _ => Err(EndpointError::Scheme),
+    }
+}
+
+/// `localhost`, 127.0.0.0/8, `::1` (and `::ffff:127.x.y.z`). Names that merely resolve to
+/// loopback are not trusted: resolution is not ours to decide.
+pub fn is_loopback(host: &Host<&str>) -> bool {
+    match host {
+        Host::Domain(d) => {
+            let d = d.strip_suffix('.').unwrap_or(d);
+            d.eq_ignore_ascii_case("localhost")
+        }
+        Host::Ipv4(ip) => ip.is_loopback(),
+        Host::Ipv6(ip) => is_loopback_ip(IpAddr::V6(*ip)),
+    }
+}
+
+fn is_loopback_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6 == Ipv6Addr::LOCALHOST
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4: Ipv4Addr| v4.is_loopback())
+        }
+    }
+}
+
+/// The host for a message, bounded: it came from outside.
+fn shown_host(host: &Host<&str>) -> String {
+    let text = host.to_string();
+    if text.chars().count() <= 100 {
+        return text;
+    }
+    let mut cut: String = text.chars().take(100).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, allow_insecure: bool) -> Result<(), EndpointError> {
+        check_endpoint(&Url::parse(url).expect("test URL"), allow_insecure)
+    }
+
+    #[test]
+    fn https_is_always_allowed() {
+        assert_eq!(check("https://res.communication.azure.com/", false), Ok(()));
+        assert_eq!(check("https://10.0.0.5:8443", false), Ok(()));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://127.8.9.10/",
+            "http://localhost:1234",
+            "http://LOCALHOST.:1234",
+            "http://[::1]:8080",
+            "http://[::ffff:127.0.0.1]:8080",
+        ] {
+            assert_eq!(check(ok, false), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://10.0.0.5",
+            "http://res.communication.azure.com",
+            "http://localhost.evil.example",
+            "http://[::2]",
+            "http://0.0.0.0:80",
+            "http://169.254.169.254/",
+        ] {
+            let err = check(refused, false).expect_err(refused);
+            assert!(matches!(err, EndpointError::PlainHttp { .. }), "{refused}");
+            assert_eq!(err.reason(), "InsecureEndpoint");
+            assert!(err.to_string().contains("--allow-insecure-endpoints"));
+            assert_eq!(check(refused, true), Ok(()), "{refused} with allow");
+        }
+    }
+
+    #[test]
+    fn other_schemes_and_user_info_are_refused_even_when_insecure_is_allowed() {
+        for allow in [false, true] {
+            assert_eq!(check("ftp://a.b/", allow), Err(EndpointError::Scheme));
+            assert_eq!(
+                check("file:///etc/passwd", allow),
+                Err(EndpointError::NoHost)
+            );
+            assert_eq!(
+                check("https://user:pa55word@a.b/", allow),
+                Err(EndpointError::UserInfo)
+            );
+            assert_eq!(
+                check("http://user@127.0.0.1/", allow),
+                Err(EndpointError::UserInfo)
+            );
+        }
+        let shown = check("https://user:pa55word@a.b/", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !shown.contains("pa55word") && !shown.contains("user@"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn the_reason_is_the_documented_condition_reason() {
+        assert_eq!(
+            EndpointError::Scheme.reason(),
+            crate::api::conditions::reasons::INSECURE_ENDPOINT
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! Deletion of an identity: what to do with its ACS user, decided (purely) from the status
+//! we last wrote rather than the cached object, then done before the finalizer goes.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::conditions::{reasons, types};
+use crate::api::{CommunicationIdentity, DeletionPolicy};
+use crate::controller::context::Context;
+use crate::controller::error::Error;
+use crate::controller::memory::effective_status;
+use crate::controller::resolver::ResolvedService;
+use crate::controller::status::set_condition;
+
+use super::decide::{ServiceFacts, custom_id_for};
+use super::gather::service_facts;
+use super::steps::{StepError, publish, write_status};
+
+#[derive(Debug, Clone)]
+pub struct CleanupFacts<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    /// `status.userId` as we last wrote it.
+    pub user: Option<&'a str>,
+    pub user_endpoint: Option<&'a str>,
+    pub adopted: bool,
+    pub policy: DeletionPolicy,
+    /// The service that reaches the user's resource, if any; else why not.
+    pub service: Result<ServiceFacts, String>,
+    pub namespace_terminating: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupPlan {
+    /// Nothing in ACS belongs to this identity.
+    Done,
+    /// An adopted user through a service that does not allow adoption: never touched.
+    Untouched(String),
+    Delete(String),
+    Revoke(String),
+    /// The id never reached status (crash after create): an idempotent create with the
+    /// same custom id finds the user, which is then deleted.
+    FindAndDelete(String),
+    /// The namespace is going and the user cannot be reached: release, and say so loudly.
+    Abandon(String),
+    /// Keep the finalizer until a person fixes the service or removes it.
+    Stuck(&'static str, String),
+}
+
+pub fn decide_cleanup(f: &CleanupFacts<'_>) -> CleanupPlan {
+    let force = format!(
+        "to abandon the user remove the finalizer: kubectl patch communicationidentity {} -n {} --type=merge \
+         -p '{{\"metadata\":{{\"finalizers\":null}}}}'",
+        f.name, f.namespace
+    );
+    let Some(user) = f.user else {
+        return match &f.service {
+            Ok(s) if !f.adopted && f.policy == DeletionPolicy::Delete && s.custom_ids => {
+                CleanupPlan::FindAndDelete(custom_id_for(f.uid))
+            }
+            _ => CleanupPlan::Done,
+        };
+    };
+    let svc = match &f.service {
+        Ok(s) => s,
+        Err(problem) if f.namespace_terminating => {
+            return CleanupPlan::Abandon(format!(
+                "Cannot clean up ACS user {user} ({problem}); the namespace is being deleted, so the finalizer is \
+                 released and the user is left in ACS"
+            ));
+        }
+        Err(problem) => {
+            return CleanupPlan::Stuck(
+                reasons::CLEANUP_FAILED,
+                format!(
+                    "Cannot clean up ACS user {user}: {problem}. Fix the service or its credentials, or {force}"
+                ),
+            );
+        }
+    };
+    if f.adopted && !svc.allow_adoption {
+        return CleanupPlan::Untouched(format!(
+            "ACS user {user} was adopted through {}, which does not allow adoption: it is left untouched",
+            svc.name
+        ));
+    }
+    if let Some(home) = f.user_endpoint
+        && home != svc.endpoint
+    {
+        let msg = format!(
+            "ACS user {user} lives on {home}, but {} now points at {}; it is never asked about this user",
+            svc.name, svc.endpoint
+        );
+        return if f.namespace_terminating {
+            CleanupPlan::Abandon(format!(
+                "{msg}; the namespace is being deleted, so the user is left in ACS"
+            ))
+        } else {
+            CleanupPlan::Stuck(
+                reasons::SERVICE_CHANGED,
+                format!("{msg}. Point the service back at {home}, or {force}"),
+            )
+        };
+    }
+    match f.policy {
+        DeletionPolicy::Delete => CleanupPlan::Delete(user.to_string()),
+        DeletionPolicy::Retain => CleanupPlan::Revoke(user.to_string()),
+    }
+}
+
+pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let uid = obj.uid().unwrap_or_default();
+    let oref = ObjectRef::from_obj(obj.as_ref());
+    let remembered = ctx.memory.get(&oref, &uid);
+    let status = effective_status(
+        obj.resource_version().as_deref(),
+        obj.status.as_ref(),
+        &remembered,
+    );
+    // The service may be gone with a terminating namespace: the last one this process
+    // resolved still reaches the resource.
+    // A service pointed elsewhere since: the one remembered still reaches the user's home.
+    let home = status.user_endpoint.as_deref();
+    let remembered_home = remembered
+        .service
+        .clone()
+        .filter(|s| home.is_none_or(|h| h == s.endpoint));
+    let (resolved, problem): (Option<ResolvedService>, String) =
+        match ctx.resolver.resolve(&obj).await {
+            Ok(svc) if home.is_some_and(|h| h != svc.endpoint) && remembered_home.is_some() => {
+                (remembered_home, String::new())
+            }
+            Ok(svc) => (Some(svc), String::new()),
+            Err(e) => (remembered_home, e.to_string()),
+        };
+    let service = match &resolved {
+        Some(svc) => service_facts(&Ok(svc.clone())).map_err(|p| p.message),
+        None => Err(problem),
+    };
+    let terminating = ctx
+        .stores
+        .namespace(&ns)
+        .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    let facts = CleanupFacts {
+        namespace: &ns,
+        name: &name,
+        uid: &uid,
+        user: status.user_id.as_deref(),
+        user_endpoint: status.user_endpoint.as_deref(),
+        adopted: obj.spec.existing_user_id.is_some(),
+        policy: obj.spec.effective_deletion_policy(),
+        service,
+        namespace_terminating: terminating,
+    };
+    let plan = decide_cleanup(&facts);
+    let client = resolved.as_ref().map(|s| s.client.clone());
+    let done = match (&plan, client) {
+        (CleanupPlan::Done, _) => None,
+        (CleanupPlan::Untouched(note), _) => {
+            tracing::info!(namespace = %ns, name = %name, "{note}");
+            None
+        }
+        (CleanupPlan::Abandon(msg), _) => {
+            // The event goes with the namespace: the log is the one record that outlives it.
+            tracing::warn!(namespace = %ns, name = %name, user = status.user_id.as_deref().unwrap_or("(unknown)"),
+                "namespace is being deleted and the user's resource is unreachable: finalizer released, ACS user left behind");
+            publish(
+                ctx,
+                &obj,
+                EventType::Warning,
+                reasons::CLEANUP_FAILED,
+                "Cleanup",
+                msg,
+            )
+            .await;
+            None
+        }
+        (CleanupPlan::Stuck(reason, msg), _) => {
+            let mut st = status.clone();
+            set_condition(
+                &mut st.conditions,
+                types::READY,
+                false,
+                reason,
+                msg,
+                obj.metadata.generation,
+                ctx.clock.now(),
+            );
+            if let Err(e) = write_status(ctx, &obj, &status, &st).await {
+                tracing::warn!(error = %e, "writing cleanup status failed");
+            }
+            publish(ctx, &obj, EventType::Warning, reason, "Cleanup", msg).await;
+            return Err(Error::CleanupBlocked(msg.clone()));
+        }
+        (CleanupPlan::Delete(user), Some(c)) => {
+            Some((user.clone(), c.delete_user(user).await, true))
+        }
+        (CleanupPlan::Revoke(user), Some(c)) => {
+            Some((user.clone(), c.revoke_tokens(user).await, false))
+        }
+        (CleanupPlan::FindAndDelete(custom_id), Some(c)) => {
+            let found = c
+                .create_user(None, None, Some(custom_id))
+                .await
+                .map_err(|source| StepError::DeleteUser {
+                    user: format!("with custom id {custom_id}"),
+                    source,
+                })?;
+            let user = found.user.id;
+            let r = c.delete_user(&user).await;
+            Some((user, r, true))
+        }
+        (_, None) => {
+            return Err(Error::CleanupBlocked(
+                "no service to reach the ACS user".into(),
+            ));
+        }
+    };
+    if let Some((user, result, deleted)) = done {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(source) => {
+                let err = StepError::DeleteUser { user, source };
+                publish(
+                    ctx,
+                    &obj,
+                    EventType::Warning,
+                    reasons::CLEANUP_FAILED,
+                    "Cleanup",
+                    &err.to_string(),
+                )
+                .await;
+                return Err(Error::Step(err));
+            }
+        }
+        let (reason, note) = if deleted {
+            (
+                "UserDeleted",
+                format!("Deleted ACS user {user} (deletionPolicy Delete)"),
+            )
+        } else {
+            (
+                "TokensRevoked",
+                format!(
+                    "Revoked the tokens of ACS user {user} and kept the user (deletionPolicy Retain)"
+                ),
+            )
+        };
+        publish(ctx, &obj, EventType::Normal, reason, "Cleanup", &note).await;
+        tracing::info!(namespace = %ns, name = %name, user = %user, "identity cleaned up");
+    }
+    ctx.resolver.credentials.forget(&oref);
+    ctx.memory.forget(&oref);
+    ctx.metrics.forget_identity(&ns, &name);
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(endpoint: &str, allow_adoption: bool, custom_ids: bool) -> Result<ServiceFacts, String> {
+        Ok(ServiceFacts {
+            name: "ClusterCommunicationService `shared`".into(),
+            endpoint: endpoint.into(),
+            allow_adoption,
+            custom_ids,
+        })
+    }
+
+    fn facts<'a>() -> CleanupFacts<'a> {
+        CleanupFacts {
+            namespace: "team-a",
+            name: "app",
+            uid: "uid-1",
+            user: Some("8:acs:u"),
+            user_endpoint: Some("https://a"),
+            adopted: false,
+            policy: DeletionPolicy::Delete,
+            service: svc("https://a", false, true),
+            namespace_terminating: false,
+        }
+    }
+
+    #[test]
+    fn cleanup_table() {
+        let base = facts();
+        let rows: Vec<(&str, CleanupFacts<'_>, fn(&CleanupPlan) -> bool)> = vec![
+            ("delete policy deletes", base.clone(), |p| {
+                *p == CleanupPlan::Delete("8:acs:u".into())
+            }),
+            (
+                "retain policy revokes",
+                CleanupFacts {
+                    policy: DeletionPolicy::Retain,
+                    ..base.clone()
+                },
+                |p| *p == CleanupPlan::Revoke("8:acs:u".into()),
+            ),
+            (
+                "unrecorded user with custom ids is found and deleted",
+                CleanupFacts {
+                    user: None,
+                    user_endpoint: None,
+                    ..base.clone()
+                },
+                |p| *p == CleanupPlan::FindAndDelete("k8s-uid-1".into()),
+            ),
+            (
+                "unrecorded user without custom ids: nothing known",
+                CleanupFacts {
+                    user: None,
+                    service: svc("https://a", false, false),
+                    ..base.clone()
+                },
+                |p| *p == CleanupPlan::Done,
+            ),
+            (
+                "unrecorded adopted user is never searched",
+                CleanupFacts {
+                    user: None,
+                    adopted: true,
+                    ..base.clone()
+                },
+                |p| *p == CleanupPlan::Done,
+            ),
+            (
+                "adopted user through a service that forbids adoption is untouched",
+                CleanupFacts {
+                    adopted: true,
+                    ..base.clone()
+                },
+                |p| matches!(p, CleanupPlan::Untouched(_)),
+            ),
+            (
+                "adopted user through a service that allows it is handled",
+                CleanupFacts {
+                    adopted: true,
+                    policy: DeletionPolicy::Retain,
+                    service: svc("https://a", true, true),
+                    ..base.clone()
+                },
+                |p| *p == CleanupPlan::Revoke("8:acs:u".into()),
+            ),
+            (
+                "another resource is never asked about the user",
+                CleanupFacts {
+                    service: svc("https://b", false, true),
+                    ..base.clone()
+                },
+                |p| matches!(p, CleanupPlan::Stuck(r, _) if *r == reasons::SERVICE_CHANGED),
+            ),
+            (
+                "service changed in a terminating namespace: released",
+                CleanupFacts {
+                    service: svc("https://b", false, true),
+                    namespace_terminating: true,
+                    ..base.clone()
+                },
+                |p| matches!(p, CleanupPlan::Abandon(_)),
+            ),
+            (
+                "no service: stuck with the command to force removal",
+                CleanupFacts {
+                    service: Err("gone".into()),
+                    ..base.clone()
+                },
+                |p| matches!(p, CleanupPlan::Stuck(_, m) if m.contains("kubectl patch communicationidentity app -n team-a")),
+            ),
+            (
+                "no service in a terminating namespace: released loudly",
+                CleanupFacts {
+                    service: Err("gone".into()),
+                    namespace_terminating: true,
+                    ..base.clone()
+                },
+                |p| matches!(p, CleanupPlan::Abandon(m) if m.contains("8:acs:u")),
+            ),
+        ];
+        for (name, f, ok) in rows {
+            let plan = decide_cleanup(&f);
+            assert!(ok(&plan), "{name}: got {plan:?}");
+        }
+    }
+}

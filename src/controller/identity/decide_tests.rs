@@ -1,0 +1,673 @@
+//! Table tests of `decide` and the `record_*` functions: every row of DESIGN.md's
+//! reconcile steps and every finding of the review that led to this design.
+
+use super::*;
+use crate::api::conditions::{reasons, types};
+use crate::api::{CommunicationIdentitySpec, ServiceKind, ServiceRef};
+use crate::controller::status::condition;
+
+const UID: &str = "uid-1";
+const USER: &str = "8:acs:r_u1";
+const EP: &str = "https://a.communication.azure.com";
+const H: i64 = 3600;
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn spec() -> CommunicationIdentitySpec {
+    CommunicationIdentitySpec {
+        service_ref: Some(ServiceRef {
+            kind: ServiceKind::ClusterCommunicationService,
+            name: "shared".into(),
+        }),
+        scopes: [Scope::Chat].into(),
+        token_lifetime: "24h".into(),
+        renew_before: None,
+        secret_name: None,
+        secret_template: None,
+        existing_user_id: None,
+        deletion_policy: None,
+    }
+}
+
+fn svc(custom_ids: bool, allow_adoption: bool) -> Result<ServiceFacts, ServiceProblem> {
+    Ok(ServiceFacts {
+        name: "ClusterCommunicationService `shared`".into(),
+        endpoint: EP.into(),
+        allow_adoption,
+        custom_ids,
+    })
+}
+
+/// A token issued at `issued`, valid 24 h, recorded in status.
+fn with_token(issued: i64) -> CommunicationIdentityStatus {
+    CommunicationIdentityStatus {
+        user_id: Some(USER.into()),
+        user_endpoint: Some(EP.into()),
+        token_expires_on: Some(Time(ts(issued + 24 * H))),
+        last_token_issued_at: Some(Time(ts(issued))),
+        token_scopes: Some([Scope::Chat].into()),
+        token_lifetime: Some("24h".into()),
+        secret_name: Some("app".into()),
+        ..Default::default()
+    }
+}
+
+const INTACT: SecretFacts = SecretFacts::Ours {
+    intact: true,
+    template_current: true,
+};
+
+struct Case {
+    spec: CommunicationIdentitySpec,
+    status: CommunicationIdentityStatus,
+    service: Result<ServiceFacts, ServiceProblem>,
+    secret: SecretFacts,
+    now: Timestamp,
+    renew: Option<&'static str>,
+    revoke: Option<&'static str>,
+    last_request: Option<Timestamp>,
+}
+
+impl Case {
+    /// Healthy: a token issued an hour ago, Secret intact.
+    fn healthy() -> Self {
+        Case {
+            spec: spec(),
+            status: with_token(0),
+            service: svc(true, false),
+            secret: INTACT,
+            now: ts(H),
+            renew: None,
+            revoke: None,
+            last_request: None,
+        }
+    }
+
+    fn new_identity() -> Self {
+        Case {
+            status: CommunicationIdentityStatus::default(),
+            secret: SecretFacts::Missing,
+            ..Case::healthy()
+        }
+    }
+
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            now: self.now,
+            uid: UID,
+            generation: Some(1),
+            spec: &self.spec,
+            secret_name: "app",
+            renew_requested: self.renew,
+            revoke_requested: self.revoke,
+            status: &self.status,
+            service: self.service.clone(),
+            secret: self.secret,
+            last_token_request: self.last_request,
+            min_token_interval: Duration::from_secs(15),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        decide(&self.facts())
+    }
+}
+
+fn ready(p: &Plan) -> (String, String) {
+    let c = condition(&p.status.conditions, types::READY).expect("Ready is set");
+    (c.status.clone(), c.reason.clone())
+}
+
+fn token(p: &Plan) -> &TokenPlan {
+    match &p.step {
+        Step::Token(t) => t,
+        other => panic!("expected a token step, got {other:?}"),
+    }
+}
+
+#[test]
+fn new_identity_creates_its_user_with_an_idempotent_custom_id() {
+    let p = Case::new_identity().plan();
+    let t = token(&p);
+    assert_eq!(t.reason, TokenReason::NoToken);
+    assert_eq!(
+        t.user,
+        UserPlan::Create {
+            custom_id: Some("k8s-uid-1".into())
+        }
+    );
+    assert_eq!(t.lifetime_minutes, 1440);
+    assert_eq!(t.revoke, None);
+}
+
+#[test]
+fn api_versions_without_custom_ids_create_without_one() {
+    let p = Case {
+        service: svc(false, false),
+        ..Case::new_identity()
+    }
+    .plan();
+    assert_eq!(token(&p).user, UserPlan::Create { custom_id: None });
+}
+
+#[test]
+fn adoption_only_through_a_service_that_allows_it() {
+    let mut c = Case::new_identity();
+    c.spec.existing_user_id = Some("8:acs:victim".into());
+    let p = c.plan();
+    assert_eq!(
+        p.step,
+        Step::Wait,
+        "no ACS call for a user the service does not let us adopt"
+    );
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::ADOPTION_NOT_ALLOWED.into())
+    );
+    let msg = &condition(&p.status.conditions, types::READY)
+        .unwrap()
+        .message;
+    assert!(msg.contains("spec.allowAdoption"), "{msg}");
+    assert!(p.warning.is_some());
+
+    c.service = svc(true, true);
+    assert_eq!(
+        token(&c.plan()).user,
+        UserPlan::Adopt("8:acs:victim".into())
+    );
+
+    // Adoption switched off after the fact: the recorded user is no longer served.
+    let mut later = Case::healthy();
+    later.spec.existing_user_id = Some(USER.into());
+    let p = later.plan();
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::ADOPTION_NOT_ALLOWED.into())
+    );
+}
+
+#[test]
+fn healthy_token_waits_for_its_renewal_time() {
+    let p = Case::healthy().plan();
+    assert_eq!(p.step, Step::Wait);
+    assert_eq!(ready(&p), ("True".into(), reasons::TOKEN_ISSUED.into()));
+    let renewal = p.status.renewal_time.as_ref().unwrap().0;
+    // 24h token, renewBefore 8h (a third), jitter up to 5% of the window earlier.
+    assert!(
+        renewal <= ts(16 * H) && renewal > ts(16 * H - 25 * 60),
+        "{renewal}"
+    );
+    assert!(p.requeue <= MAX_REQUEUE && p.requeue >= Duration::from_secs(3000));
+}
+
+#[test]
+fn deciding_again_from_the_recorded_status_changes_nothing() {
+    let first = Case::healthy().plan();
+    let again = Case {
+        status: first.status.clone(),
+        now: ts(H + 30),
+        ..Case::healthy()
+    }
+    .plan();
+    assert_eq!(
+        again.status, first.status,
+        "status must be stable: a write re-triggers the watch"
+    );
+}
+
+#[test]
+fn each_reason_for_a_new_token() {
+    let rows: Vec<(&str, Case, TokenReason)> = vec![
+        (
+            "renewal due",
+            Case {
+                now: ts(17 * H),
+                ..Case::healthy()
+            },
+            TokenReason::RenewalDue,
+        ),
+        (
+            "secret deleted",
+            Case {
+                secret: SecretFacts::Missing,
+                ..Case::healthy()
+            },
+            TokenReason::SecretMissing,
+        ),
+        (
+            "secret edited",
+            Case {
+                secret: SecretFacts::Ours {
+                    intact: false,
+                    template_current: true,
+                },
+                ..Case::healthy()
+            },
+            TokenReason::SecretMismatch,
+        ),
+        (
+            "expired",
+            Case {
+                now: ts(25 * H),
+                ..Case::healthy()
+            },
+            TokenReason::Expired,
+        ),
+        (
+            "scopes changed",
+            {
+                let mut c = Case::healthy();
+                c.spec.scopes = [Scope::Chat, Scope::Voip].into();
+                c
+            },
+            TokenReason::ScopesChanged,
+        ),
+        (
+            "lifetime changed",
+            {
+                let mut c = Case::healthy();
+                c.spec.token_lifetime = "12h".into();
+                c
+            },
+            TokenReason::LifetimeChanged,
+        ),
+        (
+            "renew requested",
+            Case {
+                renew: Some("2026-01-01T00:00:00Z"),
+                ..Case::healthy()
+            },
+            TokenReason::RenewRequested,
+        ),
+        (
+            "revoke requested",
+            Case {
+                revoke: Some("r1"),
+                ..Case::healthy()
+            },
+            TokenReason::RevokeRequested,
+        ),
+        (
+            "revoked earlier, not yet replaced",
+            {
+                let mut c = Case::healthy();
+                c.status.token_expires_on = None;
+                c
+            },
+            TokenReason::NoToken,
+        ),
+    ];
+    for (name, case, want) in rows {
+        let p = case.plan();
+        match &p.step {
+            Step::Token(t) => {
+                assert_eq!(t.reason, want, "{name}");
+                assert_eq!(
+                    t.user,
+                    UserPlan::Existing(USER.into()),
+                    "{name}: the recorded user"
+                );
+            }
+            other => panic!("{name}: expected a token, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn handled_requests_are_not_repeated() {
+    let mut c = Case {
+        renew: Some("a"),
+        revoke: Some("b"),
+        ..Case::healthy()
+    };
+    c.status.last_renew_request_handled = Some("a".into());
+    c.status.last_revoke_request_handled = Some("b".into());
+    assert_eq!(c.plan().step, Step::Wait);
+    assert!(!request_pending(Some("  "), None));
+}
+
+#[test]
+fn a_revoke_is_never_delayed_but_the_token_after_it_waits_for_the_floor() {
+    // Last token 5 s ago: the floor (15 s) blocks the next token, not the revoke.
+    let c = Case {
+        revoke: Some("r1"),
+        last_request: Some(ts(H - 5)),
+        ..Case::healthy()
+    };
+    let p = c.plan();
+    assert_eq!(
+        p.step,
+        Step::RevokeOnly {
+            user: USER.into(),
+            request: "r1".into()
+        }
+    );
+    assert_eq!(p.requeue, Duration::from_secs(10));
+
+    // Floor passed: revoke then issue in one go.
+    let t = Case {
+        revoke: Some("r1"),
+        ..Case::healthy()
+    }
+    .plan();
+    assert_eq!(token(&t).revoke.as_deref(), Some("r1"));
+
+    // A new user's only token is the one it is created with: nothing to revoke.
+    let n = Case {
+        revoke: Some("r1"),
+        ..Case::new_identity()
+    }
+    .plan();
+    assert_eq!(token(&n).revoke, None);
+}
+
+#[test]
+fn a_revoked_token_is_never_reported_ready() {
+    // Finding 1: revoke succeeded, the new token could not be issued or written.
+    let mut st = with_token(0);
+    record_revoked(&mut st, "r1", ts(H), Some(1), None);
+    assert_eq!(
+        st.token_expires_on, None,
+        "status no longer describes the revoked token as valid"
+    );
+    assert_eq!(st.last_revoke_request_handled.as_deref(), Some("r1"));
+    let failed = record_problem(
+        &mut st,
+        Some(1),
+        ts(H),
+        reasons::TOKEN_ISSUE_FAILED,
+        "ACS is down",
+        false,
+    );
+    assert!(failed);
+    // Next reconcile: the Secret still holds the revoked token, byte for byte.
+    let c = Case {
+        status: st,
+        revoke: Some("r1"),
+        now: ts(H + 1),
+        last_request: Some(ts(H)),
+        ..Case::healthy()
+    };
+    let p = c.plan();
+    assert_eq!(p.step, Step::Wait, "floor: the next token waits");
+    assert_eq!(ready(&p).0, "False");
+    assert!(!token_valid(&p.status, c.secret, c.now));
+    let later = Case {
+        now: ts(H + 20),
+        ..c
+    }
+    .plan();
+    assert_eq!(token(&later).reason, TokenReason::NoToken);
+    assert_eq!(
+        token(&later).revoke,
+        None,
+        "the request was handled: no second revoke"
+    );
+}
+
+#[test]
+fn no_hot_loop_when_acs_returns_an_already_expired_token() {
+    // Finding 2: ACS (clock skew, tiny grant) answered with a token that expired at once.
+    let mut st = with_token(0);
+    st.token_expires_on = Some(Time(ts(-1)));
+    let c = Case {
+        status: st,
+        now: ts(2),
+        last_request: Some(ts(0)),
+        ..Case::healthy()
+    };
+    let p = c.plan();
+    assert_eq!(p.step, Step::Wait, "at most one token per interval");
+    assert_eq!(p.requeue, Duration::from_secs(13));
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::TOKEN_TOO_SHORT_LIVED.into())
+    );
+    // Likewise a Secret that keeps being deleted, or a write that keeps failing.
+    let deleted = Case {
+        secret: SecretFacts::Missing,
+        now: ts(H + 3),
+        last_request: Some(ts(H)),
+        ..Case::healthy()
+    }
+    .plan();
+    assert_eq!(deleted.step, Step::Wait);
+    assert_eq!(ready(&deleted), ("False".into(), reasons::PENDING.into()));
+}
+
+#[test]
+fn short_grants_are_flagged_and_renewal_never_precedes_the_floor() {
+    let c = Case::new_identity();
+    let f = c.facts();
+    let mut st = f.status.clone();
+    let renewal = record_issued(
+        &f,
+        &mut st,
+        &Issued {
+            user: USER,
+            endpoint: EP,
+            issued_at: ts(H),
+            expires_on: ts(H + 10),
+            secret_name: "app",
+        },
+    );
+    assert!(renewal >= ts(H + 15), "{renewal}");
+    let c = condition(&st.conditions, types::RENEWAL_FAILING).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::TOKEN_TOO_SHORT_LIVED)
+    );
+
+    // An ordinary grant: Ready, user and resource recorded, renewal from the real expiry.
+    let mut st = f.status.clone();
+    let renewal = record_issued(
+        &f,
+        &mut st,
+        &Issued {
+            user: USER,
+            endpoint: EP,
+            issued_at: ts(H),
+            expires_on: ts(25 * H),
+            secret_name: "app",
+        },
+    );
+    assert!(renewal < ts(17 * H) && renewal > ts(16 * H));
+    assert_eq!(st.user_endpoint.as_deref(), Some(EP));
+    assert_eq!(
+        condition(&st.conditions, types::READY).unwrap().status,
+        "True"
+    );
+}
+
+#[test]
+fn transient_lookup_errors_keep_a_valid_token_ready() {
+    // Finding 3.
+    let problem = ServiceProblem {
+        reason: reasons::SERVICE_NOT_READY,
+        message: "reading Secret: 429 Too Many Requests".into(),
+        transient: true,
+        forbids_use: false,
+    };
+    let mut c = Case {
+        service: Err(problem.clone()),
+        ..Case::healthy()
+    };
+    c.status = Case::healthy().plan().status;
+    let p = c.plan();
+    assert_eq!(p.step, Step::Wait);
+    assert_eq!(ready(&p), ("True".into(), reasons::TOKEN_ISSUED.into()));
+    let rf = condition(&p.status.conditions, types::RENEWAL_FAILING).unwrap();
+    assert_eq!(
+        (rf.status.as_str(), rf.reason.as_str()),
+        ("True", reasons::SERVICE_NOT_READY)
+    );
+    assert!(rf.message.contains("valid until"));
+    assert_eq!(p.requeue, Duration::from_secs(5));
+
+    // Without a valid token the same problem is an outage.
+    let p = Case {
+        service: Err(problem),
+        ..Case::new_identity()
+    }
+    .plan();
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::SERVICE_NOT_READY.into())
+    );
+}
+
+#[test]
+fn a_service_the_identity_may_not_use_is_not_ready_whatever_the_secret_holds() {
+    for reason in [
+        reasons::SERVICE_NOT_ALLOWED,
+        reasons::SECRET_NAMESPACE_NOT_ALLOWED,
+        reasons::INSECURE_ENDPOINT,
+    ] {
+        let p = Case {
+            service: Err(ServiceProblem {
+                reason,
+                message: "no".into(),
+                transient: false,
+                forbids_use: true,
+            }),
+            ..Case::healthy()
+        }
+        .plan();
+        assert_eq!(p.step, Step::Wait);
+        assert_eq!(ready(&p), ("False".into(), reason.into()), "{reason}");
+    }
+}
+
+#[test]
+fn a_user_is_never_served_by_another_resource() {
+    let mut c = Case::healthy();
+    if let Ok(s) = &mut c.service {
+        s.endpoint = "https://attacker.example".into();
+    }
+    let p = c.plan();
+    assert_eq!(p.step, Step::Wait, "no token request to another resource");
+    assert_eq!(ready(&p), ("False".into(), reasons::SERVICE_CHANGED.into()));
+    let msg = &condition(&p.status.conditions, types::READY)
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains(EP) && msg.contains("create a new CommunicationIdentity"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_secret_we_do_not_own_is_never_overwritten() {
+    let p = Case {
+        secret: SecretFacts::NotOwned,
+        ..Case::new_identity()
+    }
+    .plan();
+    assert_eq!(p.step, Step::Wait);
+    assert_eq!(p.requeue, CONFLICT_RECHECK);
+    assert_eq!(ready(&p), ("False".into(), reasons::SECRET_CONFLICT.into()));
+    assert_eq!(
+        condition(&p.status.conditions, types::SECRET_CONFLICT)
+            .unwrap()
+            .status,
+        "True"
+    );
+    // Resolved: the conflict condition turns False.
+    let mut c = Case::new_identity();
+    c.status = p.status;
+    let p = c.plan();
+    assert_eq!(
+        condition(&p.status.conditions, types::SECRET_CONFLICT)
+            .unwrap()
+            .status,
+        "False"
+    );
+}
+
+#[test]
+fn a_template_edit_reaches_the_secret_without_a_new_token() {
+    // Finding 6.
+    let p = Case {
+        secret: SecretFacts::Ours {
+            intact: true,
+            template_current: false,
+        },
+        ..Case::healthy()
+    }
+    .plan();
+    assert_eq!(p.step, Step::RefreshSecretMetadata);
+}
+
+#[test]
+fn a_spec_admission_would_refuse_is_reported_not_acted_on() {
+    let mut c = Case::new_identity();
+    c.spec.token_lifetime = "5m".into();
+    let p = c.plan();
+    assert_eq!(p.step, Step::Wait);
+    assert_eq!(ready(&p), ("False".into(), reasons::INVALID_SPEC.into()));
+}
+
+#[test]
+fn problems_are_news_once() {
+    let mut st = CommunicationIdentityStatus::default();
+    assert!(record_problem(
+        &mut st,
+        Some(1),
+        ts(0),
+        reasons::UNAUTHORIZED,
+        "401",
+        false
+    ));
+    assert!(!record_problem(
+        &mut st,
+        Some(1),
+        ts(5),
+        reasons::UNAUTHORIZED,
+        "401",
+        false
+    ));
+    assert!(record_problem(
+        &mut st,
+        Some(1),
+        ts(9),
+        reasons::TOKEN_ISSUE_FAILED,
+        "503",
+        false
+    ));
+}
+
+#[test]
+fn a_failed_renewal_stays_failing_until_the_next_attempt() {
+    // Renewal came due at 16h, the attempt a moment ago failed and said so.
+    let mut c = Case {
+        now: ts(17 * H),
+        last_request: Some(ts(17 * H - 5)),
+        ..Case::healthy()
+    };
+    c.status = Case::healthy().plan().status;
+    record_problem(
+        &mut c.status,
+        Some(1),
+        ts(17 * H - 4),
+        reasons::TOKEN_ISSUE_FAILED,
+        "ACS is down",
+        true,
+    );
+    let p = c.plan();
+    assert_eq!(p.step, Step::Wait, "the floor spaces attempts");
+    assert_eq!(p.requeue, Duration::from_secs(10));
+    let rf = condition(&p.status.conditions, types::RENEWAL_FAILING).unwrap();
+    assert_eq!(
+        (rf.status.as_str(), rf.reason.as_str()),
+        ("True", reasons::TOKEN_ISSUE_FAILED)
+    );
+    assert_eq!(ready(&p).0, "True", "the old token is still valid");
+    // Once the floor passed, the renewal is attempted again.
+    let again = Case {
+        now: ts(17 * H + 11),
+        ..c
+    };
+    assert_eq!(token(&again.plan()).reason, TokenReason::RenewalDue);
+}

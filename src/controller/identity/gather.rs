@@ -1,0 +1,167 @@
+//! Gathering what `decide` needs, from caches: the service (resolver), the status as we
+//! last wrote it (memory), and the token Secret's metadata (owned-Secret store). The one
+//! API read is the Secret itself when the cache cannot vouch for it: never seen by this
+//! process (first reconcile after a start), changed by someone else, or gone.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use crate::api::{CommunicationIdentity, CommunicationIdentityStatus};
+use crate::controller::context::Context;
+use crate::controller::memory::{Freshness, Remembered, freshness};
+use crate::controller::resolver::{ResolveError, ResolvedService};
+use crate::controller::secret;
+
+use super::decide::{SecretFacts, ServiceFacts, ServiceProblem, rfc3339};
+use super::steps::StepError;
+
+/// A Secret written this recently but absent from the cache is taken as "the watch has
+/// not delivered it yet" rather than deleted; after this, it is read to find out.
+const CACHE_LAG: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub fn service_facts(
+    resolved: &Result<ResolvedService, ResolveError>,
+) -> Result<ServiceFacts, ServiceProblem> {
+    match resolved {
+        Ok(svc) => Ok(ServiceFacts {
+            name: svc.key.to_string(),
+            endpoint: svc.endpoint.clone(),
+            allow_adoption: svc.allow_adoption,
+            custom_ids: svc.client.supports_custom_id(),
+        }),
+        Err(e) => Err(ServiceProblem {
+            reason: e.reason(),
+            message: e.to_string(),
+            transient: e.is_transient(),
+            forbids_use: e.forbids_use(),
+        }),
+    }
+}
+
+/// The token Secret as `decide` sees it.
+pub struct SecretObservation {
+    pub facts: SecretFacts,
+    /// The issued-at time the Secret carries.
+    pub issued_at: Option<Timestamp>,
+    /// Taken on trust from memory because the cache lags: look again this soon.
+    pub recheck: Option<std::time::Duration>,
+}
+
+impl SecretObservation {
+    fn of(facts: SecretFacts, issued_at: Option<Timestamp>) -> Self {
+        SecretObservation {
+            facts,
+            issued_at,
+            recheck: None,
+        }
+    }
+}
+
+pub async fn observe_secret(
+    ctx: &Context,
+    identity: &CommunicationIdentity,
+    status: &CommunicationIdentityStatus,
+    remembered: &Remembered,
+    secret_name: &str,
+    now: Timestamp,
+) -> Result<SecretObservation, StepError> {
+    let ns = identity.namespace().unwrap_or_default();
+    let uid = identity.uid().unwrap_or_default();
+    let status_is_ours = remembered.status.as_ref() == Some(status);
+    match ctx.stores.secret(&ns, secret_name) {
+        Some(meta) => {
+            if !secret::owned_by(&meta.metadata, &uid) {
+                return Ok(SecretObservation::of(SecretFacts::NotOwned, None));
+            }
+            let fresh = freshness(
+                meta.resource_version().as_deref(),
+                remembered.secret_rv.as_deref(),
+            );
+            if fresh == Freshness::Same && !remembered.secret_seen {
+                ctx.memory
+                    .update(&ObjectRef::from_obj(identity), &uid, |r| {
+                        r.secret_seen = true
+                    });
+            }
+            if status_is_ours && matches!(fresh, Freshness::Same | Freshness::Older) {
+                let template_current =
+                    fresh == Freshness::Older || secret::template_current(&meta.metadata, identity);
+                return Ok(SecretObservation::of(
+                    SecretFacts::Ours {
+                        intact: true,
+                        template_current,
+                    },
+                    secret::issued_at(&meta.metadata),
+                ));
+            }
+        }
+        None => {
+            let recent = remembered
+                .secret_written_at
+                .is_some_and(|t| now.duration_since(t).unsigned_abs() < CACHE_LAG);
+            if status_is_ours && remembered.secret_rv.is_some() && !remembered.secret_seen && recent
+            {
+                return Ok(SecretObservation {
+                    facts: SecretFacts::Ours {
+                        intact: true,
+                        template_current: true,
+                    },
+                    issued_at: remembered.last_token_request,
+                    recheck: Some(CACHE_LAG),
+                });
+            }
+        }
+    }
+    read_secret(ctx, identity, status, secret_name).await
+}
+
+/// Reads the Secret and checks it against status; an intact one is remembered so the
+/// next reconciles trust the cache again.
+async fn read_secret(
+    ctx: &Context,
+    identity: &CommunicationIdentity,
+    status: &CommunicationIdentityStatus,
+    secret_name: &str,
+) -> Result<SecretObservation, StepError> {
+    let ns = identity.namespace().unwrap_or_default();
+    let uid = identity.uid().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let found = api
+        .get_opt(secret_name)
+        .await
+        .map_err(|source| StepError::ReadSecret {
+            name: secret_name.to_string(),
+            source,
+        })?;
+    let Some(found) = found else {
+        return Ok(SecretObservation::of(SecretFacts::Missing, None));
+    };
+    if !secret::owned_by(&found.metadata, &uid) {
+        return Ok(SecretObservation::of(SecretFacts::NotOwned, None));
+    }
+    let expires = status.token_expires_on.as_ref().map(|t| rfc3339(t.0));
+    let intact = secret::intact(&found, status, expires.as_deref());
+    if intact {
+        let rv = found.resource_version();
+        let identity_rv = identity.resource_version();
+        ctx.memory
+            .update(&ObjectRef::from_obj(identity), &uid, |r| {
+                r.secret_rv = rv;
+                r.secret_seen = true;
+                // A status that came from memory keeps the version of our write.
+                if r.status.as_ref() != Some(status) {
+                    r.status = Some(status.clone());
+                    r.identity_rv = identity_rv;
+                }
+            });
+    }
+    Ok(SecretObservation::of(
+        SecretFacts::Ours {
+            intact,
+            template_current: secret::template_current(&found.metadata, identity),
+        },
+        secret::issued_at(&found.metadata),
+    ))
+}

@@ -1,0 +1,479 @@
+//! Reconcile of `CommunicationIdentity` in three phases: gather (caches, memory of our
+//! own writes, at most one API read), decide (a pure function, [`decide::decide`]), act
+//! (the plan's step, then status). Deletion has its own pure decision in [`cleanup`].
+//!
+//! Every reconcile holds a permit of the process-wide limit
+//! (`--max-concurrent-reconciles`) and is cancelled the moment leadership is lost, so a
+//! replica that is no longer leader makes no further API or ACS write.
+
+pub mod cleanup;
+pub mod decide;
+pub mod gather;
+pub mod steps;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use crate::api::conditions::types;
+use crate::api::{
+    CommunicationIdentity, CommunicationIdentityStatus, RENEW_REQUESTED_AT_ANNOTATION,
+    REVOKE_REQUESTED_AT_ANNOTATION,
+};
+use crate::controller::memory::effective_status;
+use crate::controller::resolver::ResolvedService;
+use crate::controller::secret::TokenSecret;
+
+use super::context::Context;
+use super::error::Error;
+use decide::{Facts, Issued, Plan, Step, TokenPlan, UserPlan, rfc3339};
+use steps::{StepError, acs_scopes, publish, write_secret, write_status};
+
+/// Finalizer that keeps an identity until its ACS user is deleted (or its tokens revoked).
+pub const FINALIZER: &str = "acs-operator.dev/cleanup";
+const KIND: &str = "CommunicationIdentity";
+
+pub async fn reconcile(
+    obj: Arc<CommunicationIdentity>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    ctx.stores.synced().await;
+    let Ok(_permit) = ctx.limiter.acquire().await else {
+        return Err(Error::Cancelled);
+    };
+    let started = Instant::now();
+    let result = tokio::select! {
+        biased;
+        // Dropping the reconcile future aborts its in-flight requests: after the Lease is
+        // lost the new leader writes, and we must not.
+        _ = ctx.leadership.lost() => Err(Error::Cancelled),
+        r = finalized(obj.clone(), &ctx) => r,
+    };
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .observe_reconcile(KIND, label, started.elapsed());
+    if result.is_ok() {
+        ctx.reset_backoff(&ObjectRef::from_obj(obj.as_ref()));
+    }
+    result
+}
+
+async fn finalized(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<CommunicationIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+    // A cache that has not seen the finalizer we added would make the helper add it again,
+    // and its JSON-patch test fails (422): fill in what we know we wrote.
+    let oref = ObjectRef::from_obj(obj.as_ref());
+    let uid = obj.uid().unwrap_or_default();
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let obj = if !has_finalizer && ctx.memory.get(&oref, &uid).finalizer_added {
+        let mut o = (*obj).clone();
+        o.finalizers_mut().push(FINALIZER.to_string());
+        Arc::new(o)
+    } else {
+        obj
+    };
+    let adding = !obj.finalizers().iter().any(|f| f == FINALIZER)
+        && obj.metadata.deletion_timestamp.is_none();
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(o) => apply(o, ctx).await,
+            FinalizerEvent::Cleanup(o) => cleanup::cleanup(o, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if adding && result.is_ok() {
+        ctx.memory.update(&oref, &uid, |r| r.finalizer_added = true);
+    }
+    result
+}
+
+pub fn error_policy(obj: Arc<CommunicationIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(err, Error::Cancelled) {
+        return Action::await_change();
+    }
+    let delay = ctx.next_backoff(
+        ObjectRef::from_obj(obj.as_ref()),
+        err.is_transient(),
+        err.retry_after(),
+    );
+    tracing::warn!(
+        namespace = obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        error = %err,
+        kind = err.metric_label(),
+        retry_in_secs = delay.as_secs_f64(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let oref = ObjectRef::from_obj(obj.as_ref());
+    let now = ctx.clock.now();
+
+    // Gather.
+    let remembered = ctx.memory.get(&oref, &uid);
+    let status = effective_status(
+        obj.resource_version().as_deref(),
+        obj.status.as_ref(),
+        &remembered,
+    );
+    let resolved = ctx.resolver.resolve(&obj).await;
+    // Remember the service that reaches the user's resource: cleanup may need it after
+    // the service went (or was pointed elsewhere).
+    if let Ok(svc) = &resolved
+        && status
+            .user_endpoint
+            .as_deref()
+            .is_none_or(|home| home == svc.endpoint)
+    {
+        ctx.memory
+            .update(&oref, &uid, |r| r.service = Some(svc.clone()));
+    }
+    let secret_name = obj.effective_secret_name().unwrap_or(&name).to_string();
+    let observed =
+        gather::observe_secret(ctx, &obj, &status, &remembered, &secret_name, now).await?;
+    let (secret, annotated) = (observed.facts, observed.issued_at);
+    let last_token_request = match (remembered.last_token_request, annotated) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let annotations = obj.annotations();
+    let facts = Facts {
+        now,
+        uid: &uid,
+        generation: obj.metadata.generation,
+        spec: &obj.spec,
+        secret_name: &secret_name,
+        renew_requested: annotations
+            .get(RENEW_REQUESTED_AT_ANNOTATION)
+            .map(String::as_str),
+        revoke_requested: annotations
+            .get(REVOKE_REQUESTED_AT_ANNOTATION)
+            .map(String::as_str),
+        status: &status,
+        service: gather::service_facts(&resolved),
+        secret,
+        last_token_request,
+        min_token_interval: ctx.min_token_interval,
+    };
+
+    // Decide.
+    let mut plan = decide::decide(&facts);
+    if let Some(recheck) = observed.recheck {
+        plan.requeue = plan.requeue.min(recheck);
+    }
+
+    // Act.
+    let action = match (&plan.step, resolved) {
+        (Step::Wait, _) => {
+            record(ctx, &obj, &status, &plan).await?;
+            Action::requeue(plan.requeue)
+        }
+        (Step::RefreshSecretMetadata, _) => {
+            let outcome =
+                steps::refresh_secret_metadata(ctx, &obj, &plan.status, &secret_name, now).await;
+            finish(ctx, &obj, &facts, plan.status.clone(), outcome).await?;
+            Action::requeue(plan.requeue)
+        }
+        (Step::RevokeOnly { user, request }, Ok(svc)) => {
+            let mut st = plan.status.clone();
+            let outcome = revoke(
+                ctx,
+                &obj,
+                &svc,
+                user,
+                request,
+                &mut st,
+                &facts,
+                plan.requeue,
+            )
+            .await;
+            finish(ctx, &obj, &facts, st, outcome).await?;
+            Action::requeue(plan.requeue)
+        }
+        (Step::Token(tp), Ok(svc)) => {
+            let mut st = plan.status.clone();
+            let outcome = issue(ctx, &obj, &facts, &svc, tp, &secret_name, &mut st).await;
+            let requeue = match &outcome {
+                Ok(renewal) => crate::controller::renewal::requeue_after(ctx.clock.now(), *renewal)
+                    .min(decide::MAX_REQUEUE),
+                Err(_) => plan.requeue,
+            };
+            finish(ctx, &obj, &facts, st, outcome.map(|_| ())).await?;
+            Action::requeue(requeue)
+        }
+        // decide only plans ACS steps with a resolved service.
+        (_, Err(e)) => return Err(Error::Resolve(e)),
+    };
+    update_metrics(
+        ctx,
+        &ns,
+        &name,
+        &ctx.memory.get(&oref, &uid).status.unwrap_or(status),
+    );
+    Ok(action)
+}
+
+/// Records a plan that needs no step: its status (when changed) and its warning.
+async fn record(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    current: &CommunicationIdentityStatus,
+    plan: &Plan,
+) -> Result<(), Error> {
+    if let Some((reason, message)) = &plan.warning {
+        publish(ctx, obj, EventType::Warning, reason, "Reconcile", message).await;
+    }
+    write_status(ctx, obj, current, &plan.status)
+        .await
+        .map_err(|e| Error::Step(StepError::WriteStatus(e)))
+}
+
+/// Writes the status a step left (on failure with the failure described) and returns the
+/// step's error, if any.
+async fn finish(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    facts: &Facts<'_>,
+    mut st: CommunicationIdentityStatus,
+    outcome: Result<(), StepError>,
+) -> Result<(), Error> {
+    let now = ctx.clock.now();
+    if let Err(e) = &outcome {
+        let valid = decide::token_valid(&st, facts.secret, now);
+        let message = e.to_string();
+        let fresh =
+            decide::record_problem(&mut st, facts.generation, now, e.reason(), &message, valid);
+        if fresh {
+            let reason = decide::event_reason(e.reason(), valid);
+            publish(ctx, obj, EventType::Warning, reason, "Reconcile", &message).await;
+        }
+        if valid {
+            ctx.metrics.renewal_failed(
+                &obj.namespace().unwrap_or_default(),
+                &obj.name_any(),
+                e.reason(),
+            );
+        }
+    }
+    let written = write_status(ctx, obj, facts.status, &st).await;
+    if let (Err(_), Err(e)) = (&outcome, &written) {
+        tracing::warn!(
+            namespace = %obj.namespace().unwrap_or_default(),
+            name = %obj.name_any(),
+            error = %e,
+            "recording the failure in status failed too"
+        );
+    }
+    match (outcome, written) {
+        (Err(e), _) => Err(Error::Step(e)),
+        (Ok(()), Err(e)) => Err(Error::Step(StepError::WriteStatus(e))),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn revoke(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    svc: &ResolvedService,
+    user: &str,
+    request: &str,
+    st: &mut CommunicationIdentityStatus,
+    facts: &Facts<'_>,
+    next_token_in: std::time::Duration,
+) -> Result<(), StepError> {
+    svc.client
+        .revoke_tokens(user)
+        .await
+        .map_err(|source| StepError::RevokeTokens {
+            user: user.to_string(),
+            source,
+        })?;
+    let now = ctx.clock.now();
+    let next =
+        (!next_token_in.is_zero()).then(|| crate::controller::renewal::add(now, next_token_in));
+    decide::record_revoked(st, request, now, facts.generation, next);
+    publish(
+        ctx,
+        obj,
+        EventType::Normal,
+        "TokensRevoked",
+        "RevokeTokens",
+        &format!("Revoked every token of ACS user {user} (requested)"),
+    )
+    .await;
+    tracing::info!(namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), user = %user, "tokens revoked");
+    Ok(())
+}
+
+/// Revoke (when asked), get a token (creating or adopting the user if needed), write the
+/// Secret, and fill `st`; returns the renewal time.
+async fn issue(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    facts: &Facts<'_>,
+    svc: &ResolvedService,
+    tp: &TokenPlan,
+    secret_name: &str,
+    st: &mut CommunicationIdentityStatus,
+) -> Result<Timestamp, StepError> {
+    let oref = ObjectRef::from_obj(obj);
+    let uid = obj.uid().unwrap_or_default();
+    if let (Some(request), UserPlan::Existing(user)) = (&tp.revoke, &tp.user) {
+        revoke(
+            ctx,
+            obj,
+            svc,
+            user,
+            request,
+            st,
+            facts,
+            std::time::Duration::ZERO,
+        )
+        .await?;
+    }
+    let scopes = acs_scopes(&tp.scopes);
+    let issued_at = ctx.clock.now();
+    ctx.memory
+        .update(&oref, &uid, |r| r.last_token_request = Some(issued_at));
+    let (user, token, event) = match &tp.user {
+        UserPlan::Existing(user) | UserPlan::Adopt(user) => {
+            let token = svc
+                .client
+                .issue_token(user, &scopes, Some(tp.lifetime_minutes))
+                .await
+                .map_err(|source| StepError::IssueToken {
+                    user: user.clone(),
+                    source,
+                })?;
+            let event = match &tp.user {
+                UserPlan::Adopt(_) => ("UserAdopted", "AdoptUser", "Adopted existing ACS user"),
+                _ => ("TokenIssued", "IssueToken", "Issued a token for ACS user"),
+            };
+            (user.clone(), token, event)
+        }
+        UserPlan::Create { custom_id } => {
+            let created = svc
+                .client
+                .create_user(Some(&scopes), Some(tp.lifetime_minutes), custom_id.as_deref())
+                .await
+                .map_err(|source| {
+                    if source.is_outcome_unknown() {
+                        // No custom id: a retry could make a second user, so none is made
+                        // automatically; say what is known.
+                        tracing::warn!(
+                            namespace = %obj.namespace().unwrap_or_default(),
+                            name = %obj.name_any(),
+                            endpoint = %svc.endpoint,
+                            api_version = %svc.client.api_version(),
+                            "the answer to a create-user request was lost; ACS may hold a user this identity \
+                             does not know (its api-version has no custom ids), and the create is not retried \
+                             automatically"
+                        );
+                    }
+                    StepError::CreateUser {
+                        endpoint: svc.endpoint.clone(),
+                        source,
+                    }
+                })?;
+            let user = created.user.id.clone();
+            decide::record_user(st, &user, &svc.endpoint);
+            if custom_id.is_none() {
+                // A crash from here on must not leak the user: record it now.
+                write_status(ctx, obj, facts.status, st)
+                    .await
+                    .map_err(|source| StepError::RecordUser {
+                        user: user.clone(),
+                        source,
+                    })?;
+            }
+            let token = created.token.ok_or_else(|| StepError::NoTokenInCreate {
+                user: user.clone(),
+                endpoint: svc.endpoint.clone(),
+            })?;
+            (
+                user,
+                token,
+                ("UserCreated", "CreateUser", "Created ACS user"),
+            )
+        }
+    };
+    let expires_on = rfc3339(token.expires_on);
+    write_secret(
+        ctx,
+        obj,
+        &TokenSecret {
+            name: secret_name,
+            token: token.token.expose_secret(),
+            expires_on: &expires_on,
+            user_id: &user,
+            endpoint: &svc.endpoint,
+            issued_at: &rfc3339(issued_at),
+        },
+        ctx.clock.now(),
+    )
+    .await?;
+    let renewal = decide::record_issued(
+        facts,
+        st,
+        &Issued {
+            user: &user,
+            endpoint: &svc.endpoint,
+            issued_at,
+            expires_on: token.expires_on,
+            secret_name,
+        },
+    );
+    let scope_list: Vec<&str> = tp.scopes.iter().map(|s| s.as_str()).collect();
+    let (reason, action, what) = event;
+    publish(
+        ctx,
+        obj,
+        EventType::Normal,
+        reason,
+        action,
+        &format!(
+            "{what} {user} at {}; token ({}) valid until {expires_on} written to Secret {secret_name}; reason: {}",
+            svc.endpoint,
+            scope_list.join(", "),
+            tp.reason.as_str()
+        ),
+    )
+    .await;
+    tracing::info!(
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        user = %user,
+        expires_on = %expires_on,
+        reason = tp.reason.as_str(),
+        "token issued"
+    );
+    Ok(renewal)
+}
+
+fn update_metrics(ctx: &Context, ns: &str, name: &str, st: &CommunicationIdentityStatus) {
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::READY)
+        .map(|c| c.status == "True");
+    ctx.metrics.set_identity_ready(ns, name, ready);
+    if let Some(exp) = &st.token_expires_on {
+        ctx.metrics.set_token_expiry(ns, name, exp.0.as_second());
+    }
+}

@@ -1,0 +1,251 @@
+//! The identity reconcile's steps: each does one thing against ACS or the API server and
+//! fails with its own error variant, so the condition reason comes from the error itself.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+
+use crate::acs::{self, AcsError};
+use crate::api::conditions::reasons;
+use crate::api::{CommunicationIdentity, CommunicationIdentityStatus, Scope, secret_keys};
+use crate::controller::context::Context;
+use crate::controller::secret::{self, TokenSecret};
+use crate::controller::status::{FIELD_MANAGER, apply_status};
+
+use super::decide::rfc3339;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("creating an ACS user at {endpoint}: {source}")]
+    CreateUser {
+        endpoint: String,
+        #[source]
+        source: AcsError,
+    },
+    #[error("ACS created user {user} at {endpoint} but returned no token")]
+    NoTokenInCreate { user: String, endpoint: String },
+    #[error("revoking the tokens of ACS user {user}: {source}")]
+    RevokeTokens {
+        user: String,
+        #[source]
+        source: AcsError,
+    },
+    #[error("issuing a token for ACS user {user}: {source}")]
+    IssueToken {
+        user: String,
+        #[source]
+        source: AcsError,
+    },
+    #[error("recording ACS user {user} in status: {source}")]
+    RecordUser {
+        user: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading Secret `{name}`: {source}")]
+    ReadSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing Secret `{name}`: {source}")]
+    WriteSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+    #[error("deleting ACS user {user}: {source}")]
+    DeleteUser {
+        user: String,
+        #[source]
+        source: AcsError,
+    },
+}
+
+impl StepError {
+    fn acs(&self) -> Option<&AcsError> {
+        match self {
+            StepError::CreateUser { source, .. }
+            | StepError::RevokeTokens { source, .. }
+            | StepError::IssueToken { source, .. }
+            | StepError::DeleteUser { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The condition reason a person acts on.
+    pub fn reason(&self) -> &'static str {
+        if self.acs().is_some_and(AcsError::is_unauthorized) {
+            return reasons::UNAUTHORIZED;
+        }
+        match self {
+            StepError::CreateUser { .. } | StepError::NoTokenInCreate { .. } => {
+                reasons::USER_CREATE_FAILED
+            }
+            StepError::RevokeTokens { .. } => reasons::REVOKE_FAILED,
+            StepError::IssueToken { source, .. } if source.is_not_found() => {
+                reasons::USER_NOT_FOUND
+            }
+            StepError::IssueToken { .. } => reasons::TOKEN_ISSUE_FAILED,
+            StepError::DeleteUser { .. } => reasons::CLEANUP_FAILED,
+            StepError::RecordUser { .. }
+            | StepError::ReadSecret { .. }
+            | StepError::WriteSecret { .. }
+            | StepError::WriteStatus(_) => reasons::SECRET_WRITE_FAILED,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        match self.acs() {
+            Some(e) => e.is_retryable() || e.is_outcome_unknown(),
+            None => !matches!(self, StepError::NoTokenInCreate { .. }),
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.acs().and_then(AcsError::retry_after)
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        match self.acs() {
+            Some(e) => e.metric_label(),
+            None => "kube",
+        }
+    }
+}
+
+pub fn acs_scopes(scopes: &BTreeSet<Scope>) -> Vec<acs::TokenScope> {
+    scopes
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .parse::<acs::TokenScope>()
+                .unwrap_or_else(|_| acs::TokenScope::Other(s.as_str().to_string()))
+        })
+        .collect()
+}
+
+/// Writes status when it changed, and remembers the write (the cache lags behind it).
+pub async fn write_status(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    current: &CommunicationIdentityStatus,
+    status: &CommunicationIdentityStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<CommunicationIdentity> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    if let Some(written) = apply_status(&api, &obj.name_any(), Some(current), status).await? {
+        let uid = obj.uid().unwrap_or_default();
+        ctx.memory.update(&ObjectRef::from_obj(obj), &uid, |r| {
+            r.identity_rv = written.resource_version();
+            r.status = Some(status.clone());
+        });
+    }
+    Ok(())
+}
+
+/// Applies the token Secret (server-side apply, our field manager) and remembers the
+/// version written.
+pub async fn write_secret(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    s: &TokenSecret<'_>,
+    now: Timestamp,
+) -> Result<(), StepError> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let desired = secret::build(obj, s);
+    let written = api
+        .patch(
+            s.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .map_err(|source| StepError::WriteSecret {
+            name: s.name.to_string(),
+            source,
+        })?;
+    let uid = obj.uid().unwrap_or_default();
+    ctx.memory.update(&ObjectRef::from_obj(obj), &uid, |r| {
+        r.secret_rv = written.resource_version();
+        r.secret_written_at = Some(now);
+        r.secret_seen = false;
+    });
+    Ok(())
+}
+
+/// Re-applies the Secret with the token it holds, for a `secretTemplate` edit.
+pub async fn refresh_secret_metadata(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    status: &CommunicationIdentityStatus,
+    name: &str,
+    now: Timestamp,
+) -> Result<(), StepError> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let current = api
+        .get(name)
+        .await
+        .map_err(|source| StepError::ReadSecret {
+            name: name.to_string(),
+            source,
+        })?;
+    let data = current.data.unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let issued = current
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(secret::ISSUED_AT_ANNOTATION).cloned())
+        .or_else(|| status.last_token_issued_at.as_ref().map(|t| rfc3339(t.0)))
+        .unwrap_or_default();
+    let token = text(secret_keys::TOKEN);
+    write_secret(
+        ctx,
+        obj,
+        &TokenSecret {
+            name,
+            token: &token,
+            expires_on: &text(secret_keys::EXPIRES_ON),
+            user_id: &text(secret_keys::USER_ID),
+            endpoint: &text(secret_keys::ENDPOINT),
+            issued_at: &issued,
+        },
+        now,
+    )
+    .await
+}
+
+/// Publishes an event on the identity; a failure to publish is logged, never fatal.
+pub async fn publish(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::debug!(error = %e, "publishing an event failed");
+    }
+}

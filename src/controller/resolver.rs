@@ -1,0 +1,400 @@
+//! Which service an identity uses, whether its namespace may use it, and the shared ACS
+//! client for the resource it names. Reads only caches (service and Namespace stores,
+//! credential watches); the one API read is a credential Secret at a version not parsed
+//! yet, shared by every identity that uses it.
+
+// Resolution errors carry the service and Secret they are about so that the condition
+// message can name them; they are returned once per reconcile, so their size is moot.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+
+use crate::acs::AcsClient;
+use crate::api::conditions::reasons;
+use crate::api::{CommunicationIdentity, Quota, ServiceKind};
+
+use super::clients::{ClientCache, CredentialError, CredentialProblem};
+use super::credentials::{CredentialRef, CredentialWatches};
+use super::stores::Stores;
+
+/// Which service: kind, namespace (for namespaced services) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub kind: ServiceKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(
+                f,
+                "CommunicationService `{}` in namespace `{ns}`",
+                self.name
+            ),
+            None => write!(f, "ClusterCommunicationService `{}`", self.name),
+        }
+    }
+}
+
+/// `KIND/NAME` as given to `--default-service`.
+pub fn parse_default_service(s: &str) -> Result<(ServiceKind, String), String> {
+    let (kind, name) = s.split_once('/').ok_or_else(|| {
+        format!("`{s}`: expected KIND/NAME, e.g. ClusterCommunicationService/default")
+    })?;
+    let kind = match kind {
+        "CommunicationService" => ServiceKind::CommunicationService,
+        "ClusterCommunicationService" => ServiceKind::ClusterCommunicationService,
+        other => {
+            return Err(format!(
+                "`{other}` is not a service kind; use CommunicationService or ClusterCommunicationService"
+            ));
+        }
+    };
+    if name.is_empty() {
+        return Err(format!("`{s}`: the service name is empty"));
+    }
+    Ok((kind, name.to_string()))
+}
+
+/// The service an identity refers to (its `serviceRef`, or the operator's default).
+pub fn service_key_for(
+    identity: &CommunicationIdentity,
+    default: Option<&(ServiceKind, String)>,
+) -> Option<ServiceKey> {
+    let (kind, name) = match &identity.spec.service_ref {
+        Some(r) => (r.kind, r.name.clone()),
+        None => default.cloned()?,
+    };
+    Some(ServiceKey {
+        kind,
+        namespace: match kind {
+            ServiceKind::CommunicationService => identity.namespace(),
+            ServiceKind::ClusterCommunicationService => None,
+        },
+        name,
+    })
+}
+
+/// A usable service: the resource's endpoint, its shared client, and what the service
+/// allows.
+#[derive(Clone, Debug)]
+pub struct ResolvedService {
+    pub key: ServiceKey,
+    pub endpoint: String,
+    pub client: Arc<AcsClient>,
+    pub allow_adoption: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no service: spec.serviceRef is not set and the operator has no --default-service")]
+    NoService,
+    #[error("{0} does not exist")]
+    ServiceNotFound(ServiceKey),
+    #[error(
+        "{service} does not allow namespace `{namespace}` (its spec.namespaceSelector does not select it)"
+    )]
+    NotAllowed {
+        service: ServiceKey,
+        namespace: String,
+    },
+    #[error(
+        "{service} names a credential Secret in namespace `{namespace}`; cluster services may only use Secrets in \
+         the operator's cluster resource namespace `{allowed}` (--cluster-resource-namespace): move the Secret there"
+    )]
+    SecretNamespaceNotAllowed {
+        service: ServiceKey,
+        namespace: String,
+        allowed: String,
+    },
+    #[error("{service}: Secret `{}` in namespace `{}` does not exist", .credential.name, .credential.namespace)]
+    SecretNotFound {
+        service: ServiceKey,
+        credential: CredentialRef,
+    },
+    #[error("{service}: Secret `{}` in namespace `{}` has no key `{}`", .credential.name, .credential.namespace, .credential.key)]
+    KeyMissing {
+        service: ServiceKey,
+        credential: CredentialRef,
+    },
+    #[error("{service}: key `{}` of Secret `{}` in namespace `{}` is not a valid connection string: {reason}", .credential.key, .credential.name, .credential.namespace)]
+    Invalid {
+        service: ServiceKey,
+        credential: CredentialRef,
+        reason: String,
+    },
+    #[error("{service}: {reason}")]
+    InsecureEndpoint { service: ServiceKey, reason: String },
+    #[error("{service}: {reason}")]
+    BadClient { service: ServiceKey, reason: String },
+    #[error("{service}: reading its credential Secret: {source}")]
+    Kube {
+        service: ServiceKey,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ResolveError {
+    /// The `Ready` condition reason this error maps to.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ResolveError::NoService | ResolveError::ServiceNotFound(_) => {
+                reasons::SERVICE_NOT_FOUND
+            }
+            ResolveError::NotAllowed { .. } => reasons::SERVICE_NOT_ALLOWED,
+            ResolveError::SecretNamespaceNotAllowed { .. } => reasons::SECRET_NAMESPACE_NOT_ALLOWED,
+            ResolveError::SecretNotFound { .. } => reasons::SECRET_NOT_FOUND,
+            ResolveError::KeyMissing { .. } => reasons::SECRET_KEY_MISSING,
+            ResolveError::InsecureEndpoint { .. } => reasons::INSECURE_ENDPOINT,
+            ResolveError::Invalid { .. } | ResolveError::BadClient { .. } => {
+                reasons::CONNECTION_STRING_INVALID
+            }
+            ResolveError::Kube { .. } => reasons::SERVICE_NOT_READY,
+        }
+    }
+
+    /// A retry soon may fix it (the API server), as opposed to a person.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ResolveError::Kube { .. })
+    }
+
+    /// The service may not be used for this identity at all: a token it minted earlier is
+    /// no reason to stay Ready.
+    pub fn forbids_use(&self) -> bool {
+        matches!(
+            self,
+            ResolveError::NotAllowed { .. }
+                | ResolveError::SecretNamespaceNotAllowed { .. }
+                | ResolveError::InsecureEndpoint { .. }
+        )
+    }
+}
+
+/// The parts of a service spec resolution needs, whichever kind it is.
+pub struct ServiceParts {
+    pub credential: CredentialRef,
+    pub api_version: String,
+    pub quota: Quota,
+    pub allow_adoption: bool,
+}
+
+pub struct Resolver {
+    pub kube: Client,
+    pub stores: Stores,
+    pub clients: ClientCache,
+    pub credentials: CredentialWatches<ObjectRef<CommunicationIdentity>>,
+    pub default_service: Option<(ServiceKind, String)>,
+    pub cluster_resource_namespace: String,
+}
+
+impl Resolver {
+    pub fn key_for(&self, identity: &CommunicationIdentity) -> Option<ServiceKey> {
+        service_key_for(identity, self.default_service.as_ref())
+    }
+
+    /// Finds the identity's service in the caches, checks that its namespace may use it,
+    /// and returns the shared client for the resource its credentials name.
+    pub async fn resolve(
+        &self,
+        identity: &CommunicationIdentity,
+    ) -> Result<ResolvedService, ResolveError> {
+        let oref = ObjectRef::from_obj(identity);
+        let ns = identity.namespace().unwrap_or_default();
+        let key = self.key_for(identity).ok_or(ResolveError::NoService)?;
+        let parts = self.service_parts(&key, &ns)?;
+        let Some(parts) = parts else {
+            self.credentials.forget(&oref);
+            return Err(ResolveError::ServiceNotFound(key));
+        };
+        let version = self.credentials.depend(oref, &parts.credential);
+        let connection = self
+            .clients
+            .connection(&self.kube, &parts.credential, &version)
+            .await
+            .map_err(|e| credential_error(&key, &parts.credential, e))?;
+        let endpoint = connection.endpoint_str();
+        let allow_insecure = self.clients.settings().allow_insecure_endpoints;
+        crate::acs::check_endpoint(connection.endpoint(), allow_insecure).map_err(|e| {
+            ResolveError::InsecureEndpoint {
+                service: key.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let client = self
+            .clients
+            .client(&connection, &parts.api_version, &parts.quota)
+            .map_err(|reason| ResolveError::BadClient {
+                service: key.clone(),
+                reason,
+            })?;
+        Ok(ResolvedService {
+            key,
+            endpoint,
+            client,
+            allow_adoption: parts.allow_adoption,
+        })
+    }
+
+    /// The service's spec parts from the caches (`None`: no such service), after the
+    /// namespace and credential-location checks.
+    pub fn service_parts(
+        &self,
+        key: &ServiceKey,
+        identity_namespace: &str,
+    ) -> Result<Option<ServiceParts>, ResolveError> {
+        match key.kind {
+            ServiceKind::CommunicationService => {
+                // A namespaced service serves only its own namespace (the key's namespace
+                // is always the identity's), and reads its Secret from there.
+                let ns = key.namespace.as_deref().unwrap_or(identity_namespace);
+                Ok(self.stores.service(ns, &key.name).map(|svc| ServiceParts {
+                    credential: namespaced_credential(ns, &svc.spec.connection_string_secret_ref),
+                    api_version: svc.spec.api_version.clone(),
+                    quota: svc.spec.quota.clone(),
+                    allow_adoption: svc.spec.allows_adoption(),
+                }))
+            }
+            ServiceKind::ClusterCommunicationService => {
+                let Some(svc) = self.stores.cluster_service(&key.name) else {
+                    return Ok(None);
+                };
+                let labels = self
+                    .stores
+                    .namespace(identity_namespace)
+                    .map(|n| n.labels().clone())
+                    .unwrap_or_default();
+                if !svc.spec.selects_namespace(&labels) {
+                    return Err(ResolveError::NotAllowed {
+                        service: key.clone(),
+                        namespace: identity_namespace.to_string(),
+                    });
+                }
+                let r = &svc.spec.connection_string_secret_ref;
+                check_cluster_secret_namespace(
+                    key,
+                    &r.namespace,
+                    &self.cluster_resource_namespace,
+                )?;
+                Ok(Some(ServiceParts {
+                    credential: CredentialRef {
+                        namespace: r.namespace.clone(),
+                        name: r.name.clone(),
+                        key: r.key.clone(),
+                    },
+                    api_version: svc.spec.api_version.clone(),
+                    quota: svc.spec.quota.clone(),
+                    allow_adoption: svc.spec.allows_adoption(),
+                }))
+            }
+        }
+    }
+}
+
+pub fn namespaced_credential(ns: &str, r: &crate::api::SecretKeyRef) -> CredentialRef {
+    CredentialRef {
+        namespace: ns.to_string(),
+        name: r.name.clone(),
+        key: r.key.clone(),
+    }
+}
+
+/// A cluster service's Secret must live in the cluster resource namespace: otherwise
+/// anyone allowed to write such a service could make the operator read any Secret.
+pub fn check_cluster_secret_namespace(
+    key: &ServiceKey,
+    namespace: &str,
+    allowed: &str,
+) -> Result<(), ResolveError> {
+    if namespace == allowed {
+        Ok(())
+    } else {
+        Err(ResolveError::SecretNamespaceNotAllowed {
+            service: key.clone(),
+            namespace: namespace.to_string(),
+            allowed: allowed.to_string(),
+        })
+    }
+}
+
+pub fn credential_error(
+    key: &ServiceKey,
+    credential: &CredentialRef,
+    e: CredentialError,
+) -> ResolveError {
+    let service = key.clone();
+    let credential = credential.clone();
+    match e {
+        CredentialError::Problem(CredentialProblem::SecretNotFound) => {
+            ResolveError::SecretNotFound {
+                service,
+                credential,
+            }
+        }
+        CredentialError::Problem(CredentialProblem::KeyMissing) => ResolveError::KeyMissing {
+            service,
+            credential,
+        },
+        CredentialError::Problem(CredentialProblem::Invalid(reason)) => ResolveError::Invalid {
+            service,
+            credential,
+            reason,
+        },
+        CredentialError::Kube { source, .. } => ResolveError::Kube { service, source },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_service_flag_parses_and_names_mistakes() {
+        assert_eq!(
+            parse_default_service("ClusterCommunicationService/default"),
+            Ok((ServiceKind::ClusterCommunicationService, "default".into()))
+        );
+        assert_eq!(
+            parse_default_service("CommunicationService/acs"),
+            Ok((ServiceKind::CommunicationService, "acs".into()))
+        );
+        assert!(
+            parse_default_service("default")
+                .unwrap_err()
+                .contains("KIND/NAME")
+        );
+        assert!(
+            parse_default_service("Issuer/x")
+                .unwrap_err()
+                .contains("`Issuer` is not a service kind")
+        );
+        assert!(
+            parse_default_service("CommunicationService/")
+                .unwrap_err()
+                .contains("empty")
+        );
+    }
+
+    #[test]
+    fn cluster_credentials_only_from_the_cluster_resource_namespace() {
+        let key = ServiceKey {
+            kind: ServiceKind::ClusterCommunicationService,
+            namespace: None,
+            name: "shared".into(),
+        };
+        assert!(check_cluster_secret_namespace(&key, "acs-system", "acs-system").is_ok());
+        let err = check_cluster_secret_namespace(&key, "team-b", "acs-system").unwrap_err();
+        assert_eq!(err.reason(), reasons::SECRET_NAMESPACE_NOT_ALLOWED);
+        assert!(err.forbids_use());
+        let msg = err.to_string();
+        assert!(
+            msg.contains("team-b") && msg.contains("acs-system"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Admission on a real API server (no operator): the CRDs' schema and CEL rules refuse
+//! what the operator could never serve or must not do (names too long for the Secret's
+//! label, renewals closer than the token interval floor, a user moved to another ACS
+//! resource by a `serviceRef` change), with a message a person understands.
+//!
+//! Run: `cargo test --test admission` (starts its own control plane unless
+//! `ACS_TEST_KUBECONFIG` is set).
+
+mod support;
+
+use acs_identity_operator::api::{
+    ClusterCommunicationService, CommunicationIdentity, CommunicationService,
+};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use support::{ControlPlane, TestNamespace, install_crds};
+
+fn object<T: DeserializeOwned>(kind: &str, name: &str, spec: Value) -> T {
+    serde_json::from_value(json!({
+        "apiVersion": "acs-operator.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
+}
+
+fn identity(name: &str, spec: Value) -> CommunicationIdentity {
+    let mut full = json!({"scopes": ["chat"]});
+    full.as_object_mut()
+        .expect("object")
+        .extend(spec.as_object().cloned().unwrap_or_default());
+    object("CommunicationIdentity", name, full)
+}
+
+fn api_message(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn identity_names_are_limited_to_what_a_label_value_holds() {
+    let cp = ControlPlane::get();
+    install_crds(cp);
+    let client = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &client, "admission-name").await;
+    let api: Api<CommunicationIdentity> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+
+    let too_long = "a".repeat(64);
+    let msg = api_message(
+        api.create(&pp, &identity(&too_long, json!({})))
+            .await
+            .expect_err("a 64-character name was admitted"),
+    );
+    assert!(
+        msg.contains("metadata.name must be at most 63 characters"),
+        "{msg}"
+    );
+    let longest = "a".repeat(63);
+    api.create(&pp, &identity(&longest, json!({})))
+        .await
+        .expect("a 63-character name is admitted");
+    ns.delete(&client).await;
+}
+
+#[tokio::test]
+async fn renew_before_must_leave_the_token_interval_floor() {
+    let cp = ControlPlane::get();
+    install_crds(cp);
+    let client = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &client, "admission-floor").await;
+    let api: Api<CommunicationIdentity> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+
+    for (name, renew_before) in [("floor-14s", "59m46s"), ("floor-1s", "59m59s")] {
+        let msg = api_message(
+            api.create(
+                &pp,
+                &identity(
+                    name,
+                    json!({"tokenLifetime": "1h", "renewBefore": renew_before}),
+                ),
+            )
+            .await
+            .expect_err(&format!("{name} was admitted")),
+        );
+        assert!(
+            msg.contains("renewBefore must leave at least 15s between renewals"),
+            "{name}: {msg}"
+        );
+        assert!(
+            !msg.contains("must be shorter than tokenLifetime"),
+            "one mistake, one message: {msg}"
+        );
+    }
+    // renewBefore >= lifetime keeps its own message (and only that one).
+    let msg = api_message(
+        api.create(
+            &pp,
+            &identity("equal", json!({"tokenLifetime": "1h", "renewBefore": "1h"})),
+        )
+        .await
+        .expect_err("renewBefore == tokenLifetime was admitted"),
+    );
+    assert!(
+        msg.contains("renewBefore must be shorter than tokenLifetime")
+            && !msg.contains("at least 15s"),
+        "{msg}"
+    );
+    api.create(
+        &pp,
+        &identity(
+            "floor-15s",
+            json!({"tokenLifetime": "1h", "renewBefore": "59m45s"}),
+        ),
+    )
+    .await
+    .expect("exactly 15s between renewals is admitted");
+    ns.delete(&client).await;
+}
+
+#[tokio::test]
+async fn service_ref_is_immutable_including_adding_and_removing_it() {
+    let cp = ControlPlane::get();
+    install_crds(cp);
+    let client = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &client, "admission-serviceref").await;
+    let api: Api<CommunicationIdentity> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+    api.create(
+        &pp,
+        &identity("pinned", json!({"serviceRef": {"name": "team-acs"}})),
+    )
+    .await
+    .unwrap();
+    api.create(&pp, &identity("defaulted", json!({})))
+        .await
+        .unwrap();
+
+    let refused: &[(&str, Value)] = &[
+        (
+            "pinned",
+            json!({"spec": {"serviceRef": {"name": "shared"}}}),
+        ),
+        (
+            "pinned",
+            json!({"spec": {"serviceRef": {"kind": "ClusterCommunicationService", "name": "team-acs"}}}),
+        ),
+        ("pinned", json!({"spec": {"serviceRef": null}})),
+        (
+            "defaulted",
+            json!({"spec": {"serviceRef": {"kind": "ClusterCommunicationService", "name": "shared"}}}),
+        ),
+    ];
+    for (name, patch) in refused {
+        let msg = api_message(
+            api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect_err(&format!("{name}: {patch} was admitted")),
+        );
+        assert!(
+            msg.contains("serviceRef is immutable")
+                && msg.contains("create a new CommunicationIdentity"),
+            "{name}: {msg}"
+        );
+    }
+
+    // Other edits still go through, and spelling out the defaulted kind is no change.
+    for (name, patch) in [
+        ("pinned", json!({"spec": {"scopes": ["chat", "voip"]}})),
+        (
+            "pinned",
+            json!({"spec": {"serviceRef": {"kind": "CommunicationService", "name": "team-acs"}}}),
+        ),
+        ("defaulted", json!({"spec": {"tokenLifetime": "2h"}})),
+    ] {
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {patch} was refused: {e}"));
+    }
+    ns.delete(&client).await;
+}
+
+#[tokio::test]
+async fn services_store_allow_adoption_and_resolve_its_default_by_kind() {
+    let cp = ControlPlane::get();
+    install_crds(cp);
+    let client = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &client, "admission-adoption").await;
+    let pp = PostParams::default();
+    let services: Api<CommunicationService> = Api::namespaced(client.clone(), &ns.name);
+    let clusters: Api<ClusterCommunicationService> = Api::all(client.clone());
+    let secret_ref = json!({"name": "acs"});
+
+    let plain: CommunicationService = services
+        .create(
+            &pp,
+            &object(
+                "CommunicationService",
+                "plain",
+                json!({"connectionStringSecretRef": secret_ref}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(plain.spec.allow_adoption, None);
+    assert!(plain.spec.allows_adoption(), "a namespace's own key");
+    let closed: CommunicationService = services
+        .create(
+            &pp,
+            &object(
+                "CommunicationService",
+                "closed",
+                json!({"connectionStringSecretRef": secret_ref, "allowAdoption": false}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!closed.spec.allows_adoption());
+
+    let cluster_ref = json!({"name": "acs", "namespace": "acs-system"});
+    let shared_name = format!("{}-shared", ns.name);
+    let shared: ClusterCommunicationService = clusters
+        .create(
+            &pp,
+            &object(
+                "ClusterCommunicationService",
+                &shared_name,
+                json!({"connectionStringSecretRef": cluster_ref}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!shared.spec.allows_adoption(), "a shared key");
+    let open_name = format!("{}-open", ns.name);
+    let open: ClusterCommunicationService = clusters
+        .create(
+            &pp,
+            &object(
+                "ClusterCommunicationService",
+                &open_name,
+                json!({"connectionStringSecretRef": cluster_ref, "allowAdoption": true}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(open.spec.allows_adoption());
+
+    // Not a boolean: refused by the schema, not silently read as false.
+    let mut bad: Value = json!({
+        "apiVersion": "acs-operator.dev/v1alpha1",
+        "kind": "CommunicationService",
+        "metadata": {"name": "bad", "namespace": ns.name},
+        "spec": {"connectionStringSecretRef": secret_ref, "allowAdoption": "yes"},
+    });
+    let (ok, _, err) = cp.kubectl_run(
+        &["create", "-f", "-"],
+        Some(&serde_json::to_string(&bad.take()).unwrap()),
+    );
+    assert!(!ok, "allowAdoption: \"yes\" was admitted");
+    assert!(err.contains("allowAdoption"), "{err}");
+
+    for name in [&shared_name, &open_name] {
+        clusters
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    ns.delete(&client).await;
+}

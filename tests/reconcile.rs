@@ -1,0 +1,799 @@
+//! The identity reconcile, in-process, against the real control plane and an in-process
+//! ACS emulator over HTTP: each finding of the reconcile review has a test here, and the
+//! API and ACS cost of a new identity and of a renewal are measured (and printed) from
+//! kube-apiserver's `apiserver_request_total` and the emulator's `/admin/stats`.
+//!
+//! Waits are on watch events and call counts, never on sleeps.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acs_identity_operator::api::conditions::{reasons, types};
+use acs_identity_operator::api::{CommunicationIdentity, REVOKE_REQUESTED_AT_ANNOTATION};
+use acs_identity_operator::controller::clients::ClientSettings;
+use acs_identity_operator::controller::context::Leadership;
+use acs_identity_operator::controller::{OperatorConfig, run};
+use acs_identity_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use acs_identity_operator::runtime::{Metrics, Readiness};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use support::{ControlPlane, TestNamespace, eventually, install_crds};
+use tokio::sync::{RwLock, watch};
+
+/// Tests share the control plane; the cost test needs it to itself.
+static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
+
+const PREVIEW: &str = "2025-03-02-preview";
+const GA: &str = "2025-06-30";
+
+struct World {
+    client: Client,
+    ns: TestNamespace,
+    emu: RunningEmulator,
+    http: reqwest::Client,
+    operator: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl World {
+    async fn new(prefix: &str, scale: f64) -> World {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let cp = ControlPlane::get();
+        install_crds(cp);
+        let client = cp.admin_client().await;
+        let ns = TestNamespace::create(cp, &client, prefix).await;
+        let emu = emulator::spawn(EmulatorConfig {
+            token_lifetime_scale: scale,
+            quotas: Default::default(),
+            ..EmulatorConfig::default()
+        })
+        .await
+        .expect("emulator starts");
+        let world = World {
+            client,
+            ns,
+            emu,
+            http: reqwest::Client::new(),
+            operator: None,
+        };
+        world
+            .put_credentials("acs", &world.emu.connection_string())
+            .await;
+        world
+    }
+
+    fn ns(&self) -> &str {
+        &self.ns.name
+    }
+
+    fn identities(&self) -> Api<CommunicationIdentity> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    fn config(&self) -> OperatorConfig {
+        OperatorConfig {
+            watch_namespaces: vec![self.ns().to_string()],
+            cluster_resource_namespace: self.ns().to_string(),
+            client_settings: ClientSettings {
+                request_timeout: Some(Duration::from_secs(5)),
+                ..ClientSettings::default()
+            },
+            ..OperatorConfig::default()
+        }
+    }
+
+    fn start(&mut self, config: OperatorConfig) {
+        let client = self.client.clone();
+        self.operator = Some(tokio::spawn(run(
+            client,
+            config,
+            Arc::new(Metrics::new()),
+            Readiness::new(),
+            std::future::pending::<()>(),
+        )));
+    }
+
+    async fn put_credentials(&self, name: &str, connection_string: &str) {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"connectionString": connection_string},
+        }))
+        .unwrap();
+        self.secrets()
+            .patch(
+                name,
+                &PatchParams::apply("acs-tests").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .expect("credential Secret");
+    }
+
+    async fn create(&self, plural: &str, obj: Value) {
+        let (group, version) = ("acs-operator.dev", "v1alpha1");
+        let namespaced = plural != "clustercommunicationservices";
+        let mut url = format!("/apis/{group}/{version}");
+        if namespaced {
+            url.push_str(&format!("/namespaces/{}", self.ns()));
+        }
+        url.push_str(&format!("/{plural}"));
+        let req = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&obj).unwrap())
+            .unwrap();
+        self.client
+            .request_text(req)
+            .await
+            .unwrap_or_else(|e| panic!("create {plural}: {e}"));
+    }
+
+    async fn service(&self, api_version: &str) {
+        self.create(
+            "communicationservices",
+            json!({
+                "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationService",
+                "metadata": {"name": "acs"},
+                "spec": {"connectionStringSecretRef": {"name": "acs"}, "apiVersion": api_version},
+            }),
+        )
+        .await;
+    }
+
+    async fn identity(&self, name: &str, extra: Value) {
+        let mut spec = json!({"serviceRef": {"name": "acs"}, "scopes": ["chat"]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        self.create(
+            "communicationidentities",
+            json!({
+                "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationIdentity",
+                "metadata": {"name": name}, "spec": spec,
+            }),
+        )
+        .await;
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.emu.endpoint()));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("emulator admin API");
+        resp.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn fault(&self, rule: Value) {
+        self.admin(reqwest::Method::POST, "/admin/faults", Some(rule))
+            .await;
+    }
+
+    async fn clear_faults(&self) {
+        self.admin(reqwest::Method::DELETE, "/admin/faults", None)
+            .await;
+    }
+
+    /// ACS requests of one operation (`create`, `issue`, `revoke`, `delete`), any status.
+    async fn acs_calls(&self, op: &str) -> u64 {
+        let stats = self.admin(reqwest::Method::GET, "/admin/stats", None).await;
+        stats["requests"][op]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    async fn acs_users(&self) -> Vec<Value> {
+        let v = self
+            .admin(reqwest::Method::GET, "/admin/identities", None)
+            .await;
+        v.as_array()
+            .cloned()
+            .or_else(|| v["identities"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|u| !u["deleted"].as_bool().unwrap_or(false))
+            .collect()
+    }
+
+    /// Waits (on watch events) until the identity satisfies `check`.
+    async fn until(
+        &self,
+        name: &str,
+        secs: u64,
+        what: &str,
+        check: impl Fn(&CommunicationIdentity) -> bool,
+    ) -> CommunicationIdentity {
+        let cond = move |o: Option<&CommunicationIdentity>| o.is_some_and(&check);
+        tokio::time::timeout(
+            Duration::from_secs(secs),
+            await_condition(self.identities(), name, cond),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {name}: {what}"))
+        .expect("watch")
+        .expect("object exists")
+    }
+
+    async fn ready(&self, name: &str) -> CommunicationIdentity {
+        self.until(name, 60, "Ready=True", |o| {
+            cond(o, types::READY).is_some_and(|c| c.0 == "True")
+        })
+        .await
+    }
+
+    /// Waits until `n` identities are Ready and satisfy `check` (polling LISTs).
+    async fn all_ready(&self, n: usize, check: impl Fn(&CommunicationIdentity) -> bool) {
+        eventually(120, "all identities Ready", || async {
+            let list = self.identities().list(&Default::default()).await.ok()?;
+            let ok = list
+                .items
+                .iter()
+                .filter(|o| cond(o, types::READY).is_some_and(|c| c.0 == "True") && check(o))
+                .count();
+            (ok >= n).then_some(())
+        })
+        .await;
+    }
+
+    async fn annotate(&self, name: &str, key: &str, value: &str) {
+        self.identities()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+            )
+            .await
+            .expect("annotate");
+    }
+
+    async fn token(&self, secret: &str) -> Option<String> {
+        let s = self.secrets().get_opt(secret).await.ok()??;
+        let b = s.data?.get("token")?.0.clone();
+        String::from_utf8(b).ok()
+    }
+
+    async fn valid(&self, token: &str) -> bool {
+        let v = self
+            .admin(
+                reqwest::Method::POST,
+                "/admin/tokens:validate",
+                Some(json!({"token": token})),
+            )
+            .await;
+        v["valid"].as_bool().unwrap_or(false)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(op) = self.operator.take() {
+            op.abort();
+        }
+    }
+}
+
+/// (status, reason) of a condition.
+fn cond(o: &CommunicationIdentity, type_: &str) -> Option<(String, String)> {
+    o.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// `apiserver_request_total` summed by (verb, resource) for our resources.
+async fn api_requests(client: &Client) -> BTreeMap<(String, String), f64> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
+        .await
+        .expect("apiserver /metrics");
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |k: &str| {
+            line.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let resource = label("resource");
+        if !["communicationidentities", "secrets", "events"].contains(&resource.as_str()) {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry((label("verb"), resource)).or_insert(0.0) += value;
+    }
+    out
+}
+
+fn delta(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+) -> BTreeMap<(String, String), f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+fn writes(d: &BTreeMap<(String, String), f64>) -> f64 {
+    d.iter()
+        // DELETEs are left out: the operator deletes nothing here, while the namespace
+        // controller is still emptying other tests' namespaces.
+        .filter(|((verb, _), _)| ["POST", "PUT", "PATCH", "APPLY"].contains(&verb.as_str()))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn gets(d: &BTreeMap<(String, String), f64>) -> f64 {
+    d.iter()
+        .filter(|((verb, res), _)| verb == "GET" && res != "events")
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_of_a_new_identity_and_of_a_renewal() {
+    let _only_us = EXCLUSIVE.write().await;
+    for (api_version, max_writes) in [(PREVIEW, 4.0), (GA, 5.0)] {
+        // Tokens of 24h * 0.0004 = 34.6 s: renewal at two thirds, about 23 s after issue.
+        let mut w = World::new("cost", 0.0004).await;
+        w.service(api_version).await;
+        w.start(w.config());
+        const N: usize = 10;
+        // The test's own writes (the creates) are subtracted below.
+        let before = api_requests(&w.client).await;
+        for i in 0..N {
+            w.identity(&format!("id-{i}"), json!({})).await;
+        }
+        // Listing (not watching by name, which the API server counts as a GET) keeps the
+        // test's own reads out of the figures.
+        w.all_ready(N, |_| true).await;
+        // Our own last write is a status patch: let the reconcile it triggers settle.
+        let settled = w.acs_calls("create").await;
+        let after = api_requests(&w.client).await;
+        let d = delta(&before, &after);
+        let n = N as f64;
+        let per_writes = (writes(&d) - n) / n;
+        let per_gets = gets(&d) / n;
+        let acs = (w.acs_calls("create").await + w.acs_calls("issue").await) as f64 / n;
+        println!(
+            "cost per new identity ({api_version}): {acs:.1} ACS requests, {per_writes:.1} API writes, {per_gets:.1} GETs; by verb/resource: {d:?}"
+        );
+        assert_eq!(settled as usize, N, "exactly one ACS create per identity");
+        assert_eq!(acs, 1.0, "exactly one ACS request per new identity");
+        assert!(
+            per_writes <= max_writes,
+            "{per_writes} API writes per identity on {api_version}"
+        );
+        assert!(per_gets <= 2.0, "{per_gets} GETs per identity");
+
+        // A renewal wave: every identity gets one new token from its real expiry.
+        let mut first = vec![];
+        for i in 0..N {
+            let o = w.identities().get_status(&format!("id-{i}")).await.unwrap();
+            first.push(o.status.unwrap().last_token_issued_at);
+        }
+        let before = api_requests(&w.client).await;
+        let issued_before = w.acs_calls("issue").await;
+        w.all_ready(N, |o| {
+            let i: usize = o.name_any().trim_start_matches("id-").parse().unwrap_or(0);
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.last_token_issued_at != first[i])
+        })
+        .await;
+        let d = delta(&before, &api_requests(&w.client).await);
+        let renew_acs = (w.acs_calls("issue").await - issued_before) as f64 / n;
+        println!(
+            "cost per renewal ({api_version}): {renew_acs:.1} ACS requests, {:.1} API writes, {:.1} GETs",
+            writes(&d) / n,
+            gets(&d) / n
+        );
+        assert_eq!(renew_acs, 1.0, "one ACS request per renewal");
+        assert!(
+            writes(&d) / n <= 3.0,
+            "{} writes per renewal",
+            writes(&d) / n
+        );
+        assert_eq!(gets(&d), 0.0, "no GET in steady state");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_never_reported_ready() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("revoke", 1.0).await;
+    w.service(PREVIEW).await;
+    let mut config = w.config();
+    config.min_token_interval = Duration::from_secs(1);
+    w.start(config);
+    w.identity("app", json!({})).await;
+    w.ready("app").await;
+    let old = w.token("app").await.expect("token");
+    // Every issue fails after the revoke went through.
+    w.fault(json!({"operation": "issue", "status": 503})).await;
+    w.annotate("app", REVOKE_REQUESTED_AT_ANNOTATION, "r1")
+        .await;
+    let o = w
+        .until("app", 60, "Ready=False after the revoke", |o| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.last_revoke_request_handled.as_deref() == Some("r1"))
+                && cond(o, types::READY).is_some_and(|c| c.0 == "False")
+        })
+        .await;
+    assert!(!w.valid(&old).await, "the old token was revoked");
+    assert_eq!(
+        w.token("app").await.as_deref(),
+        Some(old.as_str()),
+        "the Secret still holds it"
+    );
+    assert!(
+        o.status.unwrap().token_expires_on.is_none(),
+        "status does not describe it as valid"
+    );
+    // It stays not Ready while issues keep failing (retried with backoff).
+    let before = w.acs_calls("issue").await;
+    eventually(30, "a retried issue", || async {
+        (w.acs_calls("issue").await > before).then_some(())
+    })
+    .await;
+    let o = w.identities().get("app").await.unwrap();
+    assert_eq!(
+        cond(&o, types::READY).map(|c| c.0).as_deref(),
+        Some("False")
+    );
+    w.clear_faults().await;
+    let o = w.ready("app").await;
+    let new = w.token("app").await.unwrap();
+    assert_ne!(new, old);
+    assert!(w.valid(&new).await);
+    assert_eq!(
+        w.acs_calls("revoke").await,
+        1,
+        "the handled request is not revoked again"
+    );
+    assert!(o.status.unwrap().last_revoked_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_that_expire_at_once_are_issued_at_most_once_per_interval() {
+    let _shared = EXCLUSIVE.read().await;
+    // 24h * 0.00001 = 0.86 s: expired before the next reconcile looks.
+    let mut w = World::new("hotloop", 0.00001).await;
+    w.service(PREVIEW).await;
+    let mut config = w.config();
+    config.min_token_interval = Duration::from_secs(3);
+    w.start(config);
+    let started = tokio::time::Instant::now();
+    w.identity("app", json!({})).await;
+    eventually(60, "three tokens", || async {
+        (w.acs_calls("create").await + w.acs_calls("issue").await >= 3).then_some(())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(6),
+        "3 tokens in {elapsed:?}: the floor is 3 s"
+    );
+    let o = w
+        .until("app", 30, "TokenTooShortLived", |o| {
+            o.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == reasons::TOKEN_TOO_SHORT_LIVED)
+            })
+        })
+        .await;
+    assert!(o.status.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_failure_keeps_a_valid_token_ready_and_says_why() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("lookup", 1.0).await;
+    w.service(PREVIEW).await;
+    w.start(w.config());
+    w.identity("app", json!({})).await;
+    w.ready("app").await;
+    w.secrets()
+        .delete("acs", &DeleteParams::default())
+        .await
+        .unwrap();
+    let o = w
+        .until("app", 30, "RenewalFailing=True", |o| {
+            cond(o, types::RENEWAL_FAILING).is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    assert_eq!(
+        cond(&o, types::READY),
+        Some(("True".into(), reasons::TOKEN_ISSUED.into()))
+    );
+    assert_eq!(
+        cond(&o, types::RENEWAL_FAILING).map(|c| c.1).as_deref(),
+        Some(reasons::SECRET_NOT_FOUND)
+    );
+    // The fix is noticed through the credential watch.
+    w.put_credentials("acs", &w.emu.connection_string()).await;
+    w.until("app", 30, "RenewalFailing cleared", |o| {
+        cond(o, types::RENEWAL_FAILING).is_none_or(|c| c.0 == "False")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ga_versions_never_send_a_custom_id_nor_retry_a_lost_create() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("ga", 1.0).await;
+    w.service(GA).await;
+    w.start(w.config());
+    // The first create runs, and its answer is lost.
+    w.fault(json!({"operation": "create", "drop": true, "afterExecute": true, "count": 1}))
+        .await;
+    w.identity("app", json!({})).await;
+    let o = w
+        .until("app", 60, "the lost create reported", |o| {
+            cond(o, types::READY).is_some_and(|c| c.1 == reasons::USER_CREATE_FAILED)
+        })
+        .await;
+    assert!(o.status.unwrap().user_id.is_none());
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(w.client.clone(), w.ns());
+    let warned = eventually(30, "a Warning event", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some(reasons::USER_CREATE_FAILED)
+        })
+    })
+    .await;
+    assert!(
+        warned
+            .note
+            .unwrap_or_default()
+            .contains("creating an ACS user")
+    );
+    // The next reconcile decides (a second create, recorded); no automatic retry inside.
+    let o = w.ready("app").await;
+    let users = w.acs_users().await;
+    assert_eq!(
+        w.acs_calls("create").await,
+        2,
+        "one lost create, one recorded; never a retry loop"
+    );
+    assert_eq!(
+        users.len(),
+        2,
+        "the lost create left one user behind (the GA window)"
+    );
+    let recorded = o.status.unwrap().user_id.unwrap();
+    for u in &users {
+        assert!(
+            u.get("customId").is_none_or(Value::is_null),
+            "no custom id on {GA}: {u}"
+        );
+    }
+    assert!(users.iter().any(|u| u["id"] == recorded));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_right_after_creation_leaks_no_user() {
+    let _shared = EXCLUSIVE.read().await;
+    for api_version in [PREVIEW, GA] {
+        let mut w = World::new("cleanup", 1.0).await;
+        w.service(api_version).await;
+        w.start(w.config());
+        for i in 0..5 {
+            let name = format!("app-{i}");
+            w.identity(&name, json!({})).await;
+            // Delete as soon as ACS has the user: the cache may not have our status yet.
+            eventually(30, "the user created", || async {
+                (w.acs_calls("create").await > i).then_some(())
+            })
+            .await;
+            w.identities()
+                .delete(&name, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        eventually(60, "every identity gone", || async {
+            w.identities()
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            w.acs_users().await,
+            Vec::<Value>::new(),
+            "no user left on {api_version}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_edit_reaches_the_secret_without_a_new_token() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("template", 1.0).await;
+    w.service(PREVIEW).await;
+    w.start(w.config());
+    w.identity("app", json!({"secretTemplate": {"labels": {"team": "a"}}}))
+        .await;
+    w.ready("app").await;
+    let token = w.token("app").await;
+    w.identities()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"secretTemplate": {"labels": {"team": "b"}, "annotations": {"x": "1"}}}})),
+        )
+        .await
+        .unwrap();
+    eventually(30, "the new label on the Secret", || async {
+        let s = w.secrets().get("app").await.ok()?;
+        (s.labels().get("team").map(String::as_str) == Some("b")
+            && s.annotations().get("x").map(String::as_str) == Some("1"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(w.token("app").await, token, "the same token");
+    assert_eq!(w.acs_calls("issue").await, 0);
+    assert_eq!(w.acs_calls("create").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_edited_secret_is_restored_once() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("restore", 1.0).await;
+    w.service(PREVIEW).await;
+    let mut config = w.config();
+    config.min_token_interval = Duration::from_secs(1);
+    w.start(config);
+    w.identity("app", json!({})).await;
+    w.ready("app").await;
+    w.secrets()
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(30, "a new Secret", || async { w.token("app").await }).await;
+    w.secrets()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": "forged"}})),
+        )
+        .await
+        .unwrap();
+    let t = eventually(30, "the forged token replaced", || async {
+        w.token("app").await.filter(|t| t != "forged")
+    })
+    .await;
+    assert!(w.valid(&t).await);
+    assert_eq!(w.acs_calls("issue").await, 2, "one token per repair");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_losing_the_lease_nothing_is_written() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("lease", 1.0).await;
+    w.service(PREVIEW).await;
+    let (leading_tx, leading_rx) = watch::channel(true);
+    let mut config = w.config();
+    config.leadership = Leadership::elected(leading_rx);
+    w.start(config);
+    // The create is slow; leadership goes while it is in flight.
+    w.fault(json!({"operation": "create", "latencyMs": 3000, "afterExecute": true}))
+        .await;
+    w.identity("app", json!({})).await;
+    eventually(30, "the create in flight", || async {
+        let users = w.acs_users().await;
+        (!users.is_empty()).then_some(())
+    })
+    .await;
+    leading_tx.send(false).unwrap();
+    w.identity("probe", json!({})).await;
+    // Past the slow create's answer: no Secret may appear (watched, not polled).
+    let secret_written = tokio::time::timeout(
+        Duration::from_secs(6),
+        await_condition(w.secrets(), "app", |s: Option<&Secret>| s.is_some()),
+    )
+    .await;
+    assert!(
+        secret_written.is_err(),
+        "a Secret was written after leadership was lost"
+    );
+    let o = w.identities().get("app").await.unwrap();
+    assert!(
+        o.status.as_ref().is_none_or(|s| s.user_id.is_none()),
+        "no status written"
+    );
+    let probe = w.identities().get("probe").await.unwrap();
+    assert!(probe.finalizers().is_empty(), "no new work after the loss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_one_resource_share_one_client_and_credential_watches_go_away() {
+    let _shared = EXCLUSIVE.read().await;
+    let w = World::new("share", 1.0).await;
+    w.service(PREVIEW).await;
+    w.create(
+        "communicationservices",
+        json!({
+            "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationService",
+            "metadata": {"name": "acs2"},
+            "spec": {"connectionStringSecretRef": {"name": "acs"}, "apiVersion": PREVIEW},
+        }),
+    )
+    .await;
+    let (ctx, caches) = acs_identity_operator::controller::run::caches_only(
+        w.client.clone(),
+        w.config(),
+        Arc::new(Metrics::new()),
+    )
+    .await;
+    w.identity("a", json!({})).await;
+    w.identity("b", json!({"serviceRef": {"name": "acs2"}}))
+        .await;
+    for name in ["a", "b"] {
+        // Reconcile by hand until Ready (the first adds the finalizer).
+        for _ in 0..3 {
+            let o = Arc::new(w.identities().get(name).await.unwrap());
+            let _ = acs_identity_operator::controller::identity::reconcile(o, ctx.clone()).await;
+        }
+        let o = w.identities().get(name).await.unwrap();
+        assert_eq!(
+            cond(&o, types::READY).map(|c| c.0).as_deref(),
+            Some("True"),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        ctx.resolver.clients.client_count(),
+        1,
+        "one client for one resource and key"
+    );
+    assert_eq!(ctx.resolver.credentials.watched(), 1);
+    for name in ["a", "b"] {
+        w.identities()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        let o = Arc::new(w.identities().get(name).await.unwrap());
+        acs_identity_operator::controller::identity::reconcile(o, ctx.clone())
+            .await
+            .expect("cleanup");
+    }
+    assert_eq!(
+        ctx.resolver.credentials.watched(),
+        0,
+        "nothing references the Secret any more"
+    );
+    caches.abort();
+}
