@@ -1,6 +1,8 @@
 //! `acs-identity-operator run`: the controller process. Flags have environment-variable
 //! fallbacks so the Helm chart and a laptop use the same binary the same way.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

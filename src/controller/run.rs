@@ -311,7 +311,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let wired = wire(&client, &config, metrics.clone(), readiness);
-    let mut tasks = wired.cache_tasks;
+    let caches = futures::future::join_all(wired.cache_tasks);
+    let mut tasks: Vec<BoxFuture<'static, ()>> = vec![];
     for scope in wired.scopes {
         let ids = wired.identity_stores.clone();
         let default = config.default_service.clone();
@@ -368,8 +369,11 @@ pub async fn run(
     // Polled in the controllers' own task, never spawned: `Store::wait_until_ready` keeps
     // a single waker (kube-runtime's DelayedInit wraps a oneshot), so a waiter in another
     // task loses its waker to the controller's own wait and never wakes.
+    // The controllers end on shutdown (after their in-flight work); the caches and the
+    // readiness wait never do on their own.
     tokio::select! {
         _ = futures::future::join_all(tasks) => {}
+        _ = caches => {}
         _ = wired.ready => {}
     }
 }

@@ -293,7 +293,8 @@ mod tests {
     #[test]
     fn cleanup_table() {
         let base = facts();
-        let rows: Vec<(&str, CleanupFacts<'_>, fn(&CleanupPlan) -> bool)> = vec![
+        type Row<'a> = (&'a str, CleanupFacts<'a>, fn(&CleanupPlan) -> bool);
+        let rows: Vec<Row<'_>> = vec![
             ("delete policy deletes", base.clone(), |p| {
                 *p == CleanupPlan::Delete("8:acs:u".into())
             }),

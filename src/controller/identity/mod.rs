@@ -406,11 +406,13 @@ async fn issue(
                 user: user.clone(),
                 endpoint: svc.endpoint.clone(),
             })?;
-            (
-                user,
-                token,
-                ("UserCreated", "CreateUser", "Created ACS user"),
-            )
+            let what = if created.created {
+                "Created ACS user"
+            } else {
+                // The custom id found the user an earlier, interrupted attempt created.
+                "Found (idempotent create) ACS user"
+            };
+            (user, token, ("UserCreated", "CreateUser", what))
         }
     };
     let expires_on = rfc3339(token.expires_on);
