@@ -96,6 +96,7 @@ pub async fn run(p: Params) -> Tally {
     // Every renew or revoke request was acted on after it was made.
     let mut unhandled = vec![];
     let mut unrecorded = vec![];
+    let mut moot = vec![];
     for obj in w.list_identities().await {
         let name = obj["metadata"]["name"]
             .as_str()
@@ -115,15 +116,16 @@ pub async fn run(p: Params) -> Tally {
                 .as_str()
                 .unwrap_or_default();
             let user = obj["status"]["userId"].as_str().unwrap_or_default();
-            let at_acs = match w.emulators.get(service) {
-                Some(emu) => emu
-                    .users()
-                    .await
-                    .into_iter()
-                    .find(|u| u["id"] == user)
-                    .map(|u| u["tokensRevokedAt"].clone()),
+            let record = match w.emulators.get(service) {
+                Some(emu) => emu.users().await.into_iter().find(|u| u["id"] == user),
                 None => None,
             };
+            let at_acs = record.as_ref().map(|u| u["tokensRevokedAt"].clone());
+            // A user created after the request had no token to revoke: nothing was owed.
+            let had_older_token = record
+                .as_ref()
+                .and_then(|u| ts(&u["createdAt"]))
+                .is_some_and(|c| c < *at);
             let revoked_at_acs = at_acs
                 .as_ref()
                 .and_then(ts)
@@ -137,8 +139,10 @@ pub async fn run(p: Params) -> Tally {
             // the audit); a status that forgot to record it is reported.
             if revoked_at_acs {
                 unrecorded.push(line);
-            } else {
+            } else if had_older_token {
                 unhandled.push(line);
+            } else {
+                moot.push(line);
             }
         }
     }
@@ -154,6 +158,7 @@ pub async fn run(p: Params) -> Tally {
         "crash: {} identities ({} custom-id, {} GA), {} kill -9 (during the last ACS operation: {kills_during:?}), \
          {} renew and {} revoke requests, {} deletions; not converged after 240 s: {pending:?}; unhandled requests: {unhandled:?}; \
          revoked at ACS but not in status.lastRevokedAt: {unrecorded:?}; \
+         revoke requested before the user existed (no token to revoke): {moot:?}; \
          not ready {:?}, invalid tokens {:?}, lost {:?}, users made twice {:?}; ACS requests custom {} GA {}; GA users ever created {ga_users} for {n_ga} identities; took {:?}",
         t.identities,
         custom.len(),
