@@ -93,6 +93,25 @@ pub async fn run(p: Params) -> Tally {
     }
 
     let pending = w.wait_converged(240.0).await;
+    // Requests may still wait for the token-interval floor: give them 90 s to show in
+    // status before judging (the revocation itself is checked at ACS below).
+    wait_for(90.0, || async {
+        w.list_identities()
+            .await
+            .iter()
+            .all(|obj| {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                let after = |field: &str, at: Option<&Timestamp>| {
+                    at.is_none_or(|at| {
+                        ts(&obj["status"][field]).is_some_and(|t| t.as_second() >= at.as_second())
+                    })
+                };
+                after("lastTokenIssuedAt", renews.get(name))
+                    && after("lastRevokedAt", revokes.get(name))
+            })
+            .then_some(())
+    })
+    .await;
     // Every renew or revoke request was acted on after it was made.
     let mut unhandled = vec![];
     let mut unrecorded = vec![];
