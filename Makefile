@@ -8,6 +8,7 @@
 #   make node-e2e      the chart and the image on a real node (part of make test)
 #   make demo WITH_NODE=1         the demo with the operator and a workload as real pods
 #   make bench N=1000  our operator against external-secrets (not part of make test)
+#   make reliability   the reliability suite at scale (RELIABILITY_N, default 200)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 MAKEFLAGS += --no-print-directory
@@ -18,10 +19,11 @@ CLUSTER_DIR := $(CURDIR)/.cluster
 include hack/controlplane/versions.env
 
 .PHONY: help deps controlplane build release test lint fmt crds check-crds chart-crds \
-        compat hmac-vectors emulator bench-acs bench lint-dockerfile cluster-up cluster-down demo versions
+        compat hmac-vectors emulator bench-acs bench lint-dockerfile cluster-up cluster-down demo versions \
+        reliability
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,11p' Makefile
 	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:
@@ -64,6 +66,11 @@ chart-crds:
 # the ACS emulator), and the official-SDK compatibility tests.
 test:
 	@hack/test.sh
+
+# Crashes, ACS and Kubernetes faults, a simulated day, an outage, bad input and fuzzing at
+# scale (docs/reliability.md); the last line sums up what was lost (nothing, or a finding).
+reliability: controlplane
+	@hack/reliability.sh
 
 compat: deps
 	@hack/compat/install.sh

@@ -342,6 +342,7 @@ async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
         count: None,
         drop,
         after_execute: true,
+        ..emulator::FaultRule::default()
     };
     for version in ["2023-10-01", "2025-06-30", "2026-07-22"] {
         for drop in [true, false] {
@@ -394,6 +395,7 @@ async fn a_throttled_create_is_retried_without_custom_ids() {
         count: None,
         drop: false,
         after_execute: false,
+        ..emulator::FaultRule::default()
     })
     .await;
     let c = client(&emu, options(&emu, "2025-06-30"));

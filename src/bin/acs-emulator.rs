@@ -149,14 +149,8 @@ fn config_from(args: Args) -> Result<EmulatorConfig, String> {
     }
     if let Some(ms) = args.latency_ms {
         config.faults.push(FaultRule {
-            operation: None,
-            status: None,
-            probability: 1.0,
-            retry_after_seconds: None,
             latency_ms: Some(ms),
-            count: None,
-            drop: false,
-            after_execute: false,
+            ..FaultRule::default()
         });
     }
     Ok(config)

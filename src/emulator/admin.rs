@@ -82,6 +82,14 @@ async fn handle_inner(
             *lock(&app.stats) = Default::default();
             Ok(StatusCode::NO_CONTENT.into_response())
         }
+        (&Method::GET, "/admin/requests") => {
+            let log = lock(&app.requests);
+            Ok(Json(log.entries().collect::<Vec<_>>()).into_response())
+        }
+        (&Method::DELETE, "/admin/requests") => {
+            lock(&app.requests).clear();
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         (&Method::GET, "/admin/faults") => {
             Ok(Json(lock(&app.faults).rules().to_vec()).into_response())
         }

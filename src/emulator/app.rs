@@ -18,8 +18,9 @@ use super::api_version::ApiVersion;
 use super::auth::{SignedRequest, authenticate};
 use super::config::EmulatedOperation;
 use super::error::ServiceError;
-use super::faults::{FaultOutcome, FaultSet};
+use super::faults::{FaultAction, FaultOutcome, FaultSet};
 use super::quota::Quotas;
+use super::request_log::{RequestLog, RequestRecord, identity_of};
 use super::routes::{Route, classify, execute};
 use super::stats::Stats;
 use super::store::Store;
@@ -37,6 +38,7 @@ pub struct App {
     pub quotas: Mutex<Quotas>,
     pub faults: Mutex<FaultSet>,
     pub stats: Mutex<Stats>,
+    pub requests: Mutex<RequestLog>,
     /// Wakes the state-file writer after a change; `None` without `--state-file`.
     pub persist: Option<Arc<Notify>>,
 }
@@ -53,7 +55,9 @@ impl App {
             return admin::handle(&self, request, peer).await;
         }
         let method = request.method().clone();
+        let identity = identity_of(path);
         let started = Instant::now();
+        let received_at = Timestamp::now();
         let (operation, response) = self.handle_acs(request).await;
         let label = operation.map_or("other", EmulatedOperation::as_str);
         let status = if response.extensions().get::<DropConnection>().is_some() {
@@ -62,6 +66,19 @@ impl App {
             response.status().as_u16().to_string()
         };
         lock(&self.stats).record(label, &status);
+        lock(&self.requests).record(RequestRecord {
+            seq: 0,
+            received_at,
+            responded_at: Timestamp::now(),
+            operation: label.to_string(),
+            status: status.clone(),
+            identity,
+            retry_after_seconds: response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        });
         // Neither headers nor bodies are logged: they carry the signature and tokens.
         tracing::info!(%method, operation = label, %status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
         response
@@ -112,6 +129,17 @@ impl App {
             }
         }
         let response = self.run(&parts, &body, &route, &version, operation);
+        if let Some(FaultAction {
+            latency,
+            outcome: FaultOutcome::Truncate(n),
+            ..
+        }) = &after
+        {
+            if let Some(latency) = latency {
+                tokio::time::sleep(*latency).await;
+            }
+            return (Some(operation), truncate(response, *n).await);
+        }
         if let Some(fault) = after {
             // The operation ran (the store changed); its answer is late, replaced or lost.
             if let Some(latency) = fault.latency {
@@ -171,10 +199,30 @@ impl App {
     }
 }
 
+/// `response` with its body cut to `n` bytes (and a matching `Content-Length`).
+async fn truncate(response: Response, n: u64) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let cut = bytes.slice(..bytes.len().min(usize::try_from(n).unwrap_or(usize::MAX)));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(cut))
+}
+
 /// The answer a fault gives instead of the operation's; `None`: let it through.
 fn fault_response(outcome: FaultOutcome) -> Option<Response> {
     match outcome {
-        FaultOutcome::Proceed => None,
+        FaultOutcome::Proceed | FaultOutcome::Truncate(_) => None,
+        FaultOutcome::RawBody {
+            status,
+            body,
+            repeat,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let body = body.repeat(usize::try_from(repeat).unwrap_or(1));
+            Some((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
         FaultOutcome::Drop => {
             let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
             response.extensions_mut().insert(DropConnection);

@@ -40,7 +40,42 @@ pub struct FaultRule {
     /// Strike after the operation ran (and changed state) instead of before.
     #[serde(default)]
     pub after_execute: bool,
+    /// Answer with this raw body (`Content-Type: application/json`, whatever it holds)
+    /// and `status` (default 200): non-JSON or wrongly shaped answers.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Sends `body` this many times in a row: oversized answers.
+    #[serde(default)]
+    pub body_repeat: Option<u64>,
+    /// With `afterExecute`: cut the real answer's body to this many bytes, as a proxy
+    /// that loses the end of a response would.
+    #[serde(default)]
+    pub truncate_bytes: Option<u64>,
 }
+
+/// Strikes every request, does nothing: set a status, latency, drop or body on it.
+/// (Struct literals can end with `..FaultRule::default()`, so new kinds of fault do not
+/// break them.)
+impl Default for FaultRule {
+    fn default() -> Self {
+        Self {
+            operation: None,
+            status: None,
+            probability: 1.0,
+            retry_after_seconds: None,
+            latency_ms: None,
+            count: None,
+            drop: false,
+            after_execute: false,
+            body: None,
+            body_repeat: None,
+            truncate_bytes: None,
+        }
+    }
+}
+
+/// An oversized answer, not an out-of-memory emulator.
+pub const MAX_FAULT_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 fn always() -> f64 {
     1.0
@@ -62,8 +97,26 @@ impl FaultRule {
                 "status {status} is not an HTTP status (or 0 to drop the connection)"
             ));
         }
-        if self.status.is_none() && self.latency_ms.is_none() && !self.drop {
-            return Err("a fault needs a status, latencyMs or drop".into());
+        if self.status.is_none()
+            && self.latency_ms.is_none()
+            && !self.drop
+            && self.body.is_none()
+            && self.truncate_bytes.is_none()
+        {
+            return Err("a fault needs a status, latencyMs, drop, body or truncateBytes".into());
+        }
+        if self.truncate_bytes.is_some() && !self.after_execute {
+            return Err("truncateBytes cuts the real answer, so it needs afterExecute".into());
+        }
+        if self.body_repeat.is_some() && self.body.is_none() {
+            return Err("bodyRepeat repeats body, so it needs body".into());
+        }
+        if self.body.as_ref().map_or(0, String::len) as u128 * self.body_repeat.unwrap_or(1) as u128
+            > MAX_FAULT_BODY_BYTES as u128
+        {
+            return Err(format!(
+                "body times bodyRepeat must stay within {MAX_FAULT_BODY_BYTES} bytes"
+            ));
         }
         Ok(())
     }
@@ -77,16 +130,7 @@ impl FromStr for FaultRule {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut rule = FaultRule {
-            operation: None,
-            status: None,
-            probability: 1.0,
-            retry_after_seconds: None,
-            latency_ms: None,
-            count: None,
-            drop: false,
-            after_execute: false,
-        };
+        let mut rule = FaultRule::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
                 .split_once('=')
@@ -112,6 +156,9 @@ impl FromStr for FaultRule {
                 "afterExecute" | "after-execute" => {
                     rule.after_execute = value.parse().map_err(|_| bad())?
                 }
+                "body" => rule.body = Some(value.to_string()),
+                "bodyRepeat" => rule.body_repeat = Some(value.parse().map_err(|_| bad())?),
+                "truncateBytes" => rule.truncate_bytes = Some(value.parse().map_err(|_| bad())?),
                 other => return Err(format!("unknown fault part `{other}`")),
             }
         }
@@ -137,6 +184,14 @@ pub enum FaultOutcome {
         status: u16,
         retry_after_seconds: Option<u64>,
     },
+    /// A raw body (repeated `repeat` times) with `status`.
+    RawBody {
+        status: u16,
+        body: String,
+        repeat: u64,
+    },
+    /// The real answer, its body cut to this many bytes.
+    Truncate(u64),
     Drop,
 }
 
@@ -179,6 +234,14 @@ impl FaultSet {
             latency: rule.latency_ms.map(Duration::from_millis),
             outcome: if rule.drops() {
                 FaultOutcome::Drop
+            } else if let Some(body) = &rule.body {
+                FaultOutcome::RawBody {
+                    status: rule.status.unwrap_or(200),
+                    body: body.clone(),
+                    repeat: rule.body_repeat.unwrap_or(1),
+                }
+            } else if let Some(n) = rule.truncate_bytes {
+                FaultOutcome::Truncate(n)
             } else if let Some(status) = rule.status {
                 FaultOutcome::Respond {
                     status,
@@ -274,6 +337,40 @@ mod tests {
             "afterExecute=maybe,latencyMs=1"
                 .parse::<FaultRule>()
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn body_and_truncate_faults_validate_and_become_outcomes() {
+        let mut set = FaultSet::new(vec![
+            "operation=issue,status=201,body=<html>,bodyRepeat=3"
+                .parse()
+                .unwrap(),
+            "operation=create,truncateBytes=7,afterExecute=true"
+                .parse()
+                .unwrap(),
+        ]);
+        assert_eq!(
+            set.decide(EmulatedOperation::Issue, || 0.0)
+                .unwrap()
+                .outcome,
+            FaultOutcome::RawBody {
+                status: 201,
+                body: "<html>".into(),
+                repeat: 3
+            }
+        );
+        let cut = set.decide(EmulatedOperation::Create, || 0.0).unwrap();
+        assert_eq!(cut.outcome, FaultOutcome::Truncate(7));
+        assert!(cut.after_execute);
+        assert!(
+            "truncateBytes=7".parse::<FaultRule>().is_err(),
+            "cutting needs the real answer"
+        );
+        assert!("bodyRepeat=2,status=500".parse::<FaultRule>().is_err());
+        assert!(
+            "body=xx,bodyRepeat=200000000".parse::<FaultRule>().is_err(),
+            "bounded"
         );
     }
 }

@@ -16,7 +16,12 @@
 //!   `valid`, `bad signature`, `expired`, `revoked`, `user deleted`, `unknown user`, ...
 //! - `GET /admin/stats`: `{"total", "requests": {operation: {status: count}}}`;
 //!   `DELETE /admin/stats` resets the counts
+//! - `GET /admin/requests`: every ACS request, oldest first (the newest 200,000):
+//!   `[{seq, receivedAt, respondedAt, operation, status, identity?, retryAfterSeconds?}]`,
+//!   times RFC 3339 with nanoseconds; `DELETE /admin/requests` clears it
 //! - `POST /admin/faults` one [`FaultRule`] or a list; `GET` lists, `DELETE` clears.
+//!   Besides statuses, latency and drops, a fault can answer with a raw `body` (repeated
+//!   `bodyRepeat` times: non-JSON, oversized) or cut the real answer to `truncateBytes`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), acs_identity_operator::emulator::EmulatorError> {
@@ -35,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod faults;
 pub mod quota;
+pub mod request_log;
 pub mod routes;
 mod server;
 pub mod stats;
@@ -211,6 +217,7 @@ pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
         quotas: Mutex::new(Quotas::new(&config.quotas)),
         faults: Mutex::new(FaultSet::new(config.faults.clone())),
         stats: Mutex::new(Stats::default()),
+        requests: Mutex::new(Default::default()),
         persist: persist.clone(),
     });
 
