@@ -70,7 +70,10 @@ pub struct Context {
 
 /// First retry after a transient failure; doubled per failure up to the cap.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Short, because the failures it paces (an ACS or API server outage) end, and tokens
+/// must be renewed within seconds of their return; the client's quota and a 429's pause
+/// keep the retries from crowding ACS.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(8);
 /// Retry interval for failures a person must fix (bad credentials, spec, conflicts);
 /// a fix to the credential Secret or the object triggers a reconcile at once anyway.
 pub const SLOW_RETRY: Duration = Duration::from_secs(60);

@@ -32,6 +32,9 @@ pub struct Remembered {
     pub secret_seen: bool,
     /// We added the finalizer (the cache may not show it yet).
     pub finalizer_added: bool,
+    /// Set while a step fails and the Secret still holds a valid token: its expiry, when
+    /// the next look must come at the latest.
+    pub valid_until: Option<Timestamp>,
     /// The last time a token was requested from ACS, answered or not: the token floor
     /// holds even when recording the token failed.
     pub last_token_request: Option<Timestamp>,

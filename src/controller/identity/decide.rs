@@ -518,6 +518,13 @@ fn blocked(
 ) -> Plan {
     let valid = token_valid(f.status, f.secret, f.now) && !forbids_use;
     let fresh = record_problem(&mut st, f.generation, f.now, reason, &message, valid);
+    // Look again when the token expires at the latest, so Ready turns False on time.
+    let retry = match (valid, &f.status.token_expires_on) {
+        (true, Some(t)) => {
+            retry.min(to_std(t.0.duration_since(f.now)) + Duration::from_millis(500))
+        }
+        _ => retry,
+    };
     Plan {
         step: Step::Wait,
         status: st,

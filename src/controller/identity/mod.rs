@@ -101,11 +101,20 @@ pub fn error_policy(obj: Arc<CommunicationIdentity>, err: &Error, ctx: Arc<Conte
     if matches!(err, Error::Cancelled) {
         return Action::await_change();
     }
-    let delay = ctx.next_backoff(
-        ObjectRef::from_obj(obj.as_ref()),
-        err.is_transient(),
-        err.retry_after(),
-    );
+    let oref = ObjectRef::from_obj(obj.as_ref());
+    let mut delay = ctx.next_backoff(oref.clone(), err.is_transient(), err.retry_after());
+    // A failing renewal looks again when the token in the Secret expires, so `Ready`
+    // turns False on time (never before a server-requested wait).
+    let valid_until = ctx
+        .memory
+        .get(&oref, &obj.uid().unwrap_or_default())
+        .valid_until;
+    if let Some(until) = valid_until {
+        let left = crate::controller::renewal::to_std(until.duration_since(ctx.clock.now()));
+        let at_expiry = (left + std::time::Duration::from_millis(500))
+            .max(err.retry_after().unwrap_or_default());
+        delay = delay.min(at_expiry.max(std::time::Duration::from_millis(500)));
+    }
     tracing::warn!(
         namespace = obj.namespace().unwrap_or_default(),
         name = %obj.name_any(),
@@ -253,6 +262,13 @@ async fn finish(
     outcome: Result<(), StepError>,
 ) -> Result<(), Error> {
     let now = ctx.clock.now();
+    if outcome.is_ok() {
+        ctx.memory.update(
+            &ObjectRef::from_obj(obj),
+            &obj.uid().unwrap_or_default(),
+            |r| r.valid_until = None,
+        );
+    }
     if let Err(e) = &outcome {
         let valid = decide::token_valid(&st, facts.secret, now);
         let message = e.to_string();
@@ -262,6 +278,14 @@ async fn finish(
             let reason = decide::event_reason(e.reason(), valid);
             publish(ctx, obj, EventType::Warning, reason, "Reconcile", &message).await;
         }
+        let valid_until = valid
+            .then(|| st.token_expires_on.as_ref().map(|t| t.0))
+            .flatten();
+        ctx.memory.update(
+            &ObjectRef::from_obj(obj),
+            &obj.uid().unwrap_or_default(),
+            |r| r.valid_until = valid_until,
+        );
         if valid {
             ctx.metrics.renewal_failed(
                 &obj.namespace().unwrap_or_default(),
@@ -351,8 +375,6 @@ async fn issue(
     }
     let scopes = acs_scopes(&tp.scopes);
     let issued_at = ctx.clock.now();
-    ctx.memory
-        .update(&oref, &uid, |r| r.last_token_request = Some(issued_at));
     let (user, token, event) = match &tp.user {
         UserPlan::Existing(user) | UserPlan::Adopt(user) => {
             let token = svc
@@ -441,6 +463,11 @@ async fn issue(
             (user, token, ("UserCreated", "CreateUser", what))
         }
     };
+    // The floor counts tokens received: a request that failed gave the identity nothing
+    // (its retries are paced by the error backoff), while a token that cannot be written
+    // or came back expired must not be followed by another at once.
+    ctx.memory
+        .update(&oref, &uid, |r| r.last_token_request = Some(issued_at));
     let expires_on = rfc3339(token.expires_on);
     write_secret(
         ctx,
