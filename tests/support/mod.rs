@@ -9,7 +9,10 @@
 //! panic or signal.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod emulator;
 pub mod operator;
+pub mod process;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
