@@ -66,13 +66,30 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(endpoint: &str) -> Admin {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        Admin::with_http(endpoint, http)
+    }
+
+    /// With the caller's HTTP client (one that trusts a TLS emulator's CA).
+    pub fn with_http(endpoint: &str, http: reqwest::Client) -> Admin {
         Admin {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("http client"),
+            http,
         }
+    }
+
+    /// The admin API of an in-process emulator, trusting its CA in TLS mode.
+    pub fn of(emulator: &RunningEmulator) -> Admin {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(pem) = emulator.ca_pem() {
+            http = http.add_root_certificate(
+                reqwest::Certificate::from_pem(pem.as_bytes()).expect("the emulator's CA"),
+            );
+        }
+        Admin::with_http(emulator.endpoint(), http.build().expect("http client"))
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {

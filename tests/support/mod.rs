@@ -12,6 +12,7 @@
 pub mod emulator;
 pub mod operator;
 pub mod process;
+pub mod signing;
 pub mod world;
 
 use std::path::{Path, PathBuf};
