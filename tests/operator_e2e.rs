@@ -391,15 +391,7 @@ async fn an_adopted_user_gets_tokens_and_is_kept_with_its_tokens_revoked_on_dele
         .delete("adopted", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(60, "the adopted identity to be gone", || async {
-        env.identities()
-            .get_opt("adopted")
-            .await
-            .ok()
-            .filter(Option::is_none)
-            .map(|_| ())
-    })
-    .await;
+    env.wait_gone("adopted", 60).await;
     let at = env.emulator.identity(&user).await.unwrap();
     assert!(!at.deleted, "Retain keeps the adopted user: {at:?}");
     assert!(at.tokens_revoked_at.is_some(), "tokens revoked: {at:?}");
@@ -428,19 +420,7 @@ async fn deleting_an_identity_deletes_its_user_and_its_secret() {
         .delete("app", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        60,
-        "the identity to be gone (finalizer removed)",
-        || async {
-            env.identities()
-                .get_opt("app")
-                .await
-                .ok()
-                .filter(Option::is_none)
-                .map(|_| ())
-        },
-    )
-    .await;
+    env.wait_gone("app", 60).await;
     let at = env.emulator.identity(&user).await.unwrap();
     assert!(at.deleted, "{at:?}");
     assert!(

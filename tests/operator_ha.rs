@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use support::emulator::{Emulator, fault};
 use support::operator::{self, OPERATOR_NAMESPACE, Operator};
 use support::world::{
-    SERVICE, condition, create_identity, delete_all_identities, install_service, secret_data,
-    wait_for,
+    SERVICE, acs_resource, condition, create_identity, delete_all_identities, install_service,
+    secret_data, wait_for,
 };
 use support::{ControlPlane, TestNamespace, eventually};
 
@@ -645,13 +645,7 @@ async fn restricted_namespaces_reconcile_only_the_watched_namespace_without_403s
     );
     let secrets = Api::<Secret>::namespaced(w.client.clone(), &other.name);
     assert!(secrets.get_opt("outside").await.expect("get").is_none());
-    let services = kube::core::ApiResource {
-        group: "acs-operator.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "acs-operator.dev/v1alpha1".into(),
-        kind: "CommunicationService".into(),
-        plural: "communicationservices".into(),
-    };
+    let services = acs_resource("CommunicationService", "communicationservices");
     let service_status = |ns: String| {
         let api: Api<kube::core::DynamicObject> =
             Api::namespaced_with(w.client.clone(), &ns, &services);

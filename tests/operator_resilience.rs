@@ -26,7 +26,7 @@ use serde_json::json;
 use support::emulator::fault;
 use support::eventually;
 use support::operator::Operator;
-use support::world::{CREDENTIAL_SECRET, SERVICE, World, condition};
+use support::world::{CREDENTIAL_SECRET, SERVICE, World, acs_resource, condition};
 
 /// The api-version whose create takes a custom id (`k8s-<uid>`): a retried create finds
 /// the user instead of making another.
@@ -568,13 +568,7 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
         .delete(w.ns(), &DeleteParams::default())
         .await
         .unwrap();
-    let services = kube::core::ApiResource {
-        group: "acs-operator.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "acs-operator.dev/v1alpha1".into(),
-        kind: "CommunicationService".into(),
-        plural: "communicationservices".into(),
-    };
+    let services = acs_resource("CommunicationService", "communicationservices");
     let svc_api: Api<kube::core::DynamicObject> =
         Api::namespaced_with(w.client.clone(), w.ns(), &services);
     eventually(

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use support::emulator::Emulator;
 use support::operator::{Operator, spawn_operator};
 use support::world::{
-    condition, create_identity, create_in, delete_all_identities, merge, put_secret, secret_data,
-    wait_for,
+    acs_resource, condition, create_identity, create_in, delete_all_identities, merge, put_secret,
+    secret_data, wait_for, wait_gone,
 };
 use support::{ControlPlane, TestNamespace, eventually};
 
@@ -191,13 +191,7 @@ impl World {
 
     /// A service's Ready condition as `(reason, message)`, read once.
     async fn service_ready(&self, ns: &str, plural: &str, name: &str) -> Option<(String, String)> {
-        let ar = kube::core::ApiResource {
-            group: "acs-operator.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "acs-operator.dev/v1alpha1".into(),
-            kind: String::new(),
-            plural: plural.into(),
-        };
+        let ar = acs_resource("", plural);
         let api: Api<kube::core::DynamicObject> = if ns.is_empty() {
             Api::all_with(self.client.clone(), &ar)
         } else {
@@ -254,11 +248,7 @@ impl World {
     async fn delete_identity(&self, ns: &str, name: &str) {
         let api = self.identities(ns);
         api.delete(name, &DeleteParams::default()).await.unwrap();
-        eventually(60, &format!("{ns}/{name} to be deleted"), || {
-            let api = api.clone();
-            async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
-        })
-        .await;
+        wait_gone(&api, name, 60).await;
     }
 
     /// A's identity `alice` through the shared service, Ready: (user id, token).
@@ -586,13 +576,7 @@ async fn malformed_connection_strings_leak_no_piece_of_the_key() {
     let services = Api::<kube::core::DynamicObject>::namespaced_with(
         w.client.clone(),
         &b,
-        &kube::core::ApiResource {
-            group: "acs-operator.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "acs-operator.dev/v1alpha1".into(),
-            kind: "CommunicationService".into(),
-            plural: "communicationservices".into(),
-        },
+        &acs_resource("CommunicationService", "communicationservices"),
     );
     for s in services.list(&ListParams::default()).await.unwrap() {
         places.push(("service status".into(), s.data["status"].to_string()));

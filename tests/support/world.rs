@@ -222,26 +222,9 @@ impl World {
         self.wait_ready_is(name, "True", None, 60).await
     }
 
-    /// Waits until the identity is gone.
+    /// Waits (on watch events) until the identity is gone.
     pub async fn wait_gone(&self, name: &str, secs: u64) {
-        let gone = tokio::time::timeout(
-            Duration::from_secs(secs),
-            kube::runtime::wait::await_condition(
-                self.identities(),
-                name,
-                |o: Option<&CommunicationIdentity>| o.is_none(),
-            ),
-        )
-        .await;
-        match gone {
-            Ok(watch) => {
-                watch.expect("watch");
-            }
-            Err(_) => panic!(
-                "timed out after {secs}s waiting for identity {}/{name} to be gone",
-                self.ns()
-            ),
-        }
+        wait_gone(&self.identities(), name, secs).await;
     }
 
     /// The Secret's data as strings.
@@ -382,11 +365,21 @@ pub async fn create_identity(
 ) -> CommunicationIdentity {
     let mut full = json!({"serviceRef": {"name": SERVICE}, "scopes": ["chat"]});
     merge(&mut full, spec);
+    create_identity_with_spec(client, ns, name, full).await
+}
+
+/// A `CommunicationIdentity` `ns/name` with exactly `spec`.
+pub async fn create_identity_with_spec(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+) -> CommunicationIdentity {
     let obj: CommunicationIdentity = serde_json::from_value(json!({
         "apiVersion": "acs-operator.dev/v1alpha1",
         "kind": "CommunicationIdentity",
         "metadata": {"name": name},
-        "spec": full,
+        "spec": spec,
     }))
     .expect("identity object");
     Api::<CommunicationIdentity>::namespaced(client.clone(), ns)
@@ -412,6 +405,25 @@ pub async fn secret_data(
             .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
             .collect(),
     )
+}
+
+/// Waits (on watch events, `secs` at most) until identity `name` is gone.
+pub async fn wait_gone(api: &Api<CommunicationIdentity>, name: &str, secs: u64) {
+    let gone = tokio::time::timeout(
+        Duration::from_secs(secs),
+        kube::runtime::wait::await_condition(
+            api.clone(),
+            name,
+            |o: Option<&CommunicationIdentity>| o.is_none(),
+        ),
+    )
+    .await;
+    match gone {
+        Ok(watch) => {
+            watch.expect("watch");
+        }
+        Err(_) => panic!("timed out after {secs}s waiting for identity {name} to be gone"),
+    }
 }
 
 /// Applies the credential Secret [`CREDENTIAL_SECRET`] in `ns`.
@@ -500,6 +512,17 @@ pub async fn delete_all_identities(api: &Api<CommunicationIdentity>, what: &str)
     .await;
 }
 
+/// The API resource of an acs-operator.dev/v1alpha1 kind, for dynamic clients.
+pub fn acs_resource(kind: &str, plural: &str) -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: "acs-operator.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "acs-operator.dev/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
 /// Creates an acs-operator.dev object (namespaced, or cluster-scoped with `ns` empty).
 pub async fn create_in(
     client: &Client,
@@ -507,14 +530,7 @@ pub async fn create_in(
     plural: &str,
     obj: Value,
 ) -> Result<Value, kube::Error> {
-    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-    let ar = kube::core::ApiResource {
-        group: "acs-operator.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "acs-operator.dev/v1alpha1".into(),
-        kind,
-        plural: plural.into(),
-    };
+    let ar = acs_resource(obj["kind"].as_str().unwrap_or_default(), plural);
     let api: Api<kube::core::DynamicObject> = if ns.is_empty() {
         Api::all_with(client.clone(), &ar)
     } else {
