@@ -545,26 +545,18 @@ const RESTRICTED_RELEASE: &str = "acs-identity-operator-restricted";
 
 /// The chart's ServiceAccount and RBAC for release [`RESTRICTED_RELEASE`] in
 /// [`OPERATOR_NAMESPACE`] with `watchNamespaces` set.
-fn restricted_manifests(cp: &ControlPlane, watch: &[&str]) -> String {
-    let chart = support::repo_root().join("charts/acs-identity-operator");
-    let (ok, out, err) = support::run_with_stdin(
-        cp.helm().args([
-            "template",
-            RESTRICTED_RELEASE,
-            chart.to_str().expect("chart path"),
-            "--namespace",
-            OPERATOR_NAMESPACE,
+fn restricted_manifests(watch: &[&str]) -> String {
+    operator::chart_template(
+        RESTRICTED_RELEASE,
+        &[
             "--set",
             &format!("watchNamespaces={{{}}}", watch.join(",")),
             "--show-only",
             "templates/serviceaccount.yaml",
             "--show-only",
             "templates/rbac.yaml",
-        ]),
-        None,
-    );
-    assert!(ok, "helm template (restricted): {err}");
-    out
+        ],
+    )
 }
 
 fn can_i(cp: &ControlPlane, verb: &str, resource: &str, ns: &str) -> bool {
@@ -583,7 +575,7 @@ async fn restricted_namespaces_reconcile_only_the_watched_namespace_without_403s
     let team = w.namespace("ha-team").await;
     let other = w.namespace("ha-other").await;
 
-    let manifests = restricted_manifests(w.cp, &[&team.name]);
+    let manifests = restricted_manifests(&[&team.name]);
     assert!(
         manifests.contains(&format!("name: {RESTRICTED_RELEASE}\n")),
         "the release's own ServiceAccount: {manifests}"

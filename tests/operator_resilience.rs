@@ -321,16 +321,7 @@ async fn deleting_a_namespace_with_an_identity_its_secret_and_its_service_finish
         .delete(w.ns(), &DeleteParams::default())
         .await
         .unwrap();
-    let ns_name = w.ns().to_string();
-    eventually(120, "the namespace to be gone", || async {
-        namespaces
-            .get_opt(&ns_name)
-            .await
-            .ok()
-            .filter(Option::is_none)
-            .map(|_| ())
-    })
-    .await;
+    w.wait_namespace_gone(120).await;
     let took = started.elapsed();
     let at = w.emulator.identity(&user).await.unwrap();
     let log = w.operator().log_text();
@@ -590,16 +581,7 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
     // Back with no cached client and no credentials: the namespace must still go.
     let started = Instant::now();
     w.start_operator().await;
-    let ns_name = w.ns().to_string();
-    eventually(120, "the namespace to be gone", || async {
-        namespaces
-            .get_opt(&ns_name)
-            .await
-            .ok()
-            .filter(Option::is_none)
-            .map(|_| ())
-    })
-    .await;
+    w.wait_namespace_gone(120).await;
     let at = w.emulator.identity(&user).await.unwrap();
     let log = w.operator().log_text();
     let named = log

@@ -31,21 +31,30 @@ pub fn operator_rbac_manifest() -> String {
     // Exactly the RBAC the Helm chart renders for its ServiceAccount (namespace and
     // names match OPERATOR_NAMESPACE / OPERATOR_SERVICE_ACCOUNT), so the end-to-end
     // suite proves the chart's RBAC sufficient.
+    chart_template(
+        OPERATOR_SERVICE_ACCOUNT,
+        &["--show-only", "templates/rbac.yaml"],
+    )
+}
+
+/// `helm template RELEASE <chart> --namespace OPERATOR_NAMESPACE ARGS...`: the chart's
+/// manifests as the tests install them.
+pub fn chart_template(release: &str, args: &[&str]) -> String {
     let cp = ControlPlane::get();
     let chart = super::repo_root().join("charts/acs-identity-operator");
     let (ok, out, err) = super::run_with_stdin(
-        cp.helm().args([
-            "template",
-            OPERATOR_SERVICE_ACCOUNT,
-            chart.to_str().expect("chart path"),
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--show-only",
-            "templates/rbac.yaml",
-        ]),
+        cp.helm()
+            .args([
+                "template",
+                release,
+                chart.to_str().expect("chart path"),
+                "--namespace",
+                OPERATOR_NAMESPACE,
+            ])
+            .args(args),
         None,
     );
-    assert!(ok, "helm template of the chart's RBAC failed: {err}");
+    assert!(ok, "helm template {release} {args:?} failed: {err}");
     out
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use acs_identity_operator::api::CommunicationIdentity;
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -225,6 +225,28 @@ impl World {
     /// Waits (on watch events) until the identity is gone.
     pub async fn wait_gone(&self, name: &str, secs: u64) {
         wait_gone(&self.identities(), name, secs).await;
+    }
+
+    /// Waits (on watch events, `secs` at most) until the world's namespace is gone.
+    pub async fn wait_namespace_gone(&self, secs: u64) {
+        let gone = tokio::time::timeout(
+            Duration::from_secs(secs),
+            kube::runtime::wait::await_condition(
+                Api::<Namespace>::all(self.client.clone()),
+                self.ns(),
+                |o: Option<&Namespace>| o.is_none(),
+            ),
+        )
+        .await;
+        match gone {
+            Ok(watch) => {
+                watch.expect("watch");
+            }
+            Err(_) => panic!(
+                "timed out after {secs}s waiting for the namespace {} to be gone",
+                self.ns()
+            ),
+        }
     }
 
     /// The Secret's data as strings.
