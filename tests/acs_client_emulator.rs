@@ -1,6 +1,8 @@
 //! The ACS client against the in-process ACS emulator, over HTTP and over TLS: the whole
 //! identity lifecycle as the operator drives it, and the errors it must tell apart.
 
+mod support;
+
 use std::time::Duration;
 
 use acs_identity_operator::acs::{
@@ -9,7 +11,7 @@ use acs_identity_operator::acs::{
 };
 use acs_identity_operator::emulator::{self, EmulatorConfig, QuotaLimit, RunningEmulator};
 use jiff::{SignedDuration, Timestamp};
-use serde_json::{Value, json};
+use support::emulator::{AcsUser, Admin, Stats};
 
 async fn start(tls: bool) -> RunningEmulator {
     emulator::spawn(EmulatorConfig {
@@ -40,44 +42,14 @@ fn client(emu: &RunningEmulator, options: AcsClientOptions) -> AcsClient {
     AcsClient::new(&cs, options).expect("client builds")
 }
 
-/// A plain HTTP client for the emulator's admin API (loopback needs no key).
-fn admin(emu: &RunningEmulator) -> reqwest::Client {
-    let mut b = reqwest::Client::builder().use_rustls_tls();
-    if let Some(pem) = emu.ca_pem() {
-        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
-    }
-    b.build().unwrap()
-}
-
 async fn token_valid(emu: &RunningEmulator, t: &AccessToken) -> bool {
-    let v: Value = admin(emu)
-        .post(format!("{}/admin/tokens:validate", emu.endpoint()))
-        .json(&json!({"token": t.token.expose_secret()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["valid"].as_bool().unwrap()
+    Admin::of(emu).validate(t.token.expose_secret()).await.0
 }
 
-/// `GET /admin/{path}` of the emulator, as JSON.
-async fn admin_get(emu: &RunningEmulator, path: &str) -> Value {
-    admin(emu)
-        .get(format!("{}/admin/{path}", emu.endpoint()))
-        .send()
+async fn admin_identity(emu: &RunningEmulator, id: &str) -> AcsUser {
+    Admin::of(emu)
+        .identity(id)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn admin_identity(emu: &RunningEmulator, id: &str) -> Value {
-    let list: Vec<Value> = serde_json::from_value(admin_get(emu, "identities").await).unwrap();
-    list.into_iter()
-        .find(|i| i["id"] == id)
         .unwrap_or_else(|| panic!("{id} not in the emulator's state"))
 }
 
@@ -131,7 +103,7 @@ async fn full_flow(tls: bool) {
 
     // Delete; afterwards the user is a 404 everywhere, and the operator's delete-404 is "done".
     c.delete_user(&id).await.unwrap();
-    assert_eq!(admin_identity(&emu, &id).await["deleted"], true);
+    assert!(admin_identity(&emu, &id).await.deleted);
     assert!(!token_valid(&emu, &after_revoke).await);
     let e = c
         .issue_token(&id, &[TokenScope::Chat], None)
@@ -174,7 +146,7 @@ async fn full_flow(tls: bool) {
     assert_eq!(e.status(), Some(401), "{e:?}");
     assert!(e.is_unauthorized() && !e.is_retryable());
     assert!(!format!("{e} {e:?}").contains(&wrong_key.to_base64()));
-    assert_eq!(admin_identity(&emu, &other).await["tokensIssued"], 0);
+    assert_eq!(admin_identity(&emu, &other).await.tokens_issued, 0);
 
     emu.shutdown().await;
 }
@@ -319,13 +291,12 @@ async fn emulator_throttling_is_retried_after_retry_after() {
 }
 
 /// Requests by operation and status, from the emulator's admin stats.
-async fn stats(emu: &RunningEmulator) -> Value {
-    admin_get(emu, "stats").await
+async fn stats(emu: &RunningEmulator) -> Stats {
+    Admin::of(emu).stats().await
 }
 
 async fn live_users(emu: &RunningEmulator) -> usize {
-    let list: Vec<Value> = serde_json::from_value(admin_get(emu, "identities").await).unwrap();
-    list.iter().filter(|i| i["deleted"] != true).count()
+    Admin::of(emu).live_users().await.len()
 }
 
 /// The answer to a create is lost after ACS made the user. Without custom ids a retry
@@ -354,10 +325,8 @@ async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
                 .unwrap_err();
             assert!(e.is_outcome_unknown(), "{version} drop={drop}: {e:?}");
             assert_eq!(
-                stats(&emu).await["requests"]["create"]
-                    .as_object()
-                    .map(|m| m.values().filter_map(Value::as_u64).sum::<u64>()),
-                Some(1),
+                stats(&emu).await.calls("create"),
+                1,
                 "{version}: one create sent, not retried"
             );
             assert_eq!(
@@ -400,7 +369,7 @@ async fn a_throttled_create_is_retried_without_custom_ids() {
     .await;
     let c = client(&emu, options(&emu, "2025-06-30"));
     c.create_user(None, None, None).await.unwrap();
-    assert_eq!(stats(&emu).await["requests"]["create"]["429"], 1);
+    assert_eq!(stats(&emu).await.requests["create"]["429"], 1);
     assert_eq!(live_users(&emu).await, 1);
     emu.shutdown().await;
 }
@@ -443,9 +412,9 @@ async fn a_429_pauses_the_operation_for_every_caller_of_the_client() {
         "{:?}",
         started.elapsed()
     );
-    let issued = stats(&emu).await["requests"]["issue"].clone();
-    assert_eq!(issued["429"], 1, "{issued}");
-    assert_eq!(issued["200"], 2, "{issued}");
+    let issued = stats(&emu).await.requests["issue"].clone();
+    assert_eq!(issued["429"], 1, "{issued:?}");
+    assert_eq!(issued["200"], 2, "{issued:?}");
 
     // A pause longer than the caller may wait comes back at once, with nothing sent.
     let impatient = client(
@@ -463,13 +432,13 @@ async fn a_429_pauses_the_operation_for_every_caller_of_the_client() {
         .issue_token(&id, &[TokenScope::Chat], None)
         .await
         .unwrap_err();
-    let before = stats(&emu).await["total"].as_u64();
+    let before = stats(&emu).await.total;
     let e = impatient
         .issue_token(&id, &[TokenScope::Chat], None)
         .await
         .unwrap_err();
     assert!(matches!(e, AcsError::Paused { .. }), "{e:?}");
     assert!(e.is_retryable() && e.retry_after().is_some());
-    assert_eq!(stats(&emu).await["total"].as_u64(), before, "nothing sent");
+    assert_eq!(stats(&emu).await.total, before, "nothing sent");
     emu.shutdown().await;
 }

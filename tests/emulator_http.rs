@@ -1,16 +1,16 @@
 //! The emulator over real HTTP on loopback: authentication, api-versions, routes,
 //! validation, revocation order, the retired API, the admin view, and garbage input.
 
-mod emulator_support;
+mod support;
 
 use std::time::{Duration, SystemTime};
 
 use acs_identity_operator::acs::connection_string::AccessKey;
 use acs_identity_operator::emulator::EmulatorConfig;
 use base64::Engine as _;
-use emulator_support::{LEGACY, PREVIEW, Tweak, V, enc, start};
 use reqwest::Method;
 use serde_json::json;
+use support::signing::{LEGACY, PREVIEW, Tweak, V, enc, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]

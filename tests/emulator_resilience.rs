@@ -1,14 +1,14 @@
 //! The emulator's unkind side over real HTTP: quotas with 429 and Retry-After, injected
 //! faults (flag and admin API, including dropped connections), TLS, and the state file.
 
-mod emulator_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use acs_identity_operator::emulator::{EmulatorConfig, QuotaSetting};
-use emulator_support::{Tweak, V, enc, start};
 use reqwest::Method;
 use serde_json::json;
+use support::signing::{Tweak, V, enc, start};
 
 #[tokio::test]
 async fn quota_answers_429_with_retry_after_per_operation() {
@@ -276,7 +276,7 @@ async fn binary_prints_the_connection_string_first_and_saves_state_on_sigterm() 
         acs_identity_operator::acs::connection_string::ConnectionString::parse(conn).unwrap();
     assert!(conn.starts_with("endpoint=http://127.0.0.1:") && conn.contains("/;accesskey="));
 
-    let c = emulator_support::Client {
+    let c = support::signing::Client {
         http: reqwest::Client::new(),
         endpoint: parsed.endpoint_str(),
         key: parsed.key().clone(),

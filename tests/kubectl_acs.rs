@@ -17,6 +17,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
+use support::world::create_identity_with_spec;
 use support::{ControlPlane, TestNamespace, eventually, run_with_stdin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-acs");
@@ -43,20 +44,6 @@ fn rfc3339_in(secs: i64) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-async fn create_identity(client: &Client, ns: &str, name: &str, spec: Value) {
-    let id: CommunicationIdentity = serde_json::from_value(json!({
-        "apiVersion": "acs-operator.dev/v1alpha1",
-        "kind": "CommunicationIdentity",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("identity object");
-    Api::<CommunicationIdentity>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &id)
-        .await
-        .unwrap_or_else(|e| panic!("create identity {ns}/{name}: {e}"));
-}
-
 async fn patch_status(client: &Client, ns: &str, name: &str, status: Value) {
     Api::<CommunicationIdentity>::namespaced(client.clone(), ns)
         .patch_status(
@@ -77,7 +64,7 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
 
 /// A ready identity `name` issued an hour ago, expiring in 23 hours.
 async fn ready_identity(client: &Client, ns: &str, name: &str) {
-    create_identity(client, ns, name, json!({"scopes": ["chat", "voip"]})).await;
+    create_identity_with_spec(client, ns, name, json!({"scopes": ["chat", "voip"]})).await;
     patch_status(
         client,
         ns,
@@ -132,7 +119,7 @@ async fn list_and_status_show_what_the_status_says() {
     let kubeconfig = kubeconfig_for(cp, &ns.name, dir.path());
 
     ready_identity(&client, &ns.name, "app").await;
-    create_identity(
+    create_identity_with_spec(
         &client,
         &ns.name,
         "broken",
@@ -149,7 +136,7 @@ async fn list_and_status_show_what_the_status_says() {
         }),
     )
     .await;
-    create_identity(
+    create_identity_with_spec(
         &client,
         &ns.name,
         "fresh",
@@ -341,7 +328,7 @@ async fn token_shows_claims_and_expiry_but_never_the_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = kubeconfig_for(cp, &ns.name, dir.path());
 
-    create_identity(
+    create_identity_with_spec(
         &client,
         &ns.name,
         "app",

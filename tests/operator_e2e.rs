@@ -21,16 +21,15 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
-use support::operator::{
-    self, OperatorEnv, SERVICE, condition, create_in, install_crds, jwt_claims,
-};
-use support::{ControlPlane, TestNamespace, eventually};
+use support::operator::OPERATOR_NAMESPACE;
+use support::world::{SERVICE, World, condition, create_in, jwt_claims};
+use support::{ControlPlane, TestNamespace, eventually, install_crds};
 
 fn status(obj: &CommunicationIdentity) -> &acs_identity_operator::api::CommunicationIdentityStatus {
     obj.status.as_ref().expect("status")
 }
 
-async fn merge_patch(env: &OperatorEnv, name: &str, patch: Value) {
+async fn merge_patch(env: &World, name: &str, patch: Value) {
     env.identities()
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -38,7 +37,7 @@ async fn merge_patch(env: &OperatorEnv, name: &str, patch: Value) {
 }
 
 /// Waits until the Secret holds a token other than `old`; returns it.
-async fn wait_new_token(env: &OperatorEnv, secret: &str, old: &str, secs: u64) -> String {
+async fn wait_new_token(env: &World, secret: &str, old: &str, secs: u64) -> String {
     eventually(secs, &format!("a new token in Secret {secret}"), || async {
         env.token(secret).await.filter(|t| t != old)
     })
@@ -46,9 +45,9 @@ async fn wait_new_token(env: &OperatorEnv, secret: &str, old: &str, secs: u64) -
 }
 
 /// How many tokens the emulator issued to `user` (a create with a token counts).
-async fn tokens_issued(env: &OperatorEnv, user: &str) -> u64 {
+async fn tokens_issued(env: &World, user: &str) -> u64 {
     let at = env.emulator.identity(user).await.expect("user at ACS");
-    at["tokensIssued"].as_u64().expect("tokensIssued")
+    at.tokens_issued
 }
 
 /// Lets any reconcile that the last change triggered run to its end.
@@ -69,7 +68,7 @@ fn scopes_of(token: &str) -> BTreeSet<String> {
 // a.
 #[tokio::test]
 async fn an_applied_identity_gets_a_user_a_valid_token_in_its_secret_status_and_events() {
-    let env = OperatorEnv::new("e2e-apply", 1.0).await;
+    let env = World::new("e2e-apply", 1.0).await;
     env.create_identity("app", json!({"scopes": ["chat", "voip"]}))
         .await;
     let obj = env.wait_ready("app").await;
@@ -107,7 +106,7 @@ async fn an_applied_identity_gets_a_user_a_valid_token_in_its_secret_status_and_
     );
 
     let at_emulator = env.emulator.identity(&user).await.expect("user at ACS");
-    assert_eq!(at_emulator["deleted"], false);
+    assert!(!at_emulator.deleted);
     assert_eq!(
         env.emulator.identities().await.len(),
         1,
@@ -143,7 +142,7 @@ async fn an_applied_identity_gets_a_user_a_valid_token_in_its_secret_status_and_
 #[tokio::test]
 async fn tokens_are_renewed_before_they_expire_and_old_ones_stay_valid() {
     // 1 h tokens live 36 s: renewal at about two thirds, every ~24 s.
-    let env = OperatorEnv::new("e2e-renew", 0.01).await;
+    let env = World::new("e2e-renew", 0.01).await;
     env.create_identity("app", json!({"tokenLifetime": "1h"}))
         .await;
     let obj = env.wait_ready("app").await;
@@ -193,7 +192,7 @@ async fn tokens_are_renewed_before_they_expire_and_old_ones_stay_valid() {
         Some("True")
     );
     let at_emulator = env.emulator.identity(&user).await.unwrap();
-    assert!(at_emulator["tokensRevokedAt"].is_null(), "{at_emulator}");
+    assert!(at_emulator.tokens_revoked_at.is_none(), "{at_emulator:?}");
     assert_eq!(env.emulator.identities().await.len(), 1);
     env.finish().await;
 }
@@ -201,7 +200,7 @@ async fn tokens_are_renewed_before_they_expire_and_old_ones_stay_valid() {
 // c.
 #[tokio::test]
 async fn changing_scopes_issues_a_token_with_the_new_scopes_for_the_same_user() {
-    let env = OperatorEnv::new("e2e-scopes", 1.0).await;
+    let env = World::new("e2e-scopes", 1.0).await;
     env.create_identity("app", json!({"scopes": ["chat"]}))
         .await;
     let obj = env.wait_ready("app").await;
@@ -248,7 +247,7 @@ async fn changing_scopes_issues_a_token_with_the_new_scopes_for_the_same_user() 
 // d.
 #[tokio::test]
 async fn a_deleted_or_edited_secret_is_restored_for_the_same_user() {
-    let env = OperatorEnv::new("e2e-restore", 1.0).await;
+    let env = World::new("e2e-restore", 1.0).await;
     env.create_identity("app", json!({})).await;
     let obj = env.wait_ready("app").await;
     let user = status(&obj).user_id.clone().unwrap();
@@ -297,7 +296,7 @@ fn base64_of(s: &str) -> String {
 // e.
 #[tokio::test]
 async fn renew_and_revoke_annotations() {
-    let env = OperatorEnv::new("e2e-annotate", 1.0).await;
+    let env = World::new("e2e-annotate", 1.0).await;
     env.create_identity("app", json!({})).await;
     let obj = env.wait_ready("app").await;
     let user = status(&obj).user_id.clone().unwrap();
@@ -363,7 +362,7 @@ async fn renew_and_revoke_annotations() {
 // f.
 #[tokio::test]
 async fn an_adopted_user_gets_tokens_and_is_kept_with_its_tokens_revoked_on_delete() {
-    let env = OperatorEnv::new("e2e-adopt", 1.0).await;
+    let env = World::new("e2e-adopt", 1.0).await;
     let acs = AcsClient::new(
         &ConnectionString::parse(&env.emulator.connection_string).unwrap(),
         AcsClientOptions::default(),
@@ -392,18 +391,10 @@ async fn an_adopted_user_gets_tokens_and_is_kept_with_its_tokens_revoked_on_dele
         .delete("adopted", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(60, "the adopted identity to be gone", || async {
-        env.identities()
-            .get_opt("adopted")
-            .await
-            .ok()
-            .filter(Option::is_none)
-            .map(|_| ())
-    })
-    .await;
+    env.wait_gone("adopted", 60).await;
     let at = env.emulator.identity(&user).await.unwrap();
-    assert_eq!(at["deleted"], false, "Retain keeps the adopted user: {at}");
-    assert!(at["tokensRevokedAt"].is_string(), "tokens revoked: {at}");
+    assert!(!at.deleted, "Retain keeps the adopted user: {at:?}");
+    assert!(at.tokens_revoked_at.is_some(), "tokens revoked: {at:?}");
     assert_eq!(
         env.emulator.validate(&token).await,
         (false, "revoked".into())
@@ -414,7 +405,7 @@ async fn an_adopted_user_gets_tokens_and_is_kept_with_its_tokens_revoked_on_dele
 // g.
 #[tokio::test]
 async fn deleting_an_identity_deletes_its_user_and_its_secret() {
-    let env = OperatorEnv::new("e2e-delete", 1.0).await;
+    let env = World::new("e2e-delete", 1.0).await;
     env.create_identity("app", json!({})).await;
     let obj = env.wait_ready("app").await;
     let user = status(&obj).user_id.clone().unwrap();
@@ -429,21 +420,9 @@ async fn deleting_an_identity_deletes_its_user_and_its_secret() {
         .delete("app", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        60,
-        "the identity to be gone (finalizer removed)",
-        || async {
-            env.identities()
-                .get_opt("app")
-                .await
-                .ok()
-                .filter(Option::is_none)
-                .map(|_| ())
-        },
-    )
-    .await;
+    env.wait_gone("app", 60).await;
     let at = env.emulator.identity(&user).await.unwrap();
-    assert_eq!(at["deleted"], true, "{at}");
+    assert!(at.deleted, "{at:?}");
     assert!(
         !env.emulator.validate(&token).await.0,
         "the token is invalid"
@@ -457,13 +436,7 @@ async fn deleting_an_identity_deletes_its_user_and_its_secret() {
             .map(|_| ())
     })
     .await;
-    let left: Vec<Value> = env
-        .emulator
-        .identities()
-        .await
-        .into_iter()
-        .filter(|i| i["deleted"] != true)
-        .collect();
+    let left = env.emulator.live_users().await;
     assert!(left.is_empty(), "users left undeleted: {left:?}");
     env.finish().await;
 }
@@ -471,7 +444,7 @@ async fn deleting_an_identity_deletes_its_user_and_its_secret() {
 // h.
 #[tokio::test]
 async fn a_foreign_secret_is_never_overwritten_and_the_conflict_is_reported() {
-    let env = OperatorEnv::new("e2e-conflict", 1.0).await;
+    let env = World::new("e2e-conflict", 1.0).await;
     let foreign: Secret = serde_json::from_value(json!({
         "metadata": {"name": "precious"},
         "stringData": {"token": "hand-made", "note": "do not touch"},
@@ -530,7 +503,7 @@ async fn a_foreign_secret_is_never_overwritten_and_the_conflict_is_reported() {
 // i.
 #[tokio::test]
 async fn a_wrong_access_key_is_reported_and_a_fixed_one_recovers() {
-    let env = OperatorEnv::new("e2e-unauthorized", 1.0).await;
+    let env = World::new("e2e-unauthorized", 1.0).await;
     let wrong = env.emulator.wrong_connection_string();
     env.remember(wrong.split_once("accesskey=").unwrap().1);
     env.put_credentials(&wrong).await;
@@ -545,7 +518,7 @@ async fn a_wrong_access_key_is_reported_and_a_fixed_one_recovers() {
     );
     assert!(env.secrets().get_opt("app").await.unwrap().is_none());
     assert!(
-        env.operator.is_healthy().await,
+        env.operator().is_healthy().await,
         "the operator survives bad credentials"
     );
 
@@ -572,7 +545,7 @@ async fn invalid_specs_are_refused_at_admission_with_a_readable_message() {
     let ns = TestNamespace::create(cp, &client, "e2e-invalid").await;
     let identity = |name: &str, spec: Value| {
         let mut full = json!({"serviceRef": {"name": "none"}, "scopes": ["chat"]});
-        operator::merge(&mut full, spec);
+        support::world::merge(&mut full, spec);
         json!({
             "apiVersion": "acs-operator.dev/v1alpha1",
             "kind": "CommunicationIdentity",
@@ -690,7 +663,7 @@ async fn invalid_specs_are_refused_at_admission_with_a_readable_message() {
 // k.
 #[tokio::test]
 async fn services_do_not_cross_namespaces_unless_a_cluster_service_selects_them() {
-    let env = OperatorEnv::new("e2e-isolation", 1.0).await;
+    let env = World::new("e2e-isolation", 1.0).await;
     let client = &env.client;
     let other = TestNamespace::create(env.cp, client, "e2e-isolation-other").await;
     let labelled = TestNamespace::create(env.cp, client, "e2e-isolation-allowed").await;
@@ -712,11 +685,11 @@ async fn services_do_not_cross_namespaces_unless_a_cluster_service_selects_them(
     // operator's), for namespaces labelled `label=allowed`.
     let cluster_name = format!("shared-{}", env.ns());
     let shared_secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": cluster_name, "namespace": operator::OPERATOR_NAMESPACE},
+        "metadata": {"name": cluster_name, "namespace": OPERATOR_NAMESPACE},
         "stringData": {"connectionString": env.emulator.connection_string},
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), operator::OPERATOR_NAMESPACE)
+    Api::<Secret>::namespaced(client.clone(), OPERATOR_NAMESPACE)
         .patch(
             &cluster_name,
             &kube::api::PatchParams::apply("acs-e2e").force(),
@@ -733,7 +706,7 @@ async fn services_do_not_cross_namespaces_unless_a_cluster_service_selects_them(
             "kind": "ClusterCommunicationService",
             "metadata": {"name": cluster_name},
             "spec": {
-                "connectionStringSecretRef": {"name": cluster_name, "namespace": operator::OPERATOR_NAMESPACE},
+                "connectionStringSecretRef": {"name": cluster_name, "namespace": OPERATOR_NAMESPACE},
                 "namespaceSelector": {"matchLabels": {label.clone(): "allowed"}},
             },
         }),
@@ -806,10 +779,7 @@ async fn services_do_not_cross_namespaces_unless_a_cluster_service_selects_them(
         1,
         "only the allowed identity got a user: {users:?}"
     );
-    assert_eq!(
-        Some(&users[0]["id"]),
-        status(&shared).user_id.as_ref().map(|u| json!(u)).as_ref()
-    );
+    assert_eq!(Some(&users[0].id), status(&shared).user_id.as_ref());
     let other_secrets: Api<Secret> = Api::namespaced(client.clone(), &other.name);
     for name in ["thief", "refused"] {
         assert!(other_secrets.get_opt(name).await.unwrap().is_none());
@@ -830,13 +800,7 @@ async fn services_do_not_cross_namespaces_unless_a_cluster_service_selects_them(
         (a.is_none() && b.is_none() && c.is_none()).then_some(())
     })
     .await;
-    assert_eq!(
-        env.emulator
-            .identity(users[0]["id"].as_str().unwrap())
-            .await
-            .unwrap()["deleted"],
-        true
-    );
+    assert!(env.emulator.identity(&users[0].id).await.unwrap().deleted);
     env.finish().await;
 }
 
@@ -861,7 +825,7 @@ impl Drop for ClusterServiceGuard {
 #[tokio::test]
 async fn an_acs_outage_keeps_the_valid_token_and_reports_renewal_failing_until_it_recovers() {
     // 1 h tokens live 36 s; renewal comes due ~24 s after issue, while ACS is down.
-    let mut env = OperatorEnv::new("e2e-outage", 0.01).await;
+    let mut env = World::new("e2e-outage", 0.01).await;
     env.create_identity("app", json!({"tokenLifetime": "1h"}))
         .await;
     let obj = env.wait_ready("app").await;

@@ -20,12 +20,14 @@ use std::time::{Duration, Instant};
 use acs_identity_operator::api::CommunicationIdentity;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use support::operator::{
-    self, CREDENTIAL_SECRET, Emulator, OPERATOR_NAMESPACE, Operator, SERVICE, condition, create_in,
-    delete_all_identities,
+use support::emulator::{Emulator, fault};
+use support::operator::{self, OPERATOR_NAMESPACE, Operator};
+use support::world::{
+    SERVICE, acs_resource, condition, create_identity, delete_all_identities, install_service,
+    secret_data, wait_for,
 };
 use support::{ControlPlane, TestNamespace, eventually};
 
@@ -63,28 +65,13 @@ impl World {
     /// A fresh namespace with the credential Secret and the `CommunicationService`.
     async fn namespace(&self, prefix: &str) -> TestNamespace {
         let ns = TestNamespace::create(self.cp, &self.client, prefix).await;
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": CREDENTIAL_SECRET},
-            "stringData": {"connectionString": self.emulator.connection_string},
-        }))
-        .expect("secret");
-        Api::<Secret>::namespaced(self.client.clone(), &ns.name)
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create the credential Secret");
-        create_in(
+        install_service(
             &self.client,
             &ns.name,
-            "communicationservices",
-            json!({
-                "apiVersion": "acs-operator.dev/v1alpha1",
-                "kind": "CommunicationService",
-                "metadata": {"name": SERVICE},
-                "spec": {"connectionStringSecretRef": {"name": CREDENTIAL_SECRET}},
-            }),
+            &self.emulator.connection_string,
+            None,
         )
-        .await
-        .expect("create the CommunicationService");
+        .await;
         ns
     }
 
@@ -93,47 +80,26 @@ impl World {
     }
 
     async fn create_identity(&self, ns: &str, name: &str) {
-        create_in(
-            &self.client,
-            ns,
-            "communicationidentities",
-            json!({
-                "apiVersion": "acs-operator.dev/v1alpha1",
-                "kind": "CommunicationIdentity",
-                "metadata": {"name": name},
-                "spec": {"serviceRef": {"name": SERVICE}, "scopes": ["chat"]},
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("create identity {ns}/{name}: {e}"));
+        create_identity(&self.client, ns, name, json!({})).await;
     }
 
     /// Waits for Ready=True, then checks the Secret's token at the emulator; returns the
     /// ACS user id.
     async fn wait_ready_with_valid_token(&self, ns: &str, name: &str, secs: u64) -> String {
-        let api = self.identities(ns);
-        let obj = eventually(secs, &format!("{ns}/{name} Ready=True"), || {
-            let api = api.clone();
-            async move {
-                let obj = api.get_opt(name).await.ok()??;
-                (condition(&obj, "Ready")?.status == "True").then_some(obj)
-            }
+        let obj = wait_for(&self.identities(ns), name, secs, |obj| {
+            condition(obj, "Ready").is_some_and(|c| c.status == "True")
         })
-        .await;
+        .await
+        .unwrap_or_else(|| panic!("timed out after {secs}s waiting for {ns}/{name} Ready=True"));
         let user = obj
             .status
             .as_ref()
             .and_then(|s| s.user_id.clone())
             .expect("status.userId");
-        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
-            .get(name)
+        let token = secret_data(&self.client, ns, name)
             .await
-            .expect("the identity's Secret");
-        let token = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("token"))
-            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .expect("the identity's Secret")
+            .remove("token")
             .expect("token in the Secret");
         assert_eq!(
             self.emulator.validate(&token).await,
@@ -147,26 +113,6 @@ impl World {
     /// still run to drop the finalizers), so the namespace can go too.
     async fn delete_identities(&self, ns: &str) {
         delete_all_identities(&self.identities(ns), ns).await;
-    }
-
-    /// Adds an emulator fault rule (`POST /admin/faults`).
-    async fn add_fault(&self, rule: Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/admin/faults", self.emulator.endpoint()))
-            .json(&rule)
-            .send()
-            .await
-            .expect("POST /admin/faults");
-        assert!(r.status().is_success(), "POST /admin/faults: {r:?}");
-    }
-
-    async fn clear_faults(&self) {
-        let r = reqwest::Client::new()
-            .delete(format!("{}/admin/faults", self.emulator.endpoint()))
-            .send()
-            .await
-            .expect("DELETE /admin/faults");
-        assert!(r.status().is_success(), "DELETE /admin/faults: {r:?}");
     }
 
     fn leases(&self) -> Api<Lease> {
@@ -498,7 +444,8 @@ async fn a_terminated_leader_finishes_in_flight_work_releases_the_lease_and_exit
     let transitions = w.lease(&lease).await.and_then(|s| s.lease_transitions);
 
     // A slow ACS: the next user creation takes 5 s, so it is in flight at SIGTERM.
-    w.add_fault(json!({"operation": "create", "latencyMs": 5000}))
+    w.emulator
+        .add_fault(fault(json!({"operation": "create", "latencyMs": 5000})))
         .await;
     w.create_identity(&ns.name, "in-flight").await;
     let api = w.identities(&ns.name);
@@ -578,11 +525,11 @@ async fn a_terminated_leader_finishes_in_flight_work_releases_the_lease_and_exit
         "in-flight token {finished}, release {released}, standby leads {led}"
     );
     let at_acs = w.emulator.identity(&user).await.expect("user at ACS");
-    assert_eq!(at_acs["tokensIssued"], 1, "one token: {at_acs}");
+    assert_eq!(at_acs.tokens_issued, 1, "one token: {at_acs:?}");
     assert_eq!(w.emulator.identities().await.len(), 2, "one ACS user each");
 
     // The new leader works.
-    w.clear_faults().await;
+    w.emulator.clear_faults().await;
     w.create_identity(&ns.name, "after").await;
     w.wait_ready_with_valid_token(&ns.name, "after", 60).await;
     assert!(standby.issued_token_for(&ns.name, "after"));
@@ -598,26 +545,18 @@ const RESTRICTED_RELEASE: &str = "acs-identity-operator-restricted";
 
 /// The chart's ServiceAccount and RBAC for release [`RESTRICTED_RELEASE`] in
 /// [`OPERATOR_NAMESPACE`] with `watchNamespaces` set.
-fn restricted_manifests(cp: &ControlPlane, watch: &[&str]) -> String {
-    let chart = support::repo_root().join("charts/acs-identity-operator");
-    let (ok, out, err) = support::run_with_stdin(
-        cp.helm().args([
-            "template",
-            RESTRICTED_RELEASE,
-            chart.to_str().expect("chart path"),
-            "--namespace",
-            OPERATOR_NAMESPACE,
+fn restricted_manifests(watch: &[&str]) -> String {
+    operator::chart_template(
+        RESTRICTED_RELEASE,
+        &[
             "--set",
             &format!("watchNamespaces={{{}}}", watch.join(",")),
             "--show-only",
             "templates/serviceaccount.yaml",
             "--show-only",
             "templates/rbac.yaml",
-        ]),
-        None,
-    );
-    assert!(ok, "helm template (restricted): {err}");
-    out
+        ],
+    )
 }
 
 fn can_i(cp: &ControlPlane, verb: &str, resource: &str, ns: &str) -> bool {
@@ -636,7 +575,7 @@ async fn restricted_namespaces_reconcile_only_the_watched_namespace_without_403s
     let team = w.namespace("ha-team").await;
     let other = w.namespace("ha-other").await;
 
-    let manifests = restricted_manifests(w.cp, &[&team.name]);
+    let manifests = restricted_manifests(&[&team.name]);
     assert!(
         manifests.contains(&format!("name: {RESTRICTED_RELEASE}\n")),
         "the release's own ServiceAccount: {manifests}"
@@ -698,13 +637,7 @@ async fn restricted_namespaces_reconcile_only_the_watched_namespace_without_403s
     );
     let secrets = Api::<Secret>::namespaced(w.client.clone(), &other.name);
     assert!(secrets.get_opt("outside").await.expect("get").is_none());
-    let services = kube::core::ApiResource {
-        group: "acs-operator.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "acs-operator.dev/v1alpha1".into(),
-        kind: "CommunicationService".into(),
-        plural: "communicationservices".into(),
-    };
+    let services = acs_resource("CommunicationService", "communicationservices");
     let service_status = |ns: String| {
         let api: Api<kube::core::DynamicObject> =
             Api::namespaced_with(w.client.clone(), &ns, &services);

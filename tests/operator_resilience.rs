@@ -15,332 +15,22 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use acs_identity_operator::api::{CommunicationIdentity, RENEW_REQUESTED_AT_ANNOTATION};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
-use serde_json::{Value, json};
-use support::operator::{
-    CREDENTIAL_SECRET, Emulator, Operator, SERVICE, condition, create_in, delete_all_identities,
-    install_crds, merge, operator_kubeconfig, spawn_operator,
-};
-use support::{ControlPlane, TestNamespace, eventually};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use support::emulator::fault;
+use support::eventually;
+use support::operator::Operator;
+use support::world::{CREDENTIAL_SECRET, SERVICE, World, acs_resource, condition};
 
 /// The api-version whose create takes a custom id (`k8s-<uid>`): a retried create finds
 /// the user instead of making another.
 const CUSTOM_ID_API_VERSION: &str = "2025-03-02-preview";
-
-/// One test's namespace, emulator, `CommunicationService` [`SERVICE`] and (while running)
-/// its private operator process.
-struct World {
-    cp: &'static ControlPlane,
-    client: Client,
-    emulator: Emulator,
-    operator: Option<Operator>,
-    /// Logs of every operator process this test ran, for the leak check.
-    operator_logs: Vec<PathBuf>,
-    /// Strings that must never appear in logs, status, events or metrics.
-    secrets: Vec<String>,
-    http: reqwest::Client,
-    tag: String,
-    // Last: dropped after the operator and the emulator stopped.
-    ns: TestNamespace,
-}
-
-impl World {
-    async fn new(tag: &str, token_lifetime_scale: f64, api_version: Option<&str>) -> World {
-        let cp = ControlPlane::get();
-        install_crds(cp);
-        // The chart's ServiceAccount and RBAC, which every operator process runs under.
-        let _ = operator_kubeconfig();
-        let client = cp.admin_client().await;
-        let ns = TestNamespace::create(cp, &client, &format!("res-{tag}")).await;
-        let emulator = Emulator::start(token_lifetime_scale);
-        let mut world = World {
-            cp,
-            client,
-            secrets: vec![emulator.access_key.clone()],
-            emulator,
-            operator: None,
-            operator_logs: vec![],
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("http client"),
-            tag: tag.to_string(),
-            ns,
-        };
-        world
-            .put_credentials(&world.emulator.connection_string.clone())
-            .await;
-        let mut spec = json!({"connectionStringSecretRef": {"name": CREDENTIAL_SECRET}});
-        if let Some(v) = api_version {
-            merge(&mut spec, json!({"apiVersion": v}));
-        }
-        create_in(
-            &world.client,
-            world.ns(),
-            "communicationservices",
-            json!({
-                "apiVersion": "acs-operator.dev/v1alpha1",
-                "kind": "CommunicationService",
-                "metadata": {"name": SERVICE},
-                "spec": spec,
-            }),
-        )
-        .await
-        .expect("create the CommunicationService");
-        world.start_operator().await;
-        world
-    }
-
-    fn ns(&self) -> &str {
-        &self.ns.name
-    }
-
-    /// Starts a private operator process for this namespace; returns once `/readyz` is 200.
-    async fn start_operator(&mut self) {
-        assert!(self.operator.is_none(), "an operator is already running");
-        let ns = self.ns.name.clone();
-        let op = spawn_operator(
-            &["--watch-namespaces", &ns],
-            &format!("acs-resilience-{}-", self.tag),
-        )
-        .await;
-        self.operator_logs.push(op.log.clone());
-        self.operator = Some(op);
-    }
-
-    fn operator(&self) -> &Operator {
-        self.operator.as_ref().expect("the operator is running")
-    }
-
-    /// Stops the operator as an uninstall would (SIGTERM, SIGKILL after 10 s).
-    fn stop_operator(&mut self) {
-        let op = self.operator.take().expect("the operator is running");
-        op.process().stop();
-    }
-
-    fn identities(&self) -> Api<CommunicationIdentity> {
-        Api::namespaced(self.client.clone(), self.ns())
-    }
-
-    fn secrets_api(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), self.ns())
-    }
-
-    async fn put_credentials(&mut self, connection_string: &str) {
-        if let Some((_, key)) = connection_string.split_once("accesskey=") {
-            self.secrets.push(key.to_string());
-        }
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": CREDENTIAL_SECRET},
-            "stringData": {"connectionString": connection_string},
-        }))
-        .expect("secret");
-        self.secrets_api()
-            .patch(
-                CREDENTIAL_SECRET,
-                &PatchParams::apply("acs-resilience").force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .expect("apply the credential Secret");
-    }
-
-    async fn create_identity(&self, name: &str, spec: Value) -> CommunicationIdentity {
-        let mut full = json!({"serviceRef": {"name": SERVICE}, "scopes": ["chat"]});
-        merge(&mut full, spec);
-        let obj: CommunicationIdentity = serde_json::from_value(json!({
-            "apiVersion": "acs-operator.dev/v1alpha1",
-            "kind": "CommunicationIdentity",
-            "metadata": {"name": name},
-            "spec": full,
-        }))
-        .expect("identity object");
-        self.identities()
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap_or_else(|e| panic!("create identity {name}: {e}"))
-    }
-
-    async fn get(&self, name: &str) -> Option<CommunicationIdentity> {
-        self.identities().get_opt(name).await.expect("get identity")
-    }
-
-    /// Waits for `Ready` with `status`; panics with the last status seen.
-    async fn wait_ready_is(&self, name: &str, status: &str, secs: u64) -> CommunicationIdentity {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let obj = self.get(name).await;
-            if let Some(obj) = &obj
-                && condition(obj, "Ready").is_some_and(|c| c.status == status)
-            {
-                return obj.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}/{name} not Ready={status} within {secs}s; last: {}",
-                self.ns(),
-                obj.map(|o| serde_json::to_string(&o.status).unwrap_or_default())
-                    .unwrap_or_else(|| "(gone)".into())
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn wait_ready(&self, name: &str) -> CommunicationIdentity {
-        self.wait_ready_is(name, "True", 60).await
-    }
-
-    async fn wait_gone(&self, name: &str, secs: u64) {
-        eventually(
-            secs,
-            &format!("identity {}/{name} to be gone", self.ns()),
-            || async { self.get(name).await.is_none().then_some(()) },
-        )
-        .await;
-    }
-
-    async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
-        let s = self
-            .secrets_api()
-            .get_opt(name)
-            .await
-            .expect("get Secret")?;
-        Some(
-            s.data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                .collect(),
-        )
-    }
-
-    /// The token in Secret `name`, remembered for the leak check.
-    async fn token(&mut self, name: &str) -> String {
-        let t = self.secret_data(name).await.expect("Secret exists")["token"].clone();
-        self.secrets.push(t.clone());
-        t
-    }
-
-    async fn events_for(&self, name: &str) -> Vec<Event> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), self.ns());
-        api.list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.regarding
-                    .as_ref()
-                    .is_some_and(|r| r.name.as_deref() == Some(name))
-            })
-            .collect()
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self.http.request(
-            method.clone(),
-            format!("{}{path}", self.emulator.endpoint()),
-        );
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        assert!(r.status().is_success(), "{method} {path}: {}", r.status());
-        r.json().await.unwrap_or(Value::Null)
-    }
-
-    async fn add_fault(&self, rule: Value) {
-        self.admin(reqwest::Method::POST, "/admin/faults", Some(rule))
-            .await;
-    }
-
-    /// `/admin/stats`: `{total, requests: {operation: {status: n}}}`.
-    async fn stats(&self) -> Value {
-        self.admin(reqwest::Method::GET, "/admin/stats", None).await
-    }
-
-    /// Users at ACS that are not deleted.
-    async fn live_users(&self) -> Vec<Value> {
-        self.emulator
-            .identities()
-            .await
-            .into_iter()
-            .filter(|u| u["deleted"] == false)
-            .collect()
-    }
-
-    /// No remembered token or key in any operator log, in the namespace's identities'
-    /// status or events.
-    async fn assert_no_secret_material(&self) {
-        let mut places: Vec<(String, String)> = self
-            .operator_logs
-            .iter()
-            .map(|p| {
-                (
-                    format!("operator log {}", p.display()),
-                    std::fs::read_to_string(p).unwrap_or_default(),
-                )
-            })
-            .collect();
-        if let Ok(list) = self.identities().list(&ListParams::default()).await {
-            for id in list {
-                places.push((
-                    format!("status of {}", id.name_any()),
-                    serde_json::to_string(&id.status).unwrap_or_default(),
-                ));
-            }
-        }
-        let events: Api<Event> = Api::namespaced(self.client.clone(), self.ns());
-        if let Ok(list) = events.list(&ListParams::default()).await {
-            for e in list {
-                places.push((
-                    format!("event {}", e.name_any()),
-                    serde_json::to_string(&e).unwrap_or_default(),
-                ));
-            }
-        }
-        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
-            for (place, text) in &places {
-                assert!(
-                    !text.contains(secret.as_str()),
-                    "secret material ({}...) found in {place}",
-                    &secret[..secret.len().min(12)]
-                );
-            }
-        }
-    }
-
-    /// End of a test: leak check, then every identity deleted while the operator and the
-    /// emulator run (nothing left at ACS), then the operator stopped.
-    async fn finish(mut self) {
-        self.assert_no_secret_material().await;
-        if self.operator.is_none() {
-            self.start_operator().await;
-        }
-        delete_all_identities(&self.identities(), "the test namespace").await;
-        let left = self.live_users().await;
-        assert!(left.is_empty(), "ACS users left behind: {left:?}");
-        let op = self.operator.take().expect("operator");
-        assert!(
-            op.is_healthy().await,
-            "operator unhealthy; log: {}",
-            op.log.display()
-        );
-        op.process().stop();
-        drop(op);
-    }
-}
 
 // ---------------------------------------------------------------- metrics text
 
@@ -412,13 +102,14 @@ fn status(obj: &CommunicationIdentity) -> &acs_identity_operator::api::Communica
 
 #[tokio::test]
 async fn operator_killed_after_acs_created_the_user_but_before_status_recorded_it_leaks_nothing() {
-    let mut w = World::new("crash", 1.0, Some(CUSTOM_ID_API_VERSION)).await;
+    let mut w = World::with_private_operator("crash", 1.0, Some(CUSTOM_ID_API_VERSION)).await;
     // The next create runs at once (the user exists at ACS) but its answer is held back
     // for 20 s: the window between "created" and "status.userId written".
-    w.add_fault(json!({
-        "operation": "create", "latencyMs": 20_000, "afterExecute": true, "count": 1,
-    }))
-    .await;
+    w.emulator
+        .add_fault(fault(json!({
+            "operation": "create", "latencyMs": 20_000, "afterExecute": true, "count": 1,
+        })))
+        .await;
     let obj = w.create_identity("app", json!({})).await;
     let uid = obj.uid().expect("uid");
     let custom_id = format!("k8s-{uid}");
@@ -428,11 +119,11 @@ async fn operator_killed_after_acs_created_the_user_but_before_status_recorded_i
             .identities()
             .await
             .into_iter()
-            .find(|u| u["customId"] == custom_id.as_str())
+            .find(|u| u.custom_id.as_deref() == Some(custom_id.as_str()))
     })
     .await;
     w.operator().process().signal("KILL");
-    let user_id = user["id"].as_str().expect("user id").to_string();
+    let user_id = user.id.clone();
     eventually(10, "the killed operator to exit", || async {
         w.operator().process().try_exit_status()
     })
@@ -456,15 +147,15 @@ async fn operator_killed_after_acs_created_the_user_but_before_status_recorded_i
     );
     let all = w.emulator.identities().await;
     assert_eq!(all.len(), 1, "exactly one user ever created: {all:?}");
-    assert_eq!(all[0]["customId"], custom_id.as_str());
-    assert_eq!(all[0]["deleted"], false);
+    assert_eq!(all[0].custom_id.as_deref(), Some(custom_id.as_str()));
+    assert!(!all[0].deleted);
     // The restarted operator's create found the user (200, not 201). (The first create's
     // own answer, held back, is counted only when its handler ends, if ever: its client
     // is gone.)
-    let stats = w.stats().await;
+    let stats = w.emulator.stats().await;
     assert_eq!(
-        stats["requests"]["create"]["200"], 1,
-        "one idempotent create that found the user: {stats}"
+        stats.requests["create"]["200"], 1,
+        "one idempotent create that found the user: {stats:?}"
     );
     let found = eventually(
         30,
@@ -482,7 +173,7 @@ async fn operator_killed_after_acs_created_the_user_but_before_status_recorded_i
     );
     let data = w.secret_data("app").await.expect("Secret");
     assert_eq!(data["userId"], user_id);
-    let token = w.token("app").await;
+    let token = w.token("app").await.expect("token in the Secret");
     assert_eq!(
         w.emulator.validate(&token).await,
         (true, "valid".to_string())
@@ -494,11 +185,11 @@ async fn operator_killed_after_acs_created_the_user_but_before_status_recorded_i
         .unwrap();
     w.wait_gone("app", 60).await;
     let at = w.emulator.identity(&user_id).await.expect("user record");
-    assert_eq!(
-        at["deleted"], true,
-        "the user is deleted with the identity: {at}"
+    assert!(at.deleted, "the user is deleted with the identity: {at:?}");
+    assert!(
+        w.emulator.live_users().await.is_empty(),
+        "nothing left at ACS"
     );
-    assert!(w.live_users().await.is_empty(), "nothing left at ACS");
     assert!(
         !w.emulator.validate(&token).await.0,
         "the deleted user's token is invalid"
@@ -510,7 +201,7 @@ async fn operator_killed_after_acs_created_the_user_but_before_status_recorded_i
 
 #[tokio::test]
 async fn with_the_operator_removed_deletion_waits_and_resumes_or_the_finalizer_patch_releases_it() {
-    let mut w = World::new("removed", 1.0, None).await;
+    let mut w = World::with_private_operator("removed", 1.0, None).await;
     w.create_identity("app", json!({})).await;
     w.create_identity("abandoned", json!({})).await;
     let app_user = status(&w.wait_ready("app").await).user_id.clone().unwrap();
@@ -518,8 +209,8 @@ async fn with_the_operator_removed_deletion_waits_and_resumes_or_the_finalizer_p
         .user_id
         .clone()
         .unwrap();
-    w.token("app").await;
-    w.token("abandoned").await;
+    w.token("app").await.expect("token in the Secret");
+    w.token("abandoned").await.expect("token in the Secret");
 
     // Uninstall: the operator is gone, the identities stay.
     w.stop_operator();
@@ -539,7 +230,7 @@ async fn with_the_operator_removed_deletion_waits_and_resumes_or_the_finalizer_p
         "the cleanup finalizer holds it"
     );
     let at = w.emulator.identity(&app_user).await.unwrap();
-    assert_eq!(at["deleted"], false, "nobody deleted the user yet: {at}");
+    assert!(!at.deleted, "nobody deleted the user yet: {at:?}");
 
     // Reinstall: the pending deletion completes and the user goes.
     let started = Instant::now();
@@ -550,7 +241,7 @@ async fn with_the_operator_removed_deletion_waits_and_resumes_or_the_finalizer_p
         started.elapsed()
     );
     let at = w.emulator.identity(&app_user).await.unwrap();
-    assert_eq!(at["deleted"], true, "the user is deleted: {at}");
+    assert!(at.deleted, "the user is deleted: {at:?}");
     assert!(
         w.events_for("app")
             .await
@@ -596,7 +287,7 @@ async fn with_the_operator_removed_deletion_waits_and_resumes_or_the_finalizer_p
     )
     .await;
     let at = w.emulator.identity(&abandoned_user).await.unwrap();
-    assert_eq!(at["deleted"], false, "the patch abandons the user: {at}");
+    assert!(!at.deleted, "the patch abandons the user: {at:?}");
     // Abandoned on purpose: delete it directly so finish() proves nothing else is left.
     delete_user_directly(&w, &abandoned_user).await;
     w.finish().await;
@@ -617,10 +308,10 @@ async fn delete_user_directly(w: &World, user: &str) {
 #[tokio::test]
 async fn deleting_a_namespace_with_an_identity_its_secret_and_its_service_finishes_and_deletes_the_user()
  {
-    let mut w = World::new("nsdel", 1.0, None).await;
+    let mut w = World::with_private_operator("nsdel", 1.0, None).await;
     w.create_identity("app", json!({})).await;
     let user = status(&w.wait_ready("app").await).user_id.clone().unwrap();
-    w.token("app").await;
+    w.token("app").await.expect("token in the Secret");
     w.assert_no_secret_material().await;
 
     // Identity, its token Secret, the credential Secret and the service all go at once.
@@ -630,16 +321,7 @@ async fn deleting_a_namespace_with_an_identity_its_secret_and_its_service_finish
         .delete(w.ns(), &DeleteParams::default())
         .await
         .unwrap();
-    let ns_name = w.ns().to_string();
-    eventually(120, "the namespace to be gone", || async {
-        namespaces
-            .get_opt(&ns_name)
-            .await
-            .ok()
-            .filter(Option::is_none)
-            .map(|_| ())
-    })
-    .await;
+    w.wait_namespace_gone(120).await;
     let took = started.elapsed();
     let at = w.emulator.identity(&user).await.unwrap();
     let log = w.operator().log_text();
@@ -650,35 +332,37 @@ async fn deleting_a_namespace_with_an_identity_its_secret_and_its_service_finish
     eprintln!(
         "namespace gone after {took:?}; ACS user deleted: {}; operator logged cleanup: {cleaned}; \
          released without cleanup: {released}",
-        at["deleted"]
+        at.deleted
     );
-    assert_eq!(
-        at["deleted"], true,
-        "the operator had a cached client for the service, so the user is deleted: {at}"
+    assert!(
+        at.deleted,
+        "the operator had a cached client for the service, so the user is deleted: {at:?}"
     );
-    assert!(w.live_users().await.is_empty(), "nothing left at ACS");
+    assert!(
+        w.emulator.live_users().await.is_empty(),
+        "nothing left at ACS"
+    );
     assert!(
         w.operator().is_healthy().await,
         "the operator is healthy after its namespace went"
     );
     // Leak check on the operator's log (the namespace and its events are gone).
     let log = w.operator().log_text();
-    for s in &w.secrets {
+    for s in &w.remembered() {
         assert!(!log.contains(s.as_str()), "secret material in the log");
     }
-    let op = w.operator.take().unwrap();
-    op.process().stop();
+    w.stop_operator();
 }
 
 // ---------------------------------------------------------------- 4. metrics
 
 #[tokio::test]
 async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_renewal_failures() {
-    let mut w = World::new("metrics", 1.0, None).await;
+    let w = World::with_private_operator("metrics", 1.0, None).await;
     let ns = w.ns().to_string();
     w.create_identity("app", json!({})).await;
     let obj = w.wait_ready("app").await;
-    let token = w.token("app").await;
+    let token = w.token("app").await.expect("token in the Secret");
     let expires = status(&obj).token_expires_on.as_ref().unwrap().0;
     let labels: [(&str, &str); 2] = [("namespace", &ns), ("name", "app")];
 
@@ -767,7 +451,7 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
     );
     assert_eq!(w.secret_data("app").await.unwrap()["token"], token);
     for s in w
-        .secrets
+        .remembered()
         .iter()
         .chain([&w.emulator.connection_string, &wrong])
     {
@@ -790,7 +474,7 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
         },
     )
     .await;
-    w.token("app").await;
+    w.token("app").await.expect("token in the Secret");
 
     // Deleted: its series go.
     w.identities()
@@ -809,7 +493,7 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
         0.0,
         "no identity counted any more:\n{text}"
     );
-    for s in &w.secrets {
+    for s in &w.remembered() {
         assert!(!text.contains(s.as_str()), "secret material in /metrics");
     }
     w.finish().await;
@@ -819,12 +503,12 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
 
 #[tokio::test]
 async fn a_fresh_token_costs_no_acs_calls_and_almost_no_reconciles_in_steady_state() {
-    let mut w = World::new("steady", 1.0, None).await;
+    let w = World::with_private_operator("steady", 1.0, None).await;
     w.create_identity("app", json!({"tokenLifetime": "24h"}))
         .await;
     let obj = w.wait_ready("app").await;
     let user = status(&obj).user_id.clone().unwrap();
-    w.token("app").await;
+    w.token("app").await.expect("token in the Secret");
     let renewal = status(&obj).renewal_time.as_ref().unwrap().0;
     assert!(
         renewal.duration_since(Timestamp::now()).as_secs() > 12 * 3600,
@@ -832,21 +516,21 @@ async fn a_fresh_token_costs_no_acs_calls_and_almost_no_reconciles_in_steady_sta
     );
     // Let the reconcile that our own Secret write triggers run to its end.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stats_before = w.stats().await;
+    let stats_before = w.emulator.stats().await;
     let reconciles_before = reconciles(w.operator()).await;
 
     tokio::time::sleep(Duration::from_secs(20)).await;
 
-    let stats_after = w.stats().await;
+    let stats_after = w.emulator.stats().await;
     let reconciles_after = reconciles(w.operator()).await;
     let at = w.emulator.identity(&user).await.unwrap();
-    assert_eq!(at["tokensIssued"], 1, "one token, from the create: {at}");
+    assert_eq!(at.tokens_issued, 1, "one token, from the create: {at:?}");
     assert_eq!(
         stats_after, stats_before,
         "no ACS call at all in 20 s of steady state"
     );
     assert_eq!(
-        stats_after["requests"],
+        serde_json::to_value(&stats_after.requests).expect("JSON"),
         json!({"create": {"201": 1}}),
         "one ACS call per token: the create that also issued it"
     );
@@ -862,10 +546,10 @@ async fn a_fresh_token_costs_no_acs_calls_and_almost_no_reconciles_in_steady_sta
 #[tokio::test]
 async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns_and_names_the_user_left()
  {
-    let mut w = World::new("nsdown", 1.0, None).await;
+    let mut w = World::with_private_operator("nsdown", 1.0, None).await;
     w.create_identity("app", json!({})).await;
     let user = status(&w.wait_ready("app").await).user_id.clone().unwrap();
-    w.token("app").await;
+    w.token("app").await.expect("token in the Secret");
 
     // The operator is down while the namespace controller removes the service and the
     // credentials; the identity waits for its finalizer.
@@ -875,13 +559,7 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
         .delete(w.ns(), &DeleteParams::default())
         .await
         .unwrap();
-    let services = kube::core::ApiResource {
-        group: "acs-operator.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "acs-operator.dev/v1alpha1".into(),
-        kind: "CommunicationService".into(),
-        plural: "communicationservices".into(),
-    };
+    let services = acs_resource("CommunicationService", "communicationservices");
     let svc_api: Api<kube::core::DynamicObject> =
         Api::namespaced_with(w.client.clone(), w.ns(), &services);
     eventually(
@@ -889,7 +567,7 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
         "the service and its credentials to be deleted",
         || async {
             let svc = svc_api.get_opt(SERVICE).await.ok()?;
-            let cred = w.secrets_api().get_opt(CREDENTIAL_SECRET).await.ok()?;
+            let cred = w.secrets().get_opt(CREDENTIAL_SECRET).await.ok()?;
             (svc.is_none() && cred.is_none()).then_some(())
         },
     )
@@ -903,16 +581,7 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
     // Back with no cached client and no credentials: the namespace must still go.
     let started = Instant::now();
     w.start_operator().await;
-    let ns_name = w.ns().to_string();
-    eventually(120, "the namespace to be gone", || async {
-        namespaces
-            .get_opt(&ns_name)
-            .await
-            .ok()
-            .filter(Option::is_none)
-            .map(|_| ())
-    })
-    .await;
+    w.wait_namespace_gone(120).await;
     let at = w.emulator.identity(&user).await.unwrap();
     let log = w.operator().log_text();
     let named = log
@@ -923,11 +592,11 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
     eprintln!(
         "namespace gone {:?} after the operator returned; ACS user deleted: {}; operator log lines naming the user: {named:#?}",
         started.elapsed(),
-        at["deleted"]
+        at.deleted
     );
-    assert_eq!(
-        at["deleted"], false,
-        "without credentials the user cannot be deleted: {at}"
+    assert!(
+        !at.deleted,
+        "without credentials the user cannot be deleted: {at:?}"
     );
     assert!(
         named
@@ -936,9 +605,8 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
         "the ACS user left behind is named in a warning the operator logs (the Warning \
          event cannot be written into a terminating namespace)"
     );
-    for s in &w.secrets {
+    for s in &w.remembered() {
         assert!(!log.contains(s.as_str()), "secret material in the log");
     }
-    let op = w.operator.take().unwrap();
-    op.process().stop();
+    w.stop_operator();
 }

@@ -16,13 +16,15 @@ use acs_identity_operator::api::{CommunicationIdentity, REVOKE_REQUESTED_AT_ANNO
 use acs_identity_operator::controller::clients::ClientSettings;
 use acs_identity_operator::controller::context::Leadership;
 use acs_identity_operator::controller::{OperatorConfig, run};
-use acs_identity_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use acs_identity_operator::emulator::EmulatorConfig;
 use acs_identity_operator::runtime::{Metrics, Readiness};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
+use support::emulator::{AcsUser, Emulator, fault};
+use support::world::{create_identity, create_in, put_secret, wait_for};
 use support::{ControlPlane, TestNamespace, eventually, install_crds};
 use tokio::sync::{RwLock, watch};
 
@@ -32,11 +34,12 @@ static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 const PREVIEW: &str = "2025-03-02-preview";
 const GA: &str = "2025-06-30";
 
+/// A namespace with the credential Secret `acs`, an in-process emulator and (once
+/// started) the operator's controllers running in this process.
 struct World {
     client: Client,
     ns: TestNamespace,
-    emu: RunningEmulator,
-    http: reqwest::Client,
+    emulator: Emulator,
     operator: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -50,22 +53,20 @@ impl World {
         install_crds(cp);
         let client = cp.admin_client().await;
         let ns = TestNamespace::create(cp, &client, prefix).await;
-        let emu = emulator::spawn(EmulatorConfig {
+        let emulator = Emulator::in_process(EmulatorConfig {
             token_lifetime_scale: scale,
             quotas: Default::default(),
             ..EmulatorConfig::default()
         })
-        .await
-        .expect("emulator starts");
+        .await;
         let world = World {
             client,
             ns,
-            emu,
-            http: reqwest::Client::new(),
+            emulator,
             operator: None,
         };
         world
-            .put_credentials("acs", &world.emu.connection_string())
+            .put_credentials("acs", &world.emulator.connection_string)
             .await;
         world
     }
@@ -106,35 +107,11 @@ impl World {
     }
 
     async fn put_credentials(&self, name: &str, connection_string: &str) {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "stringData": {"connectionString": connection_string},
-        }))
-        .unwrap();
-        self.secrets()
-            .patch(
-                name,
-                &PatchParams::apply("acs-tests").force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .expect("credential Secret");
+        put_secret(&self.client, self.ns(), name, connection_string).await;
     }
 
     async fn create(&self, plural: &str, obj: Value) {
-        let (group, version) = ("acs-operator.dev", "v1alpha1");
-        let namespaced = plural != "clustercommunicationservices";
-        let mut url = format!("/apis/{group}/{version}");
-        if namespaced {
-            url.push_str(&format!("/namespaces/{}", self.ns()));
-        }
-        url.push_str(&format!("/{plural}"));
-        let req = http::Request::post(url)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&obj).unwrap())
-            .unwrap();
-        self.client
-            .request_text(req)
+        create_in(&self.client, self.ns(), plural, obj)
             .await
             .unwrap_or_else(|e| panic!("create {plural}: {e}"));
     }
@@ -152,61 +129,7 @@ impl World {
     }
 
     async fn identity(&self, name: &str, extra: Value) {
-        let mut spec = json!({"serviceRef": {"name": "acs"}, "scopes": ["chat"]});
-        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-            s.extend(e.clone());
-        }
-        self.create(
-            "communicationidentities",
-            json!({
-                "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationIdentity",
-                "metadata": {"name": name}, "spec": spec,
-            }),
-        )
-        .await;
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.emu.endpoint()));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("emulator admin API");
-        resp.json().await.unwrap_or(Value::Null)
-    }
-
-    async fn fault(&self, rule: Value) {
-        self.admin(reqwest::Method::POST, "/admin/faults", Some(rule))
-            .await;
-    }
-
-    async fn clear_faults(&self) {
-        self.admin(reqwest::Method::DELETE, "/admin/faults", None)
-            .await;
-    }
-
-    /// ACS requests of one operation (`create`, `issue`, `revoke`, `delete`), any status.
-    async fn acs_calls(&self, op: &str) -> u64 {
-        let stats = self.admin(reqwest::Method::GET, "/admin/stats", None).await;
-        stats["requests"][op]
-            .as_object()
-            .map(|m| m.values().filter_map(Value::as_u64).sum())
-            .unwrap_or(0)
-    }
-
-    async fn acs_users(&self) -> Vec<Value> {
-        let v = self
-            .admin(reqwest::Method::GET, "/admin/identities", None)
-            .await;
-        v.as_array()
-            .cloned()
-            .or_else(|| v["identities"].as_array().cloned())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|u| !u["deleted"].as_bool().unwrap_or(false))
-            .collect()
+        create_identity(&self.client, self.ns(), name, extra).await;
     }
 
     /// Waits (on watch events) until the identity satisfies `check`.
@@ -217,15 +140,9 @@ impl World {
         what: &str,
         check: impl Fn(&CommunicationIdentity) -> bool,
     ) -> CommunicationIdentity {
-        let cond = move |o: Option<&CommunicationIdentity>| o.is_some_and(&check);
-        tokio::time::timeout(
-            Duration::from_secs(secs),
-            await_condition(self.identities(), name, cond),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {name}: {what}"))
-        .expect("watch")
-        .expect("object exists")
+        wait_for(&self.identities(), name, secs, check)
+            .await
+            .unwrap_or_else(|| panic!("timed out after {secs}s waiting for {name}: {what}"))
     }
 
     async fn ready(&self, name: &str) -> CommunicationIdentity {
@@ -267,14 +184,7 @@ impl World {
     }
 
     async fn valid(&self, token: &str) -> bool {
-        let v = self
-            .admin(
-                reqwest::Method::POST,
-                "/admin/tokens:validate",
-                Some(json!({"token": token})),
-            )
-            .await;
-        v["valid"].as_bool().unwrap_or(false)
+        self.emulator.validate(token).await.0
     }
 }
 
@@ -373,13 +283,13 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
         // test's own reads out of the figures.
         w.all_ready(N, |_| true).await;
         // Our own last write is a status patch: let the reconcile it triggers settle.
-        let settled = w.acs_calls("create").await;
+        let settled = w.emulator.calls("create").await;
         let after = api_requests(&w.client).await;
         let d = delta(&before, &after);
         let n = N as f64;
         let per_writes = (writes(&d) - n) / n;
         let per_gets = gets(&d) / n;
-        let acs = (w.acs_calls("create").await + w.acs_calls("issue").await) as f64 / n;
+        let acs = (w.emulator.calls("create").await + w.emulator.calls("issue").await) as f64 / n;
         println!(
             "cost per new identity ({api_version}): {acs:.1} ACS requests, {per_writes:.1} API writes, {per_gets:.1} GETs; by verb/resource: {d:?}"
         );
@@ -398,7 +308,7 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
             first.push(o.status.unwrap().last_token_issued_at);
         }
         let before = api_requests(&w.client).await;
-        let issued_before = w.acs_calls("issue").await;
+        let issued_before = w.emulator.calls("issue").await;
         w.all_ready(N, |o| {
             let i: usize = o.name_any().trim_start_matches("id-").parse().unwrap_or(0);
             o.status
@@ -407,7 +317,7 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
         })
         .await;
         let d = delta(&before, &api_requests(&w.client).await);
-        let renew_acs = (w.acs_calls("issue").await - issued_before) as f64 / n;
+        let renew_acs = (w.emulator.calls("issue").await - issued_before) as f64 / n;
         println!(
             "cost per renewal ({api_version}): {renew_acs:.1} ACS requests, {:.1} API writes, {:.1} GETs",
             writes(&d) / n,
@@ -435,7 +345,9 @@ async fn a_revoked_token_is_never_reported_ready() {
     w.ready("app").await;
     let old = w.token("app").await.expect("token");
     // Every issue fails after the revoke went through.
-    w.fault(json!({"operation": "issue", "status": 503})).await;
+    w.emulator
+        .add_fault(fault(json!({"operation": "issue", "status": 503})))
+        .await;
     w.annotate("app", REVOKE_REQUESTED_AT_ANNOTATION, "r1")
         .await;
     let o = w
@@ -457,9 +369,9 @@ async fn a_revoked_token_is_never_reported_ready() {
         "status does not describe it as valid"
     );
     // It stays not Ready while issues keep failing (retried with backoff).
-    let before = w.acs_calls("issue").await;
+    let before = w.emulator.calls("issue").await;
     eventually(30, "a retried issue", || async {
-        (w.acs_calls("issue").await > before).then_some(())
+        (w.emulator.calls("issue").await > before).then_some(())
     })
     .await;
     let o = w.identities().get("app").await.unwrap();
@@ -467,13 +379,13 @@ async fn a_revoked_token_is_never_reported_ready() {
         cond(&o, types::READY).map(|c| c.0).as_deref(),
         Some("False")
     );
-    w.clear_faults().await;
+    w.emulator.clear_faults().await;
     let o = w.ready("app").await;
     let new = w.token("app").await.unwrap();
     assert_ne!(new, old);
     assert!(w.valid(&new).await);
     assert_eq!(
-        w.acs_calls("revoke").await,
+        w.emulator.calls("revoke").await,
         1,
         "the handled request is not revoked again"
     );
@@ -492,7 +404,7 @@ async fn tokens_that_expire_at_once_are_issued_at_most_once_per_interval() {
     let started = tokio::time::Instant::now();
     w.identity("app", json!({})).await;
     eventually(60, "three tokens", || async {
-        (w.acs_calls("create").await + w.acs_calls("issue").await >= 3).then_some(())
+        (w.emulator.calls("create").await + w.emulator.calls("issue").await >= 3).then_some(())
     })
     .await;
     let elapsed = started.elapsed();
@@ -538,7 +450,8 @@ async fn a_lookup_failure_keeps_a_valid_token_ready_and_says_why() {
         Some(reasons::SECRET_NOT_FOUND)
     );
     // The fix is noticed through the credential watch.
-    w.put_credentials("acs", &w.emu.connection_string()).await;
+    w.put_credentials("acs", &w.emulator.connection_string)
+        .await;
     w.until("app", 30, "RenewalFailing cleared", |o| {
         cond(o, types::RENEWAL_FAILING).is_none_or(|c| c.0 == "False")
     })
@@ -552,7 +465,10 @@ async fn ga_versions_never_send_a_custom_id_nor_retry_a_lost_create() {
     w.service(GA).await;
     w.start(w.config());
     // The first create runs, and its answer is lost.
-    w.fault(json!({"operation": "create", "drop": true, "afterExecute": true, "count": 1}))
+    w.emulator
+        .add_fault(fault(
+            json!({"operation": "create", "drop": true, "afterExecute": true, "count": 1}),
+        ))
         .await;
     w.identity("app", json!({})).await;
     let o = w
@@ -579,9 +495,9 @@ async fn ga_versions_never_send_a_custom_id_nor_retry_a_lost_create() {
     );
     // The next reconcile decides (a second create, recorded); no automatic retry inside.
     let o = w.ready("app").await;
-    let users = w.acs_users().await;
+    let users = w.emulator.live_users().await;
     assert_eq!(
-        w.acs_calls("create").await,
+        w.emulator.calls("create").await,
         2,
         "one lost create, one recorded; never a retry loop"
     );
@@ -592,12 +508,9 @@ async fn ga_versions_never_send_a_custom_id_nor_retry_a_lost_create() {
     );
     let recorded = o.status.unwrap().user_id.unwrap();
     for u in &users {
-        assert!(
-            u.get("customId").is_none_or(Value::is_null),
-            "no custom id on {GA}: {u}"
-        );
+        assert!(u.custom_id.is_none(), "no custom id on {GA}: {u:?}");
     }
-    assert!(users.iter().any(|u| u["id"] == recorded));
+    assert!(users.iter().any(|u| u.id == recorded));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,7 +525,7 @@ async fn deleting_right_after_creation_leaks_no_user() {
             w.identity(&name, json!({})).await;
             // Delete as soon as ACS has the user: the cache may not have our status yet.
             eventually(30, "the user created", || async {
-                (w.acs_calls("create").await > i).then_some(())
+                (w.emulator.calls("create").await > i).then_some(())
             })
             .await;
             w.identities()
@@ -631,8 +544,8 @@ async fn deleting_right_after_creation_leaks_no_user() {
         })
         .await;
         assert_eq!(
-            w.acs_users().await,
-            Vec::<Value>::new(),
+            w.emulator.live_users().await,
+            Vec::<AcsUser>::new(),
             "no user left on {api_version}"
         );
     }
@@ -664,8 +577,8 @@ async fn a_template_edit_reaches_the_secret_without_a_new_token() {
     })
     .await;
     assert_eq!(w.token("app").await, token, "the same token");
-    assert_eq!(w.acs_calls("issue").await, 0);
-    assert_eq!(w.acs_calls("create").await, 1);
+    assert_eq!(w.emulator.calls("issue").await, 0);
+    assert_eq!(w.emulator.calls("create").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,7 +609,7 @@ async fn a_deleted_or_edited_secret_is_restored_once() {
     })
     .await;
     assert!(w.valid(&t).await);
-    assert_eq!(w.acs_calls("issue").await, 2, "one token per repair");
+    assert_eq!(w.emulator.calls("issue").await, 2, "one token per repair");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,11 +622,14 @@ async fn after_losing_the_lease_nothing_is_written() {
     config.leadership = Leadership::elected(leading_rx);
     w.start(config);
     // The create is slow; leadership goes while it is in flight.
-    w.fault(json!({"operation": "create", "latencyMs": 3000, "afterExecute": true}))
+    w.emulator
+        .add_fault(fault(
+            json!({"operation": "create", "latencyMs": 3000, "afterExecute": true}),
+        ))
         .await;
     w.identity("app", json!({})).await;
     eventually(30, "the create in flight", || async {
-        let users = w.acs_users().await;
+        let users = w.emulator.live_users().await;
         (!users.is_empty()).then_some(())
     })
     .await;

@@ -19,10 +19,15 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::operator::{Emulator, Operator, condition, create_in, spawn_operator};
+use support::emulator::Emulator;
+use support::operator::{Operator, spawn_operator};
+use support::world::{
+    acs_resource, condition, create_identity, create_in, delete_all_identities, merge, put_secret,
+    secret_data, wait_for, wait_gone,
+};
 use support::{ControlPlane, TestNamespace, eventually};
 
 /// The operator's cluster resource namespace in this test binary.
@@ -148,19 +153,7 @@ impl World {
     }
 
     async fn put_secret(&self, ns: &str, name: &str, connection_string: &str) {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "stringData": {"connectionString": connection_string},
-        }))
-        .unwrap();
-        Api::<Secret>::namespaced(self.client.clone(), ns)
-            .patch(
-                name,
-                &PatchParams::apply("acs-tenancy").force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("Secret {ns}/{name}: {e}"));
+        put_secret(&self.client, ns, name, connection_string).await;
     }
 
     fn identities(&self, ns: &str) -> Api<CommunicationIdentity> {
@@ -174,17 +167,9 @@ impl World {
     }
 
     async fn identity(&self, ns: &str, name: &str, service_ref: Value, spec: Value) {
-        let mut full = json!({"serviceRef": service_ref, "scopes": ["chat"]});
-        support::operator::merge(&mut full, spec);
-        let obj: CommunicationIdentity = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": full,
-        }))
-        .unwrap();
-        self.identities(ns)
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap_or_else(|e| panic!("identity {ns}/{name}: {e}"));
+        let mut full = json!({"serviceRef": service_ref});
+        merge(&mut full, spec);
+        create_identity(&self.client, ns, name, full).await;
     }
 
     /// Waits until the identity's Ready condition has `status` and `reason`.
@@ -195,27 +180,18 @@ impl World {
         status: &str,
         reason: &str,
     ) -> CommunicationIdentity {
-        let api = self.identities(ns);
-        eventually(60, &format!("{ns}/{name} Ready={status} {reason}"), || {
-            let api = api.clone();
-            async move {
-                let obj = api.get_opt(name).await.ok()??;
-                let c = condition(&obj, "Ready")?;
-                (c.status == status && c.reason == reason).then_some(obj)
-            }
+        wait_for(&self.identities(ns), name, 60, |obj| {
+            condition(obj, "Ready").is_some_and(|c| c.status == status && c.reason == reason)
         })
         .await
+        .unwrap_or_else(|| {
+            panic!("timed out after 60s waiting for {ns}/{name} Ready={status} {reason}")
+        })
     }
 
     /// A service's Ready condition as `(reason, message)`, read once.
     async fn service_ready(&self, ns: &str, plural: &str, name: &str) -> Option<(String, String)> {
-        let ar = kube::core::ApiResource {
-            group: "acs-operator.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "acs-operator.dev/v1alpha1".into(),
-            kind: String::new(),
-            plural: plural.into(),
-        };
+        let ar = acs_resource("", plural);
         let api: Api<kube::core::DynamicObject> = if ns.is_empty() {
             Api::all_with(self.client.clone(), &ar)
         } else {
@@ -255,11 +231,10 @@ impl World {
     }
 
     async fn token(&self, ns: &str, name: &str) -> String {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
-            .get(name)
+        secret_data(&self.client, ns, name)
             .await
-            .unwrap_or_else(|e| panic!("Secret {ns}/{name}: {e}"));
-        String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap()
+            .unwrap_or_else(|| panic!("Secret {ns}/{name}"))["token"]
+            .clone()
     }
 
     async fn secret_exists(&self, ns: &str, name: &str) -> bool {
@@ -270,24 +245,10 @@ impl World {
             .is_some()
     }
 
-    /// The shared emulator's request counts (`{"total", "requests": {op: {status: n}}}`).
-    async fn shared_stats(&self) -> Value {
-        reqwest::get(format!("{}/admin/stats", self.shared.endpoint()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
     async fn delete_identity(&self, ns: &str, name: &str) {
         let api = self.identities(ns);
         api.delete(name, &DeleteParams::default()).await.unwrap();
-        eventually(60, &format!("{ns}/{name} to be deleted"), || {
-            let api = api.clone();
-            async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
-        })
-        .await;
+        wait_gone(&api, name, 60).await;
     }
 
     /// A's identity `alice` through the shared service, Ready: (user id, token).
@@ -304,14 +265,14 @@ impl World {
         let (valid, why) = self.shared.validate(token).await;
         assert!(valid, "A's token is no longer valid: {why}");
         let admin = self.shared.identity(user).await.expect("A's user exists");
-        assert_eq!(admin["deleted"], false, "{admin}");
-        assert!(admin["tokensRevokedAt"].is_null(), "{admin}");
+        assert!(!admin.deleted, "{admin:?}");
+        assert!(admin.tokens_revoked_at.is_none(), "{admin:?}");
     }
 
     async fn finish(self) {
         for ns in [&self.a, &self.b] {
             let api = self.identities(&ns.name);
-            support::operator::delete_all_identities(&api, &ns.name).await;
+            delete_all_identities(&api, &ns.name).await;
         }
         let _ = self.cp.kubectl_run(
             &[
@@ -335,7 +296,7 @@ async fn tenant_b_cannot_adopt_revoke_or_delete_a_user_through_the_shared_servic
     let w = World::new("ten-adopt").await;
     let (user, token) = w.victim().await;
     let b = w.b.name.clone();
-    let issued_before = w.shared.identity(&user).await.unwrap()["tokensIssued"].clone();
+    let issued_before = w.shared.identity(&user).await.unwrap().tokens_issued;
 
     w.shared_identity(
         &b,
@@ -366,7 +327,7 @@ async fn tenant_b_cannot_adopt_revoke_or_delete_a_user_through_the_shared_servic
     w.delete_identity(&b, "mallory").await;
     w.assert_victim_untouched(&user, &token).await;
     assert_eq!(
-        w.shared.identity(&user).await.unwrap()["tokensIssued"],
+        w.shared.identity(&user).await.unwrap().tokens_issued,
         issued_before,
         "no token was issued for A's user on B's behalf"
     );
@@ -453,7 +414,7 @@ async fn an_endpoint_answering_another_tenants_id_never_gets_a_real_token_for_it
     let copy = w.wait_ready(&b, "copycat", "True", "TokenIssued").await;
     let status = copy.status.unwrap();
     assert_eq!(status.user_endpoint.as_deref(), Some(fake.as_str()));
-    let before = w.shared_stats().await["requests"].clone();
+    let before = w.shared.stats().await.requests;
 
     // B points its own service at the shared endpoint (with any key it can get).
     w.put_secret(
@@ -468,7 +429,7 @@ async fn an_endpoint_answering_another_tenants_id_never_gets_a_real_token_for_it
         .await;
     w.wait_ready(&b, "copycat", "True", "TokenIssued").await;
     assert_eq!(
-        w.shared_stats().await["requests"],
+        w.shared.stats().await.requests,
         before,
         "the shared resource received nothing for B's identity"
     );
@@ -491,7 +452,7 @@ async fn a_cluster_service_naming_a_secret_outside_the_cluster_resource_namespac
         json!({"matchLabels": {"kubernetes.io/metadata.name": b}}),
     )
     .await;
-    let before = w.shared_stats().await["total"].clone();
+    let before = w.shared.stats().await.total;
     w.identity(
         &b,
         "thief",
@@ -515,7 +476,7 @@ async fn a_cluster_service_naming_a_secret_outside_the_cluster_resource_namespac
         "names where it must be: {msg}"
     );
     assert!(!w.secret_exists(&b, "thief").await);
-    assert_eq!(w.shared_stats().await["total"], before, "no ACS request");
+    assert_eq!(w.shared.stats().await.total, before, "no ACS request");
     w.delete_identity(&b, "thief").await;
     let _ = w.cp.kubectl_run(
         &[
@@ -615,13 +576,7 @@ async fn malformed_connection_strings_leak_no_piece_of_the_key() {
     let services = Api::<kube::core::DynamicObject>::namespaced_with(
         w.client.clone(),
         &b,
-        &kube::core::ApiResource {
-            group: "acs-operator.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "acs-operator.dev/v1alpha1".into(),
-            kind: "CommunicationService".into(),
-            plural: "communicationservices".into(),
-        },
+        &acs_resource("CommunicationService", "communicationservices"),
     );
     for s in services.list(&ListParams::default()).await.unwrap() {
         places.push(("service status".into(), s.data["status"].to_string()));

@@ -7,9 +7,22 @@
 //! example one from `make cluster-up`); otherwise the first test of a binary starts one
 //! with `hack/controlplane/up.sh`, whose watchdog stops it when the binary exits, even by
 //! panic or signal.
+//!
+//! The one test world, in small modules:
+//! - [`process`]: child processes under a watchdog, kept log directories;
+//! - [`emulator`]: an ACS emulator in process or as a process, with a typed admin client;
+//! - [`signing`]: a raw ACS client that signs as the SDKs do (for the emulator's own tests);
+//! - [`operator`]: operator processes as the Helm chart's ServiceAccount, metrics, logs;
+//! - [`world`]: a namespace + emulator + credentials + service + operator, and helpers
+//!   (create an identity, wait for a condition by watch, tokens, Secret data, events, the
+//!   leak check).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod emulator;
 pub mod operator;
+pub mod process;
+pub mod signing;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
