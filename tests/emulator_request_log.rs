@@ -2,13 +2,13 @@
 //! `bodyRepeat`, `truncateBytes`) over real HTTP: what the reliability suite relies on to
 //! check `Retry-After` timing and to feed the client malformed answers.
 
-mod emulator_support;
+mod support;
 
 use acs_identity_operator::emulator::EmulatorConfig;
-use emulator_support::{V, start};
 use jiff::Timestamp;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::signing::{V, start};
 
 #[tokio::test]
 async fn the_request_log_records_times_operations_users_and_retry_after() {

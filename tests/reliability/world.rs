@@ -21,7 +21,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::leak;
-use crate::support::operator::{Operator, Watched, operator_kubeconfig, spawn_operator_as};
+use crate::support::operator::{Operator, operator_kubeconfig, spawn_operator_as};
+use crate::support::process::Watched;
 use crate::support::{ControlPlane, client_from_kubeconfig, install_crds};
 
 pub const GROUP_VERSION: &str = "acs-operator.dev/v1alpha1";
