@@ -640,37 +640,26 @@ pub fn record_problem(
     let fresh = !st.conditions.iter().any(|c| {
         c.type_ == type_ && c.status == status && c.reason == reason && c.message == message
     });
-    if token_still_valid {
+    // With a valid token only RenewalFailing says it; without one Ready does, and
+    // RenewalFailing too once there was a token to renew.
+    let renewal =
+        token_still_valid || st.token_expires_on.is_some() || st.last_token_issued_at.is_some();
+    let mut set = |type_: &str, value: bool| {
         set_condition(
             &mut st.conditions,
-            types::RENEWAL_FAILING,
-            true,
+            type_,
+            value,
             reason,
             &message,
             generation,
             now,
-        );
-    } else {
-        set_condition(
-            &mut st.conditions,
-            types::READY,
-            false,
-            reason,
-            &message,
-            generation,
-            now,
-        );
-        if st.token_expires_on.is_some() || st.last_token_issued_at.is_some() {
-            set_condition(
-                &mut st.conditions,
-                types::RENEWAL_FAILING,
-                true,
-                reason,
-                &message,
-                generation,
-                now,
-            );
-        }
+        )
+    };
+    if !token_still_valid {
+        set(types::READY, false);
+    }
+    if renewal {
+        set(types::RENEWAL_FAILING, true);
     }
     fresh
 }
