@@ -17,7 +17,7 @@ use crate::api::conditions::reasons;
 use crate::api::{CommunicationIdentity, Quota, ServiceKind};
 
 use super::clients::{ClientCache, CredentialError, CredentialProblem};
-use super::credentials::{CredentialRef, CredentialWatches};
+use super::credentials::{CredentialRef, CredentialWatches, SecretVersion};
 use super::stores::Stores;
 
 /// Which service: kind, namespace (for namespaced services) and name.
@@ -187,7 +187,9 @@ pub struct ServiceParts {
 pub struct Resolver {
     pub kube: Client,
     pub stores: Stores,
-    pub clients: ClientCache,
+    /// Shared with the service controllers: one parse per credential version and one
+    /// client per resource for the whole process.
+    pub clients: Arc<ClientCache>,
     pub credentials: CredentialWatches<ObjectRef<CommunicationIdentity>>,
     pub default_service: Option<(ServiceKind, String)>,
     pub cluster_resource_namespace: String,
@@ -213,26 +215,16 @@ impl Resolver {
             return Err(ResolveError::ServiceNotFound(key));
         };
         let version = self.credentials.depend(oref, &parts.credential);
-        let connection = self
-            .clients
-            .connection(&self.kube, &parts.credential, &version)
-            .await
-            .map_err(|e| credential_error(&key, &parts.credential, e))?;
-        let endpoint = connection.endpoint_str();
-        let allow_insecure = self.clients.settings().allow_insecure_endpoints;
-        crate::acs::check_endpoint(connection.endpoint(), allow_insecure).map_err(|e| {
-            ResolveError::InsecureEndpoint {
-                service: key.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let client = self
-            .clients
-            .client(&connection, &parts.api_version, &parts.quota)
-            .map_err(|reason| ResolveError::BadClient {
-                service: key.clone(),
-                reason,
-            })?;
+        let (endpoint, client) = client_for(
+            &self.clients,
+            &self.kube,
+            &key,
+            &parts.credential,
+            &version,
+            &parts.api_version,
+            &parts.quota,
+        )
+        .await?;
         Ok(ResolvedService {
             key,
             endpoint,
@@ -294,6 +286,38 @@ impl Resolver {
             }
         }
     }
+}
+
+/// The shared client for the resource a credential Secret names (read at `version`),
+/// once its endpoint passed the endpoint rules; with the endpoint.
+pub async fn client_for(
+    clients: &ClientCache,
+    kube: &Client,
+    key: &ServiceKey,
+    credential: &CredentialRef,
+    version: &SecretVersion,
+    api_version: &str,
+    quota: &Quota,
+) -> Result<(String, Arc<AcsClient>), ResolveError> {
+    let connection = clients
+        .connection(kube, credential, version)
+        .await
+        .map_err(|e| credential_error(key, credential, e))?;
+    crate::acs::check_endpoint(
+        connection.endpoint(),
+        clients.settings().allow_insecure_endpoints,
+    )
+    .map_err(|e| ResolveError::InsecureEndpoint {
+        service: key.clone(),
+        reason: e.to_string(),
+    })?;
+    let client = clients
+        .client(&connection, api_version, quota)
+        .map_err(|reason| ResolveError::BadClient {
+            service: key.clone(),
+            reason,
+        })?;
+    Ok((connection.endpoint_str(), client))
 }
 
 pub fn namespaced_credential(ns: &str, r: &crate::api::SecretKeyRef) -> CredentialRef {

@@ -219,7 +219,7 @@ fn wire(
     let resolver = Resolver {
         kube: client.clone(),
         stores: stores.clone(),
-        clients: ClientCache::new(config.client_settings.clone()),
+        clients: Arc::new(ClientCache::new(config.client_settings.clone())),
         credentials,
         default_service: config.default_service.clone(),
         cluster_resource_namespace: config.cluster_resource_namespace.clone(),
@@ -355,6 +355,7 @@ pub async fn run(
         tasks.push(namespaced_service_controller(
             client.clone(),
             &config,
+            wired.ctx.resolver.clients.clone(),
             metrics.clone(),
             ns,
             shutdown.clone(),
@@ -363,6 +364,7 @@ pub async fn run(
     tasks.push(cluster_service_controller(
         client.clone(),
         &config,
+        wired.ctx.resolver.clients.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -408,6 +410,7 @@ pub async fn caches_only(
 fn namespaced_service_controller(
     client: Client,
     config: &OperatorConfig,
+    clients: Arc<ClientCache>,
     metrics: Arc<Metrics>,
     ns: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -417,6 +420,7 @@ fn namespaced_service_controller(
         api,
         client,
         config,
+        clients,
         metrics,
         shutdown,
         service::reconcile_namespaced,
@@ -426,6 +430,7 @@ fn namespaced_service_controller(
 fn cluster_service_controller(
     client: Client,
     config: &OperatorConfig,
+    clients: Arc<ClientCache>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
@@ -434,6 +439,7 @@ fn cluster_service_controller(
         api,
         client,
         config,
+        clients,
         metrics,
         shutdown,
         service::reconcile_cluster,
@@ -446,6 +452,7 @@ fn service_controller<K, F, Fut>(
     api: Api<K>,
     client: Client,
     config: &OperatorConfig,
+    clients: Arc<ClientCache>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     reconcile: F,
@@ -471,7 +478,7 @@ where
         client,
         metrics,
         credentials,
-        clients: ClientCache::new(config.client_settings.clone()),
+        clients,
         cluster_resource_namespace: config.cluster_resource_namespace.clone(),
     });
     Controller::new(api, watcher::Config::default())

@@ -21,8 +21,7 @@ use super::clients::ClientCache;
 use super::credentials::{CredentialRef, CredentialWatches};
 use super::error::Error;
 use super::resolver::{
-    ResolveError, ServiceKey, check_cluster_secret_namespace, credential_error,
-    namespaced_credential,
+    ResolveError, ServiceKey, check_cluster_secret_namespace, client_for, namespaced_credential,
 };
 use super::status::{apply_status, set_condition};
 
@@ -33,8 +32,8 @@ pub struct ServiceContext<K: Resource<DynamicType = ()>> {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub credentials: CredentialWatches<ObjectRef<K>>,
-    /// Separate from the identities' cache: only used to validate and learn the endpoint.
-    pub clients: ClientCache,
+    /// The identities' cache: a service's credentials are parsed once for both.
+    pub clients: Arc<ClientCache>,
     pub cluster_resource_namespace: String,
 }
 
@@ -178,26 +177,17 @@ where
     let version = ctx
         .credentials
         .depend(ObjectRef::from_obj(obj), &view.credential);
-    let connection = ctx
-        .clients
-        .connection(&ctx.client, &view.credential, &version)
-        .await
-        .map_err(|e| credential_error(&view.key, &view.credential, e))?;
-    crate::acs::check_endpoint(
-        connection.endpoint(),
-        ctx.clients.settings().allow_insecure_endpoints,
+    let (endpoint, _client) = client_for(
+        &ctx.clients,
+        &ctx.client,
+        &view.key,
+        &view.credential,
+        &version,
+        view.api_version,
+        view.quota,
     )
-    .map_err(|e| ResolveError::InsecureEndpoint {
-        service: view.key.clone(),
-        reason: e.to_string(),
-    })?;
-    ctx.clients
-        .client(&connection, view.api_version, view.quota)
-        .map_err(|reason| ResolveError::BadClient {
-            service: view.key.clone(),
-            reason,
-        })?;
-    Ok(connection.endpoint_str())
+    .await?;
+    Ok(endpoint)
 }
 
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<ServiceContext<K>>) -> Action
