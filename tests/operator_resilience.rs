@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use acs_identity_operator::api::{CommunicationIdentity, RENEW_REQUESTED_AT_ANNOTATION};
@@ -25,6 +24,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::emulator::fault;
 use support::eventually;
+use support::metrics::{parse, samples, sum};
 use support::operator::Operator;
 use support::world::{CREDENTIAL_SECRET, SERVICE, World, acs_resource, condition};
 
@@ -32,61 +32,8 @@ use support::world::{CREDENTIAL_SECRET, SERVICE, World, acs_resource, condition}
 /// the user instead of making another.
 const CUSTOM_ID_API_VERSION: &str = "2025-03-02-preview";
 
-// ---------------------------------------------------------------- metrics text
-
-/// One sample of the Prometheus text format.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let value: f64 = value.parse().ok()?;
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (k, v) = p.split_once("=\"")?;
-                    Some((k.to_string(), v.trim_end_matches('"').to_string()))
-                })
-                .collect();
-            Some(Sample {
-                name: name.to_string(),
-                labels,
-                value,
-            })
-        })
-        .collect()
-}
-
-/// Samples named `name` whose labels include every pair of `want`.
-fn samples<'a>(all: &'a [Sample], name: &str, want: &[(&str, &str)]) -> Vec<&'a Sample> {
-    all.iter()
-        .filter(|s| {
-            s.name == name
-                && want
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .collect()
-}
-
-fn sum(all: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
-    samples(all, name, want).iter().map(|s| s.value).sum()
-}
-
 async fn reconciles(op: &Operator) -> f64 {
-    let m = parse_metrics(&op.metrics().await);
+    let m = parse(&op.metrics().await);
     sum(
         &m,
         "acs_operator_reconciles_total",
@@ -367,7 +314,7 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
     let labels: [(&str, &str); 2] = [("namespace", &ns), ("name", "app")];
 
     let text = w.operator().metrics().await;
-    let m = parse_metrics(&text);
+    let m = parse(&text);
     let expiry = samples(&m, "acs_operator_token_expiry_timestamp_seconds", &labels);
     assert_eq!(
         expiry.len(),
@@ -421,7 +368,7 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
         || async {
             let text = op.metrics().await;
             (sum(
-                &parse_metrics(&text),
+                &parse(&text),
                 "acs_operator_renewal_failures_total",
                 &labels,
             ) > failures_before)
@@ -429,7 +376,7 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
         },
     )
     .await;
-    let m = parse_metrics(&failing_text);
+    let m = parse(&failing_text);
     assert!(
         !samples(
             &m,
@@ -483,7 +430,7 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
         .unwrap();
     w.wait_gone("app", 60).await;
     let text = w.operator().metrics().await;
-    let m = parse_metrics(&text);
+    let m = parse(&text);
     assert!(
         samples(&m, "acs_operator_token_expiry_timestamp_seconds", &labels).is_empty(),
         "the expiry series of a deleted identity is removed:\n{text}"

@@ -19,6 +19,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod emulator;
+pub mod metrics;
 pub mod operator;
 pub mod process;
 pub mod signing;
