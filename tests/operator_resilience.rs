@@ -509,13 +509,19 @@ async fn a_namespace_deleted_while_the_operator_is_down_finishes_when_it_returns
     let services = acs_resource("CommunicationService", "communicationservices");
     let svc_api: Api<kube::core::DynamicObject> =
         Api::namespaced_with(w.client.clone(), w.ns(), &services);
+    // The namespace controller deletes one resource type after another, so the service
+    // and the credentials can be gone before the identity is marked: wait for all three.
     eventually(
         120,
-        "the service and its credentials to be deleted",
+        "the service and its credentials deleted, the identity marked for deletion",
         || async {
             let svc = svc_api.get_opt(SERVICE).await.ok()?;
             let cred = w.secrets().get_opt(CREDENTIAL_SECRET).await.ok()?;
-            (svc.is_none() && cred.is_none()).then_some(())
+            let marked = w
+                .get("app")
+                .await
+                .is_some_and(|i| i.metadata.deletion_timestamp.is_some());
+            (svc.is_none() && cred.is_none() && marked).then_some(())
         },
     )
     .await;
