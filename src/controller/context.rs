@@ -1,4 +1,4 @@
-//! What every identity reconcile shares, process-wide: the API client, event recorder,
+//! What every identity reconcile shares, process-wide: the API client, event publisher,
 //! metrics, caches, the service resolver (one ACS client per resource), the memory of our
 //! own writes, the clock, the concurrency limit, leadership, and per-object backoff.
 
@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::CommunicationIdentity;
 use crate::runtime::metrics::Metrics;
 
+use super::events::EventPublisher;
 use super::memory::Memory;
 use super::resolver::Resolver;
 use super::stores::Stores;
@@ -55,7 +55,7 @@ impl Leadership {
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
     pub resolver: Resolver,
@@ -91,12 +91,12 @@ pub struct ContextParts {
 
 impl Context {
     pub fn new(p: ContextParts) -> Self {
-        let reporter = Reporter {
-            controller: "acs-identity-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Context {
-            recorder: Recorder::new(p.client.clone(), reporter),
+            events: EventPublisher::new(
+                p.client.clone(),
+                "acs-identity-operator",
+                std::env::var("POD_NAME").ok(),
+            ),
             client: p.client,
             metrics: p.metrics,
             stores: p.stores,

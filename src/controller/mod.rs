@@ -5,6 +5,7 @@ pub mod clients;
 pub mod context;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod identity;
 pub mod memory;
 pub mod renewal;

@@ -23,7 +23,7 @@ use super::error::Error;
 use super::resolver::{
     ResolveError, ServiceKey, check_cluster_secret_namespace, client_for, namespaced_credential,
 };
-use super::status::{apply_status, set_condition};
+use super::status::{replace_status, set_condition};
 
 /// Credentials are re-checked this often even without a watch event.
 const RECHECK: Duration = Duration::from_secs(300);
@@ -143,7 +143,7 @@ where
             );
         }
     }
-    let result = apply_status(api, &obj.name_any(), view.status, &st).await;
+    let result = replace_status(api, &obj.name_any(), view.status, &st).await;
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .observe_reconcile(&K::kind(&()), label, started.elapsed());

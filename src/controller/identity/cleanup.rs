@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::controller::events::EventType;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::conditions::{reasons, types};

@@ -14,9 +14,9 @@ pub mod steps;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::controller::events::EventType;
 use jiff::Timestamp;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -33,7 +33,7 @@ use crate::controller::secret::TokenSecret;
 use super::context::Context;
 use super::error::Error;
 use decide::{Facts, Issued, Plan, Step, TokenPlan, UserPlan, rfc3339};
-use steps::{StepError, acs_scopes, publish, write_secret, write_status};
+use steps::{SecretWrite, StepError, acs_scopes, publish, write_secret, write_status};
 
 /// Finalizer that keeps an identity until its ACS user is deleted (or its tokens revoked).
 pub const FINALIZER: &str = "acs-operator.dev/cleanup";
@@ -481,6 +481,7 @@ async fn issue(
             issued_at: &rfc3339(issued_at),
         },
         ctx.clock.now(),
+        SecretWrite::for_facts(&facts.secret, obj),
     )
     .await?;
     let renewal = decide::record_issued(
