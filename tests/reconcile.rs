@@ -581,6 +581,75 @@ async fn a_template_edit_reaches_the_secret_without_a_new_token() {
     assert_eq!(w.emulator.calls("create").await, 1);
 }
 
+/// Managers of the Secret's fields, as `manager/operation`.
+fn secret_managers(s: &Secret) -> Vec<String> {
+    s.managed_fields()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m.manager.as_deref().unwrap_or_default(),
+                m.operation.as_deref().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_first_created_still_loses_labels_dropped_from_the_template() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("tmpl-drop", 1.0).await;
+    w.service(PREVIEW).await;
+    w.start(w.config());
+    // No template: the first write is a plain create (cheaper than an apply).
+    w.identity("app", json!({})).await;
+    w.ready("app").await;
+    let created = w.secrets().get("app").await.unwrap();
+    assert_eq!(
+        secret_managers(&created),
+        vec!["acs-identity-operator/Update".to_string()],
+        "the new Secret was created, not applied"
+    );
+    let token = w.token("app").await;
+    let ids = w.identities();
+    let set_template = |template: Value| {
+        let ids = ids.clone();
+        async move {
+            ids.patch(
+                "app",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"secretTemplate": template}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_template(json!({"labels": {"team": "a"}, "annotations": {"x": "1"}})).await;
+    eventually(30, "the template on the Secret", || async {
+        let s = w.secrets().get("app").await.ok()?;
+        (s.labels().get("team").map(String::as_str) == Some("a")
+            && s.annotations().get("x").map(String::as_str) == Some("1"))
+        .then_some(())
+    })
+    .await;
+    set_template(json!(null)).await;
+    let s = eventually(30, "the dropped label and annotation gone", || async {
+        let s = w.secrets().get("app").await.ok()?;
+        (!s.labels().contains_key("team") && !s.annotations().contains_key("x")).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        s.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("acs-identity-operator"),
+        "our own label stays"
+    );
+    assert_eq!(w.token("app").await, token, "the same token throughout");
+    assert_eq!(w.emulator.calls("issue").await, 0);
+    assert_eq!(w.emulator.calls("create").await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_edited_secret_is_restored_once() {
     let _shared = EXCLUSIVE.read().await;
