@@ -19,9 +19,14 @@ use super::resolver::ResolvedService;
 pub struct Remembered {
     /// The identity's UID: a new object with the same name starts from nothing.
     pub uid: String,
-    /// resourceVersion of the identity after our last status write, and that status.
+    /// resourceVersion of the identity after our last status write, and that status
+    /// while the cache has not caught up with it (dropped once it has: at thousands of
+    /// identities a second copy of every status was a tenth of the operator's memory).
     pub identity_rv: Option<String>,
     pub status: Option<CommunicationIdentityStatus>,
+    /// Digest of the status we last wrote (or read and found to match the Secret): tells
+    /// whether the status at hand is ours after the copy is dropped.
+    pub status_digest: Option<u64>,
     /// resourceVersion of the token Secret after our last write of it, or as last read
     /// and found intact.
     pub secret_rv: Option<String>,
@@ -124,6 +129,28 @@ pub fn freshness(cached: Option<&str>, ours: Option<&str>) -> Freshness {
     }
 }
 
+/// A digest of a status, to recognise our own without keeping a copy.
+pub fn status_digest(status: &CommunicationIdentityStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same status gives the same digest for the life of the process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(status).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+impl Remembered {
+    /// Whether `status` is the one we last wrote or confirmed.
+    pub fn status_is_ours(&self, status: &CommunicationIdentityStatus) -> bool {
+        self.status_digest == Some(status_digest(status))
+    }
+
+    /// The copy of our status is needed only while the cache is older than our write.
+    pub fn status_copy_needed(&self, cached_rv: Option<&str>) -> bool {
+        self.status.is_some()
+            && freshness(cached_rv, self.identity_rv.as_deref()) == Freshness::Older
+    }
+}
+
 /// The status to decide from: the cached one, unless the cache is older than our last
 /// write, in which case what we wrote.
 pub fn effective_status(
@@ -186,6 +213,28 @@ mod tests {
         assert_eq!(
             effective_status(Some("1"), Some(&cached), &nothing),
             status("cached")
+        );
+    }
+
+    #[test]
+    fn our_status_is_recognised_by_digest_and_its_copy_kept_only_while_the_cache_lags() {
+        let mine = status("ours");
+        let r = Remembered {
+            uid: "u".into(),
+            identity_rv: Some("20".into()),
+            status: Some(mine.clone()),
+            status_digest: Some(status_digest(&mine)),
+            ..Default::default()
+        };
+        assert!(r.status_is_ours(&mine));
+        assert!(!r.status_is_ours(&status("someone else's")));
+        assert!(r.status_copy_needed(Some("19")));
+        assert!(!r.status_copy_needed(Some("20")));
+        assert!(!r.status_copy_needed(Some("21")));
+        let dropped = Remembered { status: None, ..r };
+        assert!(
+            dropped.status_is_ours(&mine),
+            "the digest outlives the copy"
         );
     }
 

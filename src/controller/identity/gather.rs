@@ -10,7 +10,7 @@ use kube::{Api, ResourceExt};
 
 use crate::api::{CommunicationIdentity, CommunicationIdentityStatus};
 use crate::controller::context::Context;
-use crate::controller::memory::{Freshness, Remembered, freshness};
+use crate::controller::memory::{Freshness, Remembered, freshness, status_digest};
 use crate::controller::resolver::{ResolveError, ResolvedService};
 use crate::controller::secret;
 
@@ -69,7 +69,7 @@ pub async fn observe_secret(
 ) -> Result<SecretObservation, StepError> {
     let ns = identity.namespace().unwrap_or_default();
     let uid = identity.uid().unwrap_or_default();
-    let status_is_ours = remembered.status.as_ref() == Some(status);
+    let status_is_ours = remembered.status_is_ours(status);
     match ctx.stores.secret(&ns, secret_name) {
         Some(meta) => {
             if !secret::owned_by(&meta.metadata, &uid) {
@@ -150,9 +150,11 @@ async fn read_secret(
             .update(&ObjectRef::from_obj(identity), &uid, |r| {
                 r.secret_rv = rv;
                 r.secret_seen = true;
-                // A status that came from memory keeps the version of our write.
-                if r.status.as_ref() != Some(status) {
-                    r.status = Some(status.clone());
+                // A status that came from memory keeps the version of our write; one
+                // from the cache needs no copy.
+                if !r.status_is_ours(status) {
+                    r.status = None;
+                    r.status_digest = Some(status_digest(status));
                     r.identity_rv = identity_rv;
                 }
             });

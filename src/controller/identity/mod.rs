@@ -173,6 +173,11 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         obj.status.as_ref(),
         &remembered,
     );
+    if remembered.status.is_some()
+        && !remembered.status_copy_needed(obj.resource_version().as_deref())
+    {
+        ctx.memory.update(&oref, &uid, |r| r.status = None);
+    }
     let resolved = ctx.resolver.resolve(&obj).await;
     // Remember the service that reaches the user's resource: cleanup may need it after
     // the service went (or was pointed elsewhere).

@@ -146,6 +146,7 @@ pub async fn write_status(
         ctx.memory.update(&ObjectRef::from_obj(obj), &uid, |r| {
             r.identity_rv = written.resource_version();
             r.status = Some(status.clone());
+            r.status_digest = Some(crate::controller::memory::status_digest(status));
         });
     }
     Ok(())
