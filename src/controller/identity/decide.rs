@@ -614,6 +614,35 @@ pub fn event_reason(reason: &'static str, token_still_valid: bool) -> &'static s
     }
 }
 
+/// The status to record before asking ACS for a new token when the token in the Secret
+/// has already expired but `Ready` still says True: ACS may take seconds to answer (or
+/// to fail) during an outage, and `Ready` must turn False when the token expires, not when
+/// that answer comes. `None` when status already tells the truth.
+pub fn expired_before_acting(
+    f: &Facts<'_>,
+    planned: &CommunicationIdentityStatus,
+) -> Option<CommunicationIdentityStatus> {
+    let expired_on = planned.token_expires_on.as_ref()?.0;
+    if expired_on > f.now || !is_true(&planned.conditions, types::READY) {
+        return None;
+    }
+    let mut st = planned.clone();
+    set_condition(
+        &mut st.conditions,
+        types::READY,
+        false,
+        reasons::TOKEN_EXPIRED,
+        format!(
+            "the token in Secret {} expired at {}; a new one is being requested",
+            f.secret_name,
+            rfc3339(expired_on)
+        ),
+        f.generation,
+        f.now,
+    );
+    Some(st)
+}
+
 /// Records a problem in conditions; returns whether it is news (worth an event).
 pub fn record_problem(
     st: &mut CommunicationIdentityStatus,

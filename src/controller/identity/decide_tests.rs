@@ -672,3 +672,68 @@ fn a_failed_renewal_stays_failing_until_the_next_attempt() {
     };
     assert_eq!(token(&again.plan()).reason, TokenReason::RenewalDue);
 }
+
+#[test]
+fn an_expired_token_is_marked_not_ready_before_acs_is_asked_for_another() {
+    // Healthy status as recorded an hour in (Ready=True, token until 24 h).
+    let recorded = Case::healthy().plan().status;
+    assert_eq!(
+        condition(&recorded.conditions, types::READY).map(|c| c.status.as_str()),
+        Some("True")
+    );
+    // (now, Ready=True in the plan, expected early Ready reason)
+    let rows: Vec<(&str, i64, CommunicationIdentityStatus, Option<&str>)> = vec![
+        ("still valid", 23 * H, recorded.clone(), None),
+        (
+            "expired, Ready still True",
+            24 * H + 5,
+            recorded.clone(),
+            Some(reasons::TOKEN_EXPIRED),
+        ),
+        (
+            "expired, Ready already False",
+            24 * H + 5,
+            {
+                let mut s = recorded.clone();
+                set_condition(
+                    &mut s.conditions,
+                    types::READY,
+                    false,
+                    reasons::TOKEN_ISSUE_FAILED,
+                    "down",
+                    Some(1),
+                    ts(24 * H),
+                );
+                s
+            },
+            None,
+        ),
+        (
+            "no token yet",
+            5,
+            CommunicationIdentityStatus::default(),
+            None,
+        ),
+    ];
+    for (what, now, planned, want) in rows {
+        let case = Case {
+            status: planned.clone(),
+            now: ts(now),
+            ..Case::healthy()
+        };
+        let early = expired_before_acting(&case.facts(), &planned);
+        let got = early
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, types::READY))
+            .map(|c| {
+                assert_eq!(c.status, "False", "{what}");
+                assert!(c.message.contains("app"), "{what}: names the Secret");
+                c.reason.as_str()
+            });
+        assert_eq!(got, want, "{what}");
+        if let Some(s) = &early {
+            assert_eq!(s.user_id, planned.user_id, "{what}: only Ready changes");
+            assert_eq!(s.token_expires_on, planned.token_expires_on, "{what}");
+        }
+    }
+}

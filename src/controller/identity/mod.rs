@@ -253,7 +253,17 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
             Action::requeue(plan.requeue)
         }
         (Step::Token(tp), Ok(svc)) => {
-            let mut st = plan.status.clone();
+            let early = decide::expired_before_acting(&facts, &plan.status);
+            if let Some(early) = &early {
+                write_status(ctx, &obj, &status, early)
+                    .await
+                    .map_err(|e| Error::Step(StepError::WriteStatus(e)))?;
+            }
+            let facts = Facts {
+                status: early.as_ref().unwrap_or(&status),
+                ..facts.clone()
+            };
+            let mut st = early.clone().unwrap_or_else(|| plan.status.clone());
             let outcome = issue(ctx, &obj, &facts, &svc, tp, &secret_name, &mut st).await;
             let requeue = match &outcome {
                 Ok(renewal) => crate::controller::renewal::requeue_after(ctx.clock.now(), *renewal)
