@@ -89,7 +89,7 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationidentities/status"]
-  # Status is written with server-side apply (a patch).
+  # Status is replaced with a JSON patch (the operator alone writes it).
   verbs: ["get", "patch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationidentities/finalizers"]
@@ -103,7 +103,7 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # Token Secrets it owns (written with server-side apply, watched by label; deleted by
+  # Token Secrets it owns (created, then server-side applied; watched by label; deleted by
   # the garbage collector with their identity, never by the operator) and the credential
   # Secrets of the namespace's own CommunicationServices (read). Kubernetes RBAC cannot
   # narrow list/watch by label, so this is every Secret of the namespace; the operator
@@ -114,7 +114,8 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  # One event per occurrence (warnings only for new problems): never patched.
+  verbs: ["create"]
 {{- end }}
 
 {{/* RBAC rules that only a ClusterRole can grant: cluster-scoped resources. */}}
