@@ -370,19 +370,7 @@ impl World {
     }
 
     pub async fn put_credentials(&self, secret: &str, connection_string: &str) {
-        let obj: Secret = serde_json::from_value(json!({
-            "metadata": {"name": secret},
-            "stringData": {"connectionString": connection_string},
-        }))
-        .expect("secret");
-        self.secrets()
-            .patch(
-                secret,
-                &PatchParams::apply("acs-reliability").force(),
-                &Patch::Apply(&obj),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("apply Secret {secret}: {e}"));
+        crate::support::world::put_secret(&self.client, &self.ns, secret, connection_string).await;
     }
 
     /// Creates an acs-operator.dev object in the namespace.
