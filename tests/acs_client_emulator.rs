@@ -33,6 +33,7 @@ fn options(emu: &RunningEmulator, api_version: &str) -> AcsClientOptions {
             max_delay: Duration::from_millis(100),
             max_retry_after: Duration::from_secs(5),
         },
+        allow_insecure_endpoints: true,
         ..AcsClientOptions::default()
     }
 }

@@ -149,6 +149,7 @@ fn options(api_version: &str) -> AcsClientOptions {
         api_version: api_version.into(),
         retry: fast_retries(3),
         request_timeout: Duration::from_secs(5),
+        allow_insecure_endpoints: true,
         ..Default::default()
     }
 }

@@ -89,6 +89,7 @@ impl World {
             cluster_resource_namespace: self.ns().to_string(),
             client_settings: ClientSettings {
                 request_timeout: Some(Duration::from_secs(5)),
+                allow_insecure_endpoints: true,
                 ..ClientSettings::default()
             },
             ..OperatorConfig::default()

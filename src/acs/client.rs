@@ -16,7 +16,8 @@ use super::endpoint::check_endpoint;
 use super::error::{AcsError, Operation};
 use super::model::{
     AccessToken, CommunicationUser, CreateUserBody, CreatedUser, IssueTokenBody, RawResponse,
-    TokenScope, parse_create_user, parse_get_user, parse_issue_token, parse_no_content,
+    TokenScope, check_expiry, parse_create_user, parse_get_user, parse_issue_token,
+    parse_no_content,
 };
 use super::quota::{ClientQuota, QuotaConfig};
 use super::retry::{RetryPolicy, retry_after_from_headers};
@@ -87,10 +88,19 @@ pub struct AcsClientOptions {
     /// emulator's `--tls`).
     pub extra_ca_pem: Option<Vec<u8>>,
     pub observer: Option<Arc<dyn RequestObserver>>,
-    /// Allow plain http to any host (`--allow-insecure-endpoints`); without it plain http
-    /// goes to loopback addresses only. User info in the endpoint is refused regardless.
+    /// Allow plain http (`--allow-insecure-endpoints`); without it only https. User info,
+    /// paths, queries and fragments in the endpoint are refused regardless.
     pub allow_insecure_endpoints: bool,
+    /// The budget of the ACS resource this client talks to, when several clients (keys,
+    /// api-versions, services) share one; `None`: a budget of its own from `quota`.
+    pub shared_quota: Option<Arc<ClientQuota>>,
+    /// No retry starts after this much time spent on one call; the last error is returned.
+    pub call_deadline: Duration,
 }
+
+/// The largest answer read. ACS's answers are a few KiB (a token is about 1.5 KiB); an
+/// endpoint that streams more is not read to the end and cannot grow our memory.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 impl Default for AcsClientOptions {
     fn default() -> Self {
@@ -103,6 +113,8 @@ impl Default for AcsClientOptions {
             extra_ca_pem: None,
             observer: None,
             allow_insecure_endpoints: false,
+            shared_quota: None,
+            call_deadline: Duration::from_secs(120),
         }
     }
 }
@@ -118,6 +130,8 @@ impl fmt::Debug for AcsClientOptions {
             .field("extra_ca_pem", &self.extra_ca_pem.as_ref().map(|p| p.len()))
             .field("observer", &self.observer.is_some())
             .field("allow_insecure_endpoints", &self.allow_insecure_endpoints)
+            .field("shared_quota", &self.shared_quota.is_some())
+            .field("call_deadline", &self.call_deadline)
             .finish()
     }
 }
@@ -126,6 +140,9 @@ impl fmt::Debug for AcsClientOptions {
 #[derive(Clone)]
 pub struct AcsClient {
     inner: Arc<Inner>,
+    /// Set by [`AcsClient::for_caller`]: never sleep for quota or a long pause, return
+    /// `QuotaWait` / `Paused` with the caller's turn reserved instead.
+    caller: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -135,8 +152,9 @@ struct Inner {
     key: AccessKey,
     api_version: String,
     request_timeout: Duration,
+    call_deadline: Duration,
     retry: RetryPolicy,
-    quota: ClientQuota,
+    quota: Arc<ClientQuota>,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -199,12 +217,32 @@ impl AcsClient {
                 base: connection.endpoint_str(),
                 key: connection.key().clone(),
                 request_timeout: options.request_timeout,
+                call_deadline: options.call_deadline,
                 retry: options.retry,
-                quota: ClientQuota::new(&options.quota),
+                quota: options
+                    .shared_quota
+                    .unwrap_or_else(|| Arc::new(ClientQuota::new(&options.quota))),
                 api_version: options.api_version,
                 observer: options.observer,
             }),
+            caller: None,
         })
+    }
+
+    /// This client, for requests made on behalf of `caller` (an identity's uid): a
+    /// request that would wait for quota or a pause returns at once with `QuotaWait` or
+    /// `Paused` and its `retry_after`, and the caller's turn stays reserved until it comes
+    /// back. A reconcile holds no permit while it waits.
+    pub fn for_caller(&self, caller: &str) -> AcsClient {
+        AcsClient {
+            inner: self.inner.clone(),
+            caller: Some(Arc::from(caller)),
+        }
+    }
+
+    /// The budget this client draws from (shared with every client of its resource).
+    pub fn quota(&self) -> &Arc<ClientQuota> {
+        &self.inner.quota
     }
 
     pub fn api_version(&self) -> &str {
@@ -267,7 +305,11 @@ impl AcsClient {
             Retry::OnlyIfNotExecuted
         };
         self.call(Operation::CreateUser, "", body, retry, |r| {
-            parse_create_user(r, token_expected)
+            let created = parse_create_user(r, token_expected)?;
+            if let Some(t) = &created.token {
+                check_expiry(Operation::CreateUser, jiff::Timestamp::now(), t.expires_on)?;
+            }
+            Ok(created)
         })
         .await
     }
@@ -308,7 +350,15 @@ impl AcsClient {
             id,
             Some(body),
             Retry::Retryable,
-            parse_issue_token,
+            |r| {
+                let token = parse_issue_token(r)?;
+                check_expiry(
+                    Operation::IssueToken,
+                    jiff::Timestamp::now(),
+                    token.expires_on,
+                )?;
+                Ok(token)
+            },
         )
         .await
     }
@@ -344,19 +394,11 @@ impl AcsClient {
         parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
     ) -> Result<T, AcsError> {
         let url = self.request_url(op, id)?;
+        let call_started = Instant::now();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let paused = self.inner.quota.paused_for(op, Instant::now());
-            if paused > self.inner.retry.max_retry_after {
-                // Waiting here would hold the caller's reconcile for that long; it can
-                // requeue instead.
-                return Err(AcsError::Paused {
-                    operation: op,
-                    retry_after: paused,
-                });
-            }
-            let quota_wait = self.inner.quota.acquire(op).await;
+            let quota_wait = self.wait_for_turn(op).await?;
             let started = Instant::now();
             let result = match self.send_once(op, &url, body.as_deref()).await {
                 Ok((status, retry_after, bytes)) => parse(&RawResponse {
@@ -389,7 +431,7 @@ impl AcsClient {
             if err.status() == Some(429)
                 && let Some(wait) = err.retry_after()
             {
-                self.inner.quota.pause(op, Instant::now() + wait);
+                self.inner.quota.pause(op, wait);
             }
             let may_retry =
                 err.is_retryable() && (retry == Retry::Retryable || !err.is_outcome_unknown());
@@ -397,6 +439,10 @@ impl AcsClient {
                 self.inner
                     .retry
                     .next_delay(attempt, err.retry_after(), rand::random::<f64>())
+                    // A stalling endpoint must not hold the caller past the deadline.
+                    .filter(|d| {
+                        call_started.elapsed().saturating_add(*d) < self.inner.call_deadline
+                    })
             } else {
                 None
             };
@@ -422,6 +468,40 @@ impl AcsClient {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Waits (or, for a caller, refuses to wait) for `op`'s turn; returns the time waited.
+    async fn wait_for_turn(&self, op: Operation) -> Result<Duration, AcsError> {
+        let now = Instant::now();
+        let quota = &self.inner.quota;
+        if let Some(caller) = &self.caller {
+            return match quota.try_acquire(op, caller, now) {
+                Ok(()) => Ok(Duration::ZERO),
+                Err(at) => {
+                    let retry_after = at.saturating_duration_since(now);
+                    Err(if quota.paused_for(op, now).is_zero() {
+                        AcsError::QuotaWait {
+                            operation: op,
+                            retry_after,
+                        }
+                    } else {
+                        AcsError::Paused {
+                            operation: op,
+                            retry_after,
+                        }
+                    })
+                }
+            };
+        }
+        let paused = quota.paused_for(op, now);
+        if paused > self.inner.retry.max_retry_after {
+            // Waiting here would hold the caller for that long; it can come back instead.
+            return Err(AcsError::Paused {
+                operation: op,
+                retry_after: paused,
+            });
+        }
+        Ok(quota.acquire(op).await)
     }
 
     /// The `issue_token` request exactly as it would go on the wire (target, JSON body,
@@ -508,25 +588,61 @@ impl AcsClient {
             .map_err(|e| self.transport_error(op, e))?;
         let status = response.status().as_u16();
         let retry_after = retry_after_from_headers(response.headers(), SystemTime::now());
-        let bytes = response
-            .bytes()
+        let bytes = self.read_capped(op, status, response).await?;
+        Ok((status, retry_after, bytes))
+    }
+
+    /// The body, refused once it grows past [`MAX_RESPONSE_BYTES`] (whatever
+    /// `Content-Length` claims): a hostile endpoint cannot make us buffer 100 MiB.
+    async fn read_capped(
+        &self,
+        op: Operation,
+        status: u16,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, AcsError> {
+        let too_large = AcsError::TooLarge {
+            operation: op,
+            status,
+            limit: MAX_RESPONSE_BYTES,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.transport_error(op, e))?;
-        Ok((status, retry_after, bytes.to_vec()))
+            .map_err(|e| self.transport_error(op, e))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport_error(&self, op: Operation, e: reqwest::Error) -> AcsError {
-        if e.is_timeout() {
+        // Bounded like any text that may come from the other end (TLS names, proxies);
+        // for debugging only, never shown in status.
+        let (timeout, connect) = (e.is_timeout(), e.is_connect());
+        let detail = super::error::endpoint_text(&error_chain(&e.without_url()));
+        tracing::debug!(operation = %op, endpoint = %self.inner.base, detail = %detail, "no answer from ACS");
+        if timeout {
             return AcsError::Timeout {
                 operation: op,
                 timeout: self.inner.request_timeout,
+                endpoint: self.inner.base.clone(),
             };
         }
         AcsError::Transport {
             operation: op,
-            connect: e.is_connect(),
-            // Bounded like any text that may come from the other end (TLS names, proxies).
-            detail: super::error::endpoint_text(&error_chain(&e.without_url())),
+            connect,
+            detail,
+            endpoint: self.inner.base.clone(),
         }
     }
 }
@@ -617,7 +733,12 @@ mod tests {
             )
         };
         assert!(build("https://res.communication.azure.com/", false).is_ok());
-        assert!(build("http://127.0.0.1:7000/", false).is_ok());
+        // Loopback too: a sidecar's admin port listens there.
+        let e = build("http://127.0.0.1:7000/", false).unwrap_err();
+        assert_eq!(e.reason(), Some("InsecureEndpoint"), "{e:?}");
+        assert!(build("http://127.0.0.1:7000/", true).is_ok());
+        let e = build("http://127.0.0.1:15000/quitquitquit#", true).unwrap_err();
+        assert_eq!(e.reason(), Some("InsecureEndpoint"), "{e:?}");
         let e = build("http://10.1.2.3:7000/", false).unwrap_err();
         assert_eq!(e.reason(), Some("InsecureEndpoint"), "{e:?}");
         assert_eq!(e.metric_label(), "insecure_endpoint");
@@ -723,7 +844,14 @@ mod tests {
             "endpoint=http://127.0.0.1:7000/;accesskey=c2VjcmV0LWtleS1ieXRlcw==",
         )
         .unwrap();
-        let client = AcsClient::new(&cs, AcsClientOptions::default()).unwrap();
+        let client = AcsClient::new(
+            &cs,
+            AcsClientOptions {
+                allow_insecure_endpoints: true,
+                ..AcsClientOptions::default()
+            },
+        )
+        .unwrap();
         let request = client
             .prepare_issue_token("8:acs:x_y", &[TokenScope::Chat], Some(60))
             .unwrap();

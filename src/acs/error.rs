@@ -62,19 +62,41 @@ pub enum AcsError {
         /// How long ACS asked us to wait (`Retry-After` and friends).
         retry_after: Option<Duration>,
     },
-    /// No complete answer within the request timeout.
-    #[error("ACS {operation} timed out after {timeout:?}")]
+    /// No complete answer within the request timeout. Shown exactly like `Transport`: what
+    /// a tenant's endpoint sees in `Ready` must not tell an open port from a closed one.
+    #[error("{}", unreachable(operation, endpoint))]
     Timeout {
         operation: Operation,
         timeout: Duration,
+        /// Where the request went (scheme, host, port), as the connection string named it.
+        endpoint: String,
     },
     /// The request could not be sent or the answer not read (DNS, connect, TLS, reset).
-    #[error("cannot reach ACS for {operation}: {detail}")]
+    /// `detail` (what the network stack said) goes to debug logs only, never to status:
+    /// it would turn `Ready` into a port scanner of the operator's network.
+    #[error("{}", unreachable(operation, endpoint))]
     Transport {
         operation: Operation,
         /// Whether the failure happened while connecting, i.e. ACS never saw the request.
         connect: bool,
         detail: String,
+        endpoint: String,
+    },
+    /// The answer was longer than any ACS answer can be; it was not read to the end.
+    #[error(
+        "ACS sent an unusable response to {operation} (HTTP {status}): the answer is larger than {limit} bytes"
+    )]
+    TooLarge {
+        operation: Operation,
+        status: u16,
+        limit: usize,
+    },
+    /// The client-side quota has no turn for this request yet; its turn is reserved for
+    /// the caller, who should come back after `retry_after`. Nothing was sent.
+    #[error("waiting for the client-side ACS quota of {operation}")]
+    QuotaWait {
+        operation: Operation,
+        retry_after: Duration,
     },
     /// A success status with a body we cannot use. `reason` never quotes the body.
     #[error("ACS sent an unusable response to {operation} (HTTP {status}): {reason}")]
@@ -98,7 +120,11 @@ pub enum AcsError {
     Endpoint(#[from] EndpointError),
     /// ACS answered 429 with a `Retry-After` longer than the retry policy waits; every
     /// request of this operation through this client waits until then. Nothing was sent.
-    #[error("ACS asked to slow down: {operation} is paused for another {retry_after:?}")]
+    // The message stays the same for the whole pause (no remaining time in it), so that a
+    // paused identity writes its status once, not on every pass (issue 15).
+    #[error(
+        "ACS asked to slow down (HTTP 429): {operation} is paused for every identity of this ACS resource"
+    )]
     Paused {
         operation: Operation,
         retry_after: Duration,
@@ -109,6 +135,12 @@ pub enum AcsError {
     /// The caller passed something no request can be made from (e.g. an empty user id).
     #[error("invalid ACS request: {0}")]
     InvalidArgument(String),
+}
+
+fn unreachable(operation: &Operation, endpoint: &str) -> String {
+    format!(
+        "no answer from the ACS endpoint {endpoint} for {operation} (connection refused, reset or timed out)"
+    )
 }
 
 fn custom_id_version_list() -> String {
@@ -150,6 +182,8 @@ impl AcsError {
             | AcsError::Timeout { operation, .. }
             | AcsError::Transport { operation, .. }
             | AcsError::MalformedResponse { operation, .. }
+            | AcsError::TooLarge { operation, .. }
+            | AcsError::QuotaWait { operation, .. }
             | AcsError::Paused { operation, .. } => Some(*operation),
             AcsError::Unsupported { .. }
             | AcsError::Endpoint(_)
@@ -161,9 +195,9 @@ impl AcsError {
     /// The HTTP status ACS answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            AcsError::Service { status, .. } | AcsError::MalformedResponse { status, .. } => {
-                Some(*status)
-            }
+            AcsError::Service { status, .. }
+            | AcsError::MalformedResponse { status, .. }
+            | AcsError::TooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -194,8 +228,13 @@ impl AcsError {
             AcsError::Service { status, .. } => {
                 *status == 408 || *status == 429 || (500..=599).contains(status)
             }
-            AcsError::Timeout { .. } | AcsError::Transport { .. } | AcsError::Paused { .. } => true,
-            AcsError::MalformedResponse { .. }
+            AcsError::Timeout { .. }
+            | AcsError::Transport { .. }
+            | AcsError::Paused { .. }
+            | AcsError::QuotaWait { .. } => true,
+            // An endpoint that answers megabytes will do so again; a person must look.
+            AcsError::TooLarge { .. }
+            | AcsError::MalformedResponse { .. }
             | AcsError::Unsupported { .. }
             | AcsError::Endpoint(_)
             | AcsError::Config(_)
@@ -213,10 +252,13 @@ impl AcsError {
             AcsError::Timeout { .. } => true,
             AcsError::Transport { connect, .. } => !connect,
             AcsError::Service { status, .. } => *status == 408 || (500..=599).contains(status),
-            AcsError::MalformedResponse { status, .. } => (200..300).contains(status),
+            AcsError::MalformedResponse { status, .. } | AcsError::TooLarge { status, .. } => {
+                (200..300).contains(status)
+            }
             AcsError::Unsupported { .. }
             | AcsError::Endpoint(_)
             | AcsError::Paused { .. }
+            | AcsError::QuotaWait { .. }
             | AcsError::Config(_)
             | AcsError::InvalidArgument(_) => false,
         }
@@ -226,9 +268,17 @@ impl AcsError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             AcsError::Service { retry_after, .. } => *retry_after,
-            AcsError::Paused { retry_after, .. } => Some(*retry_after),
+            AcsError::Paused { retry_after, .. } | AcsError::QuotaWait { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
+    }
+
+    /// Nothing failed: the request waits for its turn (client-side quota). The caller
+    /// requeues for `retry_after()` and records no problem.
+    pub fn is_quota_wait(&self) -> bool {
+        matches!(self, AcsError::QuotaWait { .. })
     }
 
     /// The condition reason this error should be reported with, where it has its own
@@ -259,6 +309,8 @@ impl AcsError {
             AcsError::Unsupported { .. } => "unsupported",
             AcsError::Endpoint(_) => "insecure_endpoint",
             AcsError::Paused { .. } => "paused",
+            AcsError::QuotaWait { .. } => "quota_wait",
+            AcsError::TooLarge { .. } => "too_large",
             AcsError::Config(_) => "config",
             AcsError::InvalidArgument(_) => "invalid_argument",
         }
@@ -317,6 +369,7 @@ mod tests {
         let timeout = AcsError::Timeout {
             operation: Operation::CreateUser,
             timeout: Duration::from_secs(1),
+            endpoint: "https://a.example".into(),
         };
         assert!(timeout.is_retryable());
         let malformed = AcsError::MalformedResponse {
@@ -325,6 +378,57 @@ mod tests {
             reason: "x".into(),
         };
         assert!(!malformed.is_retryable());
+    }
+
+    #[test]
+    fn unreachable_endpoints_read_the_same_whatever_answered() {
+        let endpoint = "https://10.0.0.7:15000";
+        let shown: Vec<String> = [
+            AcsError::Timeout {
+                operation: Operation::IssueToken,
+                timeout: Duration::from_secs(30),
+                endpoint: endpoint.into(),
+            },
+            AcsError::Transport {
+                operation: Operation::IssueToken,
+                connect: true,
+                detail: "tcp connect error: Connection refused (os error 111)".into(),
+                endpoint: endpoint.into(),
+            },
+            AcsError::Transport {
+                operation: Operation::IssueToken,
+                connect: false,
+                detail: "invalid peer certificate: NotValidForName envoy-admin".into(),
+                endpoint: endpoint.into(),
+            },
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert!(shown.iter().all(|s| s == &shown[0]), "{shown:?}");
+        assert!(shown[0].contains(endpoint), "{}", shown[0]);
+        for leak in ["refused (os", "envoy", "certificate", "30s"] {
+            assert!(!shown[0].contains(leak), "{}", shown[0]);
+        }
+    }
+
+    #[test]
+    fn waits_are_stable_and_retry_after_them() {
+        let paused = |secs| AcsError::Paused {
+            operation: Operation::IssueToken,
+            retry_after: Duration::from_nanos(secs),
+        };
+        assert_eq!(
+            paused(3_599_999_999_123).to_string(),
+            paused(12).to_string()
+        );
+        let wait = AcsError::QuotaWait {
+            operation: Operation::CreateUser,
+            retry_after: Duration::from_secs(7),
+        };
+        assert!(wait.is_quota_wait() && !paused(1).is_quota_wait());
+        assert_eq!(wait.retry_after(), Some(Duration::from_secs(7)));
+        assert!(!wait.is_outcome_unknown());
     }
 
     #[test]
@@ -379,11 +483,13 @@ mod tests {
         let timeout = AcsError::Timeout {
             operation: Operation::CreateUser,
             timeout: Duration::from_secs(1),
+            endpoint: "https://a.example".into(),
         };
         let transport = |connect| AcsError::Transport {
             operation: Operation::CreateUser,
             connect,
             detail: "reset".into(),
+            endpoint: "https://a.example".into(),
         };
         let malformed = |status| AcsError::MalformedResponse {
             operation: Operation::CreateUser,

@@ -158,6 +158,8 @@ pub async fn spawn_operator_as(
         "127.0.0.1:0".into(),
         "--log-format".into(),
         "json".into(),
+        // The emulator speaks plain http on loopback; production refuses that by default.
+        "--allow-insecure-endpoints".into(),
     ];
     args.extend(extra_args.iter().map(|a| a.to_string()));
     let process = Watched::spawn(

@@ -113,6 +113,14 @@ impl StepError {
         self.acs().and_then(AcsError::retry_after)
     }
 
+    /// The step only waits for its client-side quota turn (nothing was sent): requeue for
+    /// this long and record no problem.
+    pub fn quota_wait(&self) -> Option<std::time::Duration> {
+        self.acs()
+            .filter(|e| e.is_quota_wait())
+            .and_then(AcsError::retry_after)
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self.acs() {
             Some(e) => e.metric_label(),
