@@ -85,6 +85,12 @@ impl StepError {
         if self.acs().is_some_and(AcsError::is_unauthorized) {
             return reasons::UNAUTHORIZED;
         }
+        // Deletion keeps its own reason (the message says whose resource the user is on).
+        if self.acs().is_some_and(AcsError::is_identity_not_owned)
+            && !matches!(self, StepError::DeleteUser { .. })
+        {
+            return reasons::IDENTITY_NOT_OWNED;
+        }
         match self {
             StepError::CreateUser { .. } | StepError::NoTokenInCreate { .. } => {
                 reasons::USER_CREATE_FAILED
