@@ -357,7 +357,14 @@ async fn bad_input_gets_400_404_or_413_with_error_json() {
             .await;
         assert_eq!(r.status, 400, "{bad_id}: {}", r.json);
     }
-    let unknown = format!("8:acs:{}_{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // An id of this resource that was never created (another resource's id is a 401,
+    // see `ids_of_another_resource_are_401_identity_not_owned`).
+    let resource = id
+        .strip_prefix("8:acs:")
+        .and_then(|r| r.split_once('_'))
+        .unwrap()
+        .0;
+    let unknown = format!("8:acs:{resource}_{}", uuid::Uuid::new_v4());
     let r = c
         .call(
             Method::DELETE,
