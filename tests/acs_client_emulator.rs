@@ -189,7 +189,10 @@ async fn custom_id_makes_create_idempotent_and_get_reads_it() {
     assert_eq!(first.user.custom_id.as_deref(), Some("uid-1234"));
     let again = c.create_user(None, None, Some("uid-1234")).await.unwrap();
     assert_eq!(again.user.id, first.user.id, "same custom id, same user");
-    assert!(again.created, "answered 201 as the live service does: not a signal");
+    assert!(
+        again.created,
+        "answered 201 as the live service does: not a signal"
+    );
 
     let got = c.get_user(&first.user.id).await.unwrap();
     assert_eq!(got.id, first.user.id);
@@ -345,7 +348,11 @@ async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
         .await
         .expect("retried with the same custom id");
     assert!(created.token.is_some());
-    assert_eq!(live_users(&emu).await, 1, "the retry found the user the lost answer made");
+    assert_eq!(
+        live_users(&emu).await,
+        1,
+        "the retry found the user the lost answer made"
+    );
     emu.shutdown().await;
 
     // 2023-08-01's repeatability headers make the same retry safe without custom ids: ACS
@@ -471,16 +478,24 @@ async fn a_user_of_another_resource_is_identity_not_owned() {
         .id;
     let c = client(&elsewhere, options(&elsewhere, "2023-10-01"));
     let errors = [
-        c.issue_token(&user, &[TokenScope::Chat], None).await.unwrap_err(),
+        c.issue_token(&user, &[TokenScope::Chat], None)
+            .await
+            .unwrap_err(),
         c.revoke_tokens(&user).await.unwrap_err(),
         c.delete_user(&user).await.unwrap_err(),
     ];
     for e in &errors {
         assert!(e.is_identity_not_owned(), "{e:?}");
-        assert!(!e.is_not_found() && !e.is_unauthorized() && !e.is_retryable(), "{e:?}");
+        assert!(
+            !e.is_not_found() && !e.is_unauthorized() && !e.is_retryable(),
+            "{e:?}"
+        );
         assert!(e.client_request_id().is_some());
     }
-    assert!(!admin_identity(&home, &user).await.deleted, "untouched at home");
+    assert!(
+        !admin_identity(&home, &user).await.deleted,
+        "untouched at home"
+    );
     home.shutdown().await;
     elsewhere.shutdown().await;
 }

@@ -685,7 +685,10 @@ async fn creates_on_2023_08_01_carry_repeatability_headers_and_are_retried() {
         assert!(seen.iter().all(|s| &s.repeatability_request_id == id));
         let sent = httpdate::parse_http_date(&seen[0].repeatability_first_sent).unwrap();
         assert!(sent >= before && sent <= std::time::SystemTime::now());
-        assert!(seen.iter().all(|s| s.repeatability_first_sent == seen[0].repeatability_first_sent));
+        assert!(
+            seen.iter()
+                .all(|s| s.repeatability_first_sent == seen[0].repeatability_first_sent)
+        );
         // Each attempt has its own client request id.
         assert_ne!(seen[0].client_request_id, seen[1].client_request_id);
         assert_eq!(seen[0].body, "", "no customId on 2023-08-01");
@@ -696,7 +699,10 @@ async fn creates_on_2023_08_01_carry_repeatability_headers_and_are_retried() {
     c.create_user(None, None, None).await.unwrap();
     c.create_user(None, None, None).await.unwrap();
     let seen = script.seen();
-    assert_ne!(seen[0].repeatability_request_id, seen[1].repeatability_request_id);
+    assert_ne!(
+        seen[0].repeatability_request_id,
+        seen[1].repeatability_request_id
+    );
     // Not on other versions, nor on other operations.
     let (script, addr) = serve(vec![reply(201, CREATED), reply(204, "")]).await;
     let c = client("http", addr, options("2023-10-01"));
@@ -735,5 +741,9 @@ async fn errors_keep_the_client_request_id_of_their_attempt() {
     let e = c.revoke_tokens(USER).await.unwrap_err();
     let seen = script.seen();
     assert_eq!(seen.len(), 2);
-    assert_eq!(e.client_request_id(), Some(seen[1].client_request_id.as_str()), "the last attempt's");
+    assert_eq!(
+        e.client_request_id(),
+        Some(seen[1].client_request_id.as_str()),
+        "the last attempt's"
+    );
 }

@@ -264,13 +264,27 @@ async fn custom_id_and_get_on_the_preview_version() {
     // GA versions, the ones published after the previews included, and the second
     // preview (a copy of 2023-10-01; a later example names an `externalId`) have no
     // customId (ignored: every create is a new user) and no GET /identities/{id}.
-    for version in [V, "2025-04-01-preview", "2025-06-30", "2026-07-22", "2026-09-23"] {
+    for version in [
+        V,
+        "2025-04-01-preview",
+        "2025-06-30",
+        "2026-07-22",
+        "2026-09-23",
+    ] {
         let ga = format!("/identities?api-version={version}");
         let a = c
-            .call(Method::POST, &ga, Some(r#"{"customId":"x","externalId":"x"}"#))
+            .call(
+                Method::POST,
+                &ga,
+                Some(r#"{"customId":"x","externalId":"x"}"#),
+            )
             .await;
         let b = c
-            .call(Method::POST, &ga, Some(r#"{"customId":"x","externalId":"x"}"#))
+            .call(
+                Method::POST,
+                &ga,
+                Some(r#"{"customId":"x","externalId":"x"}"#),
+            )
             .await;
         assert_eq!((a.status, b.status), (201, 201), "{version}");
         assert_ne!(
@@ -576,8 +590,12 @@ async fn found_custom_id_status_can_be_the_specs_200() {
     })
     .await;
     let create = format!("/identities?api-version={PREVIEW}");
-    let first = c.call(Method::POST, &create, Some(r#"{"customId":"a"}"#)).await;
-    let again = c.call(Method::POST, &create, Some(r#"{"customId":"a"}"#)).await;
+    let first = c
+        .call(Method::POST, &create, Some(r#"{"customId":"a"}"#))
+        .await;
+    let again = c
+        .call(Method::POST, &create, Some(r#"{"customId":"a"}"#))
+        .await;
     assert_eq!((first.status, again.status), (201, 200));
     assert_eq!(again.json["identity"]["id"], first.json["identity"]["id"]);
 }
@@ -591,7 +609,11 @@ async fn ids_of_another_resource_are_401_identity_not_owned() {
     let other = format!("8:acs:{}_{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let unknown = format!("8:acs:{}_{}", emu.resource_id(), uuid::Uuid::new_v4());
     for (method, target, body) in [
-        (Method::POST, "/:issueAccessToken", Some(r#"{"scopes":["chat"]}"#)),
+        (
+            Method::POST,
+            "/:issueAccessToken",
+            Some(r#"{"scopes":["chat"]}"#),
+        ),
         (Method::POST, "/:revokeAccessTokens", None),
         (Method::DELETE, "", None),
     ] {
@@ -602,7 +624,11 @@ async fn ids_of_another_resource_are_401_identity_not_owned() {
                 body,
             )
             .await;
-        assert_eq!((r.status, r.code()), (401, "IdentityNotOwned"), "{method} {target}");
+        assert_eq!(
+            (r.status, r.code()),
+            (401, "IdentityNotOwned"),
+            "{method} {target}"
+        );
         assert_eq!(
             r.json["error"]["message"],
             "Provided identity doesn't belong to the resource."
@@ -614,7 +640,11 @@ async fn ids_of_another_resource_are_401_identity_not_owned() {
                 body,
             )
             .await;
-        assert_eq!((r.status, r.code()), (404, "IdentityNotFound"), "{method} {target}");
+        assert_eq!(
+            (r.status, r.code()),
+            (404, "IdentityNotFound"),
+            "{method} {target}"
+        );
     }
     let r = c
         .call(
@@ -648,7 +678,9 @@ async fn validation_errors_carry_their_target() {
         })
     );
     let id = c.create_user().await;
-    let r = c.issue(&id, r#"{"scopes":["chat"],"expiresInMinutes":1441}"#).await;
+    let r = c
+        .issue(&id, r#"{"scopes":["chat"],"expiresInMinutes":1441}"#)
+        .await;
     assert_eq!(r.json["error"]["target"], "ExpiresInMinutes");
     let r = c.issue(&id, r#"{"scopes":["nope"]}"#).await;
     assert_eq!((r.status, r.code()), (400, "ValidationError"));
@@ -672,11 +704,21 @@ async fn answers_carry_ms_cv_and_the_client_request_id() {
             Some(r#"{"createTokenWithScopes":["voip"]}"#),
             201,
         ),
-        (Method::POST, format!("/identities?api-version=1999-01-01"), None, 400),
+        (
+            Method::POST,
+            "/identities?api-version=1999-01-01".to_string(),
+            None,
+            400,
+        ),
         (Method::POST, format!("/nowhere?api-version={V}"), None, 404),
     ] {
         let r = c
-            .call_tweaked(method, &target, body, with_id("3f7a1c2e-0000-4000-8000-000000000001"))
+            .call_tweaked(
+                method,
+                &target,
+                body,
+                with_id("3f7a1c2e-0000-4000-8000-000000000001"),
+            )
             .await;
         assert_eq!(r.status, status, "{target}: {}", r.json);
         let header = |n: &str| r.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -697,7 +739,12 @@ async fn answers_carry_ms_cv_and_the_client_request_id() {
         ..with_id("x")
     };
     let r = c
-        .call_tweaked(Method::POST, &format!("/identities?api-version={V}"), None, bad_signature)
+        .call_tweaked(
+            Method::POST,
+            &format!("/identities?api-version={V}"),
+            None,
+            bad_signature,
+        )
         .await;
     assert_eq!(r.status, 401);
     assert!(r.headers.contains_key("ms-cv"));
@@ -745,7 +792,10 @@ async fn expires_on_has_the_services_precision() {
         let payload = token.split('.').nth(1).unwrap();
         let claims: serde_json::Value = serde_json::from_slice(
             &base64::engine::general_purpose::STANDARD
-                .decode(format!("{payload}{}", "=".repeat((4 - payload.len() % 4) % 4)))
+                .decode(format!(
+                    "{payload}{}",
+                    "=".repeat((4 - payload.len() % 4) % 4)
+                ))
                 .unwrap(),
         )
         .unwrap();
@@ -763,7 +813,10 @@ async fn repeatable_creates_on_2023_08_01() {
     let repeat = |id: &str, first_sent: SystemTime| Tweak {
         headers: vec![
             ("repeatability-request-id", id.to_string()),
-            ("repeatability-first-sent", httpdate::fmt_http_date(first_sent)),
+            (
+                "repeatability-first-sent",
+                httpdate::fmt_http_date(first_sent),
+            ),
         ],
         ..Tweak::default()
     };
@@ -771,15 +824,22 @@ async fn repeatable_creates_on_2023_08_01() {
     let body = Some(r#"{"createTokenWithScopes":["chat"]}"#);
     let id = uuid::Uuid::new_v4().to_string();
     let sent = SystemTime::now();
-    let a = c.call_tweaked(Method::POST, create, body, repeat(&id, sent)).await;
-    let b = c.call_tweaked(Method::POST, create, body, repeat(&id, sent)).await;
+    let a = c
+        .call_tweaked(Method::POST, create, body, repeat(&id, sent))
+        .await;
+    let b = c
+        .call_tweaked(Method::POST, create, body, repeat(&id, sent))
+        .await;
     assert_eq!((a.status, b.status), (201, 201), "{}", b.json);
     assert_eq!(a.json, b.json, "the first answer, token included");
     for r in [&a, &b] {
         assert_eq!(r.headers["repeatability-result"], "accepted");
     }
     let users = |r: &support::signing::Reply| r.json.as_array().map_or(0, Vec::len);
-    assert_eq!(users(&c.admin(Method::GET, "/admin/identities", None).await), 1);
+    assert_eq!(
+        users(&c.admin(Method::GET, "/admin/identities", None).await),
+        1
+    );
     // Another request id is another create.
     let other = c
         .call_tweaked(
@@ -806,11 +866,18 @@ async fn repeatable_creates_on_2023_08_01() {
         assert_eq!((r.status, r.code()), (400, "ValidationError"), "{}", r.json);
         assert_eq!(r.headers["repeatability-result"], "rejected");
     }
-    assert_eq!(users(&c.admin(Method::GET, "/admin/identities", None).await), 2);
+    assert_eq!(
+        users(&c.admin(Method::GET, "/admin/identities", None).await),
+        2
+    );
     // 2023-10-01 has no such headers: each request is a create.
     let later = format!("/identities?api-version={V}");
-    let x = c.call_tweaked(Method::POST, &later, body, repeat(&id, sent)).await;
-    let y = c.call_tweaked(Method::POST, &later, body, repeat(&id, sent)).await;
+    let x = c
+        .call_tweaked(Method::POST, &later, body, repeat(&id, sent))
+        .await;
+    let y = c
+        .call_tweaked(Method::POST, &later, body, repeat(&id, sent))
+        .await;
     assert_ne!(x.json["identity"]["id"], y.json["identity"]["id"]);
     assert!(!x.headers.contains_key("repeatability-result"));
 }

@@ -407,7 +407,8 @@ async fn a_revoke_pending_across_a_crash_is_done_although_acs_answers_201() {
     w.service(PREVIEW).await;
     w.identity("app", json!({})).await;
     let uid = w.identities().get("app").await.unwrap().uid().unwrap();
-    w.annotate("app", REVOKE_REQUESTED_AT_ANNOTATION, "r1").await;
+    w.annotate("app", REVOKE_REQUESTED_AT_ANNOTATION, "r1")
+        .await;
     // What the interrupted attempt left at ACS: the user of this identity's custom id and
     // a token for it; nothing in status.
     let acs = AcsClient::new(
@@ -448,9 +449,15 @@ async fn a_revoke_pending_across_a_crash_is_done_although_acs_answers_201() {
         !stats.requests["create"].contains_key("200"),
         "ACS answered 201: {stats:?}"
     );
-    assert!(!w.valid(&old).await, "the earlier attempt's token was revoked");
+    assert!(
+        !w.valid(&old).await,
+        "the earlier attempt's token was revoked"
+    );
     let new = w.token("app").await.expect("token");
-    assert!(w.valid(&new).await, "the token kept was issued after the revoke");
+    assert!(
+        w.valid(&new).await,
+        "the token kept was issued after the revoke"
+    );
     assert_eq!(w.emulator.calls("revoke").await, 1);
     assert_eq!(w.emulator.identities().await.len(), 1, "no second user");
 }

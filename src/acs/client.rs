@@ -508,8 +508,8 @@ impl AcsClient {
             &[],
             &uuid::Uuid::new_v4().to_string(),
         )?
-            .build()
-            .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
+        .build()
+        .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
     }
 
     fn request_url(&self, op: Operation, id: &str) -> Result<Url, AcsError> {

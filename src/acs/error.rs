@@ -395,7 +395,13 @@ mod tests {
         );
         // The id is kept apart from the message, which conditions carry.
         assert!(!e.to_string().contains("0b3f3c1e"), "{e}");
-        let denied = AcsError::service(Operation::DeleteUser, 401, Some("Denied".into()), None, None);
+        let denied = AcsError::service(
+            Operation::DeleteUser,
+            401,
+            Some("Denied".into()),
+            None,
+            None,
+        );
         assert!(denied.is_unauthorized() && !denied.is_identity_not_owned());
         assert_eq!(denied.metric_label(), "unauthorized");
     }

@@ -147,7 +147,8 @@ impl Store {
     }
 
     /// Creates a user, or with a `custom_id` already in use returns that user
-    /// (`created == false`, which the API answers with 200 instead of 201).
+    /// (`created == false`; the API answers 201 all the same, as the live service does,
+    /// unless the emulator is told to answer the specification's 200).
     pub fn create(
         &mut self,
         custom_id: Option<&str>,
@@ -490,10 +491,11 @@ mod tests {
         assert_eq!(s.get("8:acs:not-a-guid_x").unwrap_err().status, 400);
         // An id of another resource is not this resource's to act on; one of this
         // resource that was never created is not found.
-        let other = s
-            .get(&format!("8:acs:{}_x", Uuid::new_v4()))
-            .unwrap_err();
-        assert_eq!((other.status.as_u16(), other.code), (401, "IdentityNotOwned"));
+        let other = s.get(&format!("8:acs:{}_x", Uuid::new_v4())).unwrap_err();
+        assert_eq!(
+            (other.status.as_u16(), other.code),
+            (401, "IdentityNotOwned")
+        );
         assert_eq!(
             s.get(&format!("8:acs:{}_x", s.resource_id()))
                 .unwrap_err()

@@ -294,3 +294,50 @@ pub async fn publish(
         tracing::debug!(error = %e, "publishing an event failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acs::Operation;
+
+    fn not_owned(op: Operation) -> AcsError {
+        AcsError::service(
+            op,
+            401,
+            Some("IdentityNotOwned".into()),
+            Some("Provided identity doesn't belong to the resource.".into()),
+            None,
+        )
+    }
+
+    /// 401 `IdentityNotOwned` is reported as what it is: its own reason on issue and
+    /// revoke, and on deletion `CleanupFailed` saying whose resource the user is on (never
+    /// "user gone", never a bad key).
+    #[test]
+    fn identity_not_owned_has_its_own_reason_and_says_why() {
+        let user = "8:acs:a_b".to_string();
+        let issue = StepError::IssueToken {
+            user: user.clone(),
+            source: not_owned(Operation::IssueToken),
+        };
+        let revoke = StepError::RevokeTokens {
+            user: user.clone(),
+            source: not_owned(Operation::RevokeTokens),
+        };
+        assert_eq!(issue.reason(), reasons::IDENTITY_NOT_OWNED);
+        assert_eq!(revoke.reason(), reasons::IDENTITY_NOT_OWNED);
+        let delete = StepError::DeleteUser {
+            user,
+            source: not_owned(Operation::DeleteUser),
+        };
+        assert_eq!(delete.reason(), reasons::CLEANUP_FAILED);
+        assert!(
+            delete
+                .to_string()
+                .contains("belongs to another ACS resource"),
+            "{delete}"
+        );
+        assert!(!delete.is_transient());
+        assert_eq!(delete.metric_label(), "identity_not_owned");
+    }
+}
