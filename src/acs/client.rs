@@ -10,7 +10,9 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::api_versions::{DEFAULT_API_VERSION, supports_custom_id, supports_get_identity};
+use super::api_versions::{
+    DEFAULT_API_VERSION, supports_custom_id, supports_get_identity, supports_repeatable_create,
+};
 use super::connection_string::{AccessKey, ConnectionString, host_with_port};
 use super::endpoint::check_endpoint;
 use super::error::{AcsError, Operation};
@@ -266,10 +268,18 @@ impl AcsClient {
     /// `expires_in_minutes` only matters with scopes and is then sent as given (ACS
     /// accepts 60..=1440 and answers 400 otherwise).
     ///
-    /// Without a custom id a create is not idempotent: a retry after a timeout whose
-    /// request did reach ACS would make a second, unrecorded user. So without one the
-    /// client retries a create only when ACS certainly did not act (429, connection
-    /// refused); otherwise the error says so (`is_outcome_unknown()`) and the caller decides.
+    /// On an api-version with repeatability headers (`2023-08-01`) every create carries a
+    /// fresh `Repeatability-Request-ID` and the `Repeatability-First-Sent` date of its first
+    /// sending, the same on each retry, so ACS answers a retry with the first answer and
+    /// the create may be retried like one with a custom id. That covers the retries of one
+    /// call, not a later call (after a restart) for the same object.
+    ///
+    /// Otherwise, without a custom id a create is not idempotent: a retry after a timeout
+    /// whose request did reach ACS would make a second, unrecorded user. So the client then
+    /// retries a create only when ACS certainly did not act (429, connection refused);
+    /// otherwise the error says so (`is_outcome_unknown()`) and the caller decides.
+    ///
+    /// `created` cannot tell a found user from a new one: ACS answers 201 to both.
     pub async fn create_user(
         &self,
         scopes: Option<&[TokenScope]>,
@@ -299,12 +309,24 @@ impl AcsClient {
         } else {
             Some(to_json(&body)?)
         };
-        let retry = if custom_id.is_some() {
+        let repeatable = supports_repeatable_create(&self.inner.api_version);
+        let headers: Vec<(&'static str, String)> = if repeatable {
+            vec![
+                ("repeatability-request-id", uuid::Uuid::new_v4().to_string()),
+                (
+                    "repeatability-first-sent",
+                    httpdate::fmt_http_date(SystemTime::now()),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
+        let retry = if custom_id.is_some() || repeatable {
             Retry::Retryable
         } else {
             Retry::OnlyIfNotExecuted
         };
-        self.call(Operation::CreateUser, "", body, retry, |r| {
+        self.call_with(Operation::CreateUser, "", body, &headers, retry, |r| {
             let created = parse_create_user(r, token_expected)?;
             if let Some(t) = &created.token {
                 check_expiry(Operation::CreateUser, jiff::Timestamp::now(), t.expires_on)?;
@@ -393,6 +415,19 @@ impl AcsClient {
         retry: Retry,
         parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
     ) -> Result<T, AcsError> {
+        self.call_with(op, id, body, &[], retry, parse).await
+    }
+
+    /// `call` with `headers` on every attempt (the same values each time).
+    async fn call_with<T>(
+        &self,
+        op: Operation,
+        id: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&'static str, String)],
+        retry: Retry,
+        parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
+    ) -> Result<T, AcsError> {
         let url = self.request_url(op, id)?;
         let call_started = Instant::now();
         let mut attempt = 0u32;
@@ -400,14 +435,39 @@ impl AcsClient {
             attempt += 1;
             let quota_wait = self.wait_for_turn(op).await?;
             let started = Instant::now();
-            let result = match self.send_once(op, &url, body.as_deref()).await {
-                Ok((status, retry_after, bytes)) => parse(&RawResponse {
-                    status,
-                    retry_after,
-                    body: &bytes,
-                })
-                .map_err(|e| (Some(status), e)),
-                Err(e) => Err((None, e)),
+            // Fresh for every attempt, logged with it and kept in the error: what Azure
+            // support traces a request by.
+            let client_request_id = uuid::Uuid::new_v4().to_string();
+            let result = match self
+                .send_once(op, &url, body.as_deref(), headers, &client_request_id)
+                .await
+            {
+                Ok((status, retry_after, bytes, ms_cv)) => {
+                    tracing::debug!(
+                        operation = %op,
+                        attempt,
+                        client_request_id = %client_request_id,
+                        ms_cv = ms_cv.as_deref().unwrap_or(""),
+                        status,
+                        "ACS answered"
+                    );
+                    parse(&RawResponse {
+                        status,
+                        retry_after,
+                        body: &bytes,
+                    })
+                    .map_err(|e| (Some(status), e.with_client_request_id(&client_request_id)))
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        operation = %op,
+                        attempt,
+                        client_request_id = %client_request_id,
+                        error = %e,
+                        "ACS request got no answer"
+                    );
+                    Err((None, e))
+                }
             };
             let elapsed = started.elapsed();
             let (status, outcome) = match &result {
@@ -451,17 +511,19 @@ impl AcsClient {
                     tracing::warn!(
                         operation = %op,
                         attempt,
+                        client_request_id = %client_request_id,
                         error = %err,
                         "ACS may have carried out this request although no answer came back; not retrying it (the api-version has no custom ids, a second create would make a second user)"
                     );
                 } else {
-                    tracing::debug!(operation = %op, attempt, error = %err, "ACS request failed");
+                    tracing::debug!(operation = %op, attempt, client_request_id = %client_request_id, error = %err, "ACS request failed");
                 }
                 return Err(err);
             };
             tracing::debug!(
                 operation = %op,
                 attempt,
+                client_request_id = %client_request_id,
                 delay_ms = delay.as_millis() as u64,
                 error = %err,
                 "ACS request failed; retrying"
@@ -519,9 +581,15 @@ impl AcsClient {
             expires_in_minutes,
         })?;
         let url = self.request_url(Operation::IssueToken, id)?;
-        self.signed_request(Operation::IssueToken, &url, Some(&body))?
-            .build()
-            .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
+        self.signed_request(
+            Operation::IssueToken,
+            &url,
+            Some(&body),
+            &[],
+            &uuid::Uuid::new_v4().to_string(),
+        )?
+        .build()
+        .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
     }
 
     fn request_url(&self, op: Operation, id: &str) -> Result<Url, AcsError> {
@@ -530,12 +598,15 @@ impl AcsClient {
             .map_err(|e| AcsError::Config(format!("cannot form a request URL: {e}")))
     }
 
-    /// A request for one attempt, dated and signed now.
+    /// A request for one attempt, dated and signed now, with `headers` (unsigned, as the
+    /// SDKs send them) and the attempt's `x-ms-client-request-id`.
     fn signed_request(
         &self,
         op: Operation,
         url: &Url,
         body: Option<&[u8]>,
+        headers: &[(&'static str, String)],
+        client_request_id: &str,
     ) -> Result<reqwest::RequestBuilder, AcsError> {
         let method = method_of(op);
         // Sign exactly what goes on the wire: the URL's own serialisation of path and
@@ -565,7 +636,10 @@ impl AcsClient {
             .header("x-ms-content-sha256", &signed.content_sha256)
             .header(AUTHORIZATION, authorization)
             .header(ACCEPT, "application/json")
-            .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
+            .header("x-ms-client-request-id", client_request_id);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some(b) = body {
             request = request
                 .header(CONTENT_TYPE, "application/json")
@@ -574,22 +648,30 @@ impl AcsClient {
         Ok(request)
     }
 
-    /// One signed request; any answer (even an error status) is `Ok` with its parts.
+    /// One signed request; any answer (even an error status) is `Ok` with its parts and
+    /// its `MS-CV` header.
     async fn send_once(
         &self,
         op: Operation,
         url: &Url,
         body: Option<&[u8]>,
-    ) -> Result<(u16, Option<Duration>, Vec<u8>), AcsError> {
-        let request = self.signed_request(op, url, body)?;
+        headers: &[(&'static str, String)],
+        client_request_id: &str,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>, Option<String>), AcsError> {
+        let request = self.signed_request(op, url, body, headers, client_request_id)?;
         let response = request
             .send()
             .await
             .map_err(|e| self.transport_error(op, e))?;
         let status = response.status().as_u16();
         let retry_after = retry_after_from_headers(response.headers(), SystemTime::now());
+        let ms_cv = response
+            .headers()
+            .get("ms-cv")
+            .and_then(|v| v.to_str().ok())
+            .map(super::error::endpoint_text);
         let bytes = self.read_capped(op, status, response).await?;
-        Ok((status, retry_after, bytes))
+        Ok((status, retry_after, bytes, ms_cv))
     }
 
     /// The body, refused once it grows past [`MAX_RESPONSE_BYTES`] (whatever
@@ -650,7 +732,8 @@ impl AcsClient {
 /// Whether a failed request may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retry {
-    /// Idempotent (or made so by a custom id): retry any retryable error.
+    /// Idempotent (or made so by a custom id or the repeatability headers): retry any
+    /// retryable error.
     Retryable,
     /// Not idempotent: retry only when ACS certainly did not act (429, connect failure).
     OnlyIfNotExecuted,
@@ -703,7 +786,7 @@ mod tests {
         for (version, custom) in [
             ("2023-10-01", false),
             ("2025-03-02-preview", true),
-            ("2025-04-01-preview", true),
+            ("2025-04-01-preview", false),
             ("2025-06-30", false),
             ("2026-07-22", false),
         ] {

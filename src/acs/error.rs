@@ -51,7 +51,7 @@ pub const MAX_ENDPOINT_TEXT_CHARS: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcsError {
     /// ACS answered with a non-success status.
-    #[error("ACS {operation} failed with HTTP {status}{}", describe_service_error(code.as_deref(), message.as_deref()))]
+    #[error("ACS {operation} failed with HTTP {status}{}{}", describe_service_error(code.as_deref(), message.as_deref()), explain_code(code.as_deref()))]
     Service {
         operation: Operation,
         status: u16,
@@ -61,6 +61,10 @@ pub enum AcsError {
         message: Option<String>,
         /// How long ACS asked us to wait (`Retry-After` and friends).
         retry_after: Option<Duration>,
+        /// The `x-ms-client-request-id` of the request that got this answer, which Azure
+        /// support can trace. Kept out of `Display` (conditions must not change with every
+        /// attempt); read it with [`AcsError::client_request_id`]. Not a secret.
+        client_request_id: Option<String>,
     },
     /// No complete answer within the request timeout. Shown exactly like `Transport`: what
     /// a tenant's endpoint sees in `Ready` must not tell an open port from a closed one.
@@ -149,6 +153,19 @@ fn custom_id_version_list() -> String {
         .join(", ")
 }
 
+/// The error code `IdentityNotOwned` answers an id of another ACS resource.
+pub const IDENTITY_NOT_OWNED: &str = "IdentityNotOwned";
+
+/// What an ACS error code means for the person reading the message, where it needs saying.
+fn explain_code(code: Option<&str>) -> &'static str {
+    match code {
+        Some(IDENTITY_NOT_OWNED) => {
+            "; the user belongs to another ACS resource than this endpoint's (the service's endpoint or key is not the user's resource)"
+        }
+        _ => "",
+    }
+}
+
 fn describe_service_error(code: Option<&str>, message: Option<&str>) -> String {
     match (code, message) {
         (Some(c), Some(m)) => format!(" ({c}): {m}"),
@@ -172,7 +189,36 @@ impl AcsError {
             code: code.map(|c| endpoint_text(&c)).filter(|c| !c.is_empty()),
             message: message.map(|m| endpoint_text(&m)).filter(|m| !m.is_empty()),
             retry_after,
+            client_request_id: None,
         }
+    }
+
+    /// This error with the `x-ms-client-request-id` of the request that got it.
+    pub fn with_client_request_id(mut self, id: &str) -> Self {
+        if let AcsError::Service {
+            client_request_id, ..
+        } = &mut self
+        {
+            *client_request_id = Some(id.to_string());
+        }
+        self
+    }
+
+    /// The `x-ms-client-request-id` of the request ACS answered with this error.
+    pub fn client_request_id(&self) -> Option<&str> {
+        match self {
+            AcsError::Service {
+                client_request_id, ..
+            } => client_request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A well-formed id of another ACS resource: 401 `IdentityNotOwned`. Not "user gone"
+    /// (the user may well exist, elsewhere) and not a bad key: the endpoint or key in use
+    /// belongs to a different resource than the user.
+    pub fn is_identity_not_owned(&self) -> bool {
+        self.status() == Some(401) && self.code() == Some(IDENTITY_NOT_OWNED)
     }
 
     /// The operation that failed, when the error came from one.
@@ -216,9 +262,10 @@ impl AcsError {
         self.status() == Some(404)
     }
 
-    /// Wrong key, bad signature or clock skew.
+    /// Wrong key, bad signature or clock skew (not [`Self::is_identity_not_owned`], which
+    /// is a 401 as well).
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self.status(), Some(401 | 403))
+        matches!(self.status(), Some(401 | 403)) && !self.is_identity_not_owned()
     }
 
     /// Worth trying again: throttling, server errors, timeouts and network failures.
@@ -293,6 +340,7 @@ impl AcsError {
     /// A low-cardinality label for metrics (`acs_requests_total{result=...}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
+            AcsError::Service { .. } if self.is_identity_not_owned() => "identity_not_owned",
             AcsError::Service { status, .. } => match status {
                 400 => "bad_request",
                 401 => "unauthorized",
@@ -429,6 +477,37 @@ mod tests {
         assert!(wait.is_quota_wait() && !paused(1).is_quota_wait());
         assert_eq!(wait.retry_after(), Some(Duration::from_secs(7)));
         assert!(!wait.is_outcome_unknown());
+    }
+
+    #[test]
+    fn identity_not_owned_is_neither_gone_nor_a_bad_key() {
+        let e = AcsError::service(
+            Operation::DeleteUser,
+            401,
+            Some("IdentityNotOwned".into()),
+            Some("Provided identity doesn't belong to the resource.".into()),
+            None,
+        )
+        .with_client_request_id("0b3f3c1e-5a0e-4c55-9d55-1f5f5f5f5f5f");
+        assert!(e.is_identity_not_owned());
+        assert!(!e.is_not_found() && !e.is_unauthorized() && !e.is_retryable());
+        assert_eq!(e.metric_label(), "identity_not_owned");
+        assert!(e.to_string().contains("another ACS resource"), "{e}");
+        assert_eq!(
+            e.client_request_id(),
+            Some("0b3f3c1e-5a0e-4c55-9d55-1f5f5f5f5f5f")
+        );
+        // The id is kept apart from the message, which conditions carry.
+        assert!(!e.to_string().contains("0b3f3c1e"), "{e}");
+        let denied = AcsError::service(
+            Operation::DeleteUser,
+            401,
+            Some("Denied".into()),
+            None,
+            None,
+        );
+        assert!(denied.is_unauthorized() && !denied.is_identity_not_owned());
+        assert_eq!(denied.metric_label(), "unauthorized");
     }
 
     #[test]

@@ -116,8 +116,9 @@ pub struct CreatedUser {
     pub user: CommunicationUser,
     /// Present when scopes were given.
     pub token: Option<AccessToken>,
-    /// `false` when ACS returned an existing user for the same custom id (HTTP 200),
-    /// `true` for a new one (HTTP 201).
+    /// Whether ACS answered 201. It does not tell a new user from one found by its custom
+    /// id: the live service answers 201 with the same identity to a repeated custom id
+    /// (only the 2025-03-02-preview specification says 200). Never decide from it.
     pub created: bool,
 }
 
@@ -348,7 +349,8 @@ fn to_token(op: Operation, status: u16, w: WireAccessToken) -> Result<AccessToke
     })
 }
 
-/// `POST /identities`: 201 new user, 200 existing user for the same custom id.
+/// `POST /identities`: 201 (a new user, or the existing one for the same custom id), or
+/// 200 (an existing one, as the 2025-03-02-preview specification has it).
 pub(crate) fn parse_create_user(
     r: &RawResponse<'_>,
     token_expected: bool,

@@ -52,6 +52,10 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// ACS refused the credentials (401/403).
     pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// ACS answered 401 `IdentityNotOwned`: the user id belongs to another ACS resource
+    /// than the service's endpoint and key (a service pointed elsewhere, a key of another
+    /// resource, or an `existingUserId` from another resource).
+    pub const IDENTITY_NOT_OWNED: &str = "IdentityNotOwned";
     /// Creating the ACS user failed.
     pub const USER_CREATE_FAILED: &str = "UserCreateFailed";
     /// `spec.existingUserId` does not exist in ACS.

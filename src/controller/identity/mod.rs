@@ -573,10 +573,11 @@ async fn issue(
                 user: user.clone(),
                 endpoint: svc.endpoint.clone(),
             })?;
-            if let (Some(request), false) = (&tp.revoke, created.created) {
-                // The custom id found a user an interrupted attempt made, whose token may
-                // be in the Secret the request is about: revoke (the one just issued
-                // too), then issue the token to keep.
+            if let (Some(request), Some(_)) = (&tp.revoke, custom_id) {
+                // The custom id may have found the user an interrupted attempt made, whose
+                // token may be in the Secret the request is about. ACS answers 201 either
+                // way, so the status cannot tell: revoke (the token just issued too), then
+                // issue the token to keep.
                 revoke(
                     ctx,
                     obj,
@@ -597,11 +598,12 @@ async fn issue(
                         source,
                     })?;
             }
-            let what = if created.created {
-                "Created ACS user"
+            let what = if custom_id.is_some() {
+                // ACS answers 201 to a new user and to the one an earlier, interrupted
+                // attempt made for the same custom id alike.
+                "Created (or found by its custom id) ACS user"
             } else {
-                // The custom id found the user an earlier, interrupted attempt created.
-                "Found (idempotent create) ACS user"
+                "Created ACS user"
             };
             (user, token, ("UserCreated", "CreateUser", what))
         }
