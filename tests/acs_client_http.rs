@@ -160,8 +160,20 @@ fn options(api_version: &str) -> AcsClientOptions {
     }
 }
 
+/// `now + 1h` at a whole second, plus `.1234567`, as ACS writes it.
+fn expires_on() -> String {
+    static AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    AT.get_or_init(|| {
+        let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 3600).unwrap();
+        format!("{}.1234567+00:00", at.strftime("%Y-%m-%dT%H:%M:%S"))
+    })
+    .clone()
+}
+
 fn token_json() -> String {
-    format!(r#"{{"token":"{TOKEN}","expiresOn":"2026-11-25T22:35:05.1234567+00:00"}}"#)
+    // An hour from now, with ACS's 7 fraction digits: an expiry no ACS could grant (days
+    // away) is refused by the client.
+    format!(r#"{{"token":"{TOKEN}","expiresOn":"{}"}}"#, expires_on())
 }
 
 #[tokio::test]
@@ -194,7 +206,10 @@ async fn operations_send_signed_sdk_shaped_requests() {
         .issue_token(USER, &[TokenScope::VoipJoin], Some(1440))
         .await
         .unwrap();
-    assert_eq!(t.expires_on.to_string(), "2026-11-25T22:35:05.1234567Z");
+    assert_eq!(
+        t.expires_on.to_string(),
+        expires_on().replace("+00:00", "Z")
+    );
     c.revoke_tokens(USER).await.unwrap();
     c.delete_user(USER).await.unwrap();
 

@@ -190,6 +190,7 @@ impl ClientCache {
         if let Some(hit) = self.cached(credential, version) {
             return hit.map_err(CredentialError::Problem);
         }
+        tracing::debug!(namespace = %credential.namespace, secret = %credential.name, version = ?version, "reading a credential Secret");
         let secrets: Api<Secret> = Api::namespaced(kube.clone(), &credential.namespace);
         let secret =
             secrets

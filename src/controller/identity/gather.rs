@@ -114,6 +114,13 @@ pub async fn observe_secret(
             }
         }
     }
+    tracing::debug!(
+        namespace = %ns,
+        secret = %secret_name,
+        cached = ctx.stores.secret(&ns, secret_name).is_some(),
+        status_is_ours,
+        "the cached Secret cannot be trusted; reading it"
+    );
     read_secret(ctx, identity, status, secret_name).await
 }
 
