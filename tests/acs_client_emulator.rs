@@ -33,6 +33,8 @@ fn options(emu: &RunningEmulator, api_version: &str) -> AcsClientOptions {
             max_delay: Duration::from_millis(100),
             max_retry_after: Duration::from_secs(5),
         },
+        // The emulator speaks plain http on loopback, which needs the flag.
+        allow_insecure_endpoints: true,
         ..AcsClientOptions::default()
     }
 }

@@ -149,6 +149,8 @@ fn options(api_version: &str) -> AcsClientOptions {
         api_version: api_version.into(),
         retry: fast_retries(3),
         request_timeout: Duration::from_secs(5),
+        // The scripted servers speak plain http on loopback, which needs the flag.
+        allow_insecure_endpoints: true,
         ..Default::default()
     }
 }

@@ -365,7 +365,10 @@ async fn an_adopted_user_gets_tokens_and_is_kept_with_its_tokens_revoked_on_dele
     let env = World::new("e2e-adopt", 1.0).await;
     let acs = AcsClient::new(
         &ConnectionString::parse(&env.emulator.connection_string).unwrap(),
-        AcsClientOptions::default(),
+        AcsClientOptions {
+            allow_insecure_endpoints: true,
+            ..AcsClientOptions::default()
+        },
     )
     .unwrap();
     let user = acs.create_user(None, None, None).await.unwrap().user.id;

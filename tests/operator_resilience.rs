@@ -244,7 +244,10 @@ async fn delete_user_directly(w: &World, user: &str) {
     use acs_identity_operator::acs::{AcsClient, AcsClientOptions, ConnectionString};
     let acs = AcsClient::new(
         &ConnectionString::parse(&w.emulator.connection_string).unwrap(),
-        AcsClientOptions::default(),
+        AcsClientOptions {
+            allow_insecure_endpoints: true,
+            ..AcsClientOptions::default()
+        },
     )
     .unwrap();
     acs.delete_user(user).await.expect("delete the user");

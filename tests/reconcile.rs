@@ -89,6 +89,8 @@ impl World {
             cluster_resource_namespace: self.ns().to_string(),
             client_settings: ClientSettings {
                 request_timeout: Some(Duration::from_secs(5)),
+                // The emulator speaks plain http on loopback, which needs the flag.
+                allow_insecure_endpoints: true,
                 ..ClientSettings::default()
             },
             ..OperatorConfig::default()

@@ -294,6 +294,7 @@ pub async fn acs_responses(cases: u32) -> Outcome {
             ..RetryPolicy::default()
         },
         request_timeout: Duration::from_secs(5),
+        allow_insecure_endpoints: true,
         ..AcsClientOptions::default()
     };
     let client = AcsClient::new(&conn, options).expect("client");

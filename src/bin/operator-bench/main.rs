@@ -238,6 +238,8 @@ async fn run(args: Args) -> Result<PathBuf, String> {
             args.operator_kubeconfig.display().to_string(),
             "--metrics-addr".into(),
             "127.0.0.1:0".into(),
+            // The emulator speaks plain http on loopback.
+            "--allow-insecure-endpoints".into(),
         ];
         let proc = Proc::spawn(
             "acs-identity-operator",
