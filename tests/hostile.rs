@@ -216,7 +216,8 @@ impl Rig {
             })
             .await;
             if gone.is_err() {
-                for id in api.list(&ListParams::default()).await.unwrap_or_default() {
+                let left = api.list(&ListParams::default()).await.map(|l| l.items);
+                for id in left.unwrap_or_default() {
                     let _ = api
                         .patch(
                             &id.name_any(),

@@ -280,7 +280,7 @@ fn retry_after_value() -> impl Strategy<Value = String> {
 }
 
 /// `expiresOn` from year 0 to 9999 and beyond, with up to 30 fraction digits, any offset.
-fn expires_on() -> impl Strategy<Value = String> {
+fn expires_on() -> SBoxedStrategy<String> {
     let stamp = (
         0u32..=9999,
         1u32..=12,
@@ -306,6 +306,7 @@ fn expires_on() -> impl Strategy<Value = String> {
         stamp,
         ".{0,30}",
     ]
+    .sboxed()
 }
 
 fn response_body(token: String) -> impl Strategy<Value = Vec<u8>> {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use kube::Api;
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::tally::Tally;
 use crate::world::{
-    CUSTOM_ID_VERSION, Cluster, GA_VERSION, World, identities_resource, ready_status, ts,
+    CUSTOM_ID_VERSION, Cluster, GA_VERSION, World, ready_status, ts,
     wait_for,
 };
 
