@@ -460,8 +460,10 @@ mod tests {
                 .unwrap(),
             "status=429,retryAfter=Fri%2C 31 Dec 9999 23:59:59 GMT".parse().unwrap(),
         ]);
-        let FaultOutcome::Respond { headers, .. } =
-            set.decide(EmulatedOperation::Issue, || 0.0).unwrap().outcome
+        let FaultOutcome::Respond { headers, .. } = set
+            .decide(EmulatedOperation::Issue, || 0.0)
+            .unwrap()
+            .outcome
         else {
             panic!("a status fault responds")
         };
@@ -478,8 +480,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(set.rules()[1], rule, "%2C spells a comma in the flag form");
-        assert!("status=429,retryAfter=a%0D%0Ab: c".parse::<FaultRule>().is_err());
-        let long = format!("status=429,retryAfter={}", "9".repeat(MAX_FAULT_HEADER_BYTES + 1));
+        assert!(
+            "status=429,retryAfter=a%0D%0Ab: c"
+                .parse::<FaultRule>()
+                .is_err()
+        );
+        let long = format!(
+            "status=429,retryAfter={}",
+            "9".repeat(MAX_FAULT_HEADER_BYTES + 1)
+        );
         assert!(long.parse::<FaultRule>().is_err(), "bounded");
     }
 
@@ -501,9 +510,10 @@ mod tests {
 
     #[test]
     fn chunked_bodies_need_a_body_and_100_mib_is_allowed() {
-        let rule: FaultRule = "status=200,body=xxxxxxxxxxxxxxxx,bodyRepeat=6553600,bodyChunked=true"
-            .parse()
-            .unwrap();
+        let rule: FaultRule =
+            "status=200,body=xxxxxxxxxxxxxxxx,bodyRepeat=6553600,bodyChunked=true"
+                .parse()
+                .unwrap();
         assert!(rule.body_chunked);
         assert!("status=200,bodyChunked=true".parse::<FaultRule>().is_err());
     }

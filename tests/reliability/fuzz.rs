@@ -252,9 +252,10 @@ fn wait_value() -> impl Strategy<Value = String> {
     prop_oneof![
         Just("2".to_string()),
         Just(u64::MAX.to_string()),
+        Just(i64::MAX.to_string()),
+        (1u32..=63).prop_map(|bits| (1u64 << bits).to_string()),
         Just("18446744073709551616".to_string()),
         any::<u64>().prop_map(|n| n.to_string()),
-        any::<u32>().prop_map(|n| n.to_string()),
         any::<i64>().prop_map(|n| n.to_string()),
         "[0-9]{20,40}",
         (any::<u32>(), "[0-9]{1,12}").prop_map(|(a, b)| format!("{a}.{b}")),
@@ -397,15 +398,17 @@ pub async fn acs_responses(cases: u32) -> Outcome {
     // methods, not on type names that may change.
     let scopes = vec!["chat".parse().expect("scope")];
     let strategy = (
+        // 429 often: its waits are what the client does arithmetic with.
         prop_oneof![
-            prop::sample::select(vec![
+            2 => prop::sample::select(vec![
                 200u16, 201, 204, 400, 401, 404, 409, 429, 500, 503, 302, 100, 299,
             ]),
-            100u16..=999,
+            1 => Just(429u16),
+            1 => 100u16..=999,
         ],
         response_body(token.clone()),
         (
-            prop::option::of(retry_after_value()),
+            prop::option::weighted(0.75, retry_after_value()),
             prop::option::of(wait_value()),
             prop::option::of(wait_value()),
         ),

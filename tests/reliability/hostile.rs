@@ -18,10 +18,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::tally::Tally;
-use crate::world::{
-    CUSTOM_ID_VERSION, Cluster, GA_VERSION, World, ready_status, ts,
-    wait_for,
-};
+use crate::world::{CUSTOM_ID_VERSION, Cluster, GA_VERSION, World, ready_status, ts, wait_for};
 
 /// How late the good tenant may be, against its own idle baseline.
 pub const LATE_LIMIT_SECS: f64 = 5.0;
@@ -128,19 +125,28 @@ async fn identity_json(w: &World, name: &str) -> Option<Value> {
     serde_json::to_value(w.identities().get_opt(name).await.ok()??).ok()
 }
 
+/// Whether the operator process of `w` (started at `pid`) still runs.
+fn operator_alive(w: &World, pid: i32) -> bool {
+    let mut p = w.operator().process();
+    p.try_exit_status().is_none() && p.pid() == Some(pid)
+}
+
 /// Creates a good identity and returns how long it took to be Ready (`None`: not in
-/// `secs`), polling every 100 ms.
-async fn time_to_ready(w: &World, name: &str, secs: f64) -> Option<f64> {
+/// `secs`, or the operator `op` (pid) is gone), polling every 100 ms.
+async fn time_to_ready(w: &World, op: (&World, i32), name: &str, secs: f64) -> Option<f64> {
     let started = Instant::now();
     w.create_identity(name, "good", json!({}))
         .await
         .unwrap_or_else(|e| panic!("create identity {name}: {e}"));
-    wait_for(secs, || async {
+    let ready = wait_for(secs, || async {
+        if !operator_alive(op.0, op.1) {
+            return Some(false);
+        }
         let o = identity_json(w, name).await?;
-        (ready_status(&o).as_deref() == Some("True")).then_some(())
+        (ready_status(&o).as_deref() == Some("True")).then_some(true)
     })
-    .await
-    .map(|()| started.elapsed().as_secs_f64())
+    .await;
+    (ready == Some(true)).then(|| started.elapsed().as_secs_f64())
 }
 
 pub async fn run(p: Params) -> Tally {
@@ -192,8 +198,8 @@ pub async fn run(p: Params) -> Tally {
     let pid = bad.operator().process().pid().expect("operator pid");
 
     // Idle baseline: the second good identity on an operator with nothing else to do.
-    let _ = time_to_ready(&good, "g-warm", 60.0).await;
-    let baseline = time_to_ready(&good, "g-base", 60.0)
+    let _ = time_to_ready(&good, (&bad, pid), "g-warm", 60.0).await;
+    let baseline = time_to_ready(&good, (&bad, pid), "g-base", 60.0)
         .await
         .expect("a good identity on an idle operator is Ready within 60 s");
 
@@ -220,10 +226,10 @@ pub async fn run(p: Params) -> Tally {
     let limit = baseline + LATE_LIMIT_SECS;
     let wait = (limit + 40.0).max(60.0);
     let mut times = vec![];
-    let renew_first = time_to_ready(&good, "g-renew", wait).await;
+    let renew_first = time_to_ready(&good, (&bad, pid), "g-renew", wait).await;
     times.push(renew_first);
     for i in 0..p.good_identities {
-        times.push(time_to_ready(&good, &format!("g-{i}"), wait).await);
+        times.push(time_to_ready(&good, (&bad, pid), &format!("g-{i}"), wait).await);
     }
     let late: Vec<String> = times
         .iter()
@@ -231,7 +237,9 @@ pub async fn run(p: Params) -> Tally {
         .filter_map(|(i, t)| match t {
             Some(s) if *s <= limit => None,
             Some(s) => Some(format!("#{i} {s:.1} s")),
-            None => Some(format!("#{i} not Ready in {wait:.0} s")),
+            None => Some(format!(
+                "#{i} not Ready (waited up to {wait:.0} s, while the operator ran)"
+            )),
         })
         .collect();
     let worst = times
@@ -243,15 +251,19 @@ pub async fn run(p: Params) -> Tally {
         .await
         .and_then(|o| ts(&o["status"]["renewalTime"]));
     let renewed = wait_for(p.good_token_secs * 2.0 + 30.0, || async {
+        if !operator_alive(&bad, pid) {
+            return Some(None);
+        }
         good.ledger
             .lock()
             .unwrap()
             .renewals
             .iter()
             .find(|(_, n)| n == "g-renew")
-            .map(|(at, _)| *at)
+            .map(|(at, _)| Some(*at))
     })
-    .await;
+    .await
+    .flatten();
     let renewal_delay = match (renewal_at, renewed) {
         (Some(r), Some(at)) => Some((at.as_millisecond() - r.as_millisecond()) as f64 / 1000.0),
         _ => None,
@@ -259,8 +271,7 @@ pub async fn run(p: Params) -> Tally {
     let attack_secs = attack_started.elapsed().as_secs_f64();
 
     // The operator's own figures.
-    let alive = bad.operator().process().try_exit_status().is_none()
-        && bad.operator().process().pid() == Some(pid);
+    let alive = operator_alive(&bad, pid);
     let restarts = u64::from(!alive);
     let peak_mib = peak_rss_kib(pid).map(|k| k as f64 / 1024.0);
     let panics = std::fs::read_to_string(&bad.operator().log)
@@ -269,9 +280,8 @@ pub async fn run(p: Params) -> Tally {
         .count();
     let (bad_writes, per_identity_max) = {
         let w = writes.lock().unwrap();
-        let in_window = |v: &Vec<(Instant, String)>| {
-            v.iter().filter(|(at, _)| *at >= attack_started).count()
-        };
+        let in_window =
+            |v: &Vec<(Instant, String)>| v.iter().filter(|(at, _)| *at >= attack_started).count();
         let total: usize = w.values().map(in_window).sum();
         let max = w.values().map(in_window).max().unwrap_or(0);
         (total, max)
@@ -307,10 +317,15 @@ pub async fn run(p: Params) -> Tally {
         peak_mib.map_or("gone".to_string(), |m| format!("{m:.0} MiB")),
     ));
 
-    // Teardown: faults cleared so deletions reach ACS; the good tenant's identities go
+    // Teardown: faults cleared so deletions reach ACS; an operator that ended is started
+    // again (for the leak scan's scrape and the deletions); the good tenant's identities go
     // while the shared operator still runs.
     for a in &attacks {
         bad.emu(a.name).clear_faults().await;
+    }
+    if !alive {
+        bad.stop_operator();
+        bad.start_operator().await;
     }
     good.leak_scan(&mut t).await;
     bad.leak_scan(&mut t).await;
@@ -318,15 +333,6 @@ pub async fn run(p: Params) -> Tally {
         if let Some(n) = o["metadata"]["name"].as_str() {
             good.delete_identity(n).await;
         }
-    }
-    if alive {
-        let _ = wait_for(60.0, || async {
-            good.list_identities().await.is_empty().then_some(())
-        })
-        .await;
-    } else {
-        bad.stop_operator();
-        bad.start_operator().await;
     }
     let _ = wait_for(60.0, || async {
         good.list_identities().await.is_empty().then_some(())

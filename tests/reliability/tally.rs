@@ -121,7 +121,10 @@ fn summary_line_has_the_documented_shape() {
         hostile_late: 1,
         ..Default::default()
     };
-    assert!(!late.clean(), "a good tenant slowed by a bad one is a broken promise");
+    assert!(
+        !late.clean(),
+        "a good tenant slowed by a bad one is a broken promise"
+    );
     assert!(
         late.summary().ends_with("bad_inputs=0/0"),
         "the closing line keeps issue 11's shape"

@@ -159,7 +159,13 @@ pub async fn spawn_operator_as(
     extra_args: &[&str],
     log_prefix: &str,
 ) -> Operator {
-    spawn_operator_with(kubeconfig, Endpoints::PlainHttpAllowed, extra_args, log_prefix).await
+    spawn_operator_with(
+        kubeconfig,
+        Endpoints::PlainHttpAllowed,
+        extra_args,
+        log_prefix,
+    )
+    .await
 }
 
 /// The one place operator processes of the tests start: `run --kubeconfig K
@@ -182,7 +188,8 @@ pub async fn spawn_operator_with(
         "--log-format".into(),
         "json".into(),
     ];
-    if endpoints == Endpoints::PlainHttpAllowed && !extra_args.contains(&"--allow-insecure-endpoints")
+    if endpoints == Endpoints::PlainHttpAllowed
+        && !extra_args.contains(&"--allow-insecure-endpoints")
     {
         args.push("--allow-insecure-endpoints".into());
     }
