@@ -421,54 +421,57 @@ pub async fn acs_responses(cases: u32) -> Outcome {
         let runs = runs.clone();
         let token = token.clone();
         tokio::task::spawn_blocking(move || {
-            runner(cases).run(&strategy, |(status, body, waits, op)| {
-                runs.fetch_add(1, Ordering::Relaxed);
-                let (retry_after, retry_after_ms, x_ms_retry_after_ms) = waits;
-                let one_line = |v: Option<String>| v.filter(|r| !r.contains(['\r', '\n']));
-                let answer = answer.clone();
-                let client = new_client();
-                let scopes = scopes.clone();
-                let text = handle.block_on(async move {
-                    *answer.lock().await = Answer {
-                        status,
-                        body,
-                        retry_after: one_line(retry_after),
-                        retry_after_ms: one_line(retry_after_ms),
-                        x_ms_retry_after_ms: one_line(x_ms_retry_after_ms),
-                    };
-                    let call = async move {
-                        match op {
-                            0 => client
-                                .create_user(Some(scopes.as_slice()), None, Some("k8s-fuzz"))
-                                .await
-                                .map(|u| format!("{:?}", u.user)),
-                            1 => client
-                                .issue_token("8:acs:fuzz", &scopes, None)
-                                .await
-                                .map(|t| t.expires_on.to_string()),
-                            _ => client
-                                .revoke_tokens("8:acs:fuzz")
-                                .await
-                                .map(|()| String::new()),
-                        }
-                    };
-                    // A panic inside the client surfaces as a failed task.
-                    tokio::spawn(async move {
-                        match call.await {
-                            Ok(s) => s,
-                            Err(e) => format!("{e} / {e:?}"),
-                        }
-                    })
-                    .await
-                });
-                let text = text.map_err(|_| TestCaseError::fail("the ACS client panicked"))?;
-                prop_assert!(
-                    !leaks(&token, &text),
-                    "the decoded result or error shows a piece of the token: {}",
-                    redact(&text, &token)
-                );
-                Ok(())
-            })
+            runner(cases)
+                .run(&strategy, |(status, body, waits, op)| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    let (retry_after, retry_after_ms, x_ms_retry_after_ms) = waits;
+                    let one_line = |v: Option<String>| v.filter(|r| !r.contains(['\r', '\n']));
+                    let answer = answer.clone();
+                    let client = new_client();
+                    let scopes = scopes.clone();
+                    let text = handle.block_on(async move {
+                        *answer.lock().await = Answer {
+                            status,
+                            body,
+                            retry_after: one_line(retry_after),
+                            retry_after_ms: one_line(retry_after_ms),
+                            x_ms_retry_after_ms: one_line(x_ms_retry_after_ms),
+                        };
+                        let call = async move {
+                            match op {
+                                0 => client
+                                    .create_user(Some(scopes.as_slice()), None, Some("k8s-fuzz"))
+                                    .await
+                                    .map(|u| format!("{:?}", u.user)),
+                                1 => client
+                                    .issue_token("8:acs:fuzz", &scopes, None)
+                                    .await
+                                    .map(|t| t.expires_on.to_string()),
+                                _ => client
+                                    .revoke_tokens("8:acs:fuzz")
+                                    .await
+                                    .map(|()| String::new()),
+                            }
+                        };
+                        // A panic inside the client surfaces as a failed task.
+                        tokio::spawn(async move {
+                            match call.await {
+                                Ok(s) => s,
+                                Err(e) => format!("{e} / {e:?}"),
+                            }
+                        })
+                        .await
+                    });
+                    let text = text.map_err(|_| TestCaseError::fail("the ACS client panicked"))?;
+                    prop_assert!(
+                        !leaks(&token, &text),
+                        "the decoded result or error shows a piece of the token: {}",
+                        redact(&text, &token)
+                    );
+                    Ok(())
+                })
+                // The failing case as text: the case itself is large (bodies up to 4 MiB).
+                .map_err(|e| e.to_string())
         })
         .await
         .expect("fuzz task")
