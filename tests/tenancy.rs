@@ -365,11 +365,17 @@ async fn switching_service_ref_is_refused_at_admission() {
 /// A fake ACS that answers every create with `user`'s id and a made-up token, as a
 /// tenant's own endpoint may.
 async fn fake_acs_answering_with(user: String) -> String {
+    // A plausible answer (an operator refuses an expiry no ACS could grant): a JWT-shaped
+    // token and an expiry 23 h from now.
+    use base64::Engine as _;
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(23);
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"exp": expires.as_second()}).to_string());
     let body = json!({
         "identity": {"id": user},
         "accessToken": {
-            "token": "eyJhbGciOiJub25lIn0.eyJleHAiOjQxMDI0NDQ4MDB9.ZmFrZQ",
-            "expiresOn": "2100-01-01T00:00:00Z",
+            "token": format!("eyJhbGciOiJub25lIn0.{payload}.ZmFrZQ"),
+            "expiresOn": expires.to_string(),
         },
     });
     let token = body["accessToken"].clone();
