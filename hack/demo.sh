@@ -52,7 +52,7 @@ conn=$(head -n 1 "$dir/emulator.out" | sed 's/^ACS_CONNECTION_STRING=//')
 endpoint=$(echo "$conn" | sed 's/^endpoint=\([^;]*\)\/;.*/\1/')
 info "ACS endpoint $endpoint (the access key goes into a Secret, never on screen)"
 
-step "Starting the operator (--allow-insecure-endpoints: the emulator speaks plain http on loopback)"
+step "Starting the operator"
 "$target/acs-identity-operator" run --metrics-addr 127.0.0.1:0 --log-format json --allow-insecure-endpoints >"$dir/operator.log" 2>&1 &
 pids+=($!)
 info "acs-identity-operator run (pid ${pids[-1]})"

@@ -6,10 +6,14 @@ say() { echo "deps: $*" >&2; }
 die() { echo "deps: ERROR: $*" >&2; exit 1; }
 
 need_apt=()
-for pair in openssl:openssl curl:curl; do
+# lua5.1 runs the Argo CD health checks (hack/gitops/test-health.sh): Argo CD's
+# interpreter, gopher-lua, is a Lua 5.1.
+for pair in openssl:openssl curl:curl lua5.1:lua5.1; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# lua-yaml (lyaml) reads the health checks' YAML fixtures; it has no command to look for.
+lua5.1 -e 'require("lyaml")' >/dev/null 2>&1 || need_apt+=(lua-yaml)
 if ((${#need_apt[@]})); then
   command -v apt-get >/dev/null 2>&1 || die "missing ${need_apt[*]} and no apt-get to install them"
   say "installing Debian packages: ${need_apt[*]}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: installs what is missing, builds, and runs every test: formatting and
-# lints, Rust unit and integration tests on one shared local control plane, and the
-# official-SDK compatibility tests against the ACS emulator.
+# lints, the Argo CD health checks (Lua), Rust unit and integration tests on one shared
+# local control plane, and the official-SDK compatibility tests against the ACS emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "==> $*" >&2; }
@@ -17,6 +17,11 @@ cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 hack/lint-dockerfile.sh
 
+say "Argo CD health checks and actions on every state the operator writes (real Lua 5.1)"
+gitops_log=$(mktemp "${TMPDIR:-/tmp}/acs-test-gitops.XXXXXX")
+trap 'rm -f "$gitops_log"' EXIT
+hack/gitops/test-health.sh 2>&1 | tee "$gitops_log"
+
 say "generated CRDs match the Rust types (crds/ and the chart's copy)"
 cargo run --quiet --bin crdgen -- --check
 hack/sync-chart-crds.sh --check
@@ -28,7 +33,7 @@ hack/image/build.sh --check
 
 say "starting one control plane for all integration tests"
 cpdir=$(mktemp -d "${TMPDIR:-/tmp}/acs-test-cp.XXXXXX")
-trap 'hack/controlplane/down.sh --dir "$cpdir" --quiet; rm -f "$cpdir".*.log' EXIT
+trap 'hack/controlplane/down.sh --dir "$cpdir" --quiet; rm -f "$cpdir".*.log "$gitops_log"' EXIT
 kubeconfig_line=$(hack/controlplane/up.sh --dir "$cpdir" --owner-pid $$ | tail -n 1)
 export ACS_TEST_KUBECONFIG=${kubeconfig_line#export KUBECONFIG=}
 
@@ -44,7 +49,7 @@ hack/node/e2e.sh 2>&1 | tee "$cpdir.node-e2e.log"
 
 # One closing line for the whole run (each step above has already passed).
 sum() { grep -oE "[0-9]+ $1" "$2" | awk '{n += $1} END {print n + 0}'; }
-logs=("$cpdir.cargo-test.log" "$cpdir.compat.log" "$cpdir.node-e2e.log")
+logs=("$gitops_log" "$cpdir.cargo-test.log" "$cpdir.compat.log" "$cpdir.node-e2e.log")
 passed=0 failed=0
 for log in "${logs[@]}"; do
   passed=$((passed + $(sum passed "$log"))) failed=$((failed + $(sum failed "$log")))

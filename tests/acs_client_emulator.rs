@@ -33,7 +33,6 @@ fn options(emu: &RunningEmulator, api_version: &str) -> AcsClientOptions {
             max_delay: Duration::from_millis(100),
             max_retry_after: Duration::from_secs(5),
         },
-        // The emulator speaks plain http on loopback, which needs the flag.
         allow_insecure_endpoints: true,
         ..AcsClientOptions::default()
     }
@@ -190,8 +189,11 @@ async fn custom_id_makes_create_idempotent_and_get_reads_it() {
     assert!(first.created && first.token.is_some());
     assert_eq!(first.user.custom_id.as_deref(), Some("uid-1234"));
     let again = c.create_user(None, None, Some("uid-1234")).await.unwrap();
-    assert!(!again.created, "same custom id returns the existing user");
-    assert_eq!(again.user.id, first.user.id);
+    assert_eq!(again.user.id, first.user.id, "same custom id, same user");
+    assert!(
+        again.created,
+        "answered 201 as the live service does: not a signal"
+    );
 
     let got = c.get_user(&first.user.id).await.unwrap();
     assert_eq!(got.id, first.user.id);
@@ -204,7 +206,12 @@ async fn custom_id_makes_create_idempotent_and_get_reads_it() {
 
     // The SDKs' default version and the GA versions published after the previews have no
     // custom ids: the id is not sent, each create is new, and there is no GET.
-    for version in ["2023-10-01", "2025-06-30", "2026-07-22"] {
+    for version in [
+        "2023-10-01",
+        "2025-04-01-preview",
+        "2025-06-30",
+        "2026-07-22",
+    ] {
         let old = client(&emu, options(&emu, version));
         assert!(!old.supports_custom_id(), "{version}");
         let a = old.create_user(None, None, Some("uid-x")).await.unwrap();
@@ -215,11 +222,6 @@ async fn custom_id_makes_create_idempotent_and_get_reads_it() {
             Err(AcsError::Unsupported { .. })
         ));
     }
-    // The second preview has them too.
-    let later = client(&emu, options(&emu, "2025-04-01-preview"));
-    let x = later.create_user(None, None, Some("uid-y")).await.unwrap();
-    let y = later.create_user(None, None, Some("uid-y")).await.unwrap();
-    assert!(x.created && !y.created && x.user.id == y.user.id);
     emu.shutdown().await;
 }
 
@@ -346,12 +348,29 @@ async fn a_lost_create_answer_is_retried_only_with_custom_ids() {
         .create_user(Some(&[TokenScope::Chat]), None, Some("uid-1"))
         .await
         .expect("retried with the same custom id");
-    assert!(
-        !created.created,
+    assert!(created.token.is_some());
+    assert_eq!(
+        live_users(&emu).await,
+        1,
         "the retry found the user the lost answer made"
     );
-    assert_eq!(live_users(&emu).await, 1);
     emu.shutdown().await;
+
+    // 2023-08-01's repeatability headers make the same retry safe without custom ids: ACS
+    // answers the repeated request id with the first answer.
+    for drop in [true, false] {
+        let emu = with_create_fault(lost_answer(drop)).await;
+        let c = client(&emu, options(&emu, "2023-08-01"));
+        let created = c
+            .create_user(Some(&[TokenScope::Chat]), None, None)
+            .await
+            .unwrap_or_else(|e| panic!("drop={drop}: retried with the same request id: {e:?}"));
+        assert_eq!(stats(&emu).await.calls("create"), 2, "drop={drop}");
+        assert_eq!(live_users(&emu).await, 1, "drop={drop}: one user, not two");
+        let token = created.token.expect("the first answer's token");
+        assert!(token_valid(&emu, &token).await, "drop={drop}");
+        emu.shutdown().await;
+    }
 }
 
 /// 429 before ACS acted: retried even without custom ids.
@@ -443,4 +462,41 @@ async fn a_429_pauses_the_operation_for_every_caller_of_the_client() {
     assert!(e.is_retryable() && e.retry_after().is_some());
     assert_eq!(stats(&emu).await.total, before, "nothing sent");
     emu.shutdown().await;
+}
+
+/// A user of one ACS resource used through another resource's endpoint and key: 401
+/// `IdentityNotOwned` on issue, revoke and delete, which is neither "user gone" (404) nor
+/// a bad key, so nobody takes the user for deleted.
+#[tokio::test]
+async fn a_user_of_another_resource_is_identity_not_owned() {
+    let home = start(false).await;
+    let elsewhere = start(false).await;
+    let user = client(&home, options(&home, "2023-10-01"))
+        .create_user(None, None, None)
+        .await
+        .unwrap()
+        .user
+        .id;
+    let c = client(&elsewhere, options(&elsewhere, "2023-10-01"));
+    let errors = [
+        c.issue_token(&user, &[TokenScope::Chat], None)
+            .await
+            .unwrap_err(),
+        c.revoke_tokens(&user).await.unwrap_err(),
+        c.delete_user(&user).await.unwrap_err(),
+    ];
+    for e in &errors {
+        assert!(e.is_identity_not_owned(), "{e:?}");
+        assert!(
+            !e.is_not_found() && !e.is_unauthorized() && !e.is_retryable(),
+            "{e:?}"
+        );
+        assert!(e.client_request_id().is_some());
+    }
+    assert!(
+        !admin_identity(&home, &user).await.deleted,
+        "untouched at home"
+    );
+    home.shutdown().await;
+    elsewhere.shutdown().await;
 }

@@ -47,6 +47,9 @@ struct Seen {
     target: String,
     body: String,
     signature_ok: bool,
+    client_request_id: String,
+    repeatability_request_id: String,
+    repeatability_first_sent: String,
 }
 
 #[derive(Default)]
@@ -96,6 +99,9 @@ async fn handle(
         target,
         body: String::from_utf8_lossy(&body).into_owned(),
         signature_ok,
+        client_request_id: header("x-ms-client-request-id"),
+        repeatability_request_id: header("repeatability-request-id"),
+        repeatability_first_sent: header("repeatability-first-sent"),
     });
     let next = script.replies.lock().unwrap().pop_front();
     let Some(r) = next else {
@@ -149,7 +155,6 @@ fn options(api_version: &str) -> AcsClientOptions {
         api_version: api_version.into(),
         retry: fast_retries(3),
         request_timeout: Duration::from_secs(5),
-        // The scripted servers speak plain http on loopback, which needs the flag.
         allow_insecure_endpoints: true,
         ..Default::default()
     }
@@ -540,8 +545,7 @@ async fn a_create_without_custom_ids_is_not_retried_once_acs_may_have_acted() {
     // With custom ids the retry is safe and happens.
     let (script, addr) = serve(vec![reply(503, ""), reply(200, CREATED)]).await;
     let c = client("http", addr, options("2025-03-02-preview"));
-    let again = c.create_user(None, None, Some("uid-1")).await.unwrap();
-    assert!(!again.created);
+    c.create_user(None, None, Some("uid-1")).await.unwrap();
     let seen = script.seen();
     assert_eq!(seen.len(), 2);
     assert!(seen.iter().all(|s| s.body == r#"{"customId":"uid-1"}"#));
@@ -652,4 +656,95 @@ mod tls {
         assert!(matches!(e, AcsError::Transport { .. }), "{e:?}");
         assert_eq!(script.seen().len(), 1);
     }
+}
+
+/// 2023-08-01 creates carry a fresh `Repeatability-Request-ID` and the HTTP date of their
+/// first sending, the same on every retry, which makes them retry-safe: a 5xx or a late
+/// answer is retried like a custom-id create. Other versions send neither header.
+#[tokio::test]
+async fn creates_on_2023_08_01_carry_repeatability_headers_and_are_retried() {
+    let mut late = reply(201, CREATED);
+    late.delay = Duration::from_millis(500);
+    for first in [reply(500, ""), reply(503, ""), late] {
+        let (script, addr) = serve(vec![first.clone(), reply(201, CREATED)]).await;
+        let c = client(
+            "http",
+            addr,
+            AcsClientOptions {
+                request_timeout: Duration::from_millis(200),
+                ..options("2023-08-01")
+            },
+        );
+        let before = std::time::SystemTime::now() - Duration::from_secs(1);
+        c.create_user(None, None, Some("uid-1"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: retried: {e:?}", first.status));
+        let seen = script.seen();
+        assert_eq!(seen.len(), 2, "{}", first.status);
+        let id = &seen[0].repeatability_request_id;
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id:?}");
+        assert!(seen.iter().all(|s| &s.repeatability_request_id == id));
+        let sent = httpdate::parse_http_date(&seen[0].repeatability_first_sent).unwrap();
+        assert!(sent >= before && sent <= std::time::SystemTime::now());
+        assert!(
+            seen.iter()
+                .all(|s| s.repeatability_first_sent == seen[0].repeatability_first_sent)
+        );
+        // Each attempt has its own client request id.
+        assert_ne!(seen[0].client_request_id, seen[1].client_request_id);
+        assert_eq!(seen[0].body, "", "no customId on 2023-08-01");
+    }
+    // A fresh request id per logical create.
+    let (script, addr) = serve(vec![reply(201, CREATED), reply(201, CREATED)]).await;
+    let c = client("http", addr, options("2023-08-01"));
+    c.create_user(None, None, None).await.unwrap();
+    c.create_user(None, None, None).await.unwrap();
+    let seen = script.seen();
+    assert_ne!(
+        seen[0].repeatability_request_id,
+        seen[1].repeatability_request_id
+    );
+    // Not on other versions, nor on other operations.
+    let (script, addr) = serve(vec![reply(201, CREATED), reply(204, "")]).await;
+    let c = client("http", addr, options("2023-10-01"));
+    c.create_user(None, None, None).await.unwrap();
+    let c = client("http", addr, options("2023-08-01"));
+    c.revoke_tokens(USER).await.unwrap();
+    assert!(script.seen().iter().all(|s| s.repeatability_request_id.is_empty()
+        && s.repeatability_first_sent.is_empty()));
+}
+
+/// Every attempt sends its own `x-ms-client-request-id`; the error of an answered attempt
+/// keeps it, so a failure can be traced with Azure support.
+#[tokio::test]
+async fn errors_keep_the_client_request_id_of_their_attempt() {
+    let not_owned = reply(
+        401,
+        r#"{"error":{"code":"IdentityNotOwned","message":"Provided identity doesn't belong to the resource."}}"#,
+    );
+    let (script, addr) = serve(vec![not_owned]).await;
+    let c = client("http", addr, options("2023-10-01"));
+    let e = c.delete_user(USER).await.unwrap_err();
+    assert!(e.is_identity_not_owned() && !e.is_not_found(), "{e:?}");
+    let sent = &script.seen()[0].client_request_id;
+    assert!(uuid::Uuid::parse_str(sent).is_ok(), "{sent:?}");
+    assert_eq!(e.client_request_id(), Some(sent.as_str()));
+
+    let (script, addr) = serve(vec![reply(503, ""), reply(503, "")]).await;
+    let c = client(
+        "http",
+        addr,
+        AcsClientOptions {
+            retry: fast_retries(2),
+            ..options("2023-10-01")
+        },
+    );
+    let e = c.revoke_tokens(USER).await.unwrap_err();
+    let seen = script.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        e.client_request_id(),
+        Some(seen[1].client_request_id.as_str()),
+        "the last attempt's"
+    );
 }

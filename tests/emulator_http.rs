@@ -243,7 +243,8 @@ async fn custom_id_and_get_on_the_preview_version() {
     let again = c
         .call(Method::POST, &create, Some(r#"{"customId":"uid-1234"}"#))
         .await;
-    assert_eq!(again.status, 200);
+    // 201 with the same identity, as the live service answers (recorded sessions).
+    assert_eq!(again.status, 201);
     assert_eq!(again.json["identity"]["id"], first.json["identity"]["id"]);
     assert!(again.json["identity"]["lastTokenIssuedAt"].is_string());
     assert!(again.json.get("accessToken").is_none());
@@ -260,12 +261,31 @@ async fn custom_id_and_get_on_the_preview_version() {
     assert_eq!(got.json["id"], id);
     assert_eq!(got.json["customId"], "uid-1234");
 
-    // GA versions, the ones published after the previews included, have no customId
-    // (ignored: every create is a new user) and no GET /identities/{id}.
-    for version in [V, "2025-06-30", "2026-07-22"] {
+    // GA versions, the ones published after the previews included, and the second
+    // preview (a copy of 2023-10-01; a later example names an `externalId`) have no
+    // customId (ignored: every create is a new user) and no GET /identities/{id}.
+    for version in [
+        V,
+        "2025-04-01-preview",
+        "2025-06-30",
+        "2026-07-22",
+        "2026-09-23",
+    ] {
         let ga = format!("/identities?api-version={version}");
-        let a = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
-        let b = c.call(Method::POST, &ga, Some(r#"{"customId":"x"}"#)).await;
+        let a = c
+            .call(
+                Method::POST,
+                &ga,
+                Some(r#"{"customId":"x","externalId":"x"}"#),
+            )
+            .await;
+        let b = c
+            .call(
+                Method::POST,
+                &ga,
+                Some(r#"{"customId":"x","externalId":"x"}"#),
+            )
+            .await;
         assert_eq!((a.status, b.status), (201, 201), "{version}");
         assert_ne!(
             a.json["identity"]["id"], b.json["identity"]["id"],
@@ -351,7 +371,14 @@ async fn bad_input_gets_400_404_or_413_with_error_json() {
             .await;
         assert_eq!(r.status, 400, "{bad_id}: {}", r.json);
     }
-    let unknown = format!("8:acs:{}_{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // An id of this resource that was never created (another resource's id is a 401,
+    // see `ids_of_another_resource_are_401_identity_not_owned`).
+    let resource = id
+        .strip_prefix("8:acs:")
+        .and_then(|r| r.split_once('_'))
+        .unwrap()
+        .0;
+    let unknown = format!("8:acs:{resource}_{}", uuid::Uuid::new_v4());
     let r = c
         .call(
             Method::DELETE,
@@ -551,4 +578,324 @@ async fn garbage_on_the_wire_never_takes_the_server_down() {
     assert_eq!(r.status, 400);
     // Still serving.
     c.create_user().await;
+}
+
+/// The spec's 200 for a found custom id stays available for tests of clients that must not
+/// tell the two answers apart.
+#[tokio::test]
+async fn found_custom_id_status_can_be_the_specs_200() {
+    let (_emu, c) = start(EmulatorConfig {
+        found_custom_id_status: 200,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let create = format!("/identities?api-version={PREVIEW}");
+    let first = c
+        .call(Method::POST, &create, Some(r#"{"customId":"a"}"#))
+        .await;
+    let again = c
+        .call(Method::POST, &create, Some(r#"{"customId":"a"}"#))
+        .await;
+    assert_eq!((first.status, again.status), (201, 200));
+    assert_eq!(again.json["identity"]["id"], first.json["identity"]["id"]);
+}
+
+/// Ids embed their resource (`8:acs:<resource>_<user>`): a well-formed id of another
+/// resource is 401 `IdentityNotOwned` on issue, revoke, delete and get, as the live service
+/// answers; an unknown id of this resource stays 404.
+#[tokio::test]
+async fn ids_of_another_resource_are_401_identity_not_owned() {
+    let (emu, c) = start(EmulatorConfig::default()).await;
+    let other = format!("8:acs:{}_{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let unknown = format!("8:acs:{}_{}", emu.resource_id(), uuid::Uuid::new_v4());
+    for (method, target, body) in [
+        (
+            Method::POST,
+            "/:issueAccessToken",
+            Some(r#"{"scopes":["chat"]}"#),
+        ),
+        (Method::POST, "/:revokeAccessTokens", None),
+        (Method::DELETE, "", None),
+    ] {
+        let r = c
+            .call(
+                method.clone(),
+                &format!("/identities/{}{target}?api-version={V}", enc(&other)),
+                body,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (401, "IdentityNotOwned"),
+            "{method} {target}"
+        );
+        assert_eq!(
+            r.json["error"]["message"],
+            "Provided identity doesn't belong to the resource."
+        );
+        let r = c
+            .call(
+                method.clone(),
+                &format!("/identities/{}{target}?api-version={V}", enc(&unknown)),
+                body,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (404, "IdentityNotFound"),
+            "{method} {target}"
+        );
+    }
+    let r = c
+        .call(
+            Method::GET,
+            &format!("/identities/{}?api-version={PREVIEW}", enc(&other)),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (401, "IdentityNotOwned"));
+}
+
+/// Validation errors name their field in `error.target`, with the live service's code and
+/// message (recorded: `ExpiresInMinutes value 59 is invalid. ...`).
+#[tokio::test]
+async fn validation_errors_carry_their_target() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let r = c
+        .call(
+            Method::POST,
+            &format!("/identities?api-version={V}"),
+            Some(r#"{"createTokenWithScopes":["chat"],"expiresInMinutes":59}"#),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json["error"],
+        json!({
+            "code": "ValidationError",
+            "message": "ExpiresInMinutes value 59 is invalid. Value must be within the [60, 1440] interval.",
+            "target": "ExpiresInMinutes"
+        })
+    );
+    let id = c.create_user().await;
+    let r = c
+        .issue(&id, r#"{"scopes":["chat"],"expiresInMinutes":1441}"#)
+        .await;
+    assert_eq!(r.json["error"]["target"], "ExpiresInMinutes");
+    let r = c.issue(&id, r#"{"scopes":["nope"]}"#).await;
+    assert_eq!((r.status, r.code()), (400, "ValidationError"));
+    assert_eq!(r.json["error"]["target"], "Scopes");
+}
+
+/// Every answer, success or error, carries an `MS-CV` correlation vector and echoes the
+/// caller's `x-ms-client-request-id`; `expiresOn` is written as the service writes it.
+#[tokio::test]
+async fn answers_carry_ms_cv_and_the_client_request_id() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let with_id = |id: &str| Tweak {
+        headers: vec![("x-ms-client-request-id", id.to_string())],
+        ..Tweak::default()
+    };
+    let cv = regex_lite_cv;
+    for (method, target, body, status) in [
+        (
+            Method::POST,
+            format!("/identities?api-version={V}"),
+            Some(r#"{"createTokenWithScopes":["voip"]}"#),
+            201,
+        ),
+        (
+            Method::POST,
+            "/identities?api-version=1999-01-01".to_string(),
+            None,
+            400,
+        ),
+        (Method::POST, format!("/nowhere?api-version={V}"), None, 404),
+    ] {
+        let r = c
+            .call_tweaked(
+                method,
+                &target,
+                body,
+                with_id("3f7a1c2e-0000-4000-8000-000000000001"),
+            )
+            .await;
+        assert_eq!(r.status, status, "{target}: {}", r.json);
+        let header = |n: &str| r.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert!(cv(header("ms-cv")), "{target}: MS-CV {:?}", header("ms-cv"));
+        assert_eq!(
+            header("x-ms-client-request-id"),
+            "3f7a1c2e-0000-4000-8000-000000000001",
+            "{target}"
+        );
+        assert!(header("api-supported-versions").contains("2023-10-01"));
+        if status == 201 {
+            let expires_on = r.json["accessToken"]["expiresOn"].as_str().unwrap();
+            assert!(expires_on_shape(expires_on), "{expires_on}");
+        }
+    }
+    let bad_signature = Tweak {
+        no_auth: true,
+        ..with_id("x")
+    };
+    let r = c
+        .call_tweaked(
+            Method::POST,
+            &format!("/identities?api-version={V}"),
+            None,
+            bad_signature,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.headers.contains_key("ms-cv"));
+    assert_eq!(r.headers["x-ms-client-request-id"], "x");
+}
+
+/// `<22 base64 chars>.0`, as the live service's first hop sends it.
+fn regex_lite_cv(v: &str) -> bool {
+    let Some((head, tail)) = v.split_once('.') else {
+        return false;
+    };
+    head.len() == 22
+        && head
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && tail == "0"
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,7}]+00:00`.
+fn expires_on_shape(v: &str) -> bool {
+    let Some(rest) = v.strip_suffix("+00:00") else {
+        return false;
+    };
+    let (whole, fraction) = rest.split_once('.').unwrap_or((rest, ""));
+    jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M:%S", whole).is_ok()
+        && fraction.len() <= 7
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+        && !fraction.ends_with('0')
+}
+
+#[tokio::test]
+async fn expires_on_has_the_services_precision() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let id = c.create_user().await;
+    // Sub-second precision is there nearly always (1 in 10^7 a fraction of zero).
+    let mut with_fraction = 0;
+    for _ in 0..3 {
+        let r = c.issue(&id, r#"{"scopes":["chat"]}"#).await;
+        let v = r.json["expiresOn"].as_str().unwrap().to_string();
+        assert!(expires_on_shape(&v), "{v}");
+        with_fraction += usize::from(v.contains('.'));
+        let t: jiff::Timestamp = v.parse().unwrap();
+        // The JWT's exp is the same instant's whole second.
+        let token = r.json["token"].as_str().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(format!(
+                    "{payload}{}",
+                    "=".repeat((4 - payload.len() % 4) % 4)
+                ))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["exp"].as_i64().unwrap(), t.as_second(), "{v}");
+    }
+    assert!(with_fraction >= 2);
+}
+
+/// 2023-08-01 takes `Repeatability-Request-ID` / `Repeatability-First-Sent` on create: the
+/// same request id within the window gets the first answer again (status and body, same
+/// user and token) and makes nothing; other versions ignore the headers.
+#[tokio::test]
+async fn repeatable_creates_on_2023_08_01() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let repeat = |id: &str, first_sent: SystemTime| Tweak {
+        headers: vec![
+            ("repeatability-request-id", id.to_string()),
+            (
+                "repeatability-first-sent",
+                httpdate::fmt_http_date(first_sent),
+            ),
+        ],
+        ..Tweak::default()
+    };
+    let create = "/identities?api-version=2023-08-01";
+    let body = Some(r#"{"createTokenWithScopes":["chat"]}"#);
+    let id = uuid::Uuid::new_v4().to_string();
+    let sent = SystemTime::now();
+    let a = c
+        .call_tweaked(Method::POST, create, body, repeat(&id, sent))
+        .await;
+    let b = c
+        .call_tweaked(Method::POST, create, body, repeat(&id, sent))
+        .await;
+    assert_eq!((a.status, b.status), (201, 201), "{}", b.json);
+    assert_eq!(a.json, b.json, "the first answer, token included");
+    for r in [&a, &b] {
+        assert_eq!(r.headers["repeatability-result"], "accepted");
+    }
+    let users = |r: &support::signing::Reply| r.json.as_array().map_or(0, Vec::len);
+    assert_eq!(
+        users(&c.admin(Method::GET, "/admin/identities", None).await),
+        1
+    );
+    // Another request id is another create.
+    let other = c
+        .call_tweaked(
+            Method::POST,
+            create,
+            body,
+            repeat(&uuid::Uuid::new_v4().to_string(), sent),
+        )
+        .await;
+    assert_eq!(other.status, 201);
+    assert_ne!(other.json["identity"]["id"], a.json["identity"]["id"]);
+    // A request id needs a first-sent date in the window, and must be a UUID.
+    let missing = Tweak {
+        headers: vec![("repeatability-request-id", uuid::Uuid::new_v4().to_string())],
+        ..Tweak::default()
+    };
+    let stale = sent - Duration::from_secs(3600);
+    for tweak in [
+        missing,
+        repeat(&uuid::Uuid::new_v4().to_string(), stale),
+        repeat("not-a-uuid", sent),
+    ] {
+        let r = c.call_tweaked(Method::POST, create, body, tweak).await;
+        assert_eq!((r.status, r.code()), (400, "ValidationError"), "{}", r.json);
+        assert_eq!(r.headers["repeatability-result"], "rejected");
+    }
+    assert_eq!(
+        users(&c.admin(Method::GET, "/admin/identities", None).await),
+        2
+    );
+    // 2023-10-01 has no such headers: each request is a create.
+    let later = format!("/identities?api-version={V}");
+    let x = c
+        .call_tweaked(Method::POST, &later, body, repeat(&id, sent))
+        .await;
+    let y = c
+        .call_tweaked(Method::POST, &later, body, repeat(&id, sent))
+        .await;
+    assert_ne!(x.json["identity"]["id"], y.json["identity"]["id"]);
+    assert!(!x.headers.contains_key("repeatability-result"));
+}
+
+/// The first previews of the current routes are published (and listed by the live
+/// service's `api-supported-versions`): served, not refused.
+#[tokio::test]
+async fn the_first_previews_are_served() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    for version in ["2021-02-22-preview1", "2021-03-31-preview1"] {
+        let r = c
+            .call(
+                Method::POST,
+                &format!("/identities?api-version={version}"),
+                Some(r#"{"createTokenWithScopes":["chat"]}"#),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{version}: {}", r.json);
+        assert!(r.json["accessToken"]["token"].is_string());
+    }
 }

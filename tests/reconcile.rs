@@ -89,7 +89,6 @@ impl World {
             cluster_resource_namespace: self.ns().to_string(),
             client_settings: ClientSettings {
                 request_timeout: Some(Duration::from_secs(5)),
-                // The emulator speaks plain http on loopback, which needs the flag.
                 allow_insecure_endpoints: true,
                 ..ClientSettings::default()
             },
@@ -395,6 +394,73 @@ async fn a_revoked_token_is_never_reported_ready() {
         "the handled request is not revoked again"
     );
     assert!(o.status.unwrap().last_revoked_at.is_some());
+}
+
+/// Issue 16 item 4: a revoke pending across a crash. An interrupted attempt made the user
+/// (custom id) and a token that may be in use; the restarted operator's create finds that
+/// user, and ACS answers 201 (not 200) with the same identity, as the live service does.
+/// The revoke must happen whatever the status code: the old token is invalid afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_pending_across_a_crash_is_done_although_acs_answers_201() {
+    use acs_identity_operator::acs::{AcsClient, AcsClientOptions, ConnectionString};
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("found201", 1.0).await;
+    w.service(PREVIEW).await;
+    w.identity("app", json!({})).await;
+    let uid = w.identities().get("app").await.unwrap().uid().unwrap();
+    w.annotate("app", REVOKE_REQUESTED_AT_ANNOTATION, "r1")
+        .await;
+    // What the interrupted attempt left at ACS: the user of this identity's custom id and
+    // a token for it; nothing in status.
+    let acs = AcsClient::new(
+        &ConnectionString::parse(&w.emulator.connection_string).unwrap(),
+        AcsClientOptions {
+            api_version: PREVIEW.into(),
+            ..AcsClientOptions::default()
+        },
+    )
+    .unwrap();
+    let earlier = acs
+        .create_user(
+            Some(&[acs_identity_operator::acs::TokenScope::Chat]),
+            Some(60),
+            Some(&format!("k8s-{uid}")),
+        )
+        .await
+        .unwrap();
+    let old = earlier.token.unwrap().token.expose_secret().to_string();
+    assert!(w.valid(&old).await);
+
+    w.start(w.config());
+    let o = w
+        .until("app", 60, "Ready with the revoke handled", |o| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.last_revoke_request_handled.as_deref() == Some("r1"))
+                && cond(o, types::READY).is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    assert_eq!(
+        o.status.as_ref().and_then(|s| s.user_id.as_deref()),
+        Some(earlier.user.id.as_str()),
+        "the create found the earlier user"
+    );
+    let stats = w.emulator.stats().await;
+    assert!(
+        !stats.requests["create"].contains_key("200"),
+        "ACS answered 201: {stats:?}"
+    );
+    assert!(
+        !w.valid(&old).await,
+        "the earlier attempt's token was revoked"
+    );
+    let new = w.token("app").await.expect("token");
+    assert!(
+        w.valid(&new).await,
+        "the token kept was issued after the revoke"
+    );
+    assert_eq!(w.emulator.calls("revoke").await, 1);
+    assert_eq!(w.emulator.identities().await.len(), 1, "no second user");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: our operator and external-secrets side by side on one fresh local control
-# plane with the ACS emulator (see the Benchmarks section of README.md).
+# plane with the ACS emulator (see docs/benchmarks.md).
 #
 # Usage: hack/bench/run.sh [--n N] [--operator-bin PATH --label NAME] [--skip LIST]
 #                          [--reuse-peer JSON] [--keep]

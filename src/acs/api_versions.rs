@@ -2,9 +2,9 @@
 //! explicit table read from the published specification (azure-rest-api-specs,
 //! `specification/communication/data-plane/Identity/{stable,preview}/<version>/CommunicationIdentity.json`).
 //!
-//! Features are never inferred from a version's date: the GA versions published after the
-//! first custom-id preview (2025-06-30, 2026-07-22, 2026-09-23) have neither `customId` nor
-//! `GET /identities/{id}`. The client and the emulator both read this table, so a test
+//! Features are never inferred from a version's date: the preview and GA versions published
+//! after the first custom-id preview (2025-04-01-preview, 2025-06-30, 2026-07-22, 2026-09-23)
+//! have neither `customId` nor `GET /identities/{id}`. The client and the emulator both read this table, so a test
 //! against the emulator sees what the real service would do.
 
 /// The default api-version of the official SDKs (and of the operator's services).
@@ -32,6 +32,10 @@ pub struct ApiVersionInfo {
     pub custom_id: bool,
     /// `GET /identities/{id}`.
     pub get_identity: bool,
+    /// The `Repeatability-Request-ID` / `Repeatability-First-Sent` headers on
+    /// `POST /identities`: a create repeated with the same request id returns the first
+    /// answer instead of making a second user, so it can be retried.
+    pub repeatable_create: bool,
 }
 
 const fn ga(version: &'static str) -> ApiVersionInfo {
@@ -40,33 +44,56 @@ const fn ga(version: &'static str) -> ApiVersionInfo {
         stability: Stability::Ga,
         custom_id: false,
         get_identity: false,
+        repeatable_create: false,
     }
 }
 
-const fn preview(version: &'static str, custom_id: bool) -> ApiVersionInfo {
+const fn preview(version: &'static str) -> ApiVersionInfo {
     ApiVersionInfo {
-        version,
         stability: Stability::Preview,
-        custom_id,
-        get_identity: custom_id,
+        ..ga(version)
     }
 }
 
 /// Every api-version served on the current routes (`/identities`, `:issueAccessToken`,
-/// `:revokeAccessTokens`), oldest first.
+/// `:revokeAccessTokens`), oldest first, each with what its own specification file
+/// (`{stable,preview}/<version>/CommunicationIdentity.json`) defines:
+///
+/// - `2021-02-22-preview1`, `2021-03-31-preview1`: the first previews of these routes
+///   (`createTokenWithScopes`, scopes `chat`/`voip`); ACS still lists both in its
+///   `api-supported-versions` answer header.
+/// - `2023-08-01`: the only version whose create takes `Repeatability-Request-ID` and
+///   `Repeatability-First-Sent` (and answers `Repeatability-Result`); `2023-10-01` dropped
+///   them again.
+/// - `2025-03-02-preview`: `customId` on create and `GET /identities/{id}`.
+/// - `2025-04-01-preview`: no `customId`. Its first published file is a copy of
+///   `2023-10-01` (create takes scopes and expiry only; `/identities/{id}` has `delete`
+///   only); a later example names an `externalId` field instead, which no SDK sends and
+///   no schema of that version defines, so the client sends no id on this version.
+/// - `2025-06-30`, `2026-07-22`, `2026-09-23`: GA after the previews, yet
+///   CommunicationIdentity is `{id}` only and `/identities/{id}` has `delete` only.
+///
+/// Not here: `2023-08-30-preview` (a roles API in the same folder, without these routes)
+/// and the retired [`LEGACY_API_VERSION`], which has routes of its own.
 pub const API_VERSIONS: &[ApiVersionInfo] = &[
+    preview("2021-02-22-preview1"),
     ga("2021-03-07"),
-    preview("2021-10-31-preview", false),
+    preview("2021-03-31-preview1"),
+    preview("2021-10-31-preview"),
     ga("2022-06-01"),
     ga("2022-09-01"),
     ga("2022-10-01"),
-    ga("2023-08-01"),
+    ApiVersionInfo {
+        repeatable_create: true,
+        ..ga("2023-08-01")
+    },
     ga("2023-10-01"),
-    // The first version with `customId` on create and `GET /identities/{id}`.
-    preview("2025-03-02-preview", true),
-    preview("2025-04-01-preview", true),
-    // GA after the previews, yet without custom ids: CommunicationIdentity is `{id}` only
-    // and `/identities/{id}` has `delete` only.
+    ApiVersionInfo {
+        custom_id: true,
+        get_identity: true,
+        ..preview("2025-03-02-preview")
+    },
+    preview("2025-04-01-preview"),
     ga("2025-06-30"),
     ga("2026-07-22"),
     ga("2026-09-23"),
@@ -77,8 +104,7 @@ pub fn lookup(api_version: &str) -> Option<&'static ApiVersionInfo> {
     API_VERSIONS.iter().find(|v| v.version == api_version)
 }
 
-/// Whether `api_version` is published with `customId` on create (and with it
-/// `GET /identities/{id}`). Unknown versions: no.
+/// Whether `api_version` is published with `customId` on create. Unknown versions: no.
 pub fn supports_custom_id(api_version: &str) -> bool {
     lookup(api_version).is_some_and(|v| v.custom_id)
 }
@@ -86,6 +112,11 @@ pub fn supports_custom_id(api_version: &str) -> bool {
 /// Whether `api_version` is published with `GET /identities/{id}`.
 pub fn supports_get_identity(api_version: &str) -> bool {
     lookup(api_version).is_some_and(|v| v.get_identity)
+}
+
+/// Whether `api_version` is published with the repeatability headers on create.
+pub fn supports_repeatable_create(api_version: &str) -> bool {
+    lookup(api_version).is_some_and(|v| v.repeatable_create)
 }
 
 /// The api-versions with custom ids, for messages ("use one of ...").
@@ -103,8 +134,14 @@ mod tests {
     #[test]
     fn custom_ids_only_where_published() {
         let with: Vec<&str> = custom_id_versions().collect();
-        assert_eq!(with, ["2025-03-02-preview", "2025-04-01-preview"]);
-        for ga in ["2025-06-30", "2026-07-22", "2026-09-23", "2023-10-01"] {
+        assert_eq!(with, ["2025-03-02-preview"]);
+        for ga in [
+            "2025-04-01-preview",
+            "2025-06-30",
+            "2026-07-22",
+            "2026-09-23",
+            "2023-10-01",
+        ] {
             assert!(!supports_custom_id(ga), "{ga}");
             assert!(!supports_get_identity(ga), "{ga}");
         }
@@ -117,17 +154,48 @@ mod tests {
     }
 
     #[test]
+    fn every_published_version_is_known_with_its_own_headers() {
+        for v in [
+            "2021-02-22-preview1",
+            "2021-03-07",
+            "2021-03-31-preview1",
+            "2021-10-31-preview",
+            "2022-06-01",
+            "2022-09-01",
+            "2022-10-01",
+            "2023-08-01",
+            "2023-10-01",
+            "2025-03-02-preview",
+            "2025-04-01-preview",
+            "2025-06-30",
+            "2026-07-22",
+            "2026-09-23",
+        ] {
+            assert!(lookup(v).is_some(), "{v}");
+        }
+        let repeatable: Vec<&str> = API_VERSIONS
+            .iter()
+            .filter(|v| v.repeatable_create)
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(repeatable, ["2023-08-01"]);
+        assert!(supports_repeatable_create("2023-08-01"));
+        assert!(!supports_repeatable_create("2023-10-01"));
+        assert!(lookup("2023-08-30-preview").is_none(), "a roles API");
+    }
+
+    #[test]
     fn table_is_ordered_unique_and_names_its_stability() {
         for pair in API_VERSIONS.windows(2) {
             assert!(pair[0].version < pair[1].version, "{pair:?}");
         }
         for v in API_VERSIONS {
             assert_eq!(
-                v.version.ends_with("-preview"),
+                v.version.contains("-preview"),
                 v.stability == Stability::Preview,
                 "{v:?}"
             );
-            assert_eq!(v.custom_id, v.get_identity, "{v:?}");
+            assert!(!v.custom_id || v.get_identity, "{v:?}");
         }
         assert!(lookup(DEFAULT_API_VERSION).is_some());
         assert!(lookup(LEGACY_API_VERSION).is_none(), "own routes");

@@ -10,13 +10,16 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::api_versions::{DEFAULT_API_VERSION, supports_custom_id, supports_get_identity};
+use super::api_versions::{
+    DEFAULT_API_VERSION, supports_custom_id, supports_get_identity, supports_repeatable_create,
+};
 use super::connection_string::{AccessKey, ConnectionString, host_with_port};
 use super::endpoint::check_endpoint;
 use super::error::{AcsError, Operation};
 use super::model::{
     AccessToken, CommunicationUser, CreateUserBody, CreatedUser, IssueTokenBody, RawResponse,
-    TokenScope, parse_create_user, parse_get_user, parse_issue_token, parse_no_content,
+    TokenScope, check_expiry, parse_create_user, parse_get_user, parse_issue_token,
+    parse_no_content,
 };
 use super::quota::{ClientQuota, QuotaConfig};
 use super::retry::{RetryPolicy, retry_after_from_headers};
@@ -87,10 +90,19 @@ pub struct AcsClientOptions {
     /// emulator's `--tls`).
     pub extra_ca_pem: Option<Vec<u8>>,
     pub observer: Option<Arc<dyn RequestObserver>>,
-    /// Allow plain http to any host (`--allow-insecure-endpoints`); without it plain http
-    /// goes to loopback addresses only. User info in the endpoint is refused regardless.
+    /// Allow plain http (`--allow-insecure-endpoints`); without it only https. User info,
+    /// paths, queries and fragments in the endpoint are refused regardless.
     pub allow_insecure_endpoints: bool,
+    /// The budget of the ACS resource this client talks to, when several clients (keys,
+    /// api-versions, services) share one; `None`: a budget of its own from `quota`.
+    pub shared_quota: Option<Arc<ClientQuota>>,
+    /// No retry starts after this much time spent on one call; the last error is returned.
+    pub call_deadline: Duration,
 }
+
+/// The largest answer read. ACS's answers are a few KiB (a token is about 1.5 KiB); an
+/// endpoint that streams more is not read to the end and cannot grow our memory.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 impl Default for AcsClientOptions {
     fn default() -> Self {
@@ -103,6 +115,8 @@ impl Default for AcsClientOptions {
             extra_ca_pem: None,
             observer: None,
             allow_insecure_endpoints: false,
+            shared_quota: None,
+            call_deadline: Duration::from_secs(120),
         }
     }
 }
@@ -118,6 +132,8 @@ impl fmt::Debug for AcsClientOptions {
             .field("extra_ca_pem", &self.extra_ca_pem.as_ref().map(|p| p.len()))
             .field("observer", &self.observer.is_some())
             .field("allow_insecure_endpoints", &self.allow_insecure_endpoints)
+            .field("shared_quota", &self.shared_quota.is_some())
+            .field("call_deadline", &self.call_deadline)
             .finish()
     }
 }
@@ -126,6 +142,9 @@ impl fmt::Debug for AcsClientOptions {
 #[derive(Clone)]
 pub struct AcsClient {
     inner: Arc<Inner>,
+    /// Set by [`AcsClient::for_caller`]: never sleep for quota or a long pause, return
+    /// `QuotaWait` / `Paused` with the caller's turn reserved instead.
+    caller: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -135,8 +154,9 @@ struct Inner {
     key: AccessKey,
     api_version: String,
     request_timeout: Duration,
+    call_deadline: Duration,
     retry: RetryPolicy,
-    quota: ClientQuota,
+    quota: Arc<ClientQuota>,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -199,12 +219,32 @@ impl AcsClient {
                 base: connection.endpoint_str(),
                 key: connection.key().clone(),
                 request_timeout: options.request_timeout,
+                call_deadline: options.call_deadline,
                 retry: options.retry,
-                quota: ClientQuota::new(&options.quota),
+                quota: options
+                    .shared_quota
+                    .unwrap_or_else(|| Arc::new(ClientQuota::new(&options.quota))),
                 api_version: options.api_version,
                 observer: options.observer,
             }),
+            caller: None,
         })
+    }
+
+    /// This client, for requests made on behalf of `caller` (an identity's uid): a
+    /// request that would wait for quota or a pause returns at once with `QuotaWait` or
+    /// `Paused` and its `retry_after`, and the caller's turn stays reserved until it comes
+    /// back. A reconcile holds no permit while it waits.
+    pub fn for_caller(&self, caller: &str) -> AcsClient {
+        AcsClient {
+            inner: self.inner.clone(),
+            caller: Some(Arc::from(caller)),
+        }
+    }
+
+    /// The budget this client draws from (shared with every client of its resource).
+    pub fn quota(&self) -> &Arc<ClientQuota> {
+        &self.inner.quota
     }
 
     pub fn api_version(&self) -> &str {
@@ -228,10 +268,18 @@ impl AcsClient {
     /// `expires_in_minutes` only matters with scopes and is then sent as given (ACS
     /// accepts 60..=1440 and answers 400 otherwise).
     ///
-    /// Without a custom id a create is not idempotent: a retry after a timeout whose
-    /// request did reach ACS would make a second, unrecorded user. So without one the
-    /// client retries a create only when ACS certainly did not act (429, connection
-    /// refused); otherwise the error says so (`is_outcome_unknown()`) and the caller decides.
+    /// On an api-version with repeatability headers (`2023-08-01`) every create carries a
+    /// fresh `Repeatability-Request-ID` and the `Repeatability-First-Sent` date of its first
+    /// sending, the same on each retry, so ACS answers a retry with the first answer and
+    /// the create may be retried like one with a custom id. That covers the retries of one
+    /// call, not a later call (after a restart) for the same object.
+    ///
+    /// Otherwise, without a custom id a create is not idempotent: a retry after a timeout
+    /// whose request did reach ACS would make a second, unrecorded user. So the client then
+    /// retries a create only when ACS certainly did not act (429, connection refused);
+    /// otherwise the error says so (`is_outcome_unknown()`) and the caller decides.
+    ///
+    /// `created` cannot tell a found user from a new one: ACS answers 201 to both.
     pub async fn create_user(
         &self,
         scopes: Option<&[TokenScope]>,
@@ -261,13 +309,29 @@ impl AcsClient {
         } else {
             Some(to_json(&body)?)
         };
-        let retry = if custom_id.is_some() {
+        let repeatable = supports_repeatable_create(&self.inner.api_version);
+        let headers: Vec<(&'static str, String)> = if repeatable {
+            vec![
+                ("repeatability-request-id", uuid::Uuid::new_v4().to_string()),
+                (
+                    "repeatability-first-sent",
+                    httpdate::fmt_http_date(SystemTime::now()),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
+        let retry = if custom_id.is_some() || repeatable {
             Retry::Retryable
         } else {
             Retry::OnlyIfNotExecuted
         };
-        self.call(Operation::CreateUser, "", body, retry, |r| {
-            parse_create_user(r, token_expected)
+        self.call_with(Operation::CreateUser, "", body, &headers, retry, |r| {
+            let created = parse_create_user(r, token_expected)?;
+            if let Some(t) = &created.token {
+                check_expiry(Operation::CreateUser, jiff::Timestamp::now(), t.expires_on)?;
+            }
+            Ok(created)
         })
         .await
     }
@@ -308,7 +372,15 @@ impl AcsClient {
             id,
             Some(body),
             Retry::Retryable,
-            parse_issue_token,
+            |r| {
+                let token = parse_issue_token(r)?;
+                check_expiry(
+                    Operation::IssueToken,
+                    jiff::Timestamp::now(),
+                    token.expires_on,
+                )?;
+                Ok(token)
+            },
         )
         .await
     }
@@ -343,29 +415,59 @@ impl AcsClient {
         retry: Retry,
         parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
     ) -> Result<T, AcsError> {
+        self.call_with(op, id, body, &[], retry, parse).await
+    }
+
+    /// `call` with `headers` on every attempt (the same values each time).
+    async fn call_with<T>(
+        &self,
+        op: Operation,
+        id: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&'static str, String)],
+        retry: Retry,
+        parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
+    ) -> Result<T, AcsError> {
         let url = self.request_url(op, id)?;
+        let call_started = Instant::now();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let paused = self.inner.quota.paused_for(op, Instant::now());
-            if paused > self.inner.retry.max_retry_after {
-                // Waiting here would hold the caller's reconcile for that long; it can
-                // requeue instead.
-                return Err(AcsError::Paused {
-                    operation: op,
-                    retry_after: paused,
-                });
-            }
-            let quota_wait = self.inner.quota.acquire(op).await;
+            let quota_wait = self.wait_for_turn(op).await?;
             let started = Instant::now();
-            let result = match self.send_once(op, &url, body.as_deref()).await {
-                Ok((status, retry_after, bytes)) => parse(&RawResponse {
-                    status,
-                    retry_after,
-                    body: &bytes,
-                })
-                .map_err(|e| (Some(status), e)),
-                Err(e) => Err((None, e)),
+            // Fresh for every attempt, logged with it and kept in the error: what Azure
+            // support traces a request by.
+            let client_request_id = uuid::Uuid::new_v4().to_string();
+            let result = match self
+                .send_once(op, &url, body.as_deref(), headers, &client_request_id)
+                .await
+            {
+                Ok((status, retry_after, bytes, ms_cv)) => {
+                    tracing::debug!(
+                        operation = %op,
+                        attempt,
+                        client_request_id = %client_request_id,
+                        ms_cv = ms_cv.as_deref().unwrap_or(""),
+                        status,
+                        "ACS answered"
+                    );
+                    parse(&RawResponse {
+                        status,
+                        retry_after,
+                        body: &bytes,
+                    })
+                    .map_err(|e| (Some(status), e.with_client_request_id(&client_request_id)))
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        operation = %op,
+                        attempt,
+                        client_request_id = %client_request_id,
+                        error = %e,
+                        "ACS request got no answer"
+                    );
+                    Err((None, e))
+                }
             };
             let elapsed = started.elapsed();
             let (status, outcome) = match &result {
@@ -389,7 +491,7 @@ impl AcsClient {
             if err.status() == Some(429)
                 && let Some(wait) = err.retry_after()
             {
-                self.inner.quota.pause(op, Instant::now() + wait);
+                self.inner.quota.pause(op, wait);
             }
             let may_retry =
                 err.is_retryable() && (retry == Retry::Retryable || !err.is_outcome_unknown());
@@ -397,6 +499,10 @@ impl AcsClient {
                 self.inner
                     .retry
                     .next_delay(attempt, err.retry_after(), rand::random::<f64>())
+                    // A stalling endpoint must not hold the caller past the deadline.
+                    .filter(|d| {
+                        call_started.elapsed().saturating_add(*d) < self.inner.call_deadline
+                    })
             } else {
                 None
             };
@@ -405,23 +511,59 @@ impl AcsClient {
                     tracing::warn!(
                         operation = %op,
                         attempt,
+                        client_request_id = %client_request_id,
                         error = %err,
                         "ACS may have carried out this request although no answer came back; not retrying it (the api-version has no custom ids, a second create would make a second user)"
                     );
                 } else {
-                    tracing::debug!(operation = %op, attempt, error = %err, "ACS request failed");
+                    tracing::debug!(operation = %op, attempt, client_request_id = %client_request_id, error = %err, "ACS request failed");
                 }
                 return Err(err);
             };
             tracing::debug!(
                 operation = %op,
                 attempt,
+                client_request_id = %client_request_id,
                 delay_ms = delay.as_millis() as u64,
                 error = %err,
                 "ACS request failed; retrying"
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Waits (or, for a caller, refuses to wait) for `op`'s turn; returns the time waited.
+    async fn wait_for_turn(&self, op: Operation) -> Result<Duration, AcsError> {
+        let now = Instant::now();
+        let quota = &self.inner.quota;
+        if let Some(caller) = &self.caller {
+            return match quota.try_acquire(op, caller, now) {
+                Ok(()) => Ok(Duration::ZERO),
+                Err(at) => {
+                    let retry_after = at.saturating_duration_since(now);
+                    Err(if quota.paused_for(op, now).is_zero() {
+                        AcsError::QuotaWait {
+                            operation: op,
+                            retry_after,
+                        }
+                    } else {
+                        AcsError::Paused {
+                            operation: op,
+                            retry_after,
+                        }
+                    })
+                }
+            };
+        }
+        let paused = quota.paused_for(op, now);
+        if paused > self.inner.retry.max_retry_after {
+            // Waiting here would hold the caller for that long; it can come back instead.
+            return Err(AcsError::Paused {
+                operation: op,
+                retry_after: paused,
+            });
+        }
+        Ok(quota.acquire(op).await)
     }
 
     /// The `issue_token` request exactly as it would go on the wire (target, JSON body,
@@ -439,9 +581,15 @@ impl AcsClient {
             expires_in_minutes,
         })?;
         let url = self.request_url(Operation::IssueToken, id)?;
-        self.signed_request(Operation::IssueToken, &url, Some(&body))?
-            .build()
-            .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
+        self.signed_request(
+            Operation::IssueToken,
+            &url,
+            Some(&body),
+            &[],
+            &uuid::Uuid::new_v4().to_string(),
+        )?
+        .build()
+        .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
     }
 
     fn request_url(&self, op: Operation, id: &str) -> Result<Url, AcsError> {
@@ -450,12 +598,15 @@ impl AcsClient {
             .map_err(|e| AcsError::Config(format!("cannot form a request URL: {e}")))
     }
 
-    /// A request for one attempt, dated and signed now.
+    /// A request for one attempt, dated and signed now, with `headers` (unsigned, as the
+    /// SDKs send them) and the attempt's `x-ms-client-request-id`.
     fn signed_request(
         &self,
         op: Operation,
         url: &Url,
         body: Option<&[u8]>,
+        headers: &[(&'static str, String)],
+        client_request_id: &str,
     ) -> Result<reqwest::RequestBuilder, AcsError> {
         let method = method_of(op);
         // Sign exactly what goes on the wire: the URL's own serialisation of path and
@@ -485,7 +636,10 @@ impl AcsClient {
             .header("x-ms-content-sha256", &signed.content_sha256)
             .header(AUTHORIZATION, authorization)
             .header(ACCEPT, "application/json")
-            .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
+            .header("x-ms-client-request-id", client_request_id);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some(b) = body {
             request = request
                 .header(CONTENT_TYPE, "application/json")
@@ -494,39 +648,83 @@ impl AcsClient {
         Ok(request)
     }
 
-    /// One signed request; any answer (even an error status) is `Ok` with its parts.
+    /// One signed request; any answer (even an error status) is `Ok` with its parts and
+    /// its `MS-CV` header.
     async fn send_once(
         &self,
         op: Operation,
         url: &Url,
         body: Option<&[u8]>,
-    ) -> Result<(u16, Option<Duration>, Vec<u8>), AcsError> {
-        let request = self.signed_request(op, url, body)?;
+        headers: &[(&'static str, String)],
+        client_request_id: &str,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>, Option<String>), AcsError> {
+        let request = self.signed_request(op, url, body, headers, client_request_id)?;
         let response = request
             .send()
             .await
             .map_err(|e| self.transport_error(op, e))?;
         let status = response.status().as_u16();
         let retry_after = retry_after_from_headers(response.headers(), SystemTime::now());
-        let bytes = response
-            .bytes()
+        let ms_cv = response
+            .headers()
+            .get("ms-cv")
+            .and_then(|v| v.to_str().ok())
+            .map(super::error::endpoint_text);
+        let bytes = self.read_capped(op, status, response).await?;
+        Ok((status, retry_after, bytes, ms_cv))
+    }
+
+    /// The body, refused once it grows past [`MAX_RESPONSE_BYTES`] (whatever
+    /// `Content-Length` claims): a hostile endpoint cannot make us buffer 100 MiB.
+    async fn read_capped(
+        &self,
+        op: Operation,
+        status: u16,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, AcsError> {
+        let too_large = AcsError::TooLarge {
+            operation: op,
+            status,
+            limit: MAX_RESPONSE_BYTES,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.transport_error(op, e))?;
-        Ok((status, retry_after, bytes.to_vec()))
+            .map_err(|e| self.transport_error(op, e))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport_error(&self, op: Operation, e: reqwest::Error) -> AcsError {
-        if e.is_timeout() {
+        // Bounded like any text that may come from the other end (TLS names, proxies);
+        // for debugging only, never shown in status.
+        let (timeout, connect) = (e.is_timeout(), e.is_connect());
+        let detail = super::error::endpoint_text(&error_chain(&e.without_url()));
+        tracing::debug!(operation = %op, endpoint = %self.inner.base, detail = %detail, "no answer from ACS");
+        if timeout {
             return AcsError::Timeout {
                 operation: op,
                 timeout: self.inner.request_timeout,
+                endpoint: self.inner.base.clone(),
             };
         }
         AcsError::Transport {
             operation: op,
-            connect: e.is_connect(),
-            // Bounded like any text that may come from the other end (TLS names, proxies).
-            detail: super::error::endpoint_text(&error_chain(&e.without_url())),
+            connect,
+            detail,
+            endpoint: self.inner.base.clone(),
         }
     }
 }
@@ -534,7 +732,8 @@ impl AcsClient {
 /// Whether a failed request may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retry {
-    /// Idempotent (or made so by a custom id): retry any retryable error.
+    /// Idempotent (or made so by a custom id or the repeatability headers): retry any
+    /// retryable error.
     Retryable,
     /// Not idempotent: retry only when ACS certainly did not act (429, connect failure).
     OnlyIfNotExecuted,
@@ -587,7 +786,7 @@ mod tests {
         for (version, custom) in [
             ("2023-10-01", false),
             ("2025-03-02-preview", true),
-            ("2025-04-01-preview", true),
+            ("2025-04-01-preview", false),
             ("2025-06-30", false),
             ("2026-07-22", false),
         ] {
@@ -617,7 +816,12 @@ mod tests {
             )
         };
         assert!(build("https://res.communication.azure.com/", false).is_ok());
-        assert!(build("http://127.0.0.1:7000/", false).is_ok());
+        // Loopback too: a sidecar's admin port listens there.
+        let e = build("http://127.0.0.1:7000/", false).unwrap_err();
+        assert_eq!(e.reason(), Some("InsecureEndpoint"), "{e:?}");
+        assert!(build("http://127.0.0.1:7000/", true).is_ok());
+        let e = build("http://127.0.0.1:15000/quitquitquit#", true).unwrap_err();
+        assert_eq!(e.reason(), Some("InsecureEndpoint"), "{e:?}");
         let e = build("http://10.1.2.3:7000/", false).unwrap_err();
         assert_eq!(e.reason(), Some("InsecureEndpoint"), "{e:?}");
         assert_eq!(e.metric_label(), "insecure_endpoint");
@@ -723,7 +927,14 @@ mod tests {
             "endpoint=http://127.0.0.1:7000/;accesskey=c2VjcmV0LWtleS1ieXRlcw==",
         )
         .unwrap();
-        let client = AcsClient::new(&cs, AcsClientOptions::default()).unwrap();
+        let client = AcsClient::new(
+            &cs,
+            AcsClientOptions {
+                allow_insecure_endpoints: true,
+                ..AcsClientOptions::default()
+            },
+        )
+        .unwrap();
         let request = client
             .prepare_issue_token("8:acs:x_y", &[TokenScope::Chat], Some(60))
             .unwrap();

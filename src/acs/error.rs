@@ -51,7 +51,7 @@ pub const MAX_ENDPOINT_TEXT_CHARS: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcsError {
     /// ACS answered with a non-success status.
-    #[error("ACS {operation} failed with HTTP {status}{}", describe_service_error(code.as_deref(), message.as_deref()))]
+    #[error("ACS {operation} failed with HTTP {status}{}{}", describe_service_error(code.as_deref(), message.as_deref()), explain_code(code.as_deref()))]
     Service {
         operation: Operation,
         status: u16,
@@ -61,20 +61,46 @@ pub enum AcsError {
         message: Option<String>,
         /// How long ACS asked us to wait (`Retry-After` and friends).
         retry_after: Option<Duration>,
+        /// The `x-ms-client-request-id` of the request that got this answer, which Azure
+        /// support can trace. Kept out of `Display` (conditions must not change with every
+        /// attempt); read it with [`AcsError::client_request_id`]. Not a secret.
+        client_request_id: Option<String>,
     },
-    /// No complete answer within the request timeout.
-    #[error("ACS {operation} timed out after {timeout:?}")]
+    /// No complete answer within the request timeout. Shown exactly like `Transport`: what
+    /// a tenant's endpoint sees in `Ready` must not tell an open port from a closed one.
+    #[error("{}", unreachable(operation, endpoint))]
     Timeout {
         operation: Operation,
         timeout: Duration,
+        /// Where the request went (scheme, host, port), as the connection string named it.
+        endpoint: String,
     },
     /// The request could not be sent or the answer not read (DNS, connect, TLS, reset).
-    #[error("cannot reach ACS for {operation}: {detail}")]
+    /// `detail` (what the network stack said) goes to debug logs only, never to status:
+    /// it would turn `Ready` into a port scanner of the operator's network.
+    #[error("{}", unreachable(operation, endpoint))]
     Transport {
         operation: Operation,
         /// Whether the failure happened while connecting, i.e. ACS never saw the request.
         connect: bool,
         detail: String,
+        endpoint: String,
+    },
+    /// The answer was longer than any ACS answer can be; it was not read to the end.
+    #[error(
+        "ACS sent an unusable response to {operation} (HTTP {status}): the answer is larger than {limit} bytes"
+    )]
+    TooLarge {
+        operation: Operation,
+        status: u16,
+        limit: usize,
+    },
+    /// The client-side quota has no turn for this request yet; its turn is reserved for
+    /// the caller, who should come back after `retry_after`. Nothing was sent.
+    #[error("waiting for the client-side ACS quota of {operation}")]
+    QuotaWait {
+        operation: Operation,
+        retry_after: Duration,
     },
     /// A success status with a body we cannot use. `reason` never quotes the body.
     #[error("ACS sent an unusable response to {operation} (HTTP {status}): {reason}")]
@@ -98,7 +124,11 @@ pub enum AcsError {
     Endpoint(#[from] EndpointError),
     /// ACS answered 429 with a `Retry-After` longer than the retry policy waits; every
     /// request of this operation through this client waits until then. Nothing was sent.
-    #[error("ACS asked to slow down: {operation} is paused for another {retry_after:?}")]
+    // The message stays the same for the whole pause (no remaining time in it), so that a
+    // paused identity writes its status once, not on every pass (issue 15).
+    #[error(
+        "ACS asked to slow down (HTTP 429): {operation} is paused for every identity of this ACS resource"
+    )]
     Paused {
         operation: Operation,
         retry_after: Duration,
@@ -111,10 +141,29 @@ pub enum AcsError {
     InvalidArgument(String),
 }
 
+fn unreachable(operation: &Operation, endpoint: &str) -> String {
+    format!(
+        "no answer from the ACS endpoint {endpoint} for {operation} (connection refused, reset or timed out)"
+    )
+}
+
 fn custom_id_version_list() -> String {
     super::api_versions::custom_id_versions()
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The error code `IdentityNotOwned` answers an id of another ACS resource.
+pub const IDENTITY_NOT_OWNED: &str = "IdentityNotOwned";
+
+/// What an ACS error code means for the person reading the message, where it needs saying.
+fn explain_code(code: Option<&str>) -> &'static str {
+    match code {
+        Some(IDENTITY_NOT_OWNED) => {
+            "; the user belongs to another ACS resource than this endpoint's (the service's endpoint or key is not the user's resource)"
+        }
+        _ => "",
+    }
 }
 
 fn describe_service_error(code: Option<&str>, message: Option<&str>) -> String {
@@ -140,7 +189,36 @@ impl AcsError {
             code: code.map(|c| endpoint_text(&c)).filter(|c| !c.is_empty()),
             message: message.map(|m| endpoint_text(&m)).filter(|m| !m.is_empty()),
             retry_after,
+            client_request_id: None,
         }
+    }
+
+    /// This error with the `x-ms-client-request-id` of the request that got it.
+    pub fn with_client_request_id(mut self, id: &str) -> Self {
+        if let AcsError::Service {
+            client_request_id, ..
+        } = &mut self
+        {
+            *client_request_id = Some(id.to_string());
+        }
+        self
+    }
+
+    /// The `x-ms-client-request-id` of the request ACS answered with this error.
+    pub fn client_request_id(&self) -> Option<&str> {
+        match self {
+            AcsError::Service {
+                client_request_id, ..
+            } => client_request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A well-formed id of another ACS resource: 401 `IdentityNotOwned`. Not "user gone"
+    /// (the user may well exist, elsewhere) and not a bad key: the endpoint or key in use
+    /// belongs to a different resource than the user.
+    pub fn is_identity_not_owned(&self) -> bool {
+        self.status() == Some(401) && self.code() == Some(IDENTITY_NOT_OWNED)
     }
 
     /// The operation that failed, when the error came from one.
@@ -150,6 +228,8 @@ impl AcsError {
             | AcsError::Timeout { operation, .. }
             | AcsError::Transport { operation, .. }
             | AcsError::MalformedResponse { operation, .. }
+            | AcsError::TooLarge { operation, .. }
+            | AcsError::QuotaWait { operation, .. }
             | AcsError::Paused { operation, .. } => Some(*operation),
             AcsError::Unsupported { .. }
             | AcsError::Endpoint(_)
@@ -161,9 +241,9 @@ impl AcsError {
     /// The HTTP status ACS answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            AcsError::Service { status, .. } | AcsError::MalformedResponse { status, .. } => {
-                Some(*status)
-            }
+            AcsError::Service { status, .. }
+            | AcsError::MalformedResponse { status, .. }
+            | AcsError::TooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -182,9 +262,10 @@ impl AcsError {
         self.status() == Some(404)
     }
 
-    /// Wrong key, bad signature or clock skew.
+    /// Wrong key, bad signature or clock skew (not [`Self::is_identity_not_owned`], which
+    /// is a 401 as well).
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self.status(), Some(401 | 403))
+        matches!(self.status(), Some(401 | 403)) && !self.is_identity_not_owned()
     }
 
     /// Worth trying again: throttling, server errors, timeouts and network failures.
@@ -194,8 +275,13 @@ impl AcsError {
             AcsError::Service { status, .. } => {
                 *status == 408 || *status == 429 || (500..=599).contains(status)
             }
-            AcsError::Timeout { .. } | AcsError::Transport { .. } | AcsError::Paused { .. } => true,
-            AcsError::MalformedResponse { .. }
+            AcsError::Timeout { .. }
+            | AcsError::Transport { .. }
+            | AcsError::Paused { .. }
+            | AcsError::QuotaWait { .. } => true,
+            // An endpoint that answers megabytes will do so again; a person must look.
+            AcsError::TooLarge { .. }
+            | AcsError::MalformedResponse { .. }
             | AcsError::Unsupported { .. }
             | AcsError::Endpoint(_)
             | AcsError::Config(_)
@@ -213,10 +299,13 @@ impl AcsError {
             AcsError::Timeout { .. } => true,
             AcsError::Transport { connect, .. } => !connect,
             AcsError::Service { status, .. } => *status == 408 || (500..=599).contains(status),
-            AcsError::MalformedResponse { status, .. } => (200..300).contains(status),
+            AcsError::MalformedResponse { status, .. } | AcsError::TooLarge { status, .. } => {
+                (200..300).contains(status)
+            }
             AcsError::Unsupported { .. }
             | AcsError::Endpoint(_)
             | AcsError::Paused { .. }
+            | AcsError::QuotaWait { .. }
             | AcsError::Config(_)
             | AcsError::InvalidArgument(_) => false,
         }
@@ -226,9 +315,17 @@ impl AcsError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             AcsError::Service { retry_after, .. } => *retry_after,
-            AcsError::Paused { retry_after, .. } => Some(*retry_after),
+            AcsError::Paused { retry_after, .. } | AcsError::QuotaWait { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
+    }
+
+    /// Nothing failed: the request waits for its turn (client-side quota). The caller
+    /// requeues for `retry_after()` and records no problem.
+    pub fn is_quota_wait(&self) -> bool {
+        matches!(self, AcsError::QuotaWait { .. })
     }
 
     /// The condition reason this error should be reported with, where it has its own
@@ -243,6 +340,7 @@ impl AcsError {
     /// A low-cardinality label for metrics (`acs_requests_total{result=...}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
+            AcsError::Service { .. } if self.is_identity_not_owned() => "identity_not_owned",
             AcsError::Service { status, .. } => match status {
                 400 => "bad_request",
                 401 => "unauthorized",
@@ -259,6 +357,8 @@ impl AcsError {
             AcsError::Unsupported { .. } => "unsupported",
             AcsError::Endpoint(_) => "insecure_endpoint",
             AcsError::Paused { .. } => "paused",
+            AcsError::QuotaWait { .. } => "quota_wait",
+            AcsError::TooLarge { .. } => "too_large",
             AcsError::Config(_) => "config",
             AcsError::InvalidArgument(_) => "invalid_argument",
         }
@@ -317,6 +417,7 @@ mod tests {
         let timeout = AcsError::Timeout {
             operation: Operation::CreateUser,
             timeout: Duration::from_secs(1),
+            endpoint: "https://a.example".into(),
         };
         assert!(timeout.is_retryable());
         let malformed = AcsError::MalformedResponse {
@@ -325,6 +426,88 @@ mod tests {
             reason: "x".into(),
         };
         assert!(!malformed.is_retryable());
+    }
+
+    #[test]
+    fn unreachable_endpoints_read_the_same_whatever_answered() {
+        let endpoint = "https://10.0.0.7:15000";
+        let shown: Vec<String> = [
+            AcsError::Timeout {
+                operation: Operation::IssueToken,
+                timeout: Duration::from_secs(30),
+                endpoint: endpoint.into(),
+            },
+            AcsError::Transport {
+                operation: Operation::IssueToken,
+                connect: true,
+                detail: "tcp connect error: Connection refused (os error 111)".into(),
+                endpoint: endpoint.into(),
+            },
+            AcsError::Transport {
+                operation: Operation::IssueToken,
+                connect: false,
+                detail: "invalid peer certificate: NotValidForName envoy-admin".into(),
+                endpoint: endpoint.into(),
+            },
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert!(shown.iter().all(|s| s == &shown[0]), "{shown:?}");
+        assert!(shown[0].contains(endpoint), "{}", shown[0]);
+        for leak in ["refused (os", "envoy", "certificate", "30s"] {
+            assert!(!shown[0].contains(leak), "{}", shown[0]);
+        }
+    }
+
+    #[test]
+    fn waits_are_stable_and_retry_after_them() {
+        let paused = |secs| AcsError::Paused {
+            operation: Operation::IssueToken,
+            retry_after: Duration::from_nanos(secs),
+        };
+        assert_eq!(
+            paused(3_599_999_999_123).to_string(),
+            paused(12).to_string()
+        );
+        let wait = AcsError::QuotaWait {
+            operation: Operation::CreateUser,
+            retry_after: Duration::from_secs(7),
+        };
+        assert!(wait.is_quota_wait() && !paused(1).is_quota_wait());
+        assert_eq!(wait.retry_after(), Some(Duration::from_secs(7)));
+        assert!(!wait.is_outcome_unknown());
+    }
+
+    #[test]
+    fn identity_not_owned_is_neither_gone_nor_a_bad_key() {
+        let e = AcsError::service(
+            Operation::DeleteUser,
+            401,
+            Some("IdentityNotOwned".into()),
+            Some("Provided identity doesn't belong to the resource.".into()),
+            None,
+        )
+        .with_client_request_id("0b3f3c1e-5a0e-4c55-9d55-1f5f5f5f5f5f");
+        assert!(e.is_identity_not_owned());
+        assert!(!e.is_not_found() && !e.is_unauthorized() && !e.is_retryable());
+        assert_eq!(e.metric_label(), "identity_not_owned");
+        assert!(e.to_string().contains("another ACS resource"), "{e}");
+        assert_eq!(
+            e.client_request_id(),
+            Some("0b3f3c1e-5a0e-4c55-9d55-1f5f5f5f5f5f")
+        );
+        // The id is kept apart from the message, which conditions carry.
+        assert!(!e.to_string().contains("0b3f3c1e"), "{e}");
+        let denied = AcsError::service(
+            Operation::DeleteUser,
+            401,
+            Some("Denied".into()),
+            None,
+            None,
+        );
+        assert!(denied.is_unauthorized() && !denied.is_identity_not_owned());
+        assert_eq!(denied.metric_label(), "unauthorized");
     }
 
     #[test]
@@ -379,11 +562,13 @@ mod tests {
         let timeout = AcsError::Timeout {
             operation: Operation::CreateUser,
             timeout: Duration::from_secs(1),
+            endpoint: "https://a.example".into(),
         };
         let transport = |connect| AcsError::Transport {
             operation: Operation::CreateUser,
             connect,
             detail: "reset".into(),
+            endpoint: "https://a.example".into(),
         };
         let malformed = |status| AcsError::MalformedResponse {
             operation: Operation::CreateUser,

@@ -116,8 +116,9 @@ pub struct CreatedUser {
     pub user: CommunicationUser,
     /// Present when scopes were given.
     pub token: Option<AccessToken>,
-    /// `false` when ACS returned an existing user for the same custom id (HTTP 200),
-    /// `true` for a new one (HTTP 201).
+    /// Whether ACS answered 201. It does not tell a new user from one found by its custom
+    /// id: the live service answers 201 with the same identity to a repeated custom id
+    /// (only the 2025-03-02-preview specification says 200). Never decide from it.
     pub created: bool,
 }
 
@@ -257,10 +258,73 @@ fn parse_timestamp(
     })
 }
 
+/// The longest user id accepted (ACS's are about 80 characters: `8:acs:<guid>_<guid>`).
+pub const MAX_USER_ID_CHARS: usize = 256;
+/// The longest token accepted (ACS's are about 1.5 KiB).
+pub const MAX_TOKEN_CHARS: usize = 16 * 1024;
+
+/// Ids and tokens end up in Secrets, status, events and log lines: whatever an endpoint
+/// sends must look like one before it is stored or printed. Visible ASCII only (no
+/// spaces, no control characters, no terminal escapes), bounded.
+fn check_shape(
+    op: Operation,
+    status: u16,
+    what: &str,
+    value: &str,
+    max: usize,
+) -> Result<(), AcsError> {
+    if value.len() > max {
+        return Err(malformed(
+            op,
+            status,
+            format!("{what} is longer than {max} characters"),
+        ));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(malformed(
+            op,
+            status,
+            format!("{what} holds characters outside visible ASCII"),
+        ));
+    }
+    Ok(())
+}
+
+/// How far from now an `expiresOn` may lie: ACS grants at most 24 h, plus clock skew.
+pub const MAX_EXPIRY_AHEAD: Duration = Duration::from_secs(25 * 3600);
+/// How far in the past: an expired token is the caller's to judge (it never replaces a
+/// valid one), but one from another day is an endpoint's nonsense.
+pub const MAX_EXPIRY_BEHIND: Duration = Duration::from_secs(24 * 3600);
+
+/// `expires_on` of a token received at `now`, refused when no ACS could have sent it.
+pub fn check_expiry(op: Operation, now: Timestamp, expires_on: Timestamp) -> Result<(), AcsError> {
+    let ahead =
+        jiff::SignedDuration::try_from(MAX_EXPIRY_AHEAD).unwrap_or(jiff::SignedDuration::MAX);
+    let behind =
+        jiff::SignedDuration::try_from(MAX_EXPIRY_BEHIND).unwrap_or(jiff::SignedDuration::MAX);
+    let lead = expires_on.duration_since(now);
+    if lead > ahead || lead < -behind {
+        return Err(malformed(
+            op,
+            200,
+            format!(
+                "`expiresOn` {expires_on} is more than {} h from now; ACS grants tokens for at most 24 h",
+                if lead > ahead {
+                    MAX_EXPIRY_AHEAD.as_secs() / 3600
+                } else {
+                    MAX_EXPIRY_BEHIND.as_secs() / 3600
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn to_user(op: Operation, status: u16, w: WireIdentity) -> Result<CommunicationUser, AcsError> {
     if w.id.trim().is_empty() {
         return Err(malformed(op, status, "identity `id` is empty"));
     }
+    check_shape(op, status, "identity `id`", &w.id, MAX_USER_ID_CHARS)?;
     let last_token_issued_at = match w.last_token_issued_at.as_deref() {
         Some(s) if !s.trim().is_empty() => {
             Some(parse_timestamp(op, status, "lastTokenIssuedAt", s)?)
@@ -278,13 +342,15 @@ fn to_token(op: Operation, status: u16, w: WireAccessToken) -> Result<AccessToke
     if w.token.is_empty() {
         return Err(malformed(op, status, "access token is empty"));
     }
+    check_shape(op, status, "access token", &w.token, MAX_TOKEN_CHARS)?;
     Ok(AccessToken {
         expires_on: parse_timestamp(op, status, "expiresOn", &w.expires_on)?,
         token: Token::new(w.token),
     })
 }
 
-/// `POST /identities`: 201 new user, 200 existing user for the same custom id.
+/// `POST /identities`: 201 (a new user, or the existing one for the same custom id), or
+/// 200 (an existing one, as the 2025-03-02-preview specification has it).
 pub(crate) fn parse_create_user(
     r: &RawResponse<'_>,
     token_expected: bool,
@@ -352,6 +418,53 @@ mod tests {
             status,
             retry_after: None,
             body: body.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn ids_and_tokens_must_look_like_ones() {
+        let long_id = "8".repeat(MAX_USER_ID_CHARS + 1);
+        for id in ["8:acs:a b", r"8:acs:\u001b[31mred", long_id.as_str()] {
+            let body = format!(r#"{{"identity":{{"id":"{id}"}}}}"#);
+            let e = parse_create_user(&resp(201, &body), false).unwrap_err();
+            assert!(
+                matches!(e, AcsError::MalformedResponse { .. }),
+                "{id}: {e:?}"
+            );
+            assert!(!e.to_string().contains(id), "the id is not echoed: {e}");
+        }
+        let long_token = "a".repeat(MAX_TOKEN_CHARS + 1);
+        for token in ["two words", long_token.as_str()] {
+            let body = format!(r#"{{"token":"{token}","expiresOn":"2023-10-10T21:39:39Z"}}"#);
+            let e = parse_issue_token(&resp(200, &body)).unwrap_err();
+            assert!(
+                !e.to_string().contains(token),
+                "the token is not echoed: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_expiry_no_acs_could_grant_is_refused() {
+        let now: Timestamp = "2026-12-02T06:00:00Z".parse().unwrap();
+        for ok in [
+            "2026-12-03T06:00:00Z",
+            "2026-12-02T06:00:00Z",
+            "2026-12-01T07:00:00Z",
+        ] {
+            assert!(
+                check_expiry(Operation::IssueToken, now, ok.parse().unwrap()).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "9999-12-30T00:00:00Z",
+            "2026-12-03T08:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+        ] {
+            let e = check_expiry(Operation::IssueToken, now, bad.parse().unwrap()).unwrap_err();
+            assert!(e.to_string().contains("expiresOn"), "{bad}: {e}");
         }
     }
 

@@ -1,12 +1,27 @@
-//! Client-side quota: one token bucket per operation, so that the operator stays under
-//! ACS's published limits instead of collecting 429s. A request waits for its turn; it
-//! does not fail.
+//! Client-side quota: one sliding window per operation, so that the operator stays under
+//! ACS's published limits instead of collecting 429s.
+//!
+//! Two ways to wait for a turn: [`ClientQuota::acquire`] sleeps (tools, benchmarks), and
+//! [`ClientQuota::try_acquire`] never does: it reserves the caller's turn and says when to
+//! come back, so a reconcile can give its permit back and requeue for exactly that time
+//! (issue 15: a reconcile waiting for a year-long quota froze every other tenant).
+//!
+//! Every number here may come from a tenant (the window, the counts) or from an endpoint
+//! (a 429's pause), so every sum of times is checked: no input can panic the process.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::error::Operation;
+use super::retry::MAX_RETRY_AFTER;
+
+/// The longest quota window accepted. ACS counts in 30 s windows; an hour leaves room for
+/// a stricter budget of one's own without letting a window overflow time arithmetic.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The most requests one window may grant (the CRD's bound too).
+pub const MAX_REQUESTS: u32 = 1_000_000;
 
 /// `requests` per `per`, e.g. 1000 per 30 s. The bucket holds up to `requests` tokens, so
 /// a burst of that size goes through at once and the rest flows at `requests / per`.
@@ -21,8 +36,15 @@ impl Rate {
         Self { requests, per }
     }
 
+    /// At least one and at most [`MAX_REQUESTS`] requests in a positive window of at most
+    /// [`MAX_WINDOW`].
     pub fn is_valid(&self) -> bool {
-        self.requests > 0 && !self.per.is_zero()
+        (1..=MAX_REQUESTS).contains(&self.requests) && !self.per.is_zero() && self.per <= MAX_WINDOW
+    }
+
+    /// Requests per second, to compare two rates for the same operation.
+    fn per_second(&self) -> f64 {
+        f64::from(self.requests) / self.per.as_secs_f64().max(1e-9)
     }
 }
 
@@ -73,7 +95,7 @@ impl QuotaConfig {
         }
     }
 
-    /// The first operation whose rate is zero requests or a zero period.
+    /// The first operation whose rate is out of bounds (see [`Rate::is_valid`]).
     pub fn invalid_operation(&self) -> Option<Operation> {
         Operation::ALL
             .into_iter()
@@ -81,12 +103,22 @@ impl QuotaConfig {
     }
 }
 
+/// How long a reservation stays held for a caller that does not come back (its object
+/// was deleted, another replica took over): then its turn goes to nobody, which only
+/// makes the budget stricter for a moment.
+const RESERVATION_GRACE: Duration = Duration::from_secs(120);
+
+/// A turn this close to now is served now: requeueing for a few milliseconds costs more
+/// than it saves.
+const SERVE_NOW_WITHIN: Duration = Duration::from_millis(20);
+
 /// A sliding-window limiter over an injected clock, mirroring how ACS counts: at most
 /// `requests` sent in any window of `per`. (A token bucket of the same rate would admit a
 /// full burst and then refill, up to twice the limit in the first window: ACS answers
 /// 429 to that.) No sleeping inside, so it is plain arithmetic.
 #[derive(Debug, Clone)]
 pub struct SlidingWindow {
+    rate: Rate,
     limit: usize,
     window: Duration,
     /// Send times granted, ascending; some lie in the future (queued callers). Only the
@@ -94,29 +126,58 @@ pub struct SlidingWindow {
     granted: VecDeque<Instant>,
     /// Set by a 429 with `Retry-After`: nothing is granted before it.
     paused_until: Option<Instant>,
+    /// Turns reserved by callers that came back later instead of waiting.
+    reserved: HashMap<String, Instant>,
+    /// The same reservations in the order they were made (times ascending), to drop the
+    /// ones nobody came back for without scanning them all.
+    reserved_order: VecDeque<(Instant, String)>,
 }
 
 /// Added to the window: a request sent exactly one window after another may arrive a
 /// little sooner than that after it (network jitter); this keeps it outside ACS's window.
 const WINDOW_MARGIN_FRACTION: f64 = 0.01;
 
+/// `t + d`, or the latest representable time near it; never panics.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(MAX_WINDOW * 2))
+        .unwrap_or(t)
+}
+
 impl SlidingWindow {
-    /// An empty window. `rate` must be valid (see `Rate::is_valid`).
+    /// An empty window. A rate out of bounds is clamped into them.
     pub fn new(rate: Rate, _now: Instant) -> Self {
-        let limit = rate.requests.max(1) as usize;
-        let window = rate.per + rate.per.mul_f64(WINDOW_MARGIN_FRACTION);
+        let rate = Rate {
+            requests: rate.requests.clamp(1, MAX_REQUESTS),
+            per: rate.per.clamp(Duration::from_millis(1), MAX_WINDOW),
+        };
+        let limit = rate.requests as usize;
+        let window = rate
+            .per
+            .saturating_add(rate.per.mul_f64(WINDOW_MARGIN_FRACTION));
         Self {
+            rate,
             limit,
             window,
             granted: VecDeque::with_capacity(limit.min(4096)),
             paused_until: None,
+            reserved: HashMap::new(),
+            reserved_order: VecDeque::new(),
         }
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
     }
 
     /// Reserves a send time and returns how long the caller must wait for it (zero when
     /// it may send now). Callers are served in order, spaced so that no window holds
     /// more than the limit.
     pub fn reserve(&mut self, now: Instant) -> Duration {
+        self.next_turn(now).saturating_duration_since(now)
+    }
+
+    fn next_turn(&mut self, now: Instant) -> Instant {
         let mut at = now.max(self.paused_until.unwrap_or(now));
         // Never ahead of someone already queued.
         if let Some(&last) = self.granted.back() {
@@ -124,13 +185,59 @@ impl SlidingWindow {
         }
         if self.granted.len() >= self.limit {
             let nth_back = self.granted[self.granted.len() - self.limit];
-            at = at.max(nth_back + self.window);
+            at = at.max(later(nth_back, self.window));
         }
         self.granted.push_back(at);
         while self.granted.len() > self.limit {
             self.granted.pop_front();
         }
-        at.saturating_duration_since(now)
+        at
+    }
+
+    /// `caller` may send now (`Ok`), or its turn is reserved and it should come back at
+    /// the returned time. Coming back early changes nothing; coming back at or after the
+    /// time is served without queueing again.
+    pub fn try_reserve(&mut self, caller: &str, now: Instant) -> Result<(), Instant> {
+        self.forget_abandoned(now);
+        if let Some(&at) = self.reserved.get(caller) {
+            // A pause that came after the reservation moves it too.
+            let at = at.max(self.paused_until.unwrap_or(at));
+            if at <= later(now, SERVE_NOW_WITHIN) {
+                self.reserved.remove(caller);
+                return Ok(());
+            }
+            return Err(at);
+        }
+        let at = self.next_turn(now);
+        if at <= later(now, SERVE_NOW_WITHIN) {
+            return Ok(());
+        }
+        self.reserved.insert(caller.to_string(), at);
+        self.reserved_order.push_back((at, caller.to_string()));
+        Err(at)
+    }
+
+    fn forget_abandoned(&mut self, now: Instant) {
+        while let Some((at, caller)) = self.reserved_order.front() {
+            if later(*at, RESERVATION_GRACE) > now {
+                break;
+            }
+            if self.reserved.get(caller) == Some(at) {
+                self.reserved.remove(caller);
+            }
+            self.reserved_order.pop_front();
+        }
+        // Entries served already leave their order entry behind; keep that list short.
+        if self.reserved_order.len() > 2 * self.reserved.len() + 64 {
+            let reserved = &self.reserved;
+            self.reserved_order
+                .retain(|(at, caller)| reserved.get(caller) == Some(at));
+        }
+    }
+
+    /// Callers holding a reserved turn.
+    pub fn reserved_count(&self) -> usize {
+        self.reserved.len()
     }
 
     /// Requests that could still be granted at `now` without waiting.
@@ -159,9 +266,24 @@ impl SlidingWindow {
         self.paused_until
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
     }
+
+    /// Takes `rate` when it allows more per second than the current one; the send times
+    /// granted so far still count.
+    fn raise_to(&mut self, rate: Rate) {
+        let fresh = SlidingWindow::new(rate, Instant::now());
+        if fresh.rate.per_second() > self.rate.per_second() {
+            self.rate = fresh.rate;
+            self.limit = fresh.limit;
+            self.window = fresh.window;
+            while self.granted.len() > self.limit {
+                self.granted.pop_front();
+            }
+        }
+    }
 }
 
-/// The per-operation buckets of one client, shared by every caller of that client.
+/// The per-operation buckets of one ACS resource, shared by every client of that
+/// resource whatever its key, api-version or service.
 #[derive(Debug)]
 pub struct ClientQuota {
     slots: [Mutex<Slot>; 5],
@@ -215,6 +337,28 @@ impl ClientQuota {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Another client of the same resource asks for `config`: each operation takes the
+    /// more generous of the two rates (one client's stricter setting must not slow the
+    /// others down; ACS's own 429s still pause everyone).
+    pub fn raise(&self, config: &QuotaConfig) {
+        for op in Operation::ALL {
+            let mut slot = self.slot(op);
+            match config.rate(op).filter(Rate::is_valid) {
+                Some(rate) => {
+                    if let Some(bucket) = slot.bucket.as_mut() {
+                        bucket.raise_to(rate);
+                    }
+                }
+                // Unlimited is the most generous of all; a pause still holds.
+                None => {
+                    if let Some(bucket) = slot.bucket.take() {
+                        slot.paused_until = bucket.paused_until;
+                    }
+                }
+            }
+        }
+    }
+
     /// How long a request for `op` must wait at `now`, with its token reserved.
     pub fn reserve(&self, op: Operation, now: Instant) -> Duration {
         let mut slot = self.slot(op);
@@ -226,16 +370,31 @@ impl ClientQuota {
         }
     }
 
-    /// Holds back every request for `op` until `until` (ACS answered 429 with
-    /// `Retry-After`). A later, shorter pause never shortens a longer one.
-    pub fn pause(&self, op: Operation, until: Instant) {
+    /// `caller` may send `op` now, or should come back at the returned time (its turn is
+    /// kept for it). Never sleeps.
+    pub fn try_acquire(&self, op: Operation, caller: &str, now: Instant) -> Result<(), Instant> {
+        let mut slot = self.slot(op);
+        match slot.bucket.as_mut() {
+            Some(bucket) => bucket.try_reserve(caller, now),
+            None => match slot.paused_until {
+                Some(until) if until > now => Err(until),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Holds back every request for `op` for `wait` (ACS answered 429 with
+    /// `Retry-After`, bounded by [`MAX_RETRY_AFTER`]). A later, shorter pause never
+    /// shortens a longer one.
+    pub fn pause(&self, op: Operation, wait: Duration) {
         let now = Instant::now();
+        let until = later(now, wait.min(MAX_RETRY_AFTER));
         let mut slot = self.slot(op);
         match slot.bucket.as_mut() {
             Some(bucket) => bucket.pause_until(until, now),
             None => slot.paused_until = Some(slot.paused_until.map_or(until, |u| u.max(until))),
         }
-        tracing::debug!(operation = %op, pause_ms = until.saturating_duration_since(now).as_millis() as u64, "ACS throttled; pausing this operation for every caller of the client");
+        tracing::debug!(operation = %op, pause_ms = until.saturating_duration_since(now).as_millis() as u64, "ACS throttled; pausing this operation for every client of the resource");
     }
 
     /// How much longer `op` is paused at `now` (zero when it is not).
@@ -342,18 +501,117 @@ mod tests {
     fn unlimited_operations_can_be_paused_too() {
         let t0 = Instant::now();
         let q = ClientQuota::new(&QuotaConfig::unlimited());
-        q.pause(Operation::GetUser, t0 + Duration::from_secs(5));
-        q.pause(Operation::GetUser, t0 + Duration::from_secs(1));
-        assert_eq!(
-            q.reserve(Operation::GetUser, t0),
-            Duration::from_secs(5),
-            "a shorter pause does not cut a longer one"
+        q.pause(Operation::GetUser, Duration::from_secs(5));
+        q.pause(Operation::GetUser, Duration::from_secs(1));
+        let left = q.reserve(Operation::GetUser, t0);
+        assert!(
+            left > Duration::from_secs(4) && left <= Duration::from_secs(6),
+            "a shorter pause does not cut a longer one: {left:?}"
         );
         assert_eq!(q.paused_for(Operation::IssueToken, t0), Duration::ZERO);
         assert_eq!(
             q.paused_for(Operation::GetUser, t0 + Duration::from_secs(6)),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn windows_and_pauses_of_any_size_never_panic() {
+        let t0 = Instant::now();
+        for per in [Duration::MAX, Duration::from_secs(u64::MAX / 2), MAX_WINDOW] {
+            let mut b = SlidingWindow::new(Rate::new(1, per), t0);
+            b.reserve(t0);
+            // The limit+1-th request used to add the window to an Instant and overflow.
+            let wait = b.reserve(t0);
+            assert!(wait <= MAX_WINDOW * 2, "{wait:?}");
+            assert!(b.try_reserve("x", t0).is_err());
+        }
+        let q = ClientQuota::new(&QuotaConfig::default());
+        q.pause(Operation::IssueToken, Duration::MAX);
+        assert!(
+            q.paused_for(Operation::IssueToken, t0) <= MAX_RETRY_AFTER + Duration::from_secs(1)
+        );
+        assert!(!Rate::new(1, Duration::from_secs(3601)).is_valid());
+        assert!(!Rate::new(MAX_REQUESTS + 1, THIRTY_SECONDS).is_valid());
+    }
+
+    #[test]
+    fn a_caller_that_comes_back_later_keeps_its_turn() {
+        let t0 = Instant::now();
+        let mut b = SlidingWindow::new(Rate::new(2, Duration::from_secs(10)), t0);
+        assert_eq!(b.try_reserve("a", t0), Ok(()));
+        assert_eq!(b.try_reserve("b", t0), Ok(()));
+        let at_c = b.try_reserve("c", t0).unwrap_err();
+        let at_d = b.try_reserve("d", t0).unwrap_err();
+        assert!(at_c >= t0 + Duration::from_secs(10) && at_d >= at_c);
+        // Asking again early neither queues again nor moves the turn.
+        assert_eq!(b.try_reserve("c", t0 + Duration::from_secs(1)), Err(at_c));
+        assert_eq!(b.reserved_count(), 2);
+        // At its time the caller is served, and a newcomer queues behind d.
+        assert_eq!(b.try_reserve("c", at_c), Ok(()));
+        let at_e = b.try_reserve("e", at_c).unwrap_err();
+        assert!(at_e > at_d, "{at_e:?} {at_d:?}");
+        // Nobody came back for d: after the grace its reservation is forgotten.
+        let much_later = at_e + RESERVATION_GRACE + Duration::from_secs(1);
+        b.try_reserve("f", much_later).unwrap();
+        assert_eq!(b.reserved_count(), 0);
+    }
+
+    #[test]
+    fn waiting_callers_are_served_at_the_rate_in_order() {
+        // 20 callers, 5 per second: each comes back exactly when told, and no window of
+        // one second ever holds more than 5 sends.
+        let t0 = Instant::now();
+        let mut b = SlidingWindow::new(Rate::new(5, Duration::from_secs(1)), t0);
+        let mut sent = vec![];
+        let mut waiting: Vec<(Instant, String)> = vec![];
+        for i in 0..20 {
+            let caller = format!("c{i}");
+            match b.try_reserve(&caller, t0) {
+                Ok(()) => sent.push(t0),
+                Err(at) => waiting.push((at, caller)),
+            }
+        }
+        waiting.sort();
+        for (at, caller) in waiting {
+            assert_eq!(b.try_reserve(&caller, at), Ok(()), "{caller}");
+            sent.push(at);
+        }
+        assert_eq!(sent.len(), 20);
+        for (i, &t) in sent.iter().enumerate() {
+            let in_window = sent[i..]
+                .iter()
+                .filter(|&&u| u < t + Duration::from_secs(1))
+                .count();
+            assert!(in_window <= 5, "{in_window} sends within 1 s of send {i}");
+        }
+        let span = *sent.last().unwrap() - t0;
+        assert!(span < Duration::from_secs(4), "{span:?}");
+    }
+
+    #[test]
+    fn a_shared_budget_takes_the_more_generous_rate() {
+        let t0 = Instant::now();
+        let strict = QuotaConfig {
+            create_user: Some(Rate::new(1, MAX_WINDOW)),
+            ..QuotaConfig::default()
+        };
+        let q = ClientQuota::new(&QuotaConfig::default());
+        q.raise(&strict);
+        for i in 0..10 {
+            assert_eq!(
+                q.try_acquire(Operation::CreateUser, &format!("c{i}"), t0),
+                Ok(())
+            );
+        }
+        let q = ClientQuota::new(&strict);
+        q.raise(&QuotaConfig::default());
+        for i in 0..10 {
+            assert_eq!(
+                q.try_acquire(Operation::CreateUser, &format!("c{i}"), t0),
+                Ok(())
+            );
+        }
     }
 
     #[test]

@@ -75,35 +75,57 @@ impl RetryPolicy {
     }
 }
 
+/// The longest wait any answer can impose. The endpoint may be a tenant's own server: a
+/// `Retry-After` of `u64::MAX` seconds must neither overflow time arithmetic nor freeze an
+/// identity for centuries. ACS itself asks for seconds.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// The wait a response asks for: Azure's `retry-after-ms` / `x-ms-retry-after-ms` first
 /// (finer grained), then `Retry-After` as seconds or as an HTTP date relative to `now`.
+/// Never more than [`MAX_RETRY_AFTER`].
 pub fn retry_after_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
         if let Some(ms) = headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+            .and_then(parse_retry_after_ms)
         {
-            return Some(Duration::from_millis(ms));
+            return Some(ms);
         }
     }
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     parse_retry_after(value, now)
 }
 
+/// A millisecond count, at most [`MAX_RETRY_AFTER`]; digits beyond `u64` saturate.
+pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms = value.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_millis(ms).min(MAX_RETRY_AFTER))
+}
+
 /// `Retry-After: <seconds>` or `Retry-After: <HTTP-date>`; a date in the past means now.
+/// Never more than [`MAX_RETRY_AFTER`], however many digits or however far the date.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     // Some servers send fractional seconds; accept them rather than ignoring the hint.
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+            .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 #[cfg(test)]
@@ -187,6 +209,41 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn every_retry_after_is_bounded_at_full_width() {
+        let now = httpdate::parse_http_date("Tue, 24 Nov 2026 22:35:05 GMT").unwrap();
+        for value in [
+            "18446744073709551615",
+            "184467440737095516150000",
+            "3601",
+            "1e300",
+            "86400.5",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(value, now),
+                Some(MAX_RETRY_AFTER),
+                "{value}"
+            );
+        }
+        for value in ["18446744073709551615", "99999999999999999999999", "3600001"] {
+            assert_eq!(
+                parse_retry_after_ms(value),
+                Some(MAX_RETRY_AFTER),
+                "{value}"
+            );
+        }
+        assert_eq!(parse_retry_after_ms("-1"), None);
+        assert_eq!(parse_retry_after_ms("1.5"), None);
+        assert_eq!(
+            parse_retry_after_ms("250"),
+            Some(Duration::from_millis(250))
+        );
+        // Whatever came back, adding it to the clock cannot overflow.
+        let wait = parse_retry_after("18446744073709551615", now).unwrap();
+        assert!(std::time::Instant::now().checked_add(wait).is_some());
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub mod types {
     /// cannot be renewed as often as its tokens expire; reason
     /// [`super::reasons::TOKEN_TOO_SHORT_LIVED`].
     pub const TOKEN_TOO_SHORT_LIVED: &str = "TokenTooShortLived";
+
+    /// kstatus: `True` when the operator cannot make progress without a person (today:
+    /// reason [`super::reasons::RECONCILE_PANICKED`]).
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes requires).
@@ -48,6 +52,10 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// ACS refused the credentials (401/403).
     pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// ACS answered 401 `IdentityNotOwned`: the user id belongs to another ACS resource
+    /// than the service's endpoint and key (a service pointed elsewhere, a key of another
+    /// resource, or an `existingUserId` from another resource).
+    pub const IDENTITY_NOT_OWNED: &str = "IdentityNotOwned";
     /// Creating the ACS user failed.
     pub const USER_CREATE_FAILED: &str = "UserCreateFailed";
     /// `spec.existingUserId` does not exist in ACS.
@@ -106,7 +114,13 @@ pub mod reasons {
     /// A `ClusterCommunicationService` names a credential Secret outside the operator's
     /// cluster resource namespace: the Secret is not read and the service not used.
     pub const SECRET_NAMESPACE_NOT_ALLOWED: &str = "SecretNamespaceNotAllowed";
-    /// The endpoint is not https (plain http only to loopback or with
-    /// `--allow-insecure-endpoints`) or carries user info.
+    /// The endpoint is not https (plain http only with `--allow-insecure-endpoints`),
+    /// carries user info, or has more than a scheme, a host and a port (a path, a query,
+    /// a fragment).
     pub const INSECURE_ENDPOINT: &str = "InsecureEndpoint";
+
+    // --- any kind, Stalled=True
+    /// The reconcile of this object panicked (a bug); the operator caught it, keeps serving
+    /// every other object and retries this one with backoff.
+    pub const RECONCILE_PANICKED: &str = "ReconcilePanicked";
 }

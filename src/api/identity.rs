@@ -250,11 +250,15 @@ pub enum DeletionPolicy {
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretTemplate {
-    /// Labels added to the Secret (the operator's own labels win on conflict).
+    /// Labels added to the Secret (the operator's own labels win on conflict); at most 32,
+    /// values at most 63 characters as Kubernetes allows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    // Bounded so the operator's Secret cache cannot be grown without limit by one tenant.
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret; at most 32, values at most 4096 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub annotations: BTreeMap<String, String>,
 }
 

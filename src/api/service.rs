@@ -145,9 +145,15 @@ fn default_connection_string_key() -> String {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Quota {
-    /// Window the counts apply to (Go-style duration).
+    /// Window the counts apply to (Go-style duration), between `1s` and `1h`.
     #[serde(default = "default_window")]
     #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
+    // A window of 5124095576030431h passed the pattern and overflowed time arithmetic in
+    // the client (issue 15); the code bounds it again for objects stored before this rule.
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('1s') && duration(self) <= duration('1h')",
+        "message": "spec.quota.window must be between 1s and 1h (ACS counts its limits in 30s windows)"
+    }]))]
     pub window: String,
     /// User creations per window.
     #[serde(default = "default_creates")]

@@ -460,6 +460,7 @@ async fn bench(
         },
         quota: QuotaConfig::unlimited(),
         observer: Some(counter.clone()),
+        allow_insecure_endpoints: true,
         ..AcsClientOptions::default()
     };
     let client = AcsClient::new(&cs, options).map_err(|e| format!("client: {e}"))?;

@@ -75,6 +75,20 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ACS_EMULATOR_LOG_JSON")]
     log_json: bool,
+
+    /// Status of a create whose customId finds an existing user: 201 as the live service
+    /// answers, or 200 as the 2025-03-02-preview specification says.
+    #[arg(long, env = "ACS_EMULATOR_FOUND_CUSTOM_ID_STATUS", default_value_t = 201,
+          value_parser = parse_found_status)]
+    found_custom_id_status: u16,
+}
+
+fn parse_found_status(s: &str) -> Result<u16, String> {
+    match s {
+        "200" => Ok(200),
+        "201" => Ok(201),
+        _ => Err("expected 200 or 201".into()),
+    }
 }
 
 #[tokio::main]
@@ -142,6 +156,7 @@ fn config_from(args: Args) -> Result<EmulatorConfig, String> {
         tls: args.tls,
         tls_ca_out: args.tls_ca_out,
         tls_sans: args.tls_sans,
+        found_custom_id_status: args.found_custom_id_status,
         ..EmulatorConfig::default()
     };
     for quota in args.quotas {

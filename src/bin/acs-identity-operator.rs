@@ -91,8 +91,9 @@ struct RunArgs {
     /// (POD_NAMESPACE), else acs-system. Secrets elsewhere are never read.
     #[arg(long, env = "ACS_OPERATOR_CLUSTER_RESOURCE_NAMESPACE")]
     cluster_resource_namespace: Option<String>,
-    /// Allow plain-http ACS endpoints on any host (by default only loopback addresses may
-    /// use http). For test rigs only: tokens and signed requests travel unencrypted.
+    /// Allow plain-http ACS endpoints (by default only https, loopback included: a
+    /// sidecar's admin port listens there). For test rigs and the demo only: tokens and
+    /// signed requests travel unencrypted.
     #[arg(long, env = "ACS_OPERATOR_ALLOW_INSECURE_ENDPOINTS")]
     allow_insecure_endpoints: bool,
     /// Reconciles that run at once, across every watched namespace.

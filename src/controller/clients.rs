@@ -1,21 +1,27 @@
 //! The process's ACS clients and parsed credentials.
 //!
-//! - One client (and so one quota bucket, paused for everyone by a 429) per ACS endpoint,
-//!   key, api-version and quota, whatever the number of services, namespaces or identities
-//!   that point at it: k services on one resource must not get k times ACS's limit.
+//! - One client per ACS endpoint, key, api-version and quota, whatever the number of
+//!   services, namespaces or identities that point at it.
+//! - One budget (quota buckets, paused for everyone by a 429) per ACS resource, i.e. per
+//!   endpoint host and port, whatever key, api-version or service reaches it: a primary and
+//!   a secondary key, or two api-versions, must not get twice ACS's limit.
 //! - A credential Secret is read and parsed once per resourceVersion, however many
 //!   identities use it; concurrent first readers wait for one GET.
+//! - Bounded whatever tenants create: clients and parsed credentials nobody used for
+//!   [`IDLE_TTL`] are dropped, and at most [`MAX_CLIENTS`] are kept.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use crate::acs::connection_string::host_with_port;
+use crate::acs::quota::ClientQuota;
 use crate::acs::{
-    AcsClient, AcsClientOptions, ConnectionString, QuotaConfig, Rate, RequestObserver,
+    AcsClient, AcsClientOptions, ConnectionString, QuotaConfig, Rate, RequestObserver, RetryPolicy,
 };
 use crate::api::Quota;
 
@@ -27,7 +33,7 @@ pub struct ClientSettings {
     pub extra_ca_pem: Option<Vec<u8>>,
     pub observer: Option<Arc<dyn RequestObserver>>,
     pub request_timeout: Option<Duration>,
-    /// `--allow-insecure-endpoints`: plain http to any host, not only loopback.
+    /// `--allow-insecure-endpoints`: plain http (without it, https only).
     pub allow_insecure_endpoints: bool,
 }
 
@@ -64,11 +70,40 @@ struct ClientKey {
     quota: String,
 }
 
+/// A client or parsed credential unused this long is dropped (an identity that still
+/// needs it gets a new one; memory keeps the client of every identity it knows).
+pub const IDLE_TTL: Duration = Duration::from_secs(15 * 60);
+/// The most clients kept at once; past it the least recently used goes.
+pub const MAX_CLIENTS: usize = 2048;
+
+/// How the operator's clients retry: briefly, inside one reconcile. Anything longer
+/// (a 429's pause, a stalling endpoint's next attempt) goes back to the controller, which
+/// requeues the identity without holding a permit.
+pub fn operator_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(250),
+        max_delay: Duration::from_secs(1),
+        max_retry_after: Duration::from_secs(1),
+    }
+}
+
+/// One call (its attempts and their short waits) never takes longer than this.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(45);
+
+struct Cached<T> {
+    value: T,
+    used: Instant,
+}
+
 pub struct ClientCache {
     settings: ClientSettings,
-    parsed: Mutex<HashMap<CredentialRef, (String, Parsed)>>,
+    parsed: Mutex<HashMap<CredentialRef, Cached<(String, Parsed)>>>,
     reading: Mutex<HashMap<CredentialRef, Arc<tokio::sync::Mutex<()>>>>,
-    clients: Mutex<HashMap<ClientKey, Arc<AcsClient>>>,
+    clients: Mutex<HashMap<ClientKey, Cached<Arc<AcsClient>>>>,
+    /// One budget per ACS resource (host and port), alive while a client uses it.
+    budgets: Mutex<HashMap<String, Weak<ClientQuota>>>,
+    swept: Mutex<Instant>,
 }
 
 impl ClientCache {
@@ -78,7 +113,53 @@ impl ClientCache {
             parsed: Mutex::default(),
             reading: Mutex::default(),
             clients: Mutex::default(),
+            budgets: Mutex::default(),
+            swept: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Drops what nobody used for [`IDLE_TTL`], at most once a minute.
+    fn sweep(&self, now: Instant) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if now.saturating_duration_since(*swept) < Duration::from_secs(60) {
+                return;
+            }
+            *swept = now;
+        }
+        let fresh = |used: Instant| now.saturating_duration_since(used) < IDLE_TTL;
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| fresh(c.used));
+        self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| fresh(c.used));
+        {
+            let parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+            self.reading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k, gate| parsed.contains_key(k) || Arc::strong_count(gate) > 1);
+        }
+        self.budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, b| b.strong_count() > 0);
+    }
+
+    /// The budget of the resource at `host` (host and port), shared by every client of it;
+    /// raised to `config` where that is more generous.
+    fn budget(&self, host: &str, config: &QuotaConfig) -> Arc<ClientQuota> {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = budgets.get(host).and_then(Weak::upgrade) {
+            b.raise(config);
+            return b;
+        }
+        let b = Arc::new(ClientQuota::new(config));
+        budgets.insert(host.to_string(), Arc::downgrade(&b));
+        b
     }
 
     pub fn settings(&self) -> &ClientSettings {
@@ -96,6 +177,7 @@ impl ClientCache {
         if *version == SecretVersion::Absent {
             return Err(CredentialError::Problem(CredentialProblem::SecretNotFound));
         }
+        self.sweep(Instant::now());
         if let Some(hit) = self.cached(credential, version) {
             return hit.map_err(CredentialError::Problem);
         }
@@ -127,10 +209,13 @@ impl ClientCache {
             .unwrap_or_else(|p| p.into_inner())
             .insert(
                 credential.clone(),
-                (
-                    secret.resource_version().unwrap_or_default(),
-                    parsed.clone(),
-                ),
+                Cached {
+                    value: (
+                        secret.resource_version().unwrap_or_default(),
+                        parsed.clone(),
+                    ),
+                    used: Instant::now(),
+                },
             );
         parsed.map_err(CredentialError::Problem)
     }
@@ -139,9 +224,12 @@ impl ClientCache {
         let SecretVersion::Present(rv) = version else {
             return None;
         };
-        let parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
-        match parsed.get(credential) {
-            Some((seen, result)) if seen == rv => Some(result.clone()),
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        match parsed.get_mut(credential) {
+            Some(c) if c.value.0 == *rv => {
+                c.used = Instant::now();
+                Some(c.value.1.clone())
+            }
             _ => None,
         }
     }
@@ -160,29 +248,64 @@ impl ClientCache {
             api_version: api_version.to_string(),
             quota: format!("{quota_config:?}"),
         };
+        let now = Instant::now();
+        self.sweep(now);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
+        if let Some(c) = clients.get_mut(&key) {
+            c.used = now;
+            return Ok(c.value.clone());
         }
+        let host = format!(
+            "{}://{}",
+            connection.endpoint().scheme(),
+            host_with_port(connection.endpoint()).to_ascii_lowercase()
+        );
         let mut options = AcsClientOptions {
             api_version: api_version.to_string(),
+            shared_quota: Some(self.budget(&host, &quota_config)),
             quota: quota_config,
             extra_ca_pem: self.settings.extra_ca_pem.clone(),
             observer: self.settings.observer.clone(),
             allow_insecure_endpoints: self.settings.allow_insecure_endpoints,
+            retry: operator_retry_policy(),
+            call_deadline: CALL_DEADLINE,
             ..AcsClientOptions::default()
         };
         if let Some(t) = self.settings.request_timeout {
             options.request_timeout = t;
         }
         let client = Arc::new(AcsClient::new(connection, options).map_err(|e| e.to_string())?);
-        clients.insert(key, client.clone());
+        if clients.len() >= MAX_CLIENTS
+            && let Some(oldest) = clients
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+        {
+            clients.remove(&oldest);
+        }
+        clients.insert(
+            key,
+            Cached {
+                value: client.clone(),
+                used: now,
+            },
+        );
         Ok(client)
     }
 
     /// Number of distinct ACS clients (for tests: sharing is a promise).
     pub fn client_count(&self) -> usize {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Number of distinct ACS resources with a live budget.
+    pub fn budget_count(&self) -> usize {
+        self.budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|b| b.strong_count() > 0)
+            .count()
     }
 }
 
@@ -209,6 +332,27 @@ fn parse_secret(secret: &Secret, key: &str) -> Parsed {
 
 pub fn quota_config(q: &Quota) -> Result<QuotaConfig, String> {
     let per = q.window().map_err(|e| format!("spec.quota.window: {e}"))?;
+    // The CRD refuses these; objects stored before that rule must not reach the client.
+    if per.is_zero() || per > crate::acs::quota::MAX_WINDOW {
+        return Err(format!(
+            "spec.quota.window `{}` must be between 1s and 1h",
+            q.window
+        ));
+    }
+    if let Some((field, n)) = [
+        ("creates", q.creates),
+        ("issues", q.issues),
+        ("revokes", q.revokes),
+        ("deletes", q.deletes),
+    ]
+    .into_iter()
+    .find(|(_, n)| *n > crate::acs::quota::MAX_REQUESTS)
+    {
+        return Err(format!(
+            "spec.quota.{field} is {n}; at most {} requests per window",
+            crate::acs::quota::MAX_REQUESTS
+        ));
+    }
     let rate = |requests: u32| (requests > 0).then_some(Rate { requests, per });
     Ok(QuotaConfig {
         create_user: rate(q.creates),
@@ -265,5 +409,65 @@ mod tests {
         cache.client(&b, "2023-10-01", &q).unwrap();
         cache.client(&a, "2025-06-30", &q).unwrap();
         assert_eq!(cache.client_count(), 3);
+        assert_eq!(cache.budget_count(), 2, "a and b");
+    }
+
+    #[tokio::test]
+    async fn one_budget_per_resource_whatever_key_or_api_version() {
+        let cache = ClientCache::new(ClientSettings::default());
+        let primary =
+            ConnectionString::parse("endpoint=https://a.example/;accesskey=c2VjcmV0").unwrap();
+        let secondary =
+            ConnectionString::parse("endpoint=https://A.example:443/;accesskey=b3RoZXI=").unwrap();
+        let q = Quota {
+            creates: 2,
+            window: "1h".into(),
+            ..Quota::default()
+        };
+        let clients = [
+            cache.client(&primary, "2023-10-01", &q).unwrap(),
+            cache.client(&secondary, "2023-10-01", &q).unwrap(),
+            cache.client(&primary, "2025-06-30", &q).unwrap(),
+        ];
+        assert_eq!(cache.client_count(), 3);
+        assert_eq!(cache.budget_count(), 1);
+        let now = std::time::Instant::now();
+        let op = crate::acs::Operation::CreateUser;
+        let granted = (0..6)
+            .filter(|i| {
+                clients[i % 3]
+                    .quota()
+                    .try_acquire(op, &format!("id-{i}"), now)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(
+            granted, 2,
+            "two creates per hour on the resource, not per client"
+        );
+    }
+
+    #[test]
+    fn quota_out_of_bounds_is_an_error_not_a_panic() {
+        for window in ["5124095576030431h", "8760h", "3601s", "0s"] {
+            let q = Quota {
+                window: window.into(),
+                ..Quota::default()
+            };
+            let e = quota_config(&q).unwrap_err();
+            assert!(e.contains("spec.quota.window"), "{window}: {e}");
+        }
+        let q = Quota {
+            issues: u32::MAX,
+            ..Quota::default()
+        };
+        assert!(quota_config(&q).unwrap_err().contains("spec.quota.issues"));
+        let cache = ClientCache::new(ClientSettings::default());
+        let cs = ConnectionString::parse("endpoint=https://a.example/;accesskey=c2VjcmV0").unwrap();
+        let q = Quota {
+            window: "5124095576030431h".into(),
+            ..Quota::default()
+        };
+        assert!(cache.client(&cs, "2023-10-01", &q).is_err());
     }
 }

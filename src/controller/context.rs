@@ -17,6 +17,7 @@ use crate::runtime::metrics::Metrics;
 use super::events::EventPublisher;
 use super::memory::Memory;
 use super::resolver::Resolver;
+use super::shares::Shares;
 use super::stores::Stores;
 
 /// The time source of every decision; tests inject their own.
@@ -62,6 +63,8 @@ pub struct Context {
     pub memory: Memory,
     pub clock: Arc<dyn Clock>,
     pub limiter: Semaphore,
+    /// Each ACS resource's and namespace's share of the calls in flight.
+    pub shares: Arc<Shares>,
     pub leadership: Leadership,
     /// At most one token per identity per this interval, whatever fails.
     pub min_token_interval: Duration,
@@ -91,6 +94,12 @@ pub struct ContextParts {
 
 impl Context {
     pub fn new(p: ContextParts) -> Self {
+        let shares = {
+            let stores = p.stores.clone();
+            Shares::new(p.max_concurrent_reconciles.max(1), move |who| {
+                stores.trigger(who)
+            })
+        };
         Context {
             events: EventPublisher::new(
                 p.client.clone(),
@@ -104,6 +113,7 @@ impl Context {
             memory: Memory::default(),
             clock: p.clock,
             limiter: Semaphore::new(p.max_concurrent_reconciles.max(1)),
+            shares,
             leadership: p.leadership,
             min_token_interval: p.min_token_interval,
             backoff: Mutex::new(HashMap::new()),

@@ -25,6 +25,16 @@ pub enum Error {
     Cancelled,
     #[error("finalizer: {0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    /// Nothing failed: the object waits for its turn (client-side quota, a full share of
+    /// ACS calls) and is requeued for exactly this long, without backoff.
+    #[error("waiting {0:?} for a turn to call ACS")]
+    Waiting(std::time::Duration),
+    /// The reconcile panicked (a bug); caught so that no object can end the process.
+    #[error("the reconcile panicked: {0}")]
+    Panicked(String),
+    /// The reconcile ran past its deadline and was abandoned.
+    #[error("the reconcile took longer than {0:?} and was abandoned")]
+    DeadlineExceeded(std::time::Duration),
 }
 
 impl Error {
@@ -49,6 +59,9 @@ impl Error {
             Error::CleanupBlocked(_) => "cleanup",
             Error::Cancelled => "cancelled",
             Error::Finalizer(_) => "finalizer",
+            Error::Waiting(_) => "waiting",
+            Error::Panicked(_) => "panic",
+            Error::DeadlineExceeded(_) => "deadline",
         }
     }
 
@@ -56,7 +69,13 @@ impl Error {
     /// to ones that need a person (bad credentials, bad spec): those are retried slowly.
     pub fn is_transient(&self) -> bool {
         match self.inner() {
-            Error::Kube(_) | Error::Cancelled | Error::Finalizer(_) => true,
+            Error::Kube(_)
+            | Error::Cancelled
+            | Error::Finalizer(_)
+            | Error::Waiting(_)
+            | Error::DeadlineExceeded(_) => true,
+            // Retried slowly: the same input will likely panic again.
+            Error::Panicked(_) => false,
             Error::Step(e) => e.is_transient(),
             Error::Resolve(e) => e.is_transient(),
             Error::Spec(_) | Error::MissingField(_) | Error::CleanupBlocked(_) => false,
@@ -67,6 +86,16 @@ impl Error {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self.inner() {
             Error::Step(e) => e.retry_after(),
+            Error::Waiting(d) => Some(*d),
+            _ => None,
+        }
+    }
+
+    /// How long to wait for a turn, when that is all this "error" is.
+    pub fn waiting(&self) -> Option<std::time::Duration> {
+        match self.inner() {
+            Error::Waiting(d) => Some(*d),
+            Error::Step(e) => e.quota_wait(),
             _ => None,
         }
     }

@@ -8,11 +8,13 @@ pub mod error;
 pub mod events;
 pub mod identity;
 pub mod memory;
+pub mod panics;
 pub mod renewal;
 pub mod resolver;
 pub mod run;
 pub mod secret;
 pub mod service;
+pub mod shares;
 pub mod status;
 pub mod stores;
 

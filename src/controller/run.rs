@@ -28,7 +28,7 @@ use super::identity;
 use super::resolver::{Resolver, service_key_for};
 use super::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::service::{self, ServiceContext};
-use super::stores::{Stores, WatchScope, slim};
+use super::stores::{Stores, WatchScope, slim, slim_secret};
 
 /// Default `--min-token-interval`.
 pub const DEFAULT_MIN_TOKEN_INTERVAL: Duration = Duration::from_secs(15);
@@ -91,9 +91,33 @@ where
         + Sync
         + 'static,
 {
+    reflected_with(api, config, slim::<K>)
+}
+
+/// [`reflected`] with a slimming function of its own.
+fn reflected_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slimmed: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (reader, writer) = reflector::store();
-    let stream =
-        reflector(writer, watcher(api, config).default_backoff().modify(slim)).touched_objects();
+    let stream = reflector(
+        writer,
+        watcher(api, config).default_backoff().modify(slimmed),
+    )
+    .touched_objects();
     (reader, stream)
 }
 
@@ -185,9 +209,10 @@ fn wire(
         );
         // Only Secrets labelled as ours, and only their metadata: memory does not grow with
         // the cluster's other Secrets.
-        let (sec_store, sec_stream) = reflected(
+        let (sec_store, sec_stream) = reflected_with(
             api_for::<PartialObjectMeta<Secret>>(client, ns),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+            slim_secret,
         );
         ready.extend([wait(&id_store), wait(&svc_store), wait(&sec_store)]);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -448,6 +473,8 @@ fn cluster_service_controller(
 
 /// A service controller of either kind: status from its credentials, re-run when the
 /// service or its credential Secret changes.
+// `Error` is large and returned once per reconcile (see resolver.rs).
+#[allow(clippy::result_large_err)]
 fn service_controller<K, F, Fut>(
     api: Api<K>,
     client: Client,
@@ -476,15 +503,30 @@ where
     });
     let ctx = Arc::new(ServiceContext {
         client,
-        metrics,
+        metrics: metrics.clone(),
         credentials,
         clients,
         cluster_resource_namespace: config.cluster_resource_namespace.clone(),
     });
+    // The panic boundary: a service a tenant wrote must not end the process.
+    let mut reconcile = reconcile;
+    let kind = K::kind(&()).to_string();
+    let guarded = move |obj: Arc<K>, ctx: Arc<ServiceContext<K>>| {
+        let name = obj.name_any();
+        let fut = reconcile(obj, ctx);
+        let (metrics, kind) = (metrics.clone(), kind.clone());
+        async move {
+            super::panics::catch(fut).await.unwrap_or_else(|message| {
+                metrics.reconcile_panicked(&kind);
+                tracing::error!(kind = %kind, name = %name, panic = %message, "reconcile panicked; caught, retrying with backoff");
+                Err(super::Error::Panicked(message))
+            })
+        }
+    };
     Controller::new(api, watcher::Config::default())
         .reconcile_on(UnboundedReceiverStream::new(rx))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, service::error_policy, ctx)
+        .run(guarded, service::error_policy, ctx)
         .for_each(|_| async {})
         .boxed()
 }

@@ -23,6 +23,63 @@ pub fn slim<K: ResourceExt>(obj: &mut K) {
     obj.annotations_mut().remove(LAST_APPLIED);
 }
 
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn labelled(owner: Option<OwnerReference>) -> PartialObjectMeta<Secret> {
+        use kube::core::PartialObjectMetaExt;
+        let mut s: PartialObjectMeta<Secret> = kube::core::ObjectMeta {
+            name: Some("token".into()),
+            namespace: Some("team-a".into()),
+            labels: Some([("app.kubernetes.io/managed-by".to_string(), "x".to_string())].into()),
+            annotations: Some([("big".to_string(), "y".repeat(100_000))].into()),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        }
+        .into_response_partial();
+        slim_secret(&mut s);
+        s
+    }
+
+    #[test]
+    fn only_our_secrets_keep_their_metadata_in_the_cache() {
+        let foreign = labelled(None);
+        assert!(foreign.metadata.annotations.is_none() && foreign.metadata.labels.is_none());
+        assert_eq!(foreign.metadata.name.as_deref(), Some("token"));
+        let ours = labelled(Some(OwnerReference {
+            api_version: "acs-operator.dev/v1alpha1".into(),
+            kind: "CommunicationIdentity".into(),
+            name: "chat-bot".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..Default::default()
+        }));
+        assert!(ours.metadata.annotations.is_some() && ours.metadata.labels.is_some());
+    }
+}
+
+/// [`slim`] for the owned-Secret cache: a Secret that carries our managed-by label (it is
+/// public: anyone may set it) but no controller reference to a `CommunicationIdentity`
+/// is kept only as a name, for the conflict check, so that a tenant's labelled Secrets
+/// cannot fill the operator's memory with their annotations.
+pub fn slim_secret(obj: &mut PartialObjectMeta<Secret>) {
+    slim(obj);
+    let ours = obj.metadata.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter().any(|r| {
+            r.controller == Some(true)
+                && r.kind == "CommunicationIdentity"
+                && r.api_version.starts_with("acs-operator.dev/")
+        })
+    });
+    if !ours {
+        obj.metadata.annotations = None;
+        obj.metadata.labels = None;
+        obj.metadata.finalizers = None;
+    }
+}
+
 /// One watched scope: a namespace, or the whole cluster (`None`).
 #[derive(Clone)]
 pub struct WatchScope {

@@ -6,6 +6,11 @@ use crate::acs::api_versions::{self, API_VERSIONS, ApiVersionInfo, LEGACY_API_VE
 
 use super::error::ServiceError;
 
+/// The `api-supported-versions` answer header: the retired version and every published one.
+pub const SUPPORTED_VERSIONS_HEADER: &str = "2020-07-20-preview2, 2021-02-22-preview1, 2021-03-07, \
+     2021-03-31-preview1, 2021-10-31-preview, 2022-06-01, 2022-09-01, 2022-10-01, 2023-08-01, \
+     2023-10-01, 2025-03-02-preview, 2025-04-01-preview, 2025-06-30, 2026-07-22, 2026-09-23";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiVersion {
     /// `2020-07-20-preview2`: `/identities/{id}/token`, `PATCH` to revoke, 200 on create.
@@ -56,6 +61,11 @@ impl ApiVersion {
     /// `GET /identities/{id}`.
     pub fn supports_get_identity(&self) -> bool {
         matches!(self, Self::Current(info) if info.get_identity)
+    }
+
+    /// `Repeatability-Request-ID` / `Repeatability-First-Sent` on create.
+    pub fn supports_repeatable_create(&self) -> bool {
+        matches!(self, Self::Current(info) if info.repeatable_create)
     }
 }
 
@@ -111,11 +121,30 @@ mod tests {
             assert_eq!(v.supports_get_identity(), info.get_identity);
         }
         assert!(current("2025-03-02-preview").supports_custom_id());
-        assert!(current("2025-04-01-preview").supports_custom_id());
+        for other in [
+            "2023-10-01",
+            "2025-04-01-preview",
+            "2025-06-30",
+            "2026-07-22",
+        ] {
+            assert!(!current(other).supports_custom_id(), "{other}");
+            assert!(!current(other).supports_get_identity(), "{other}");
+        }
         for ga in ["2023-10-01", "2025-06-30", "2026-07-22"] {
             assert!(!current(ga).supports_custom_id(), "{ga}");
             assert!(!current(ga).supports_get_identity(), "{ga}");
         }
         assert!(!ApiVersion::Legacy.supports_custom_id());
+        // The first previews of these routes are published and served.
+        for v in ["2021-02-22-preview1", "2021-03-31-preview1"] {
+            assert!(matches!(current(v), ApiVersion::Current(_)), "{v}");
+        }
+        assert!(current("2023-08-01").supports_repeatable_create());
+        assert!(!current("2023-10-01").supports_repeatable_create());
+        assert!(!ApiVersion::Legacy.supports_repeatable_create());
+        let listed: Vec<&str> = SUPPORTED_VERSIONS_HEADER.split(", ").collect();
+        let mut want = vec![LEGACY_API_VERSION];
+        want.extend(API_VERSIONS.iter().map(|v| v.version));
+        assert_eq!(listed, want);
     }
 }

@@ -41,6 +41,8 @@ pub struct App {
     pub requests: Mutex<RequestLog>,
     /// Wakes the state-file writer after a change; `None` without `--state-file`.
     pub persist: Option<Arc<Notify>>,
+    /// 201 (the live service) or 200 for a create whose custom id found a user.
+    pub found_custom_id_status: StatusCode,
 }
 
 /// Locks without panicking: a panic elsewhere must not take the emulator down with it.
@@ -58,7 +60,13 @@ impl App {
         let identity = identity_of(path);
         let started = Instant::now();
         let received_at = Timestamp::now();
-        let (operation, response) = self.handle_acs(request).await;
+        let client_request_id = request
+            .headers()
+            .get("x-ms-client-request-id")
+            .filter(|v| v.len() <= 256)
+            .cloned();
+        let (operation, mut response) = self.handle_acs(request).await;
+        answer_headers(response.headers_mut(), client_request_id);
         let label = operation.map_or("other", EmulatedOperation::as_str);
         let status = if response.extensions().get::<DropConnection>().is_some() {
             "dropped".to_string()
@@ -183,7 +191,15 @@ impl App {
         }
         let result = {
             let mut store = lock(&self.store);
-            execute(&mut store, route, version, body, Timestamp::now())
+            execute(
+                &mut store,
+                route,
+                version,
+                body,
+                &parts.headers,
+                Timestamp::now(),
+                self.found_custom_id_status,
+            )
         };
         match result {
             Ok(response) => {
@@ -197,6 +213,27 @@ impl App {
             Err(e) => e.into_response(),
         }
     }
+}
+
+/// The headers every ACS answer carries (the recorded live sessions): an `MS-CV`
+/// correlation vector, the caller's `x-ms-client-request-id` echoed, and the api-versions
+/// the service speaks.
+fn answer_headers(
+    headers: &mut axum::http::HeaderMap,
+    client_request_id: Option<axum::http::HeaderValue>,
+) {
+    use base64::Engine as _;
+    let cv = base64::engine::general_purpose::STANDARD_NO_PAD.encode(rand::random::<[u8; 16]>());
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{cv}.0")) {
+        headers.insert("ms-cv", value);
+    }
+    if let Some(id) = client_request_id {
+        headers.insert("x-ms-client-request-id", id);
+    }
+    headers.insert(
+        "api-supported-versions",
+        axum::http::HeaderValue::from_static(super::api_version::SUPPORTED_VERSIONS_HEADER),
+    );
 }
 
 /// `response` with its body cut to `n` bytes (and a matching `Content-Length`).

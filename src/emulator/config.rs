@@ -144,6 +144,10 @@ pub struct EmulatorConfig {
     /// How far a request's date may be from the emulator's clock.
     pub max_clock_skew: Duration,
     pub max_body_bytes: usize,
+    /// The status of a create whose `customId` found an existing user: 201, as the live
+    /// service answers (the SDKs' recorded sessions), or 200, as the 2025-03-02-preview
+    /// specification says; a client must not tell a new user from a found one by it.
+    pub found_custom_id_status: u16,
 }
 
 impl Default for EmulatorConfig {
@@ -162,6 +166,7 @@ impl Default for EmulatorConfig {
             tls_sans: Vec::new(),
             max_clock_skew: Duration::from_secs(15 * 60),
             max_body_bytes: 64 * 1024,
+            found_custom_id_status: 201,
         }
     }
 }

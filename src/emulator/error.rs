@@ -1,4 +1,6 @@
-//! The error shape ACS answers with: a status code plus `{"error": {"code", "message"}}`.
+//! The error shape ACS answers with: a status code plus `{"error": {"code", "message"}}`,
+//! with `target` naming the field a validation error is about (as the recorded live
+//! sessions show: `{"code": "ValidationError", ..., "target": "ExpiresInMinutes"}`).
 //! The SDKs map 401/404 to their typed exceptions only when the body has this shape.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -10,6 +12,8 @@ pub struct ServiceError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// `error.target`: the request field a validation error is about.
+    pub target: Option<&'static str>,
     pub retry_after_seconds: Option<u64>,
 }
 
@@ -19,8 +23,24 @@ impl ServiceError {
             status,
             code,
             message: message.into(),
+            target: None,
             retry_after_seconds: None,
         }
+    }
+
+    pub fn with_target(mut self, target: &'static str) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    /// A well-formed id of another ACS resource: 401 `IdentityNotOwned`, as the live
+    /// service answers issue, revoke and delete (the SDKs' recorded sessions).
+    pub fn not_owned() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "IdentityNotOwned",
+            "Provided identity doesn't belong to the resource.",
+        )
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -63,9 +83,20 @@ impl ServiceError {
     }
 }
 
+impl ServiceError {
+    /// The `{"error": {...}}` body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(target) = self.target {
+            error["target"] = target.into();
+        }
+        json!({ "error": error })
+    }
+}
+
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = self.body();
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after_seconds {
             response

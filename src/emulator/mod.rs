@@ -4,8 +4,8 @@
 //! ACS side: `POST /identities`, `POST /identities/{id}/:issueAccessToken`,
 //! `POST /identities/{id}/:revokeAccessTokens`, `DELETE /identities/{id}` on every
 //! published api-version and, only where the published spec has them (the table in
-//! `acs::api_versions`: 2025-03-02-preview, 2025-04-01-preview), `customId` on create and
-//! `GET /identities/{id}`; the retired
+//! `acs::api_versions`: 2025-03-02-preview), `customId` on create and
+//! `GET /identities/{id}`, and (2023-08-01) the repeatability headers on create; the retired
 //! `2020-07-20-preview2` routes (`/identities/{id}/token`, `PATCH /identities/{id}`).
 //! Every request is HMAC-checked as ACS does (see the `auth` module), then faults, then
 //! quota. Errors are ACS's `{"error": {"code", "message"}}`.
@@ -222,6 +222,10 @@ pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
         stats: Mutex::new(Stats::default()),
         requests: Mutex::new(Default::default()),
         persist: persist.clone(),
+        found_custom_id_status: axum::http::StatusCode::from_u16(config.found_custom_id_status)
+            .ok()
+            .filter(|s| matches!(s.as_u16(), 200 | 201))
+            .unwrap_or(axum::http::StatusCode::CREATED),
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -3,7 +3,7 @@
 //! request and response bodies.
 
 use axum::Json;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use percent_encoding::percent_decode_str;
@@ -84,27 +84,36 @@ pub fn classify(
     Ok(route)
 }
 
-/// Runs an authenticated, admitted request against the store.
+/// Runs an authenticated, admitted request against the store. `found_status` answers a
+/// create whose custom id found an existing user (201 as the live service does).
 pub fn execute(
     store: &mut Store,
     route: &Route,
     version: &ApiVersion,
     body: &[u8],
+    headers: &HeaderMap,
     now: Timestamp,
+    found_status: StatusCode,
 ) -> Result<Response, ServiceError> {
     match (route, version) {
         (Route::Create, ApiVersion::Legacy) => {
             let (identity, _) = store.create(None, now)?;
             Ok((StatusCode::OK, Json(json!({"id": identity.id}))).into_response())
         }
-        (Route::Create, ApiVersion::Current(_)) => create(store, version, body, now),
+        (Route::Create, ApiVersion::Current(_)) if version.supports_repeatable_create() => {
+            repeatable_create(store, version, body, headers, now, found_status)
+        }
+        (Route::Create, ApiVersion::Current(_)) => {
+            let (status, body) = create(store, version, body, now, found_status)?;
+            Ok((status, Json(body)).into_response())
+        }
         (Route::Issue(id), ApiVersion::Legacy) => {
             let request: LegacyTokenRequest = parse_json(body)?.ok_or_else(missing_body)?;
             let token = store.issue(id, &request.scopes, None, now)?;
             Ok(Json(json!({
                 "id": id,
                 "token": token.token,
-                "expiresOn": token.expires_on.to_string(),
+                "expiresOn": expires_on_text(token.expires_on),
             }))
             .into_response())
         }
@@ -158,12 +167,84 @@ struct LegacyTokenRequest {
     scopes: Vec<String>,
 }
 
+/// How long a `Repeatability-First-Sent` stays in the tracked window (Azure's guidelines:
+/// at least five minutes). Older (or further in the future) is rejected.
+pub const REPEATABILITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// A create on a version with the repeatability headers (2023-08-01): without them it is a
+/// plain create; with them, a request id seen within the window gets the first answer
+/// again (status and body) and makes nothing, and either way the answer says
+/// `Repeatability-Result: accepted`. A request id without a valid first-sent date, or one
+/// outside the window, is refused with `Repeatability-Result: rejected`.
+fn repeatable_create(
+    store: &mut Store,
+    version: &ApiVersion,
+    body: &[u8],
+    headers: &HeaderMap,
+    now: Timestamp,
+    found_status: StatusCode,
+) -> Result<Response, ServiceError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(request_id) = header("repeatability-request-id") else {
+        let (status, body) = create(store, version, body, now, found_status)?;
+        return Ok((status, Json(body)).into_response());
+    };
+    let rejected = |message: &str, target: &'static str| {
+        let mut r = ServiceError::bad_request("ValidationError", message)
+            .with_target(target)
+            .into_response();
+        r.headers_mut()
+            .insert("repeatability-result", HeaderValue::from_static("rejected"));
+        r
+    };
+    if uuid::Uuid::parse_str(request_id).is_err() {
+        return Ok(rejected(
+            "Repeatability-Request-ID must be a UUID.",
+            "Repeatability-Request-ID",
+        ));
+    }
+    let first_sent = header("repeatability-first-sent")
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| Timestamp::try_from(t).ok());
+    let Some(first_sent) = first_sent else {
+        return Ok(rejected(
+            "Repeatability-First-Sent must accompany Repeatability-Request-ID, as an IMF-fixdate HTTP date.",
+            "Repeatability-First-Sent",
+        ));
+    };
+    let window = jiff::SignedDuration::try_from(REPEATABILITY_WINDOW).unwrap_or_default();
+    let age = now.duration_since(first_sent);
+    if age > window || age < -window {
+        return Ok(rejected(
+            "Repeatability-First-Sent is outside the window this service keeps repeatable requests for.",
+            "Repeatability-First-Sent",
+        ));
+    }
+    let (status, body) = match store.repeated(request_id, now, REPEATABILITY_WINDOW) {
+        Some(first) => first,
+        None => {
+            let answer = match create(store, version, body, now, found_status) {
+                Ok(answer) => answer,
+                Err(e) => (e.status, e.body()),
+            };
+            store.remember_repeatable(request_id, first_sent, &answer, now, REPEATABILITY_WINDOW);
+            answer
+        }
+    };
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("repeatability-result", HeaderValue::from_static("accepted"));
+    Ok(response)
+}
+
 fn create(
     store: &mut Store,
     version: &ApiVersion,
     body: &[u8],
     now: Timestamp,
-) -> Result<Response, ServiceError> {
+    found_status: StatusCode,
+) -> Result<(StatusCode, Value), ServiceError> {
     // The SDKs send no body at all for a plain create.
     let request: CreateRequest = parse_json(body)?.unwrap_or(CreateRequest {
         create_token_with_scopes: None,
@@ -190,12 +271,13 @@ fn create(
     if let Some(token) = &token {
         out.insert("accessToken".into(), token_json(token));
     }
+    // The live service answers a repeated customId with 201 and the same identity.
     let status = if created {
         StatusCode::CREATED
     } else {
-        StatusCode::OK
+        found_status
     };
-    Ok((status, Json(Value::Object(out))).into_response())
+    Ok((status, Value::Object(out)))
 }
 
 fn identity_json(identity: &Identity, version: &ApiVersion) -> Value {
@@ -206,14 +288,30 @@ fn identity_json(identity: &Identity, version: &ApiVersion) -> Value {
             out.insert("customId".into(), custom_id.clone().into());
         }
         if let Some(at) = identity.last_token_issued_at {
-            out.insert("lastTokenIssuedAt".into(), at.to_string().into());
+            out.insert("lastTokenIssuedAt".into(), expires_on_text(at).into());
         }
     }
     Value::Object(out)
 }
 
 fn token_json(token: &IssuedToken) -> Value {
-    json!({"token": token.token, "expiresOn": token.expires_on.to_string()})
+    json!({"token": token.token, "expiresOn": expires_on_text(token.expires_on)})
+}
+
+/// A time as the live service writes it (.NET's round-trip form through System.Text.Json):
+/// UTC with a `+00:00` offset and up to 7 fraction digits (100 ns ticks), trailing zeros
+/// dropped, e.g. `2023-01-10T17:56:00.7844833+00:00` or `2022-09-30T15:07:50.440105+00:00`.
+pub fn expires_on_text(t: Timestamp) -> String {
+    let utc = t.to_zoned(jiff::tz::TimeZone::UTC);
+    let ticks = utc.subsec_nanosecond() / 100;
+    let mut out = utc.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    if ticks > 0 {
+        let digits = format!("{ticks:07}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    out.push_str("+00:00");
+    out
 }
 
 fn missing_body() -> ServiceError {
@@ -246,6 +344,18 @@ mod tests {
 
     fn current() -> ApiVersion {
         version("2023-10-01")
+    }
+
+    #[test]
+    fn times_are_written_as_the_service_writes_them() {
+        let t: Timestamp = "2023-01-10T17:56:00.78448339Z".parse().unwrap();
+        assert_eq!(expires_on_text(t), "2023-01-10T17:56:00.7844833+00:00");
+        let t: Timestamp = "2022-09-30T15:07:50.4401050Z".parse().unwrap();
+        assert_eq!(expires_on_text(t), "2022-09-30T15:07:50.440105+00:00");
+        let t: Timestamp = "2022-09-30T15:07:50Z".parse().unwrap();
+        assert_eq!(expires_on_text(t), "2022-09-30T15:07:50+00:00");
+        let back: Timestamp = "2023-01-10T17:56:00.7844833+00:00".parse().unwrap();
+        assert_eq!(back.as_second(), 1_673_373_360);
     }
 
     #[test]

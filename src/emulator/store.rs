@@ -1,7 +1,7 @@
 //! The emulated resource's state: identities, their tokens' revocation marks, and the
 //! token signer; plus the JSON snapshot that `--state-file` persists across restarts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -80,7 +80,14 @@ pub struct Store {
     identities: Vec<Identity>,
     by_id: HashMap<String, usize>,
     lifetime_scale: f64,
+    /// First answers of repeatable creates by `Repeatability-Request-ID` (kept for the
+    /// tracked window, at most [`MAX_REPEATABLE`]; not persisted), and their order.
+    repeats: HashMap<String, (axum::http::StatusCode, serde_json::Value)>,
+    repeat_order: VecDeque<(Timestamp, String)>,
 }
+
+/// Bound on remembered repeatable answers, whatever clients send.
+const MAX_REPEATABLE: usize = 100_000;
 
 impl Store {
     pub fn new(resource_id: Uuid, lifetime_scale: f64) -> Self {
@@ -92,6 +99,8 @@ impl Store {
             identities: Vec::new(),
             by_id: HashMap::new(),
             lifetime_scale,
+            repeats: HashMap::new(),
+            repeat_order: VecDeque::new(),
         }
     }
 
@@ -115,6 +124,8 @@ impl Store {
             identities: snapshot.identities,
             by_id,
             lifetime_scale,
+            repeats: HashMap::new(),
+            repeat_order: VecDeque::new(),
         })
     }
 
@@ -136,7 +147,8 @@ impl Store {
     }
 
     /// Creates a user, or with a `custom_id` already in use returns that user
-    /// (`created == false`, which the API answers with 200 instead of 201).
+    /// (`created == false`; the API answers 201 all the same, as the live service does,
+    /// unless the emulator is told to answer the specification's 200).
     pub fn create(
         &mut self,
         custom_id: Option<&str>,
@@ -147,7 +159,8 @@ impl Store {
                 return Err(ServiceError::bad_request(
                     "ValidationError",
                     format!("customId must be 1 to {MAX_CUSTOM_ID_LEN} characters long."),
-                ));
+                )
+                .with_target("CustomId"));
             }
             if let Some(existing) = self
                 .identities
@@ -174,6 +187,53 @@ impl Store {
         Ok((identity, true))
     }
 
+    /// The first answer to a repeatable request id still in the tracked window.
+    pub fn repeated(
+        &mut self,
+        request_id: &str,
+        now: Timestamp,
+        window: Duration,
+    ) -> Option<(axum::http::StatusCode, serde_json::Value)> {
+        self.prune_repeats(now, window);
+        self.repeats.get(request_id).cloned()
+    }
+
+    /// Keeps the first answer to a repeatable request id.
+    pub fn remember_repeatable(
+        &mut self,
+        request_id: &str,
+        first_sent: Timestamp,
+        answer: &(axum::http::StatusCode, serde_json::Value),
+        now: Timestamp,
+        window: Duration,
+    ) {
+        self.prune_repeats(now, window);
+        while self.repeat_order.len() >= MAX_REPEATABLE {
+            if let Some((_, old)) = self.repeat_order.pop_front() {
+                self.repeats.remove(&old);
+            }
+        }
+        if self
+            .repeats
+            .insert(request_id.to_string(), answer.clone())
+            .is_none()
+        {
+            self.repeat_order
+                .push_back((first_sent.max(now), request_id.to_string()));
+        }
+    }
+
+    fn prune_repeats(&mut self, now: Timestamp, window: Duration) {
+        let window = jiff::SignedDuration::try_from(window).unwrap_or_default();
+        while let Some((at, id)) = self.repeat_order.front() {
+            if now.duration_since(*at) <= window {
+                break;
+            }
+            self.repeats.remove(id);
+            self.repeat_order.pop_front();
+        }
+    }
+
     /// The live identity behind an id from a request path (already percent-decoded).
     pub fn get(&self, id: &str) -> Result<&Identity, ServiceError> {
         self.check_id_shape(id)?;
@@ -191,8 +251,9 @@ impl Store {
         Ok(&mut self.identities[index])
     }
 
-    /// Ids that cannot be ACS user ids are a 400; well-formed ids of other resources or
-    /// never created are a 404.
+    /// Ids that cannot be ACS user ids are a 400; a well-formed id of another resource (ids
+    /// embed their resource's id: `8:acs:<resource>_<user>`) is a 401 `IdentityNotOwned`, as
+    /// the live service answers; one of this resource never created is a 404.
     fn check_id_shape(&self, id: &str) -> Result<(), ServiceError> {
         let bad = || {
             ServiceError::bad_request(
@@ -202,8 +263,14 @@ impl Store {
         };
         let rest = id.strip_prefix("8:acs:").ok_or_else(bad)?;
         let (resource, user) = rest.split_once('_').ok_or_else(bad)?;
-        if Uuid::parse_str(resource).is_err() || user.is_empty() || user.len() > 128 {
+        let Ok(resource) = Uuid::parse_str(resource) else {
             return Err(bad());
+        };
+        if user.is_empty() || user.len() > 128 {
+            return Err(bad());
+        }
+        if resource != self.resource_id {
+            return Err(ServiceError::not_owned());
         }
         Ok(())
     }
@@ -220,10 +287,13 @@ impl Store {
         self.get(id)?;
         let lifetime = Duration::from_secs_f64((minutes * 60) as f64 * self.lifetime_scale)
             .max(Duration::from_secs(1));
-        // Whole seconds, so `expiresOn` and the JWT's `exp` name the same instant.
-        let expires_on =
-            Timestamp::from_second(now.as_second().saturating_add(lifetime.as_secs() as i64))
-                .map_err(|_| ServiceError::internal("token expiry is out of range"))?;
+        // With the service's precision (100 ns ticks, as `expiresOn` shows them); the JWT's
+        // `exp` is its whole second.
+        let ticks = |t: Timestamp| t.as_nanosecond().div_euclid(100) * 100;
+        let expires_on = Timestamp::from_nanosecond(
+            ticks(now).saturating_add(lifetime.as_nanos().min(i128::MAX as u128) as i128),
+        )
+        .map_err(|_| ServiceError::internal("token expiry is out of range"))?;
         let seq = self.last_seq + 1;
         let token = self
             .signer
@@ -312,7 +382,8 @@ pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, ServiceError> {
         return Err(ServiceError::bad_request(
             "ValidationError",
             "At least one scope is required.",
-        ));
+        )
+        .with_target("Scopes"));
     }
     let mut out: Vec<&str> = Vec::new();
     for scope in scopes {
@@ -324,7 +395,8 @@ pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, ServiceError> {
                     "Scope '{shown}' is invalid. Valid scopes: {}.",
                     SCOPES.join(", ")
                 ),
-            ));
+            )
+            .with_target("Scopes"));
         };
         if !out.contains(known) {
             out.push(known);
@@ -336,12 +408,14 @@ pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, ServiceError> {
 pub fn validate_expiry(expires_in_minutes: Option<i64>) -> Result<i64, ServiceError> {
     let minutes = expires_in_minutes.unwrap_or(MAX_EXPIRES_IN_MINUTES);
     if !(MIN_EXPIRES_IN_MINUTES..=MAX_EXPIRES_IN_MINUTES).contains(&minutes) {
+        // Code, message and target as the live service answers (recorded sessions).
         return Err(ServiceError::bad_request(
             "ValidationError",
             format!(
-                "expiresInMinutes must be between {MIN_EXPIRES_IN_MINUTES} and {MAX_EXPIRES_IN_MINUTES}; got {minutes}."
+                "ExpiresInMinutes value {minutes} is invalid. Value must be within the [{MIN_EXPIRES_IN_MINUTES}, {MAX_EXPIRES_IN_MINUTES}] interval."
             ),
-        ));
+        )
+        .with_target("ExpiresInMinutes"));
     }
     Ok(minutes)
 }
@@ -415,8 +489,15 @@ mod tests {
         let now = Timestamp::now();
         assert_eq!(s.get("garbage").unwrap_err().status, 400);
         assert_eq!(s.get("8:acs:not-a-guid_x").unwrap_err().status, 400);
+        // An id of another resource is not this resource's to act on; one of this
+        // resource that was never created is not found.
+        let other = s.get(&format!("8:acs:{}_x", Uuid::new_v4())).unwrap_err();
         assert_eq!(
-            s.get(&format!("8:acs:{}_x", Uuid::new_v4()))
+            (other.status.as_u16(), other.code),
+            (401, "IdentityNotOwned")
+        );
+        assert_eq!(
+            s.get(&format!("8:acs:{}_x", s.resource_id()))
                 .unwrap_err()
                 .status,
             404

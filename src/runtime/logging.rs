@@ -1,7 +1,9 @@
 //! Process-wide logging: tracing with an env-filter, as text for people or JSON for log
 //! pipelines. Logs go to stderr so stdout stays free for command output.
 
+use std::ffi::OsStr;
 use std::fmt;
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
@@ -60,12 +62,24 @@ pub fn parse_filter(filter: &str) -> Result<EnvFilter, LoggingError> {
     })
 }
 
+/// Whether text logs carry ANSI colour codes: only when stderr is a terminal, and never
+/// when `NO_COLOR` is set to a non-empty value (<https://no-color.org>). A file, a pipe, a
+/// process manager or `kubectl logs` gets plain text.
+pub(crate) fn use_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
 /// Installs the global subscriber. Call once, first thing in `main`; the filter usually
 /// comes from a flag with an environment fallback (`RUST_LOG`).
 pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
     let filter = parse_filter(filter)?;
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder
@@ -89,6 +103,28 @@ mod tests {
         assert_eq!("TEXT".parse::<LogFormat>().ok(), Some(LogFormat::Text));
         assert!("yaml".parse::<LogFormat>().is_err());
         assert_eq!(LogFormat::Json.to_string(), "json");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let set = |v: &'static str| Some(OsStr::new(v));
+        // (stderr is a terminal, NO_COLOR) -> colour
+        let cases = [
+            (true, None, true),
+            (true, set(""), true),
+            (true, set("1"), false),
+            (true, set("0"), false),
+            (false, None, false),
+            (false, set(""), false),
+            (false, set("1"), false),
+        ];
+        for (terminal, no_color, want) in cases {
+            assert_eq!(
+                use_colour(terminal, no_color),
+                want,
+                "terminal={terminal} NO_COLOR={no_color:?}"
+            );
+        }
     }
 
     #[test]

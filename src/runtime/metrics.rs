@@ -107,6 +107,7 @@ pub struct Metrics {
     identities: Family<ReadyLabel, Gauge>,
     token_expiry: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
     renewal_failures: Family<FailureLabels, Counter>,
+    reconcile_panics: Family<Kind, Counter>,
     /// namespace -> name -> entry. The lock also serialises gauge updates so the by-state
     /// counts never drift from the map.
     identity_state: Mutex<HashMap<String, HashMap<String, IdentityEntry>>>,
@@ -191,8 +192,16 @@ impl Metrics {
             renewal_failures.clone(),
         );
 
+        let reconcile_panics = Family::<Kind, Counter>::default();
+        registry.register(
+            "reconcile_panics",
+            "Reconciles that panicked (a bug): caught, reported on the object, retried with backoff",
+            reconcile_panics.clone(),
+        );
+
         Self {
             registry,
+            reconcile_panics,
             reconciles,
             reconcile_duration,
             acs_requests,
@@ -202,6 +211,13 @@ impl Metrics {
             renewal_failures,
             identity_state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A reconcile of a resource of `kind` panicked and was caught.
+    pub fn reconcile_panicked(&self, kind: &str) {
+        self.reconcile_panics
+            .get_or_create(&Kind { kind: word(kind) })
+            .inc();
     }
 
     /// One finished reconcile of a resource of `kind` (e.g. `CommunicationIdentity`);

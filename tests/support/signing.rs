@@ -41,6 +41,8 @@ pub struct Tweak {
     pub date_header: Option<&'static str>,
     pub claimed_hash: Option<String>,
     pub no_auth: bool,
+    /// Sent as they are, unsigned (repeatability headers, `x-ms-client-request-id`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 pub struct Client {
@@ -117,6 +119,9 @@ impl Client {
                 "authorization",
                 authorization_header(&format!("{date_header};host;x-ms-content-sha256"), &sig),
             );
+        }
+        for (name, value) in &tweak.headers {
+            request = request.header(*name, value);
         }
         if let Some(body) = body {
             request = request

@@ -160,7 +160,22 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
         namespace_terminating: terminating,
     };
     let plan = decide_cleanup(&facts);
-    let client = resolved.as_ref().map(|s| s.client.clone());
+    // ACS calls take a place in the resource's and namespace's share, and speak for this
+    // identity so that a quota turn is reserved for it instead of waited for.
+    let acs_step = matches!(
+        plan,
+        CleanupPlan::Delete(_) | CleanupPlan::Revoke(_) | CleanupPlan::FindAndDelete(_)
+    );
+    let share = match (&resolved, acs_step) {
+        (Some(svc), true) => match ctx.shares.try_enter(&svc.endpoint, &ns, &oref) {
+            Some(share) => Some(share),
+            None => return Err(Error::Waiting(crate::controller::shares::FULL_SHARE_RETRY)),
+        },
+        _ => None,
+    };
+    let client = resolved
+        .as_ref()
+        .map(|s| std::sync::Arc::new(s.client.for_caller(&uid)));
     let done = match (&plan, client) {
         (CleanupPlan::Done, _) => None,
         (CleanupPlan::Untouched(note), _) => {
@@ -206,13 +221,15 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             Some((user.clone(), c.revoke_tokens(user).await, false))
         }
         (CleanupPlan::FindAndDelete(custom_id), Some(c)) => {
-            let found = c
-                .create_user(None, None, Some(custom_id))
-                .await
-                .map_err(|source| StepError::DeleteUser {
+            let found = match c.create_user(None, None, Some(custom_id)).await {
+                Err(e) if e.is_quota_wait() => {
+                    return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
+                }
+                r => r.map_err(|source| StepError::DeleteUser {
                     user: format!("with custom id {custom_id}"),
                     source,
-                })?;
+                })?,
+            };
             let user = found.user.id;
             // Recorded before the delete: a cleanup interrupted after it deletes by id
             // (404 is done) instead of "finding" with the custom id again, which would
@@ -235,10 +252,15 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             ));
         }
     };
+    drop(share);
     if let Some((user, result, deleted)) = done {
         match result {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
+            // Nothing was sent; the finalizer stays until the turn comes.
+            Err(e) if e.is_quota_wait() => {
+                return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
+            }
             Err(source) => {
                 let err = StepError::DeleteUser { user, source };
                 publish(

@@ -666,13 +666,29 @@ pub fn record_problem(
     } else {
         (types::READY, "False", message.to_string())
     };
-    let fresh = !st.conditions.iter().any(|c| {
-        c.type_ == type_ && c.status == status && c.reason == reason && c.message == message
-    });
+    // One status write per change of state: the same problem again (same condition and
+    // reason) keeps the message it was first reported with, whatever text the endpoint
+    // varies or however the remaining wait shrinks (issue 15: a write and an event per
+    // pass for the whole of a 429 pause). The log has every attempt.
+    //
     // With a valid token only RenewalFailing says it; without one Ready does, and
     // RenewalFailing too once there was a token to renew.
     let renewal =
         token_still_valid || st.token_expires_on.is_some() || st.last_token_issued_at.is_some();
+    let already = |t: &str, value: &str| {
+        st.conditions.iter().any(|c| {
+            c.type_ == t
+                && c.status == value
+                && c.reason == reason
+                && c.observed_generation == generation
+        })
+    };
+    let unchanged = already(type_, status)
+        && (token_still_valid || already(types::READY, "False"))
+        && (!renewal || already(types::RENEWAL_FAILING, "True"));
+    if unchanged {
+        return false;
+    }
     let mut set = |type_: &str, value: bool| {
         set_condition(
             &mut st.conditions,
@@ -690,7 +706,7 @@ pub fn record_problem(
     if renewal {
         set(types::RENEWAL_FAILING, true);
     }
-    fresh
+    true
 }
 
 /// After a create whose answer said who the user is: record it at once (api-versions

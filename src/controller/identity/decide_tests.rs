@@ -640,6 +640,44 @@ fn problems_are_news_once() {
 }
 
 #[test]
+fn the_same_problem_with_new_words_is_no_new_state() {
+    // An endpoint that varies its error text, and a pause whose remaining time shrinks:
+    // one status write and one event for the whole episode (issue 15).
+    let mut st = CommunicationIdentityStatus::default();
+    let first = "ACS issue_token failed with HTTP 500: request 1 failed";
+    assert!(record_problem(
+        &mut st,
+        Some(1),
+        ts(0),
+        reasons::TOKEN_ISSUE_FAILED,
+        first,
+        false
+    ));
+    let written = st.clone();
+    for i in 2..50 {
+        let text = format!("ACS issue_token failed with HTTP 500: request {i} failed");
+        assert!(!record_problem(
+            &mut st,
+            Some(1),
+            ts(i),
+            reasons::TOKEN_ISSUE_FAILED,
+            &text,
+            false
+        ));
+    }
+    assert_eq!(st, written, "status unchanged, so not written");
+    // A spec change is a new state even for the same problem (observedGeneration).
+    assert!(record_problem(
+        &mut st,
+        Some(2),
+        ts(60),
+        reasons::TOKEN_ISSUE_FAILED,
+        first,
+        false
+    ));
+}
+
+#[test]
 fn a_failed_renewal_stays_failing_until_the_next_attempt() {
     // Renewal came due at 16h, the attempt a moment ago failed and said so.
     let mut c = Case {

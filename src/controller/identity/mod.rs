@@ -4,7 +4,11 @@
 //!
 //! Every reconcile holds a permit of the process-wide limit
 //! (`--max-concurrent-reconciles`) and is cancelled the moment leadership is lost, so a
-//! replica that is no longer leader makes no further API or ACS write.
+//! replica that is no longer leader makes no further API or ACS write. Its ACS calls also
+//! take a place in their resource's and namespace's share ([`crate::controller::shares`]);
+//! waiting for a share, for quota or for a 429's pause holds no permit: the identity is
+//! requeued for the time its turn comes. A panic is caught, reported on the object and
+//! retried with backoff; it never ends the process.
 
 pub mod cleanup;
 pub mod decide;
@@ -27,8 +31,10 @@ use crate::api::{
     REVOKE_REQUESTED_AT_ANNOTATION,
 };
 use crate::controller::memory::effective_status;
+use crate::controller::panics;
 use crate::controller::resolver::ResolvedService;
 use crate::controller::secret::TokenSecret;
+use crate::controller::shares::{FULL_SHARE_RETRY, ShareGuard};
 
 use super::context::Context;
 use super::error::Error;
@@ -39,6 +45,14 @@ use steps::{SecretWrite, StepError, acs_scopes, publish, write_secret, write_sta
 pub const FINALIZER: &str = "acs-operator.dev/cleanup";
 const KIND: &str = "CommunicationIdentity";
 
+/// No reconcile runs longer. Every ACS call is bounded by the client (attempt timeout,
+/// call deadline) and a reconcile makes at most four, so this fires only when the API
+/// server stops answering: the permit comes back and the identity is retried.
+pub const RECONCILE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+// `Error` is large (it carries the service and Secret it is about) and returned once per
+// reconcile: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
 pub async fn reconcile(
     obj: Arc<CommunicationIdentity>,
     ctx: Arc<Context>,
@@ -53,8 +67,14 @@ pub async fn reconcile(
         // Dropping the reconcile future aborts its in-flight requests: after the Lease is
         // lost the new leader writes, and we must not.
         _ = ctx.leadership.lost() => Err(Error::Cancelled),
-        r = finalized(obj.clone(), &ctx) => r,
+        r = tokio::time::timeout(RECONCILE_DEADLINE, panics::catch(finalized(obj.clone(), &ctx))) => match r {
+            Ok(r) => r.unwrap_or_else(|m| Err(Error::Panicked(m))),
+            Err(_) => Err(Error::DeadlineExceeded(RECONCILE_DEADLINE)),
+        },
     };
+    if let Err(Error::Panicked(message)) = &result {
+        report_panic(&ctx, &obj, message).await;
+    }
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .observe_reconcile(KIND, label, started.elapsed());
@@ -104,6 +124,44 @@ async fn finalized(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Act
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
+/// A caught panic, told where a person looks: a log line (with the message), a metric,
+/// a Warning event and `Stalled=True` on the object (without the message: it is ours, not
+/// the user's, and could quote anything).
+async fn report_panic(ctx: &Context, obj: &CommunicationIdentity, message: &str) {
+    ctx.metrics.reconcile_panicked(KIND);
+    tracing::error!(
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        panic = %message,
+        "reconcile panicked; caught, retrying with backoff"
+    );
+    let text = "The operator failed on this object (a bug, now in its log); it retries with \
+                backoff and keeps serving every other object. Report it with the operator's log.";
+    publish(
+        ctx,
+        obj,
+        EventType::Warning,
+        crate::api::conditions::reasons::RECONCILE_PANICKED,
+        "Reconcile",
+        text,
+    )
+    .await;
+    let current = obj.status.clone().unwrap_or_default();
+    let mut st = current.clone();
+    crate::controller::status::set_condition(
+        &mut st.conditions,
+        types::STALLED,
+        true,
+        crate::api::conditions::reasons::RECONCILE_PANICKED,
+        text,
+        obj.metadata.generation,
+        ctx.clock.now(),
+    );
+    if let Err(e) = write_status(ctx, obj, &current, &st).await {
+        tracing::warn!(error = %e, "recording the panic in status failed");
+    }
+}
+
 /// Adds our finalizer; the JSON patch's `test` fails (422) instead of writing over a
 /// finalizer list that changed since the object was read.
 async fn add_finalizer(
@@ -134,14 +192,20 @@ pub fn error_policy(obj: Arc<CommunicationIdentity>, err: &Error, ctx: Arc<Conte
     if matches!(err, Error::Cancelled) {
         return Action::await_change();
     }
+    if let Some(wait) = err.waiting() {
+        // A turn, not a failure: no backoff, no warning.
+        return Action::requeue(wait);
+    }
     let oref = ObjectRef::from_obj(obj.as_ref());
     let mut delay = ctx.next_backoff(oref.clone(), err.is_transient(), err.retry_after());
     // A failing renewal looks again when the token in the Secret expires, so `Ready`
-    // turns False on time (never before a server-requested wait).
+    // turns False on time (never before a server-requested wait). An expiry already past
+    // shortens nothing: the backoff stands (issue 15: it was 0.5 s forever after).
     let valid_until = ctx
         .memory
         .get(&oref, &obj.uid().unwrap_or_default())
-        .valid_until;
+        .valid_until
+        .filter(|until| *until > ctx.clock.now());
     if let Some(until) = valid_until {
         let left = crate::controller::renewal::to_std(until.duration_since(ctx.clock.now()));
         let at_expiry = (left + std::time::Duration::from_millis(500))
@@ -224,7 +288,19 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         plan.requeue = plan.requeue.min(recheck);
     }
 
-    // Act.
+    // Act. ACS steps take a place in their resource's and namespace's share first, and
+    // speak for this identity so that a quota turn is reserved for it, not waited for.
+    let (resolved, share) = match resolved {
+        Ok(svc) if matches!(plan.step, Step::RevokeOnly { .. } | Step::Token(_)) => {
+            let Some(share) = ctx.shares.try_enter(&svc.endpoint, &ns, &oref) else {
+                tracing::debug!(namespace = %ns, name = %name, endpoint = %svc.endpoint, "share of ACS calls full; waiting for a place");
+                return Ok(Action::requeue(FULL_SHARE_RETRY));
+            };
+            let client = Arc::new(svc.client.for_caller(&uid));
+            (Ok(ResolvedService { client, ..svc }), Some(share))
+        }
+        other => (other, None),
+    };
     let action = match (&plan.step, resolved) {
         (Step::Wait, _) => {
             record(ctx, &obj, &status, &plan).await?;
@@ -249,6 +325,10 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
                 plan.requeue,
             )
             .await;
+            drop(share);
+            if let Some(wait) = waiting(&outcome) {
+                return Ok(Action::requeue(wait));
+            }
             finish(ctx, &obj, &facts, st, outcome).await?;
             Action::requeue(plan.requeue)
         }
@@ -264,7 +344,14 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
                 ..facts.clone()
             };
             let mut st = early.clone().unwrap_or_else(|| plan.status.clone());
-            let outcome = issue(ctx, &obj, &facts, &svc, tp, &secret_name, &mut st).await;
+            let outcome = issue(ctx, &obj, &facts, &svc, tp, &secret_name, &mut st, share).await;
+            if let Some(wait) = waiting(&outcome) {
+                // Whatever was done before the wait (a revoke) is recorded; nothing else.
+                if st != *facts.status {
+                    finish(ctx, &obj, &facts, st, Ok(())).await?;
+                }
+                return Ok(Action::requeue(wait));
+            }
             let requeue = match &outcome {
                 Ok(renewal) => crate::controller::renewal::requeue_after(ctx.clock.now(), *renewal)
                     .min(decide::MAX_REQUEUE),
@@ -283,6 +370,11 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         &ctx.memory.get(&oref, &uid).status.unwrap_or(status),
     );
     Ok(action)
+}
+
+/// How long a step that only waited for its quota turn should be requeued for.
+fn waiting<T>(outcome: &Result<T, StepError>) -> Option<std::time::Duration> {
+    outcome.as_ref().err().and_then(StepError::quota_wait)
 }
 
 /// Records a plan that needs no step: its status (when changed) and its warning.
@@ -394,7 +486,9 @@ async fn revoke(
 }
 
 /// Revoke (when asked), get a token (creating or adopting the user if needed), write the
-/// Secret, and fill `st`; returns the renewal time.
+/// Secret, and fill `st`; returns the renewal time. `share` is given back once the ACS
+/// calls are done, before the Secret is written.
+#[allow(clippy::too_many_arguments)]
 async fn issue(
     ctx: &Context,
     obj: &CommunicationIdentity,
@@ -403,6 +497,7 @@ async fn issue(
     tp: &TokenPlan,
     secret_name: &str,
     st: &mut CommunicationIdentityStatus,
+    share: Option<ShareGuard>,
 ) -> Result<Timestamp, StepError> {
     let oref = ObjectRef::from_obj(obj);
     let uid = obj.uid().unwrap_or_default();
@@ -478,10 +573,11 @@ async fn issue(
                 user: user.clone(),
                 endpoint: svc.endpoint.clone(),
             })?;
-            if let (Some(request), false) = (&tp.revoke, created.created) {
-                // The custom id found a user an interrupted attempt made, whose token may
-                // be in the Secret the request is about: revoke (the one just issued
-                // too), then issue the token to keep.
+            if let (Some(request), Some(_)) = (&tp.revoke, custom_id) {
+                // The custom id may have found the user an interrupted attempt made, whose
+                // token may be in the Secret the request is about. ACS answers 201 either
+                // way, so the status cannot tell: revoke (the token just issued too), then
+                // issue the token to keep.
                 revoke(
                     ctx,
                     obj,
@@ -502,11 +598,12 @@ async fn issue(
                         source,
                     })?;
             }
-            let what = if created.created {
-                "Created ACS user"
+            let what = if custom_id.is_some() {
+                // ACS answers 201 to a new user and to the one an earlier, interrupted
+                // attempt made for the same custom id alike.
+                "Created (or found by its custom id) ACS user"
             } else {
-                // The custom id found the user an earlier, interrupted attempt created.
-                "Found (idempotent create) ACS user"
+                "Created ACS user"
             };
             (user, token, ("UserCreated", "CreateUser", what))
         }
@@ -516,6 +613,7 @@ async fn issue(
     // or came back expired must not be followed by another at once.
     ctx.memory
         .update(&oref, &uid, |r| r.last_token_request = Some(issued_at));
+    drop(share);
     let expires_on = rfc3339(token.expires_on);
     write_secret(
         ctx,

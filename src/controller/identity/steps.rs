@@ -85,6 +85,12 @@ impl StepError {
         if self.acs().is_some_and(AcsError::is_unauthorized) {
             return reasons::UNAUTHORIZED;
         }
+        // Deletion keeps its own reason (the message says whose resource the user is on).
+        if self.acs().is_some_and(AcsError::is_identity_not_owned)
+            && !matches!(self, StepError::DeleteUser { .. })
+        {
+            return reasons::IDENTITY_NOT_OWNED;
+        }
         match self {
             StepError::CreateUser { .. } | StepError::NoTokenInCreate { .. } => {
                 reasons::USER_CREATE_FAILED
@@ -111,6 +117,14 @@ impl StepError {
 
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         self.acs().and_then(AcsError::retry_after)
+    }
+
+    /// The step only waits for its client-side quota turn (nothing was sent): requeue for
+    /// this long and record no problem.
+    pub fn quota_wait(&self) -> Option<std::time::Duration> {
+        self.acs()
+            .filter(|e| e.is_quota_wait())
+            .and_then(AcsError::retry_after)
     }
 
     pub fn metric_label(&self) -> &'static str {
@@ -286,5 +300,52 @@ pub async fn publish(
     };
     if let Err(e) = ctx.events.publish(&obj.object_ref(&()), &what).await {
         tracing::debug!(error = %e, "publishing an event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acs::Operation;
+
+    fn not_owned(op: Operation) -> AcsError {
+        AcsError::service(
+            op,
+            401,
+            Some("IdentityNotOwned".into()),
+            Some("Provided identity doesn't belong to the resource.".into()),
+            None,
+        )
+    }
+
+    /// 401 `IdentityNotOwned` is reported as what it is: its own reason on issue and
+    /// revoke, and on deletion `CleanupFailed` saying whose resource the user is on (never
+    /// "user gone", never a bad key).
+    #[test]
+    fn identity_not_owned_has_its_own_reason_and_says_why() {
+        let user = "8:acs:a_b".to_string();
+        let issue = StepError::IssueToken {
+            user: user.clone(),
+            source: not_owned(Operation::IssueToken),
+        };
+        let revoke = StepError::RevokeTokens {
+            user: user.clone(),
+            source: not_owned(Operation::RevokeTokens),
+        };
+        assert_eq!(issue.reason(), reasons::IDENTITY_NOT_OWNED);
+        assert_eq!(revoke.reason(), reasons::IDENTITY_NOT_OWNED);
+        let delete = StepError::DeleteUser {
+            user,
+            source: not_owned(Operation::DeleteUser),
+        };
+        assert_eq!(delete.reason(), reasons::CLEANUP_FAILED);
+        assert!(
+            delete
+                .to_string()
+                .contains("belongs to another ACS resource"),
+            "{delete}"
+        );
+        assert!(!delete.is_transient());
+        assert_eq!(delete.metric_label(), "identity_not_owned");
     }
 }
