@@ -1,5 +1,6 @@
-//! The emulator's request log (`/admin/requests`) and its body faults (`body`,
-//! `bodyRepeat`, `truncateBytes`) over real HTTP: what the reliability suite relies on to
+//! The emulator's request log (`/admin/requests`), its body faults (`body`,
+//! `bodyRepeat`, `bodyChunked`, `truncateBytes`) and the answers of a hostile endpoint (raw
+//! `retryAfter` / `retryAfterMs` / `xMsRetryAfterMs` headers, `varyMessage`) over real HTTP: what the reliability suite relies on to
 //! check `Retry-After` timing and to feed the client malformed answers.
 
 mod support;
@@ -111,4 +112,76 @@ async fn body_faults_send_raw_repeated_or_truncated_answers() {
     // The faults were used up: the next answers are normal again.
     let ok = c.issue(&id, r#"{"scopes":["chat"]}"#).await;
     assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn hostile_faults_send_raw_retry_headers_varying_texts_and_streamed_100_mib() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let r = c
+        .admin(
+            Method::POST,
+            "/admin/faults",
+            Some(json!([
+                {"operation": "create", "status": 429, "count": 1,
+                 "retryAfter": "18446744073709551615", "retryAfterMs": "-1",
+                 "xMsRetryAfterMs": "Fri, 31 Dec 9999 23:59:59 GMT"},
+                {"operation": "create", "status": 500, "varyMessage": true, "count": 2},
+            ])),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let target = format!("/identities?api-version={V}");
+    let create = || c.call(Method::POST, &target, None);
+    let throttled = create().await;
+    assert_eq!(throttled.status, 429);
+    let h = &throttled.headers;
+    assert_eq!(h["retry-after"], "18446744073709551615");
+    assert_eq!(h["retry-after-ms"], "-1");
+    assert_eq!(h["x-ms-retry-after-ms"], "Fri, 31 Dec 9999 23:59:59 GMT");
+    let (a, b) = (create().await, create().await);
+    assert_eq!((a.status, b.status), (500, 500));
+    assert_ne!(
+        a.json["error"]["message"], b.json["error"]["message"],
+        "the text changes with every answer"
+    );
+    // The request log keeps the raw Retry-After as a number when it is one.
+    let log = c.admin(Method::GET, "/admin/requests", None).await.json;
+    assert_eq!(log[0]["retryAfterSeconds"], json!(u64::MAX));
+
+    // 100 MiB, with a length and chunked: the client reads all of it.
+    let piece = "0123456789abcdef";
+    let repeat = 100 * 1024 * 1024 / piece.len() as u64;
+    for chunked in [false, true] {
+        c.admin(
+            Method::POST,
+            "/admin/faults",
+            Some(json!({"operation": "create", "status": 201, "body": piece, "bodyRepeat": repeat, "bodyChunked": chunked, "count": 1})),
+        )
+        .await;
+        let mut response = c
+            .http
+            .post(format!("{}/identities?api-version={V}", c.endpoint))
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.content_length(),
+            (!chunked).then_some(100 * 1024 * 1024)
+        );
+        let mut total = 0u64;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            total += chunk.len() as u64;
+        }
+        assert_eq!(total, 100 * 1024 * 1024, "chunked: {chunked}");
+    }
+    for bad in [
+        json!({"status": 429, "retryAfter": "1\r\nx-injected: yes"}),
+        json!({"status": 200, "bodyChunked": true}),
+    ] {
+        let r = c
+            .admin(Method::POST, "/admin/faults", Some(bad.clone()))
+            .await;
+        assert_eq!(r.status, 400, "{bad} was accepted");
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use tokio::sync::Notify;
@@ -255,10 +255,23 @@ fn fault_response(outcome: FaultOutcome) -> Option<Response> {
             status,
             body,
             repeat,
+            headers,
+            chunked,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let body = body.repeat(usize::try_from(repeat).unwrap_or(1));
-            Some((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+            let total = (body.len() as u64).saturating_mul(repeat);
+            let mut response = Response::new(repeated_body(body.into_bytes(), repeat));
+            *response.status_mut() = status;
+            let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if !chunked {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            }
+            insert_raw(h, &headers);
+            Some(response)
         }
         FaultOutcome::Drop => {
             let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -268,18 +281,110 @@ fn fault_response(outcome: FaultOutcome) -> Option<Response> {
         FaultOutcome::Respond {
             status,
             retry_after_seconds,
+            headers,
+            message_serial,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut error = ServiceError::new(
-                status,
-                "InjectedFault",
-                "Fault injected by the ACS emulator.",
-            );
+            let message = match message_serial {
+                Some(n) => format!("Fault injected by the ACS emulator (answer {n})."),
+                None => "Fault injected by the ACS emulator.".to_string(),
+            };
+            let mut error = ServiceError::new(status, "InjectedFault", message);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 error.code = "TooManyRequests";
             }
             error.retry_after_seconds = retry_after_seconds;
-            Some(error.into_response())
+            let mut response = error.into_response();
+            insert_raw(response.headers_mut(), &headers);
+            Some(response)
         }
+    }
+}
+
+/// Raw header values as a hostile endpoint sends them (validated as one line each).
+fn insert_raw(headers: &mut axum::http::HeaderMap, raw: &[(&'static str, String)]) {
+    for (name, value) in raw {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(*name, v);
+        }
+    }
+}
+
+/// Chunks this large are built once and sent again and again (refcounted), so an answer of
+/// hundreds of MiB costs the emulator one chunk, not the whole body.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// `piece` repeated `repeat` times, as a stream of shared chunks.
+fn repeated_body(piece: Vec<u8>, repeat: u64) -> Body {
+    if piece.is_empty() || repeat == 0 {
+        return Body::empty();
+    }
+    let per_chunk = (CHUNK_BYTES / piece.len()).max(1) as u64;
+    let chunk = axum::body::Bytes::from(piece.repeat(per_chunk.min(repeat) as usize));
+    let full = repeat / per_chunk;
+    let rest = axum::body::Bytes::from(piece.repeat((repeat % per_chunk) as usize));
+    let chunks = std::iter::repeat_n(chunk, full as usize)
+        .chain((!rest.is_empty()).then_some(rest))
+        .map(Ok::<_, std::convert::Infallible>);
+    Body::from_stream(futures::stream::iter(chunks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::faults::FaultOutcome;
+    use futures::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_huge_body_streams_in_shared_chunks_of_the_right_total_size() {
+        // 100 MiB of "0123456789abcdef": counted chunk by chunk, never held whole.
+        let response = fault_response(FaultOutcome::RawBody {
+            status: 200,
+            body: "0123456789abcdef".into(),
+            repeat: 100 * 1024 * 1024 / 16 + 1,
+            headers: vec![("retry-after", "18446744073709551615".into())],
+            chunked: false,
+        })
+        .expect("a body fault answers");
+        assert_eq!(
+            response.headers()[header::CONTENT_LENGTH],
+            (100 * 1024 * 1024 + 16).to_string()
+        );
+        assert_eq!(response.headers()["retry-after"], "18446744073709551615");
+        let mut stream = response.into_body().into_data_stream();
+        let (mut total, mut largest) = (0usize, 0usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.expect("chunk");
+            largest = largest.max(chunk.len());
+            total += chunk.len();
+        }
+        assert_eq!(total, 100 * 1024 * 1024 + 16);
+        assert!(largest <= CHUNK_BYTES, "chunks of {largest} bytes");
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_carry_no_length_and_varied_messages_differ() {
+        let response = fault_response(FaultOutcome::RawBody {
+            status: 502,
+            body: "x".into(),
+            repeat: 3,
+            headers: vec![],
+            chunked: true,
+        })
+        .unwrap();
+        assert!(response.headers().get(header::CONTENT_LENGTH).is_none());
+        let text = |serial| async move {
+            let r = fault_response(FaultOutcome::Respond {
+                status: 500,
+                retry_after_seconds: None,
+                headers: vec![],
+                message_serial: serial,
+            })
+            .unwrap();
+            let b = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        assert_ne!(text(Some(1)).await, text(Some(2)).await);
+        assert_eq!(text(None).await, text(None).await);
     }
 }

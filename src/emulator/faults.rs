@@ -1,5 +1,8 @@
 //! Injected failures: latency, error statuses (5xx, 429, anything) and dropped
-//! connections, per operation, with a probability and an optional count.
+//! connections, per operation, with a probability and an optional count; and the answers
+//! of a hostile endpoint: raw `Retry-After` / `retry-after-ms` / `x-ms-retry-after-ms`
+//! values (`18446744073709551615`, an HTTP date in the year 9999), an error text that
+//! changes with every request, and bodies of hundreds of MiB streamed in chunks.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use super::config::EmulatedOperation;
 
 /// One fault, as `POST /admin/faults` takes it and `--fault` spells it
 /// (`operation=issue,status=503,probability=0.5,retryAfterSeconds=2,latencyMs=100,count=3`).
+/// In the flag form a value may spell a comma as `%2C` (an HTTP date in `retryAfter`).
 ///
 /// By default a fault strikes before the operation runs: nothing changes in the store.
 /// With `afterExecute` it strikes after the operation ran (a user was created, a token
@@ -51,6 +55,24 @@ pub struct FaultRule {
     /// that loses the end of a response would.
     #[serde(default)]
     pub truncate_bytes: Option<u64>,
+    /// The `Retry-After` header exactly as given (any text: `18446744073709551615`,
+    /// `-1`, `Fri, 31 Dec 9999 23:59:59 GMT`), instead of `retryAfterSeconds`.
+    #[serde(default)]
+    pub retry_after: Option<String>,
+    /// A raw `retry-after-ms` header.
+    #[serde(default)]
+    pub retry_after_ms: Option<String>,
+    /// A raw `x-ms-retry-after-ms` header.
+    #[serde(default)]
+    pub x_ms_retry_after_ms: Option<String>,
+    /// The error message ends with a number that grows with every request this fault
+    /// answers, as an endpoint whose error text is never the same twice.
+    #[serde(default)]
+    pub vary_message: bool,
+    /// Streams `body` x `bodyRepeat` without a `Content-Length` (chunked), so the client
+    /// learns the size only by reading.
+    #[serde(default)]
+    pub body_chunked: bool,
 }
 
 /// Strikes every request, does nothing: set a status, latency, drop or body on it.
@@ -70,9 +92,17 @@ impl Default for FaultRule {
             body: None,
             body_repeat: None,
             truncate_bytes: None,
+            retry_after: None,
+            retry_after_ms: None,
+            x_ms_retry_after_ms: None,
+            vary_message: false,
+            body_chunked: false,
         }
     }
 }
+
+/// A raw header value a fault sends must stay one header line.
+pub const MAX_FAULT_HEADER_BYTES: usize = 4096;
 
 /// An oversized answer, not an out-of-memory emulator.
 pub const MAX_FAULT_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -108,6 +138,18 @@ impl FaultRule {
         if self.truncate_bytes.is_some() && !self.after_execute {
             return Err("truncateBytes cuts the real answer, so it needs afterExecute".into());
         }
+        for (name, value) in self.raw_headers() {
+            if value.len() > MAX_FAULT_HEADER_BYTES
+                || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+            {
+                return Err(format!(
+                    "{name} must be one header line of at most {MAX_FAULT_HEADER_BYTES} bytes"
+                ));
+            }
+        }
+        if self.body_chunked && self.body.is_none() {
+            return Err("bodyChunked streams body, so it needs body".into());
+        }
         if self.body_repeat.is_some() && self.body.is_none() {
             return Err("bodyRepeat repeats body, so it needs body".into());
         }
@@ -124,6 +166,18 @@ impl FaultRule {
     fn drops(&self) -> bool {
         self.drop || self.status == Some(0)
     }
+
+    /// The raw retry headers this fault sends, as (header name, value).
+    fn raw_headers(&self) -> Vec<(&'static str, String)> {
+        [
+            ("retry-after", &self.retry_after),
+            ("retry-after-ms", &self.retry_after_ms),
+            ("x-ms-retry-after-ms", &self.x_ms_retry_after_ms),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.clone()?)))
+        .collect()
+    }
 }
 
 impl FromStr for FaultRule {
@@ -135,7 +189,8 @@ impl FromStr for FaultRule {
             let (name, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("fault part `{part}` must be NAME=VALUE"))?;
-            let value = value.trim();
+            let decoded = percent_encoding::percent_decode_str(value.trim()).decode_utf8_lossy();
+            let value = decoded.as_ref();
             let bad = || format!("fault part `{part}` has a bad value");
             match name.trim() {
                 "operation" | "op" => {
@@ -159,6 +214,11 @@ impl FromStr for FaultRule {
                 "body" => rule.body = Some(value.to_string()),
                 "bodyRepeat" => rule.body_repeat = Some(value.parse().map_err(|_| bad())?),
                 "truncateBytes" => rule.truncate_bytes = Some(value.parse().map_err(|_| bad())?),
+                "retryAfter" => rule.retry_after = Some(value.to_string()),
+                "retryAfterMs" => rule.retry_after_ms = Some(value.to_string()),
+                "xMsRetryAfterMs" => rule.x_ms_retry_after_ms = Some(value.to_string()),
+                "varyMessage" => rule.vary_message = value.parse().map_err(|_| bad())?,
+                "bodyChunked" => rule.body_chunked = value.parse().map_err(|_| bad())?,
                 other => return Err(format!("unknown fault part `{other}`")),
             }
         }
@@ -183,12 +243,19 @@ pub enum FaultOutcome {
     Respond {
         status: u16,
         retry_after_seconds: Option<u64>,
+        /// Raw retry headers (name, value), sent as given.
+        headers: Vec<(&'static str, String)>,
+        /// With `varyMessage`: the number the error message ends with.
+        message_serial: Option<u64>,
     },
-    /// A raw body (repeated `repeat` times) with `status`.
+    /// A raw body (repeated `repeat` times, streamed) with `status`.
     RawBody {
         status: u16,
         body: String,
         repeat: u64,
+        headers: Vec<(&'static str, String)>,
+        /// Without `Content-Length`.
+        chunked: bool,
     },
     /// The real answer, its body cut to this many bytes.
     Truncate(u64),
@@ -199,11 +266,13 @@ pub enum FaultOutcome {
 #[derive(Debug, Default)]
 pub struct FaultSet {
     rules: Vec<FaultRule>,
+    /// Requests answered by a fault so far (the `varyMessage` number).
+    strikes: u64,
 }
 
 impl FaultSet {
     pub fn new(rules: Vec<FaultRule>) -> Self {
-        Self { rules }
+        Self { rules, strikes: 0 }
     }
 
     pub fn add(&mut self, rule: FaultRule) {
@@ -229,7 +298,10 @@ impl FaultSet {
                 && rule.count != Some(0)
                 && (rule.probability >= 1.0 || roll() < rule.probability)
         })?;
+        self.strikes += 1;
+        let serial = self.strikes;
         let rule = &mut self.rules[index];
+        let headers = rule.raw_headers();
         let action = FaultAction {
             latency: rule.latency_ms.map(Duration::from_millis),
             outcome: if rule.drops() {
@@ -239,6 +311,8 @@ impl FaultSet {
                     status: rule.status.unwrap_or(200),
                     body: body.clone(),
                     repeat: rule.body_repeat.unwrap_or(1),
+                    headers,
+                    chunked: rule.body_chunked,
                 }
             } else if let Some(n) = rule.truncate_bytes {
                 FaultOutcome::Truncate(n)
@@ -246,6 +320,8 @@ impl FaultSet {
                 FaultOutcome::Respond {
                     status,
                     retry_after_seconds: rule.retry_after_seconds,
+                    headers,
+                    message_serial: rule.vary_message.then_some(serial),
                 }
             } else {
                 FaultOutcome::Proceed
@@ -357,7 +433,9 @@ mod tests {
             FaultOutcome::RawBody {
                 status: 201,
                 body: "<html>".into(),
-                repeat: 3
+                repeat: 3,
+                headers: vec![],
+                chunked: false,
             }
         );
         let cut = set.decide(EmulatedOperation::Create, || 0.0).unwrap();
@@ -372,5 +450,71 @@ mod tests {
             "body=xx,bodyRepeat=200000000".parse::<FaultRule>().is_err(),
             "bounded"
         );
+    }
+
+    #[test]
+    fn raw_retry_headers_are_carried_as_given_and_must_be_one_line() {
+        let mut set = FaultSet::new(vec![
+            "status=429,retryAfter=18446744073709551615,retryAfterMs=99999999999999999999,xMsRetryAfterMs=-1"
+                .parse()
+                .unwrap(),
+            "status=429,retryAfter=Fri%2C 31 Dec 9999 23:59:59 GMT".parse().unwrap(),
+        ]);
+        let FaultOutcome::Respond { headers, .. } = set
+            .decide(EmulatedOperation::Issue, || 0.0)
+            .unwrap()
+            .outcome
+        else {
+            panic!("a status fault responds")
+        };
+        assert_eq!(
+            headers,
+            vec![
+                ("retry-after", "18446744073709551615".to_string()),
+                ("retry-after-ms", "99999999999999999999".to_string()),
+                ("x-ms-retry-after-ms", "-1".to_string()),
+            ]
+        );
+        let rule: FaultRule = serde_json::from_value(serde_json::json!({
+            "status": 429, "retryAfter": "Fri, 31 Dec 9999 23:59:59 GMT"
+        }))
+        .unwrap();
+        assert_eq!(set.rules()[1], rule, "%2C spells a comma in the flag form");
+        assert!(
+            "status=429,retryAfter=a%0D%0Ab: c"
+                .parse::<FaultRule>()
+                .is_err()
+        );
+        let long = format!(
+            "status=429,retryAfter={}",
+            "9".repeat(MAX_FAULT_HEADER_BYTES + 1)
+        );
+        assert!(long.parse::<FaultRule>().is_err(), "bounded");
+    }
+
+    #[test]
+    fn vary_message_numbers_every_answer_differently() {
+        let mut set = FaultSet::new(vec!["status=500,varyMessage=true".parse().unwrap()]);
+        let serial = |set: &mut FaultSet| match set.decide(EmulatedOperation::Create, || 0.0) {
+            Some(FaultAction {
+                outcome: FaultOutcome::Respond { message_serial, .. },
+                ..
+            }) => message_serial,
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (serial(&mut set), serial(&mut set));
+        assert!(a.is_some() && b.is_some() && a != b, "{a:?} {b:?}");
+        let mut plain = FaultSet::new(vec!["status=500".parse().unwrap()]);
+        assert_eq!(serial(&mut plain), None, "stable text by default");
+    }
+
+    #[test]
+    fn chunked_bodies_need_a_body_and_100_mib_is_allowed() {
+        let rule: FaultRule =
+            "status=200,body=xxxxxxxxxxxxxxxx,bodyRepeat=6553600,bodyChunked=true"
+                .parse()
+                .unwrap();
+        assert!(rule.body_chunked);
+        assert!("status=200,bodyChunked=true".parse::<FaultRule>().is_err());
     }
 }

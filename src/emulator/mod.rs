@@ -21,7 +21,10 @@
 //!   times RFC 3339 with nanoseconds; `DELETE /admin/requests` clears it
 //! - `POST /admin/faults` one [`FaultRule`] or a list; `GET` lists, `DELETE` clears.
 //!   Besides statuses, latency and drops, a fault can answer with a raw `body` (repeated
-//!   `bodyRepeat` times: non-JSON, oversized) or cut the real answer to `truncateBytes`.
+//!   `bodyRepeat` times: non-JSON, oversized, streamed in shared chunks, `bodyChunked`
+//!   without a length) or cut the real answer to `truncateBytes`; send raw `retryAfter`,
+//!   `retryAfterMs`, `xMsRetryAfterMs` header values; and with `varyMessage` end its
+//!   error text with a number that changes on every answer.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), acs_identity_operator::emulator::EmulatorError> {

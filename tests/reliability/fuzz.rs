@@ -3,6 +3,12 @@
 //! generated statuses and bodies) and the duration parser. Properties: no panic; errors
 //! carry no piece of the access key or of a token; durations round-trip. Every execution
 //! is counted and reported.
+//!
+//! Every number an answer can carry is drawn at full width (issue 15): statuses 100..999
+//! (an informational one is followed by a final answer), `Retry-After`, `retry-after-ms`
+//! and `x-ms-retry-after-ms` up to `u64::MAX` and beyond, negative, fractional, and as HTTP
+//! dates from 1970 to 9999; `expiresOn` from year 0 to 9999 and beyond, with up to 30
+//! fraction digits and any offset; bodies from 0 bytes to 4 MiB.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,7 +120,7 @@ pub fn durations(cases: u32) -> Outcome {
     let runs = AtomicU64::new(0);
     let structured = prop::collection::vec(
         (
-            0u64..100_000,
+            prop_oneof![0u64..100_000, any::<u64>()],
             prop::sample::select(vec!["h", "m", "s", "ms", "us", "ns", "", "d", "."]),
         ),
         0..5,
@@ -162,6 +168,8 @@ struct Answer {
     status: u16,
     body: Vec<u8>,
     retry_after: Option<String>,
+    retry_after_ms: Option<String>,
+    x_ms_retry_after_ms: Option<String>,
 }
 
 /// A raw HTTP/1.1 server on loopback that answers every request with the current
@@ -205,13 +213,25 @@ async fn raw_server(answer: Arc<Mutex<Answer>>) -> std::net::SocketAddr {
                     }
                     buf.drain(..head_end + len);
                     let a = answer.lock().await.clone();
+                    // An informational status (not 101) comes first, then a final 200.
+                    let (interim, status) = match a.status {
+                        100..=199 if a.status != 101 => {
+                            (format!("HTTP/1.1 {} X\r\n\r\n", a.status), 200)
+                        }
+                        s => (String::new(), s),
+                    };
                     let mut out = format!(
-                        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-                        a.status,
+                        "{interim}HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
                         a.body.len()
                     );
-                    if let Some(r) = &a.retry_after {
-                        out.push_str(&format!("retry-after: {r}\r\n"));
+                    for (name, value) in [
+                        ("retry-after", &a.retry_after),
+                        ("retry-after-ms", &a.retry_after_ms),
+                        ("x-ms-retry-after-ms", &a.x_ms_retry_after_ms),
+                    ] {
+                        if let Some(v) = value {
+                            out.push_str(&format!("{name}: {v}\r\n"));
+                        }
                     }
                     out.push_str("\r\n");
                     let mut bytes = out.into_bytes();
@@ -226,14 +246,74 @@ async fn raw_server(answer: Arc<Mutex<Answer>>) -> std::net::SocketAddr {
     addr
 }
 
+/// A wait as a header value, at full width: any u64, past u64, negative, fractional,
+/// garbage.
+fn wait_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("2".to_string()),
+        Just(u64::MAX.to_string()),
+        Just(i64::MAX.to_string()),
+        (1u32..=63).prop_map(|bits| (1u64 << bits).to_string()),
+        Just("18446744073709551616".to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        "[0-9]{20,40}",
+        (any::<u32>(), "[0-9]{1,12}").prop_map(|(a, b)| format!("{a}.{b}")),
+        ".{0,12}",
+    ]
+}
+
+/// `Retry-After`: a wait or an HTTP date from 1970 to 9999 (and a few that cannot be).
+fn retry_after_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => wait_value(),
+        1 => (0u64..=253_402_300_799).prop_map(|secs| {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        }),
+        1 => prop::sample::select(vec![
+            "Fri, 31 Dec 9999 23:59:59 GMT".to_string(),
+            "Thu, 01 Jan 1970 00:00:00 GMT".to_string(),
+            "Mon, 01 Jan 0001 00:00:00 GMT".to_string(),
+            "Sat, 01 Jan 10000 00:00:00 GMT".to_string(),
+            "Sun, 06 Nov 1994 08:49:37 GMT".to_string(),
+        ]),
+    ]
+}
+
+/// `expiresOn` from year 0 to 9999 and beyond, with up to 30 fraction digits, any offset.
+fn expires_on() -> SBoxedStrategy<String> {
+    let stamp = (
+        0u32..=9999,
+        1u32..=12,
+        1u32..=31,
+        0u32..=23,
+        0u32..=59,
+        0u32..=60,
+        prop::option::of("[0-9]{1,30}"),
+        prop::sample::select(vec!["Z", "+00:00", "-23:59", "+14:00", "+25:00", ""]),
+    )
+        .prop_map(|(y, mo, d, h, mi, s, frac, tz)| {
+            let frac = frac.map(|f| format!(".{f}")).unwrap_or_default();
+            format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{tz}")
+        });
+    prop_oneof![
+        Just("2030-01-01T00:00:00Z".to_string()),
+        Just("2030-01-01T00:00:00.1234567+00:00".to_string()),
+        Just("9999-12-31T23:59:59.999999999999999999Z".to_string()),
+        Just("0000-01-01T00:00:00Z".to_string()),
+        Just("1970-01-01T00:00:00Z".to_string()),
+        Just("+275760-09-13T00:00:00Z".to_string()),
+        Just("-000001-01-01T00:00:00Z".to_string()),
+        stamp,
+        ".{0,30}",
+    ]
+    .sboxed()
+}
+
 fn response_body(token: String) -> impl Strategy<Value = Vec<u8>> {
     let json_like = (
         prop::option::of("[a-zA-Z0-9:_-]{0,30}"),
-        prop::option::of(prop_oneof![
-            Just("2030-01-01T00:00:00Z".to_string()),
-            Just("2030-01-01T00:00:00.1234567+00:00".to_string()),
-            ".{0,30}",
-        ]),
+        prop::option::of(expires_on()),
         any::<bool>(),
         any::<bool>(),
         prop::option::of(".{0,40}"),
@@ -269,6 +349,18 @@ fn response_body(token: String) -> impl Strategy<Value = Vec<u8>> {
         }),
         prop::collection::vec(any::<u8>(), 0..200),
         Just(b"<html><body>502 Bad Gateway</body></html>".to_vec()),
+        // 1 B to 4 MiB, log-uniform: an id, a token or garbage that is far too long.
+        (0u32..=22, any::<bool>()).prop_map(|(bits, json)| {
+            let n = 1usize << bits;
+            if json {
+                let mut b = br#"{"identity":{"id":""#.to_vec();
+                b.resize(b.len() + n, b'7');
+                b.extend_from_slice(br#""}}"#);
+                b
+            } else {
+                vec![b' '; n]
+            }
+        }),
     ]
 }
 
@@ -283,6 +375,8 @@ pub async fn acs_responses(cases: u32) -> Outcome {
         status: 200,
         body: vec![],
         retry_after: None,
+        retry_after_ms: None,
+        x_ms_retry_after_ms: None,
     }));
     let addr = raw_server(answer.clone()).await;
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
@@ -297,16 +391,27 @@ pub async fn acs_responses(cases: u32) -> Outcome {
         allow_insecure_endpoints: true,
         ..AcsClientOptions::default()
     };
-    let client = AcsClient::new(&conn, options).expect("client");
+    // A client per case: a 429 pauses a client's bucket (up to the year 9999), which
+    // would hide every later case's answer from the decoder.
+    let new_client = move || AcsClient::new(&conn, options.clone()).expect("client");
     // The scope type is named by inference only: the suite leans on the client's
     // methods, not on type names that may change.
     let scopes = vec!["chat".parse().expect("scope")];
     let strategy = (
-        prop::sample::select(vec![
-            200u16, 201, 204, 400, 401, 404, 409, 429, 500, 503, 302, 100, 299,
-        ]),
+        // 429 often: its waits are what the client does arithmetic with.
+        prop_oneof![
+            2 => prop::sample::select(vec![
+                200u16, 201, 204, 400, 401, 404, 409, 429, 500, 503, 302, 100, 299,
+            ]),
+            1 => Just(429u16),
+            1 => 100u16..=999,
+        ],
         response_body(token.clone()),
-        prop::option::of(prop_oneof![Just("2".to_string()), ".{0,12}"]),
+        (
+            prop::option::weighted(0.75, retry_after_value()),
+            prop::option::of(wait_value()),
+            prop::option::of(wait_value()),
+        ),
         0..3u8,
     );
     // The runner is synchronous; each case drives the async client on this runtime.
@@ -316,50 +421,57 @@ pub async fn acs_responses(cases: u32) -> Outcome {
         let runs = runs.clone();
         let token = token.clone();
         tokio::task::spawn_blocking(move || {
-            runner(cases).run(&strategy, |(status, body, retry_after, op)| {
-                runs.fetch_add(1, Ordering::Relaxed);
-                let answer = answer.clone();
-                let client = client.clone();
-                let scopes = scopes.clone();
-                let text = handle.block_on(async move {
-                    *answer.lock().await = Answer {
-                        status,
-                        body,
-                        retry_after: retry_after.filter(|r| !r.contains(['\r', '\n'])),
-                    };
-                    let call = async move {
-                        match op {
-                            0 => client
-                                .create_user(Some(scopes.as_slice()), None, Some("k8s-fuzz"))
-                                .await
-                                .map(|u| format!("{:?}", u.user)),
-                            1 => client
-                                .issue_token("8:acs:fuzz", &scopes, None)
-                                .await
-                                .map(|t| t.expires_on.to_string()),
-                            _ => client
-                                .revoke_tokens("8:acs:fuzz")
-                                .await
-                                .map(|()| String::new()),
-                        }
-                    };
-                    // A panic inside the client surfaces as a failed task.
-                    tokio::spawn(async move {
-                        match call.await {
-                            Ok(s) => s,
-                            Err(e) => format!("{e} / {e:?}"),
-                        }
-                    })
-                    .await
-                });
-                let text = text.map_err(|_| TestCaseError::fail("the ACS client panicked"))?;
-                prop_assert!(
-                    !leaks(&token, &text),
-                    "the decoded result or error shows a piece of the token: {}",
-                    redact(&text, &token)
-                );
-                Ok(())
-            })
+            runner(cases)
+                .run(&strategy, |(status, body, waits, op)| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    let (retry_after, retry_after_ms, x_ms_retry_after_ms) = waits;
+                    let one_line = |v: Option<String>| v.filter(|r| !r.contains(['\r', '\n']));
+                    let answer = answer.clone();
+                    let client = new_client();
+                    let scopes = scopes.clone();
+                    let text = handle.block_on(async move {
+                        *answer.lock().await = Answer {
+                            status,
+                            body,
+                            retry_after: one_line(retry_after),
+                            retry_after_ms: one_line(retry_after_ms),
+                            x_ms_retry_after_ms: one_line(x_ms_retry_after_ms),
+                        };
+                        let call = async move {
+                            match op {
+                                0 => client
+                                    .create_user(Some(scopes.as_slice()), None, Some("k8s-fuzz"))
+                                    .await
+                                    .map(|u| format!("{:?}", u.user)),
+                                1 => client
+                                    .issue_token("8:acs:fuzz", &scopes, None)
+                                    .await
+                                    .map(|t| t.expires_on.to_string()),
+                                _ => client
+                                    .revoke_tokens("8:acs:fuzz")
+                                    .await
+                                    .map(|()| String::new()),
+                            }
+                        };
+                        // A panic inside the client surfaces as a failed task.
+                        tokio::spawn(async move {
+                            match call.await {
+                                Ok(s) => s,
+                                Err(e) => format!("{e} / {e:?}"),
+                            }
+                        })
+                        .await
+                    });
+                    let text = text.map_err(|_| TestCaseError::fail("the ACS client panicked"))?;
+                    prop_assert!(
+                        !leaks(&token, &text),
+                        "the decoded result or error shows a piece of the token: {}",
+                        redact(&text, &token)
+                    );
+                    Ok(())
+                })
+                // The failing case as text: the case itself is large (bodies up to 4 MiB).
+                .map_err(|e| e.to_string())
         })
         .await
         .expect("fuzz task")

@@ -1,13 +1,14 @@
 //! Reliability suite (issue 11): crashes, ACS and Kubernetes faults, a simulated day, an
 //! ACS outage, bad input and fuzzing, with "nothing lost" counts and a leak scan of every
-//! text the operator produced.
+//! text the operator produced; and a hostile tenant next to a good one (issue 15).
 //!
 //! - `cargo test --test reliability`: the small pass that `make test` runs (a few
 //!   identities per scenario; every count must be zero).
 //! - `make reliability` (`RELIABILITY_N`, default 200): `reliability_full`, every scenario
 //!   at scale, ending with the line
 //!   `reliability: identities=N kills=K leaked=L duplicated=D expired_served=E lost_tokens=T secrets_in_logs=S bad_inputs=R/B`.
-//!   `RELIABILITY_SCENARIOS=crash,faults,...` runs a subset.
+//!   `RELIABILITY_SCENARIOS=crash,faults,...` runs a subset (`crash`, `faults`, `kube`,
+//!   `day`, `outage`, `badinput`, `fuzz`, `hostile`).
 //!
 //! Written against documented interfaces only (binaries and flags, the emulator's admin
 //! and fault API, the CRDs as JSON, Secret keys, conditions, events, metrics), so it runs
@@ -21,6 +22,7 @@ mod bad_input;
 mod crash;
 mod day;
 mod fuzz;
+mod hostile;
 mod kube_faults;
 mod leak;
 mod metrics;
@@ -42,10 +44,12 @@ fn assert_clean(what: &str, t: &Tally) {
     finish(t);
     assert!(
         t.clean(),
-        "{what}: a promise was broken (see the lines above): {} unconverged={} fuzz_failures={}",
+        "{what}: a promise was broken (see the lines above): {} unconverged={} fuzz_failures={} restarts={} hostile_late={}",
         t.summary(),
         t.unconverged,
-        t.fuzz_failures
+        t.fuzz_failures,
+        t.restarts,
+        t.hostile_late
     );
 }
 
@@ -89,6 +93,17 @@ async fn small_fuzz_of_the_parsers_finds_no_panic_and_no_leak() {
     let t = fuzz::run(500).await;
     assert_clean("fuzzing", &t);
     assert!(t.fuzz_executions >= 1200, "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_hostile_tenant_costs_only_itself() {
+    let t = hostile::run(hostile::Params {
+        bad_per_attack: 3,
+        good_identities: 3,
+        good_token_secs: 45.0,
+    })
+    .await;
+    assert_clean("hostile tenant", &t);
 }
 
 // ---------------------------------------------------------------- make reliability
@@ -145,20 +160,32 @@ async fn reliability_full() {
     if wanted("fuzz") {
         all.add(&fuzz::run(fuzz_cases).await);
     }
+    if wanted("hostile") {
+        all.add(
+            &hostile::run(hostile::Params {
+                bad_per_attack: (n / 10).clamp(3, 20),
+                good_identities: 10,
+                good_token_secs: 60.0,
+            })
+            .await,
+        );
+    }
     eprintln!("\n---- results per scenario");
     for line in &all.lines {
         eprintln!("{line}");
     }
     eprintln!(
         "GA api-version ({}) figures, reported only: leaked={} duplicated={}; 429s with the client quota at the emulator's limits: {}; \
-         fuzz executions: {}; unconverged: {}; fuzz failures: {}",
+         fuzz executions: {}; unconverged: {}; fuzz failures: {}; operator restarts under attack: {}; good tenant late: {}",
         world::GA_VERSION,
         all.ga_leaked,
         all.ga_duplicated,
         all.throttled_at_quota,
         all.fuzz_executions,
         all.unconverged,
-        all.fuzz_failures
+        all.fuzz_failures,
+        all.restarts,
+        all.hostile_late
     );
     // The closing line, printed last (hack/reliability.sh repeats it after cargo's output).
     println!("{}", all.summary());

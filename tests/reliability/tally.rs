@@ -31,6 +31,11 @@ pub struct Tally {
     pub fuzz_executions: u64,
     /// Fuzz targets whose property failed.
     pub fuzz_failures: u64,
+    /// Operator processes that ended while a hostile tenant attacked (issue 15).
+    pub restarts: u64,
+    /// Good-tenant identities (and renewals) later than their idle baseline + 5 s while a
+    /// hostile tenant attacked.
+    pub hostile_late: u64,
     /// One line per scenario for the report.
     pub lines: Vec<String>,
 }
@@ -52,6 +57,8 @@ impl Tally {
         self.throttled_at_quota += other.throttled_at_quota;
         self.fuzz_executions += other.fuzz_executions;
         self.fuzz_failures += other.fuzz_failures;
+        self.restarts += other.restarts;
+        self.hostile_late += other.hostile_late;
         self.lines.extend(other.lines.iter().cloned());
     }
 
@@ -91,6 +98,8 @@ impl Tally {
             && self.bad_refused == self.bad_total
             && self.unconverged == 0
             && self.fuzz_failures == 0
+            && self.restarts == 0
+            && self.hostile_late == 0
     }
 }
 
@@ -108,4 +117,16 @@ fn summary_line_has_the_documented_shape() {
         "reliability: identities=3 kills=20 leaked=0 duplicated=0 expired_served=0 lost_tokens=0 secrets_in_logs=0 bad_inputs=4/5"
     );
     assert!(!t.clean(), "a bad input accepted is a broken promise");
+    let late = Tally {
+        hostile_late: 1,
+        ..Default::default()
+    };
+    assert!(
+        !late.clean(),
+        "a good tenant slowed by a bad one is a broken promise"
+    );
+    assert!(
+        late.summary().ends_with("bad_inputs=0/0"),
+        "the closing line keeps issue 11's shape"
+    );
 }

@@ -135,16 +135,45 @@ async fn start_operator() -> Operator {
 }
 
 /// Starts another operator process as the chart's ServiceAccount with `extra_args`
-/// after `run --kubeconfig K --metrics-addr 127.0.0.1:0 --log-format json`; returns once
+/// after `run --kubeconfig K --metrics-addr 127.0.0.1:0 --log-format json
+/// --allow-insecure-endpoints` (the emulators speak plain http); returns once
 /// its admin server is listening (not necessarily ready: a standby waits for its Lease).
 pub async fn spawn_operator(extra_args: &[&str], log_prefix: &str) -> Operator {
     spawn_operator_as(&operator_kubeconfig(), extra_args, log_prefix).await
+}
+
+/// Whether an operator process may speak plain http to ACS endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `--allow-insecure-endpoints`, set explicitly: the emulators of the tests speak plain
+    /// http on loopback, which the operator refuses by default.
+    PlainHttpAllowed,
+    /// The production default: https only.
+    HttpsOnly,
 }
 
 /// [`spawn_operator`] with another identity's kubeconfig (e.g. a ServiceAccount under
 /// differently rendered RBAC).
 pub async fn spawn_operator_as(
     kubeconfig: &Path,
+    extra_args: &[&str],
+    log_prefix: &str,
+) -> Operator {
+    spawn_operator_with(
+        kubeconfig,
+        Endpoints::PlainHttpAllowed,
+        extra_args,
+        log_prefix,
+    )
+    .await
+}
+
+/// The one place operator processes of the tests start: `run --kubeconfig K
+/// --metrics-addr 127.0.0.1:0 --log-format json`, `--allow-insecure-endpoints` unless
+/// `endpoints` is [`Endpoints::HttpsOnly`], then `extra_args`.
+pub async fn spawn_operator_with(
+    kubeconfig: &Path,
+    endpoints: Endpoints,
     extra_args: &[&str],
     log_prefix: &str,
 ) -> Operator {
@@ -158,9 +187,12 @@ pub async fn spawn_operator_as(
         "127.0.0.1:0".into(),
         "--log-format".into(),
         "json".into(),
-        // The emulator speaks plain http on loopback; production refuses that by default.
-        "--allow-insecure-endpoints".into(),
     ];
+    if endpoints == Endpoints::PlainHttpAllowed
+        && !extra_args.contains(&"--allow-insecure-endpoints")
+    {
+        args.push("--allow-insecure-endpoints".into());
+    }
     args.extend(extra_args.iter().map(|a| a.to_string()));
     let process = Watched::spawn(
         Path::new(env!("CARGO_BIN_EXE_acs-identity-operator")),
