@@ -641,7 +641,7 @@ pub fn settle(st: &mut CommunicationIdentityStatus, f: &Facts<'_>) {
     }
     // Ready as it stands (absent only in tests' hand-made status): not False on a current token.
     let ready = state == TokenState::Current
-        && !condition(&st.conditions, types::READY).is_some_and(|c| c.status == "False");
+        && condition(&st.conditions, types::READY).is_none_or(|c| c.status != "False");
     if ready {
         st.observed_generation = f.generation;
     }
