@@ -41,6 +41,7 @@ struct World {
     ns: TestNamespace,
     emulator: Emulator,
     operator: Option<tokio::task::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl World {
@@ -64,6 +65,7 @@ impl World {
             ns,
             emulator,
             operator: None,
+            metrics: Arc::new(Metrics::new()),
         };
         world
             .put_credentials("acs", &world.emulator.connection_string)
@@ -101,7 +103,7 @@ impl World {
         self.operator = Some(tokio::spawn(run(
             client,
             config,
-            Arc::new(Metrics::new()),
+            self.metrics.clone(),
             Readiness::new(),
             std::future::pending::<()>(),
         )));
@@ -923,4 +925,44 @@ async fn a_spec_change_not_in_the_secret_yet_keeps_the_old_generation() {
         cond(&o, types::RECONCILING).map(|c| c.1).as_deref(),
         Some(reasons::SPEC_CHANGED)
     );
+}
+
+/// Issue 16 item 8: a credential problem while a token exists is a renewal failure
+/// (`AcsTokenRenewalFailing` fires on it), and the ready gauge follows failed passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_problems_count_as_renewal_failures() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("failcount", 1.0).await;
+    w.service(PREVIEW).await;
+    w.start(w.config());
+    w.identity("app", json!({})).await;
+    w.ready("app").await;
+    w.secrets()
+        .delete("acs", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.until("app", 30, "RenewalFailing=True", |o| {
+        cond(o, types::RENEWAL_FAILING).is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let ns = w.ns().to_string();
+    let metrics = w.metrics.clone();
+    eventually(
+        30,
+        "a renewal failure counted for the missing credentials",
+        || {
+            let text = metrics.encode();
+            let ns = ns.clone();
+            async move {
+                text.lines()
+                    .any(|l| {
+                        l.starts_with("acs_operator_renewal_failures_total{")
+                            && l.contains(&format!("namespace=\"{ns}\""))
+                            && l.contains("reason=\"SecretNotFound\"")
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }
