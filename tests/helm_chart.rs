@@ -505,6 +505,8 @@ fn deployment_passes_the_tenant_safety_flags() {
         "--cluster-resource-namespace=acs-system",
         "--max-concurrent-reconciles=16",
         "--min-token-interval=15s",
+        // 5 s before the kubelet's SIGKILL (terminationGracePeriodSeconds 30).
+        "--shutdown-timeout=25s",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
     }
@@ -532,7 +534,7 @@ fn deployment_passes_the_tenant_safety_flags() {
         "acs-system",
         &[
             "--set",
-            "clusterResourceNamespace=acs-creds,allowInsecureEndpoints=true,maxConcurrentReconciles=4,minTokenInterval=1m",
+            "clusterResourceNamespace=acs-creds,allowInsecureEndpoints=true,maxConcurrentReconciles=4,minTokenInterval=1m,terminationGracePeriodSeconds=60",
         ],
     ));
     let args = deployment_args(&d);
@@ -541,6 +543,7 @@ fn deployment_passes_the_tenant_safety_flags() {
         "--allow-insecure-endpoints",
         "--max-concurrent-reconciles=4",
         "--min-token-interval=1m",
+        "--shutdown-timeout=55s",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
     }

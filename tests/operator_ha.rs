@@ -692,3 +692,85 @@ async fn restricted_namespaces_reconcile_only_the_watched_namespace_without_403s
     );
     let _ = w.leases().delete(&lease, &DeleteParams::default()).await;
 }
+
+// ---------------------------------------------------------------- 5. shutdown deadline
+
+/// Issue 16 item 10: with its API server gone, SIGTERM still ends the process within
+/// `--shutdown-timeout` (without the deadline it retried connections for as long as one
+/// waited). The kubeconfig points at a port where nothing listens: the watchers retry,
+/// nothing ever syncs, and only the deadline can end the process.
+#[tokio::test]
+async fn sigterm_without_an_api_server_exits_within_the_shutdown_timeout() {
+    let _serial = SERIAL.lock().await;
+    let dir = support::process::temp_dir("acs-operator-dead-apiserver-");
+    // A port that was free a moment ago: nothing answers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: gone\n  user:\n    token: not-a-token\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: gone\ncurrent-context: gone\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    let log = dir.join("operator.log");
+    let args: Vec<String> = [
+        "run",
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--shutdown-timeout",
+        "3s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut process = support::process::Watched::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_acs-identity-operator")),
+        &args,
+        &log,
+        false,
+    );
+    // Signal handlers are installed before the admin server listens.
+    eventually(30, "the operator's admin server listening", || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("admin server listening")
+                .then_some(())
+        }
+    })
+    .await;
+    // Let the watchers fail against the dead address a few times.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(process.is_running(), "log: {}", log.display());
+    process.signal("TERM");
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = process.try_exit_status() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(8),
+            "still running {:?} after SIGTERM with --shutdown-timeout 3s; log: {}",
+            sent.elapsed(),
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = sent.elapsed();
+    eprintln!("exit after SIGTERM without an API server: {took:?}, {status:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("shutdown did not finish within --shutdown-timeout") || status.success(),
+        "neither a clean stop nor the deadline; log: {}",
+        log.display()
+    );
+}

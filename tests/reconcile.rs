@@ -41,6 +41,7 @@ struct World {
     ns: TestNamespace,
     emulator: Emulator,
     operator: Option<tokio::task::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl World {
@@ -64,6 +65,7 @@ impl World {
             ns,
             emulator,
             operator: None,
+            metrics: Arc::new(Metrics::new()),
         };
         world
             .put_credentials("acs", &world.emulator.connection_string)
@@ -101,7 +103,7 @@ impl World {
         self.operator = Some(tokio::spawn(run(
             client,
             config,
-            Arc::new(Metrics::new()),
+            self.metrics.clone(),
             Readiness::new(),
             std::future::pending::<()>(),
         )));
@@ -855,4 +857,115 @@ async fn services_on_one_resource_share_one_client_and_credential_watches_go_awa
         "nothing references the Secret any more"
     );
     caches.abort();
+}
+
+/// Issue 16 item 6: tokens dead on arrival (the emulator's lifetime scale makes a 24 h token
+/// live 0.86 s) are never reported Ready, and the identity says a person must act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_shorter_than_the_floor_are_never_ready_and_stall() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("deadtokens", 0.00001).await;
+    w.service(PREVIEW).await;
+    let mut config = w.config();
+    config.min_token_interval = Duration::from_secs(3);
+    w.start(config);
+    w.identity("app", json!({})).await;
+    let saw_ready = std::sync::atomic::AtomicBool::new(false);
+    let saw_stalled = std::sync::atomic::AtomicBool::new(false);
+    // Every state the watch shows for 10 s.
+    let _ = wait_for(&w.identities(), "app", 10, |o| {
+        if cond(o, types::READY).is_some_and(|c| c.0 == "True") {
+            saw_ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if cond(o, types::STALLED) == Some(("True".into(), reasons::TOKEN_TOO_SHORT_LIVED.into())) {
+            saw_stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        false
+    })
+    .await;
+    assert!(w.emulator.calls("create").await + w.emulator.calls("issue").await >= 1);
+    assert!(
+        !saw_ready.into_inner(),
+        "Ready=True on a token that lives 0.86 s"
+    );
+    assert!(saw_stalled.into_inner(), "Stalled=True TokenTooShortLived");
+}
+
+/// Issue 16 item 7: a scope change that waits for the token floor is not reported as
+/// applied: observedGeneration stays, Ready=False SpecChanged, Reconciling=True.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_not_in_the_secret_yet_keeps_the_old_generation() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("specchange", 1.0).await;
+    w.service(PREVIEW).await;
+    let mut config = w.config();
+    config.min_token_interval = Duration::from_secs(60);
+    w.start(config);
+    w.identity("app", json!({})).await;
+    let o = w.ready("app").await;
+    assert_eq!(o.status.as_ref().unwrap().observed_generation, Some(1));
+    w.identities()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"scopes": ["chat", "voip"]}})),
+        )
+        .await
+        .expect("change scopes");
+    let o = w
+        .until("app", 30, "Reconciling=True", |o| {
+            cond(o, types::RECONCILING).is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    let st = o.status.clone().unwrap();
+    assert_eq!(o.metadata.generation, Some(2));
+    assert_eq!(st.observed_generation, Some(1), "{st:?}");
+    assert_eq!(
+        cond(&o, types::READY),
+        Some(("False".into(), reasons::SPEC_CHANGED.into()))
+    );
+    assert_eq!(
+        cond(&o, types::RECONCILING).map(|c| c.1).as_deref(),
+        Some(reasons::SPEC_CHANGED)
+    );
+}
+
+/// Issue 16 item 8: a credential problem while a token exists is a renewal failure
+/// (`AcsTokenRenewalFailing` fires on it), and the ready gauge follows failed passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_problems_count_as_renewal_failures() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("failcount", 1.0).await;
+    w.service(PREVIEW).await;
+    w.start(w.config());
+    w.identity("app", json!({})).await;
+    w.ready("app").await;
+    w.secrets()
+        .delete("acs", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.until("app", 30, "RenewalFailing=True", |o| {
+        cond(o, types::RENEWAL_FAILING).is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let ns = w.ns().to_string();
+    let metrics = w.metrics.clone();
+    eventually(
+        30,
+        "a renewal failure counted for the missing credentials",
+        || {
+            let text = metrics.encode();
+            let ns = ns.clone();
+            async move {
+                text.lines()
+                    .any(|l| {
+                        l.starts_with("acs_operator_renewal_failures_total{")
+                            && l.contains(&format!("namespace=\"{ns}\""))
+                            && l.contains("reason=\"SecretNotFound\"")
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }

@@ -27,9 +27,18 @@ pub mod types {
     /// [`super::reasons::TOKEN_TOO_SHORT_LIVED`].
     pub const TOKEN_TOO_SHORT_LIVED: &str = "TokenTooShortLived";
 
-    /// kstatus: `True` when the operator cannot make progress without a person (today:
-    /// reason [`super::reasons::RECONCILE_PANICKED`]).
+    /// kstatus, every kind: `True` when the operator cannot make progress without a person;
+    /// the reason is the problem's own (e.g. `Unauthorized`, `AdoptionNotAllowed`,
+    /// `SecretConflict`, `TokenTooShortLived`, `InvalidSpec`, `IdentityNotOwned`,
+    /// `InsecureEndpoint`, `SecretNamespaceNotAllowed`, [`super::reasons::RECONCILE_PANICKED`]).
+    /// Written once needed; `False` afterwards.
     pub const STALLED: &str = "Stalled";
+
+    /// kstatus, every kind: `True` while the operator works toward the current spec without
+    /// needing a person. `CommunicationIdentity`: the first token, a spec change
+    /// (reason [`super::reasons::SPEC_CHANGED`]) or any other new token the Secret needs
+    /// before the identity is Ready (reason [`super::reasons::TOKEN_NEEDED`]).
+    pub const RECONCILING: &str = "Reconciling";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes requires).
@@ -118,6 +127,14 @@ pub mod reasons {
     /// carries user info, or has more than a scheme, a host and a port (a path, a query,
     /// a fragment).
     pub const INSECURE_ENDPOINT: &str = "InsecureEndpoint";
+
+    // --- CommunicationIdentity, Reconciling=True (and Ready=False)
+    /// `spec.scopes` or `spec.tokenLifetime` changed; the Secret holds a token for the
+    /// earlier spec until the new one is issued (status.observedGeneration stays behind).
+    pub const SPEC_CHANGED: &str = "SpecChanged";
+    /// Reconciling=True: the Secret needs a new token (missing, edited, expired, revoked)
+    /// before the identity is Ready again.
+    pub const TOKEN_NEEDED: &str = "TokenNeeded";
 
     // --- any kind, Stalled=True
     /// The reconcile of this object panicked (a bug); the operator caught it, keeps serving

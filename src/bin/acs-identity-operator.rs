@@ -108,6 +108,12 @@ struct RunArgs {
     /// whatever fails (a Go-style duration, e.g. 15s, 1m).
     #[arg(long, env = "ACS_OPERATOR_MIN_TOKEN_INTERVAL", default_value = "15s", value_parser = parse_interval)]
     min_token_interval: std::time::Duration,
+    /// After SIGTERM or SIGINT, the process exits after at most this long, even if
+    /// in-flight work, the Lease release or an unreachable API server would keep it
+    /// (a Go-style duration). Keep it below the pod's terminationGracePeriodSeconds (the
+    /// chart sets it 5s below).
+    #[arg(long, env = "ACS_OPERATOR_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_interval)]
+    shutdown_timeout: std::time::Duration,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -145,6 +151,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Ends the process `deadline` after a shutdown request, whatever still runs: a thread of
+/// its own, so that neither a busy runtime nor an API server that stopped answering (the
+/// watchers and the Lease release retry connections to it) can hold the process.
+fn exit_after(deadline: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            tracing::error!(
+                shutdown_timeout_secs = deadline.as_secs_f64(),
+                "shutdown did not finish within --shutdown-timeout; exiting now (in-flight work is \
+                 abandoned; the Lease, if held, expires on its own)"
+            );
+            eprintln!(
+                "acs-identity-operator: shutdown did not finish within {}s (--shutdown-timeout); exiting",
+                deadline.as_secs_f64()
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the shutdown deadline thread");
+    }
+}
+
 async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<Client, String> {
     let config = match kubeconfig {
         Some(path) => {
@@ -165,10 +195,16 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
     // Install signal handlers first: a SIGTERM before them would skip the lease release.
     let signal = runtime::shutdown_signal();
     let (shutdown, listener) = shutdown_channel();
+    let deadline = args.shutdown_timeout;
     let trigger = tokio::spawn(async move {
         let sig = signal.await;
-        tracing::info!(signal = ?sig, "shutting down: finishing in-flight work");
+        tracing::info!(
+            signal = ?sig,
+            shutdown_timeout_secs = deadline.as_secs_f64(),
+            "shutting down: finishing in-flight work"
+        );
         shutdown.trigger();
+        exit_after(deadline);
         shutdown
     });
 

@@ -23,7 +23,7 @@ use super::error::Error;
 use super::resolver::{
     ResolveError, ServiceKey, check_cluster_secret_namespace, client_for, namespaced_credential,
 };
-use super::status::{replace_status, set_condition};
+use super::status::{Progress, replace_status, set_condition, set_progress};
 
 /// Credentials are re-checked this often even without a watch event.
 const RECHECK: Duration = Duration::from_secs(300);
@@ -129,6 +129,11 @@ where
                 view.generation,
                 now,
             );
+            let done = Progress::Done {
+                reason: reasons::CREDENTIALS_RESOLVED,
+                message: "the credentials resolve and parse",
+            };
+            set_progress(&mut st.conditions, done, view.generation, now);
         }
         Err(e) => {
             let (reason, msg) = (e.reason(), e.to_string());
@@ -137,10 +142,24 @@ where
                 types::READY,
                 false,
                 reason,
-                msg,
+                &msg,
                 view.generation,
                 now,
             );
+            // kstatus, as for identities: a person fixes the Secret, the key or the
+            // endpoint (Stalled); the API server not answering heals (Reconciling).
+            let progress = if e.is_transient() {
+                Progress::Reconciling {
+                    reason,
+                    message: &msg,
+                }
+            } else {
+                Progress::Stalled {
+                    reason,
+                    message: &msg,
+                }
+            };
+            set_progress(&mut st.conditions, progress, view.generation, now);
         }
     }
     let result = replace_status(api, &obj.name_any(), view.status, &st).await;

@@ -52,6 +52,50 @@ pub fn set_condition(
     }
 }
 
+/// Where an object stands for kstatus (Argo CD, Flux): done, still working, or waiting for
+/// a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress<'a> {
+    /// Nothing in progress and nothing for a person to do.
+    Done { reason: &'a str, message: &'a str },
+    /// Work toward the current spec is under way (`Reconciling=True`).
+    Reconciling { reason: &'a str, message: &'a str },
+    /// No progress without a person (`Stalled=True`).
+    Stalled { reason: &'a str, message: &'a str },
+}
+
+/// Sets kstatus' `Reconciling` and `Stalled` from `progress`: each is written True when it
+/// applies and, once present, False when it no longer does; an object that never needed
+/// one carries none (no write on upgrade for objects that are fine).
+pub fn set_progress(
+    conditions: &mut Vec<Condition>,
+    progress: Progress<'_>,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    use crate::api::conditions::types::{RECONCILING, STALLED};
+    let (reconciling, stalled) = match progress {
+        Progress::Done { .. } => (false, false),
+        Progress::Reconciling { .. } => (true, false),
+        Progress::Stalled { .. } => (false, true),
+    };
+    let (reason, message) = match progress {
+        Progress::Done { reason, message }
+        | Progress::Reconciling { reason, message }
+        | Progress::Stalled { reason, message } => (reason, message),
+    };
+    for (type_, value) in [(RECONCILING, reconciling), (STALLED, stalled)] {
+        if value || condition(conditions, type_).is_some() {
+            let message = match (value, progress) {
+                (true, _) | (false, Progress::Done { .. }) => message.to_string(),
+                (false, _) if type_ == RECONCILING => format!("waiting for a person: {message}"),
+                (false, _) => "nothing needs a person".to_string(),
+            };
+            set_condition(conditions, type_, value, reason, message, generation, now);
+        }
+    }
+}
+
 pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
@@ -112,5 +156,38 @@ mod tests {
         set_condition(&mut c, "Ready", false, "TokenExpired", "c", Some(2), t1);
         assert_eq!(c[0].last_transition_time, Time(t1));
         assert!(!is_true(&c, "Ready"));
+    }
+
+    #[test]
+    fn progress_conditions_appear_when_needed_and_stay_as_false() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut c = vec![];
+        let done = Progress::Done {
+            reason: "TokenIssued",
+            message: "ok",
+        };
+        set_progress(&mut c, done, Some(1), t0);
+        assert!(c.is_empty(), "nothing written for an object that is fine");
+        let working = Progress::Reconciling {
+            reason: "Pending",
+            message: "first token",
+        };
+        set_progress(&mut c, working, Some(1), t0);
+        assert!(is_true(&c, "Reconciling"));
+        assert!(condition(&c, "Stalled").is_none());
+        let stuck = Progress::Stalled {
+            reason: "Unauthorized",
+            message: "401",
+        };
+        set_progress(&mut c, stuck, Some(2), t0);
+        assert!(is_true(&c, "Stalled") && !is_true(&c, "Reconciling"));
+        let r = condition(&c, "Reconciling").unwrap();
+        assert_eq!(
+            (r.reason.as_str(), r.observed_generation),
+            ("Unauthorized", Some(2))
+        );
+        set_progress(&mut c, done, Some(2), t0);
+        assert!(!is_true(&c, "Stalled") && !is_true(&c, "Reconciling"));
+        assert_eq!(c.len(), 2);
     }
 }

@@ -15,7 +15,7 @@ use crate::api::{CommunicationIdentitySpec, CommunicationIdentityStatus, Scope};
 use crate::controller::renewal::{
     Jitter, add, renewal_time, request_pending, requeue_after, to_std,
 };
-use crate::controller::status::{is_true, set_condition};
+use crate::controller::status::{Progress, condition, is_true, set_condition, set_progress};
 
 /// Even a fresh token is looked at again this often, to heal anything a missed event hid.
 pub const MAX_REQUEUE: Duration = Duration::from_secs(3600);
@@ -160,6 +160,10 @@ pub struct Plan {
     pub requeue: Duration,
     /// A Warning event worth publishing (only when the condition it describes is new).
     pub warning: Option<(&'static str, String)>,
+    /// The problem this pass found without acting (the service, its credentials, the
+    /// spec, a foreign Secret), by reason: counted as a renewal failure when the identity
+    /// had a token to renew ([`had_token`]), as a failed step is.
+    pub failure: Option<&'static str>,
 }
 
 /// A custom id derived from the object's UID: a create retried after a crash returns the
@@ -274,8 +278,15 @@ pub fn renewal_at(f: &Facts<'_>, lifetime: Duration, renew_before: Duration) -> 
 
 /// Decides the next step.
 pub fn decide(f: &Facts<'_>) -> Plan {
+    let mut plan = plan(f);
+    settle(&mut plan.status, f);
+    plan
+}
+
+fn plan(f: &Facts<'_>) -> Plan {
+    // status.observedGeneration is not set here: [`settle`] advances it only once the
+    // Secret holds a token for this generation's spec.
     let mut st = f.status.clone();
-    st.observed_generation = f.generation;
     let valid = token_valid(f.status, f.secret, f.now);
 
     // 1. A spec admission would refuse (stored before a rule existed).
@@ -360,6 +371,7 @@ pub fn decide(f: &Facts<'_>) -> Plan {
             status: st,
             requeue: CONFLICT_RECHECK,
             warning: fresh.then_some((reasons::SECRET_CONFLICT, msg)),
+            failure: Some(reasons::SECRET_CONFLICT),
         };
     }
     if st
@@ -407,6 +419,7 @@ pub fn decide(f: &Facts<'_>) -> Plan {
                     status: st,
                     requeue: requeue_after(f.now, next),
                     warning: None,
+                    failure: None,
                 };
             }
             return wait_for_floor(f, st, reason, next, valid, lifetime);
@@ -424,6 +437,7 @@ pub fn decide(f: &Facts<'_>) -> Plan {
             status: st,
             requeue: Duration::ZERO,
             warning: None,
+            failure: None,
         };
     }
 
@@ -457,7 +471,218 @@ pub fn decide(f: &Facts<'_>) -> Plan {
         status: st,
         requeue: requeue_after(f.now, renewal).min(MAX_REQUEUE),
         warning: None,
+        failure: None,
     }
+}
+
+/// Reasons that need a person to act (kstatus `Stalled=True`): the credentials, the spec,
+/// the service's policy or the cluster must change; retrying alone never helps. Problems
+/// that heal on their own (ACS or the API server unavailable, throttling, a service not
+/// created or not Ready yet, which its own `Stalled` explains) keep `Reconciling=True`.
+pub const NEEDS_A_PERSON: &[&str] = &[
+    reasons::UNAUTHORIZED,
+    reasons::IDENTITY_NOT_OWNED,
+    reasons::ADOPTION_NOT_ALLOWED,
+    reasons::SECRET_CONFLICT,
+    reasons::TOKEN_TOO_SHORT_LIVED,
+    reasons::INVALID_SPEC,
+    reasons::INSECURE_ENDPOINT,
+    reasons::SECRET_NAMESPACE_NOT_ALLOWED,
+    reasons::SERVICE_NOT_ALLOWED,
+    reasons::SERVICE_CHANGED,
+    reasons::USER_NOT_FOUND,
+];
+
+pub fn needs_a_person(reason: &str) -> bool {
+    NEEDS_A_PERSON.contains(&reason)
+}
+
+/// The token status describes, measured against the current spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// No token (never issued, or revoked).
+    None,
+    Expired,
+    /// Lives shorter than the token floor (`--min-token-interval`): it expires before the
+    /// next token may be requested, so it is never reported Ready.
+    TooShort(Duration),
+    /// Valid, but issued for other scopes or another lifetime than the spec asks now.
+    OtherSpec,
+    /// Valid, long enough and for the current spec.
+    Current,
+}
+
+pub fn token_state(
+    st: &CommunicationIdentityStatus,
+    spec: &CommunicationIdentitySpec,
+    min_token_interval: Duration,
+    now: Timestamp,
+) -> TokenState {
+    let Some(expires) = st.token_expires_on.as_ref().map(|t| t.0) else {
+        return TokenState::None;
+    };
+    if expires <= now {
+        return TokenState::Expired;
+    }
+    if let Some(granted) = granted_lifetime(st).filter(|g| *g < min_token_interval) {
+        return TokenState::TooShort(granted);
+    }
+    let recorded = st
+        .token_lifetime
+        .as_deref()
+        .and_then(|l| crate::api::duration::parse_duration(l).ok());
+    let lifetime_matches = match (recorded, spec.token_lifetime()) {
+        (Some(r), Ok(l)) => r == l,
+        _ => true,
+    };
+    if st.token_scopes.as_ref() != Some(&spec.scopes) || !lifetime_matches {
+        return TokenState::OtherSpec;
+    }
+    TokenState::Current
+}
+
+/// A token ACS just returned that must not go into the Secret: one already expired on
+/// receipt (clock skew, a proxy), or one shorter than the token floor while the Secret
+/// holds a valid token (the valid one is worth more). `None`: write it. Returns the
+/// message of the refusal.
+pub fn refuse_token(f: &Facts<'_>, issued_at: Timestamp, expires_on: Timestamp) -> Option<String> {
+    let interval = crate::api::duration::format_duration(f.min_token_interval);
+    if expires_on <= f.now {
+        return Some(format!(
+            "ACS returned a token that had already expired on receipt (expiresOn {}, received at {}): check the clocks \
+             of this cluster and of any proxy in front of ACS; the token was not written to Secret {}",
+            rfc3339(expires_on),
+            rfc3339(f.now),
+            f.secret_name
+        ));
+    }
+    let granted = to_std(expires_on.duration_since(issued_at));
+    if granted < f.min_token_interval && token_valid(f.status, f.secret, f.now) {
+        return Some(format!(
+            "ACS granted a token of {}, shorter than the minimum interval between tokens ({interval}, \
+             --min-token-interval): it was not written to Secret {}, which keeps its valid token",
+            crate::api::duration::format_duration(granted),
+            f.secret_name
+        ));
+    }
+    None
+}
+
+/// The last word on every status the identity reconcile writes (the kstatus contract):
+/// - `Ready=True` only while the Secret holds a valid token for the current spec that lives
+///   at least the token floor; otherwise `Ready=False` with the reason;
+/// - `status.observedGeneration` advances to the object's generation only then: a spec
+///   change that is not in the Secret yet is not reported as applied;
+/// - `Stalled=True` (with the problem's reason and message) when a person must act,
+///   `Reconciling=True` while a first token, a spec change or another needed token is in
+///   progress, and both False (once present) when the identity is Ready and nothing needs
+///   a person.
+pub fn settle(st: &mut CommunicationIdentityStatus, f: &Facts<'_>) {
+    let state = token_state(st, f.spec, f.min_token_interval, f.now);
+    let generation = f.generation.unwrap_or_default();
+    let ready_c = condition(&st.conditions, types::READY);
+    let ready_false = ready_c.is_some_and(|c| c.status == "False");
+    let failing = condition(&st.conditions, types::RENEWAL_FAILING)
+        .filter(|c| c.status == "True")
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    // A spec change that now fails says why on Ready, not only that it is waiting.
+    let spec_change_failing = state == TokenState::OtherSpec
+        && failing.is_some()
+        && ready_c.is_some_and(|c| c.reason == reasons::SPEC_CHANGED);
+    if (!ready_false || spec_change_failing)
+        && state != TokenState::Current
+        && state != TokenState::None
+    {
+        let (reason, message) = match state {
+            TokenState::TooShort(granted) => (
+                reasons::TOKEN_TOO_SHORT_LIVED.to_string(),
+                format!(
+                    "ACS granted a token of {}, shorter than the minimum interval between tokens ({}, \
+                     --min-token-interval): it expires before the next token may be requested",
+                    crate::api::duration::format_duration(granted),
+                    crate::api::duration::format_duration(f.min_token_interval)
+                ),
+            ),
+            TokenState::OtherSpec => match failing {
+                Some((reason, message)) => (
+                    reason,
+                    format!(
+                        "the Secret holds a token for an earlier spec, not for generation {generation}: {message}"
+                    ),
+                ),
+                None => (
+                    reasons::SPEC_CHANGED.to_string(),
+                    format!(
+                        "the Secret holds a token for an earlier spec; a token for generation {generation} is being issued"
+                    ),
+                ),
+            },
+            TokenState::Expired | TokenState::None | TokenState::Current => (
+                reasons::TOKEN_EXPIRED.to_string(),
+                format!(
+                    "the token in Secret {} expired at {}; a new one is being requested",
+                    f.secret_name,
+                    st.token_expires_on
+                        .as_ref()
+                        .map(|t| rfc3339(t.0))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
+        set_condition(
+            &mut st.conditions,
+            types::READY,
+            false,
+            &reason,
+            message,
+            f.generation,
+            f.now,
+        );
+    }
+    // Ready as it stands (absent only in tests' hand-made status): not False on a current token.
+    let ready = state == TokenState::Current
+        && condition(&st.conditions, types::READY).is_none_or(|c| c.status != "False");
+    if ready {
+        st.observed_generation = f.generation;
+    }
+    let ready_c = condition(&st.conditions, types::READY).cloned();
+    let failing_c = condition(&st.conditions, types::RENEWAL_FAILING)
+        .filter(|c| c.status == "True")
+        .cloned();
+    let person = [
+        ready_c.as_ref().filter(|c| c.status == "False"),
+        failing_c.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|c| needs_a_person(&c.reason));
+    let done = format!("the Secret holds a token for generation {generation}");
+    let progress = if let Some(c) = person {
+        Progress::Stalled {
+            reason: &c.reason,
+            message: &c.message,
+        }
+    } else if ready {
+        Progress::Done {
+            reason: reasons::TOKEN_ISSUED,
+            message: &done,
+        }
+    } else {
+        let reason = if state == TokenState::OtherSpec {
+            reasons::SPEC_CHANGED
+        } else if st.last_token_issued_at.is_none() {
+            reasons::PENDING
+        } else {
+            reasons::TOKEN_NEEDED
+        };
+        Progress::Reconciling {
+            reason,
+            message: ready_c
+                .as_ref()
+                .map_or("waiting for the first token", |c| c.message.as_str()),
+        }
+    };
+    set_progress(&mut st.conditions, progress, f.generation, f.now);
 }
 
 /// With a good token and nothing failing, `RenewalFailing` says so — unless ACS grants
@@ -530,6 +755,7 @@ fn blocked(
         status: st,
         requeue: retry,
         warning: fresh.then_some((event_reason(reason, valid), message)),
+        failure: Some(reason),
     }
 }
 
@@ -595,6 +821,7 @@ fn wait_for_floor(
         status: st,
         requeue: requeue_after(f.now, next),
         warning: None,
+        failure: None,
     }
 }
 
@@ -602,6 +829,12 @@ fn granted_lifetime(st: &CommunicationIdentityStatus) -> Option<Duration> {
     let issued = st.last_token_issued_at.as_ref()?.0;
     let expires = st.token_expires_on.as_ref()?.0;
     Some(to_std(expires.duration_since(issued)))
+}
+
+/// The identity had a token to renew (in force, expired or revoked): a failure now is a
+/// renewal failure (`acs_operator_renewal_failures_total`, alert `AcsTokenRenewalFailing`).
+pub fn had_token(st: &CommunicationIdentityStatus) -> bool {
+    st.token_expires_on.is_some() || st.last_token_issued_at.is_some()
 }
 
 /// The reason of a failure's Warning event: `RenewalFailed` while the Secret still holds
@@ -640,6 +873,7 @@ pub fn expired_before_acting(
         f.generation,
         f.now,
     );
+    settle(&mut st, f);
     Some(st)
 }
 
@@ -825,6 +1059,7 @@ pub fn record_issued(
             f.now,
         );
     }
+    settle(&mut st2, &after);
     *st = st2;
     renewal
 }

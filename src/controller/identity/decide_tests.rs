@@ -775,3 +775,363 @@ fn an_expired_token_is_marked_not_ready_before_acs_is_asked_for_another() {
         }
     }
 }
+
+// ---------------------------------------------------------------- kstatus (issue 16)
+
+fn cond(st: &CommunicationIdentityStatus, type_: &str) -> Option<(String, String)> {
+    condition(&st.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn t(reason: &str) -> Option<(String, String)> {
+    Some(("True".into(), reason.into()))
+}
+
+fn f(reason: &str) -> Option<(String, String)> {
+    Some(("False".into(), reason.into()))
+}
+
+fn problem(reason: &'static str, transient: bool, forbids_use: bool) -> ServiceProblem {
+    ServiceProblem {
+        reason,
+        message: format!("{reason} happened"),
+        transient,
+        forbids_use,
+    }
+}
+
+/// Generation 2 asks for other scopes than the token of generation 1 in the Secret.
+fn scopes_changed() -> Case {
+    let mut c = Case::healthy();
+    c.status.observed_generation = Some(1);
+    c.spec.scopes = [Scope::Chat, Scope::Voip].into();
+    c
+}
+
+fn plan_at(c: &Case, generation: i64) -> Plan {
+    decide(&Facts {
+        generation: Some(generation),
+        ..c.facts()
+    })
+}
+
+#[test]
+fn a_healthy_identity_observes_its_generation_and_needs_no_progress_conditions() {
+    let p = Case::healthy().plan();
+    assert_eq!(p.status.observed_generation, Some(1));
+    assert_eq!(cond(&p.status, types::RECONCILING), None);
+    assert_eq!(cond(&p.status, types::STALLED), None);
+}
+
+#[test]
+fn a_first_token_is_reconciling_and_observes_nothing_yet() {
+    // Waiting for the floor (a token was requested a moment ago) or about to issue.
+    let mut c = Case::new_identity();
+    c.last_request = Some(ts(H - 5));
+    let p = c.plan();
+    assert_eq!(p.step, Step::Wait);
+    assert_eq!(p.status.observed_generation, None);
+    assert_eq!(cond(&p.status, types::RECONCILING), t(reasons::PENDING));
+    assert_eq!(cond(&p.status, types::STALLED), None);
+    // A transient failure of the first issue: still reconciling, nobody must act.
+    let mut st = p.status.clone();
+    let facts = c.facts();
+    record_problem(
+        &mut st,
+        Some(1),
+        c.now,
+        reasons::TOKEN_ISSUE_FAILED,
+        "503",
+        false,
+    );
+    settle(&mut st, &facts);
+    assert_eq!(cond(&st, types::READY), f(reasons::TOKEN_ISSUE_FAILED));
+    assert_eq!(cond(&st, types::RECONCILING), t(reasons::PENDING));
+    assert_eq!(st.observed_generation, None);
+}
+
+#[test]
+fn a_spec_change_waiting_for_the_floor_is_not_observed_and_not_ready() {
+    let mut c = scopes_changed();
+    c.last_request = Some(ts(H - 5));
+    let p = plan_at(&c, 2);
+    assert_eq!(p.step, Step::Wait, "the floor holds the new token back");
+    assert_eq!(
+        p.status.observed_generation,
+        Some(1),
+        "the Secret holds generation 1's token"
+    );
+    assert_eq!(cond(&p.status, types::READY), f(reasons::SPEC_CHANGED));
+    assert_eq!(
+        cond(&p.status, types::RECONCILING),
+        t(reasons::SPEC_CHANGED)
+    );
+    assert_eq!(cond(&p.status, types::STALLED), None);
+    // The same for a lifetime change.
+    let mut c = Case::healthy();
+    c.status.observed_generation = Some(1);
+    c.spec.token_lifetime = "12h".into();
+    c.last_request = Some(ts(H - 5));
+    let p = plan_at(&c, 2);
+    assert_eq!(p.status.observed_generation, Some(1));
+    assert_eq!(cond(&p.status, types::READY), f(reasons::SPEC_CHANGED));
+}
+
+#[test]
+fn a_spec_change_whose_issue_fails_keeps_the_old_generation() {
+    // What `finish` does after a failed issue: record the problem, then settle.
+    let c = scopes_changed();
+    let facts = Facts {
+        generation: Some(2),
+        ..c.facts()
+    };
+    let p = decide(&facts);
+    assert!(matches!(p.step, Step::Token(_)));
+    let mut st = p.status.clone();
+    let valid = token_valid(&st, c.secret, c.now);
+    assert!(valid, "the old token still works");
+    record_problem(
+        &mut st,
+        Some(2),
+        c.now,
+        reasons::TOKEN_ISSUE_FAILED,
+        "503",
+        valid,
+    );
+    settle(&mut st, &facts);
+    assert_eq!(st.observed_generation, Some(1));
+    assert_eq!(st.token_scopes, Some([Scope::Chat].into()));
+    assert_eq!(cond(&st, types::READY), f(reasons::TOKEN_ISSUE_FAILED));
+    assert_eq!(
+        cond(&st, types::RENEWAL_FAILING),
+        t(reasons::TOKEN_ISSUE_FAILED)
+    );
+    assert_eq!(cond(&st, types::RECONCILING), t(reasons::SPEC_CHANGED));
+    let msg = &condition(&st.conditions, types::READY).unwrap().message;
+    assert!(
+        msg.contains("earlier spec") && msg.contains("generation 2"),
+        "{msg}"
+    );
+    // Settling again changes nothing (no status write per pass).
+    let again = st.clone();
+    settle(&mut st, &facts);
+    assert_eq!(st, again);
+
+    // Then the token for generation 2 comes: observed, Ready, Reconciling False.
+    let issued = Issued {
+        user: USER,
+        endpoint: EP,
+        issued_at: c.now,
+        expires_on: add(c.now, Duration::from_secs(24 * 3600)),
+        secret_name: "app",
+    };
+    let facts = Facts {
+        status: &st,
+        ..facts
+    };
+    let mut after = st.clone();
+    record_issued(&facts, &mut after, &issued);
+    assert_eq!(after.observed_generation, Some(2));
+    assert_eq!(cond(&after, types::READY), t(reasons::TOKEN_ISSUED));
+    assert_eq!(cond(&after, types::RECONCILING), f(reasons::TOKEN_ISSUED));
+}
+
+#[test]
+fn a_problem_a_person_must_fix_stalls_and_one_that_heals_reconciles() {
+    // (reason, transient, forbids use, Stalled?)
+    let rows = [
+        (reasons::UNAUTHORIZED, false, false, true),
+        (reasons::SECRET_NAMESPACE_NOT_ALLOWED, false, true, true),
+        (reasons::INSECURE_ENDPOINT, false, true, true),
+        (reasons::SERVICE_NOT_ALLOWED, false, true, true),
+        (reasons::SERVICE_NOT_FOUND, false, false, false),
+        (reasons::SERVICE_NOT_READY, true, false, false),
+    ];
+    for (reason, transient, forbids, stalled) in rows {
+        for case in [Case::new_identity(), Case::healthy()] {
+            let c = Case {
+                service: Err(problem(reason, transient, forbids)),
+                ..case
+            };
+            let p = c.plan();
+            let valid = token_valid(&c.status, c.secret, c.now) && !forbids;
+            let want = if stalled {
+                (t(reason), None)
+            } else if valid {
+                (None, None)
+            } else {
+                (
+                    None,
+                    t(if c.status.last_token_issued_at.is_some() {
+                        reasons::TOKEN_NEEDED
+                    } else {
+                        reasons::PENDING
+                    }),
+                )
+            };
+            assert_eq!(
+                (
+                    cond(&p.status, types::STALLED),
+                    cond(&p.status, types::RECONCILING)
+                ),
+                want,
+                "{reason} valid={valid}"
+            );
+            // A valid token for the current spec stays Ready (and observed) while stalled.
+            if valid {
+                assert_ne!(
+                    cond(&p.status, types::READY).map(|c| c.0).as_deref(),
+                    Some("False"),
+                    "{reason}"
+                );
+                assert_eq!(p.status.observed_generation, Some(1));
+            }
+        }
+    }
+}
+
+#[test]
+fn adoption_refused_invalid_spec_and_conflicts_stall() {
+    let mut c = Case::new_identity();
+    c.spec.existing_user_id = Some("8:acs:other".into());
+    assert_eq!(
+        cond(&c.plan().status, types::STALLED),
+        t(reasons::ADOPTION_NOT_ALLOWED)
+    );
+
+    let mut c = Case::new_identity();
+    c.spec.token_lifetime = "5m".into();
+    assert_eq!(
+        cond(&c.plan().status, types::STALLED),
+        t(reasons::INVALID_SPEC)
+    );
+
+    let c = Case {
+        secret: SecretFacts::NotOwned,
+        ..Case::new_identity()
+    };
+    let p = c.plan();
+    assert_eq!(cond(&p.status, types::STALLED), t(reasons::SECRET_CONFLICT));
+    assert_eq!(p.failure, Some(reasons::SECRET_CONFLICT));
+}
+
+#[test]
+fn a_caught_panic_stalls_until_a_pass_succeeds() {
+    let mut c = Case::healthy();
+    set_condition(
+        &mut c.status.conditions,
+        types::STALLED,
+        true,
+        reasons::RECONCILE_PANICKED,
+        "bug",
+        Some(1),
+        c.now,
+    );
+    let p = c.plan();
+    assert_eq!(cond(&p.status, types::STALLED), f(reasons::TOKEN_ISSUED));
+}
+
+// ---------------------------------------------------------------- item 6: dead tokens
+
+#[test]
+fn a_token_expired_on_receipt_or_shorter_than_the_floor_never_replaces_a_valid_one() {
+    let c = Case::healthy();
+    let facts = c.facts();
+    let now = c.now;
+    // (issued, expires, Secret, refused?)
+    let rows = [
+        (now, now, INTACT, true),
+        (now, ts(H - 60), INTACT, true),
+        (now, ts(H - 60), SecretFacts::Missing, true),
+        (now, add(now, Duration::from_secs(10)), INTACT, true),
+        (
+            now,
+            add(now, Duration::from_secs(10)),
+            SecretFacts::Missing,
+            false,
+        ),
+        (now, add(now, Duration::from_secs(3600)), INTACT, false),
+    ];
+    for (issued, expires, secret, refused) in rows {
+        let f = Facts {
+            secret,
+            ..facts.clone()
+        };
+        assert_eq!(
+            refuse_token(&f, issued, expires).is_some(),
+            refused,
+            "expires {expires} secret {secret:?}"
+        );
+    }
+}
+
+#[test]
+fn a_token_shorter_than_the_floor_is_never_ready() {
+    // The only token there is: written, but not Ready, and a person must act.
+    let c = Case::new_identity();
+    let facts = c.facts();
+    let mut st = c.status.clone();
+    record_issued(
+        &facts,
+        &mut st,
+        &Issued {
+            user: USER,
+            endpoint: EP,
+            issued_at: c.now,
+            expires_on: add(c.now, Duration::from_secs(10)),
+            secret_name: "app",
+        },
+    );
+    assert_eq!(cond(&st, types::READY), f(reasons::TOKEN_TOO_SHORT_LIVED));
+    assert_eq!(cond(&st, types::STALLED), t(reasons::TOKEN_TOO_SHORT_LIVED));
+    assert_eq!(st.observed_generation, None);
+    // Later passes while it lives say the same.
+    let later = Case {
+        status: st.clone(),
+        secret: INTACT,
+        now: add(c.now, Duration::from_secs(5)),
+        last_request: Some(c.now),
+        ..Case::new_identity()
+    };
+    let p = later.plan();
+    assert_eq!(
+        ready(&p),
+        ("False".into(), reasons::TOKEN_TOO_SHORT_LIVED.into())
+    );
+    assert_eq!(
+        cond(&p.status, types::STALLED),
+        t(reasons::TOKEN_TOO_SHORT_LIVED)
+    );
+
+    // A status that says Ready on an expired token is corrected.
+    let mut st = with_token(0);
+    set_condition(
+        &mut st.conditions,
+        types::READY,
+        true,
+        reasons::TOKEN_ISSUED,
+        "ok",
+        Some(1),
+        ts(0),
+    );
+    let c = Case {
+        status: st.clone(),
+        now: ts(25 * H),
+        ..Case::healthy()
+    };
+    settle(&mut st, &c.facts());
+    assert_eq!(cond(&st, types::READY), f(reasons::TOKEN_EXPIRED));
+}
+
+// ---------------------------------------------------------------- item 8: failures counted
+
+#[test]
+fn problems_found_without_acting_are_failures_of_the_pass() {
+    let c = Case {
+        service: Err(problem(reasons::UNAUTHORIZED, false, false)),
+        ..Case::healthy()
+    };
+    assert_eq!(c.plan().failure, Some(reasons::UNAUTHORIZED));
+    assert!(had_token(&c.status));
+    assert!(!had_token(&CommunicationIdentityStatus::default()));
+    assert_eq!(Case::healthy().plan().failure, None);
+}

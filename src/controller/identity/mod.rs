@@ -387,6 +387,11 @@ async fn record(
     if let Some((reason, message)) = &plan.warning {
         publish(ctx, obj, EventType::Warning, reason, "Reconcile", message).await;
     }
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    if let Some(reason) = plan.failure.filter(|_| decide::had_token(current)) {
+        ctx.metrics.renewal_failed(&ns, &name, reason);
+    }
+    update_metrics(ctx, &ns, &name, &plan.status);
     write_status(ctx, obj, current, &plan.status)
         .await
         .map_err(|e| Error::Step(StepError::WriteStatus(e)))
@@ -426,7 +431,7 @@ async fn finish(
             &obj.uid().unwrap_or_default(),
             |r| r.valid_until = valid_until,
         );
-        if valid {
+        if decide::had_token(facts.status) {
             ctx.metrics.renewal_failed(
                 &obj.namespace().unwrap_or_default(),
                 &obj.name_any(),
@@ -434,6 +439,13 @@ async fn finish(
             );
         }
     }
+    decide::settle(&mut st, facts);
+    update_metrics(
+        ctx,
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+        &st,
+    );
     let written = write_status(ctx, obj, facts.status, &st).await;
     if let (Err(_), Err(e)) = (&outcome, &written) {
         tracing::warn!(
@@ -614,6 +626,9 @@ async fn issue(
     ctx.memory
         .update(&oref, &uid, |r| r.last_token_request = Some(issued_at));
     drop(share);
+    if let Some(message) = decide::refuse_token(facts, issued_at, token.expires_on) {
+        return Err(StepError::TokenRefused { user, message });
+    }
     let expires_on = rfc3339(token.expires_on);
     write_secret(
         ctx,

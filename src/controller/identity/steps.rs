@@ -61,6 +61,10 @@ pub enum StepError {
     },
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
+    /// ACS returned a token that must not replace the one in the Secret (expired on
+    /// receipt, or shorter than the token floor while the Secret's token is valid).
+    #[error("{message} (ACS user {user})")]
+    TokenRefused { user: String, message: String },
     #[error("deleting ACS user {user}: {source}")]
     DeleteUser {
         user: String,
@@ -101,6 +105,7 @@ impl StepError {
             }
             StepError::IssueToken { .. } => reasons::TOKEN_ISSUE_FAILED,
             StepError::DeleteUser { .. } => reasons::CLEANUP_FAILED,
+            StepError::TokenRefused { .. } => reasons::TOKEN_TOO_SHORT_LIVED,
             StepError::RecordUser { .. }
             | StepError::ReadSecret { .. }
             | StepError::WriteSecret { .. }
@@ -111,7 +116,10 @@ impl StepError {
     pub fn is_transient(&self) -> bool {
         match self.acs() {
             Some(e) => e.is_retryable() || e.is_outcome_unknown(),
-            None => !matches!(self, StepError::NoTokenInCreate { .. }),
+            None => !matches!(
+                self,
+                StepError::NoTokenInCreate { .. } | StepError::TokenRefused { .. }
+            ),
         }
     }
 
