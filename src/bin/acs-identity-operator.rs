@@ -108,6 +108,12 @@ struct RunArgs {
     /// whatever fails (a Go-style duration, e.g. 15s, 1m).
     #[arg(long, env = "ACS_OPERATOR_MIN_TOKEN_INTERVAL", default_value = "15s", value_parser = parse_interval)]
     min_token_interval: std::time::Duration,
+    /// In a namespace being deleted, an identity whose cleanup keeps failing (wrong or
+    /// rotated key, ACS resource or its DNS gone, a user of another resource) has its
+    /// finalizer released this long after the namespace's deletion began, with a Warning
+    /// event and a log line naming the ACS user left behind (a Go-style duration).
+    #[arg(long, env = "ACS_OPERATOR_ABANDON_CLEANUP_AFTER", default_value = "5m", value_parser = parse_interval)]
+    abandon_cleanup_after: std::time::Duration,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -214,6 +220,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
             .unwrap_or_else(|| "acs-system".to_string()),
         max_concurrent_reconciles: usize::from(args.max_concurrent_reconciles),
         min_token_interval: args.min_token_interval,
+        abandon_cleanup_after: args.abandon_cleanup_after,
         leadership: Leadership::default(),
         clock: Arc::new(SystemClock),
     };

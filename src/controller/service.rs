@@ -143,7 +143,7 @@ where
             );
         }
     }
-    let result = replace_status(api, &obj.name_any(), view.status, &st).await;
+    let result = replace_status(api, &obj.name_any(), view.status, &st, None).await;
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .observe_reconcile(&K::kind(&()), label, started.elapsed());
