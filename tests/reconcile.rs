@@ -969,3 +969,209 @@ async fn credential_problems_count_as_renewal_failures() {
     )
     .await;
 }
+
+/// Issue 16 item 1: on a version without custom ids, status writes that fail after the
+/// create (an admission policy denying `communicationidentities/status`) never lead to a
+/// second user: the token Secret records it, and later attempts issue for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ga_user_survives_denied_status_writes_without_a_second_create() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("deny-status", 1.0).await;
+    w.service(GA).await;
+    let policy = format!("deny-status-{}", w.ns());
+    let vap: Value = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": w.ns()}},
+                "resourceRules": [{
+                    "apiGroups": ["acs-operator.dev"], "apiVersions": ["*"],
+                    "operations": ["UPDATE"], "resources": ["communicationidentities/status"],
+                }],
+            },
+            "validations": [{"expression": "false", "message": "status writes denied by test"}],
+        },
+    });
+    let binding: Value = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy},
+        "spec": {"policyName": policy, "validationActions": ["Deny"]},
+    });
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let ar = |kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind),
+            plural,
+        )
+    };
+    let vaps: Api<DynamicObject> = Api::all_with(
+        w.client.clone(),
+        &ar("ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
+    );
+    let bindings: Api<DynamicObject> = Api::all_with(
+        w.client.clone(),
+        &ar(
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+        ),
+    );
+    vaps.create(&Default::default(), &serde_json::from_value(vap).unwrap())
+        .await
+        .expect("policy");
+    bindings
+        .create(&Default::default(), &serde_json::from_value(binding).unwrap())
+        .await
+        .expect("binding");
+    // The policy takes a moment to reach the API server's admission chain: wait until
+    // a status write of a probe object is denied.
+    w.identity("probe", json!({})).await;
+    eventually(30, "the policy in force", || async {
+        let r = w
+            .identities()
+            .patch_status(
+                "probe",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"secretName": "x"}})),
+            )
+            .await;
+        r.is_err().then_some(())
+    })
+    .await;
+    w.start(w.config());
+    w.identity("app", json!({})).await;
+    let secret = eventually(30, "the Secret recording the user", || async {
+        let s = w.secrets().get_opt("app").await.ok()??;
+        let user = String::from_utf8(s.data?.get("userId")?.0.clone()).ok()?;
+        Some(user)
+    })
+    .await;
+    // Several attempts (backoff 2-8 s) with every status write denied.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let users = w.emulator.live_users().await;
+    println!(
+        "denied status writes on {GA}: {} ACS users, {} creates, {} issues",
+        users.len(),
+        w.emulator.calls("create").await,
+        w.emulator.calls("issue").await
+    );
+    // The probe was created before the operator started and its status is denied too:
+    // two identities, one user each, never more.
+    assert_eq!(users.len(), 2, "one user per identity: {users:?}");
+    assert!(users.iter().any(|u| u.id == secret));
+    // Allowed again: status catches up with the same user.
+    bindings.delete(&policy, &DeleteParams::default()).await.ok();
+    vaps.delete(&policy, &DeleteParams::default()).await.ok();
+    let o = w
+        .until("app", 60, "status records the user", |o| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.user_id.as_deref() == Some(secret.as_str()))
+        })
+        .await;
+    assert!(o.status.unwrap().user_id.is_some());
+    assert_eq!(w.emulator.live_users().await.len(), 2, "still one user each");
+}
+
+/// Issue 16 item 5: losing the Lease while a GA create is in flight does not leak the
+/// user: the create finishes and its Secret (the record) is written; the next leader
+/// issues for that user instead of creating another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_lease_during_a_ga_create_records_the_user() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("lease-ga", 1.0).await;
+    w.service(GA).await;
+    let (leading_tx, leading_rx) = watch::channel(true);
+    let mut config = w.config();
+    config.leadership = Leadership::elected(leading_rx);
+    w.start(config);
+    w.emulator
+        .add_fault(fault(
+            json!({"operation": "create", "latencyMs": 3000, "afterExecute": true, "count": 1}),
+        ))
+        .await;
+    w.identity("app", json!({})).await;
+    eventually(30, "the create in flight", || async {
+        (!w.emulator.live_users().await.is_empty()).then_some(())
+    })
+    .await;
+    leading_tx.send(false).unwrap();
+    let user = eventually(15, "the Secret recording the user", || async {
+        let s = w.secrets().get_opt("app").await.ok()??;
+        String::from_utf8(s.data?.get("userId")?.0.clone()).ok()
+    })
+    .await;
+    // A new leader (a fresh process: no memory) takes over.
+    if let Some(old) = w.operator.take() {
+        old.abort();
+    }
+    w.start(w.config());
+    let o = w.ready("app").await;
+    assert_eq!(o.status.unwrap().user_id.as_deref(), Some(user.as_str()));
+    let users = w.emulator.live_users().await;
+    assert_eq!(users.len(), 1, "no second user: {users:?}");
+    assert_eq!(w.emulator.calls("create").await, 1);
+}
+
+/// Issue 16 item 2: with the key rotated (every ACS call answers 401), deleting the
+/// namespace still ends within `--abandon-cleanup-after`, with `CleanupFailed` written
+/// while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_namespace_goes_within_the_bound_when_cleanup_fails() {
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("abandon", 1.0).await;
+    w.service(PREVIEW).await;
+    let mut config = w.config();
+    config.abandon_cleanup_after = Duration::from_secs(10);
+    w.start(config);
+    w.identity("app", json!({})).await;
+    w.ready("app").await;
+    // The key is rotated in ACS: ours no longer signs valid requests.
+    let wrong = w
+        .emulator
+        .connection_string
+        .split(';')
+        .map(|p| {
+            if p.to_ascii_lowercase().starts_with("accesskey=") {
+                "accesskey=d3Jvbmcta2V5LXdyb25nLWtleQ==".to_string()
+            } else {
+                p.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    w.put_credentials("acs", &wrong).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    w.ns.delete(&w.client).await;
+    let o = w
+        .until("app", 30, "CleanupFailed while the bound runs", |o| {
+            cond(o, types::READY).is_some_and(|c| c.1 == reasons::CLEANUP_FAILED)
+        })
+        .await;
+    let msg = o
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == types::READY)
+        .unwrap()
+        .message;
+    assert!(msg.contains("finalizers\":null"), "{msg}");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+    eventually(60, "the namespace gone", || async {
+        namespaces
+            .get_opt(w.ns())
+            .await
+            .ok()
+            .and_then(|n| n.is_none().then_some(()))
+    })
+    .await;
+    println!(
+        "terminating namespace with failing cleanup gone after {:.1}s (bound 10 s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(started.elapsed() < Duration::from_secs(45));
+    assert_eq!(w.emulator.live_users().await.len(), 1, "the user is left behind, as logged");
+}

@@ -257,6 +257,27 @@ impl AcsClient {
         supports_custom_id(&self.inner.api_version)
     }
 
+    /// A mark that only a holder of this resource's access key can make, binding ACS user
+    /// `user` of this endpoint to the object `owner_uid`. The operator writes it into the
+    /// token Secret next to `userId` and trusts a Secret's `userId` as the record of a
+    /// user it created only when the mark matches: a tenant who can write the Secret
+    /// cannot make the operator take someone else's user for its own.
+    pub fn user_record(&self, owner_uid: &str, user: &str) -> String {
+        super::signing::signature(&self.inner.key, &self.user_record_text(owner_uid, user))
+    }
+
+    /// Whether `mark` is [`AcsClient::user_record`] of this owner and user (constant time).
+    pub fn verify_user_record(&self, owner_uid: &str, user: &str, mark: &str) -> bool {
+        super::signing::verify(&self.inner.key, &self.user_record_text(owner_uid, user), mark)
+    }
+
+    fn user_record_text(&self, owner_uid: &str, user: &str) -> String {
+        format!(
+            "acs-identity-operator user record v1\n{owner_uid}\n{user}\n{}",
+            self.inner.base
+        )
+    }
+
     /// The endpoint requests go to, without a trailing slash.
     pub fn endpoint(&self) -> &str {
         &self.inner.base

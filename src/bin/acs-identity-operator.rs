@@ -114,6 +114,12 @@ struct RunArgs {
     /// chart sets it 5s below).
     #[arg(long, env = "ACS_OPERATOR_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_interval)]
     shutdown_timeout: std::time::Duration,
+    /// In a namespace being deleted, an identity whose cleanup keeps failing (wrong or
+    /// rotated key, ACS resource or its DNS gone, a user of another resource) has its
+    /// finalizer released this long after the namespace's deletion began, with a Warning
+    /// event and a log line naming the ACS user left behind (a Go-style duration).
+    #[arg(long, env = "ACS_OPERATOR_ABANDON_CLEANUP_AFTER", default_value = "5m", value_parser = parse_interval)]
+    abandon_cleanup_after: std::time::Duration,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -250,6 +256,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
             .unwrap_or_else(|| "acs-system".to_string()),
         max_concurrent_reconciles: usize::from(args.max_concurrent_reconciles),
         min_token_interval: args.min_token_interval,
+        abandon_cleanup_after: args.abandon_cleanup_after,
         leadership: Leadership::default(),
         clock: Arc::new(SystemClock),
     };

@@ -68,6 +68,9 @@ pub struct Context {
     pub leadership: Leadership,
     /// At most one token per identity per this interval, whatever fails.
     pub min_token_interval: Duration,
+    /// In a terminating namespace, a cleanup that keeps failing releases the finalizer
+    /// once the namespace has been terminating this long (`--abandon-cleanup-after`).
+    pub abandon_cleanup_after: Duration,
     backoff: Mutex<HashMap<ObjectRef<CommunicationIdentity>, u32>>,
 }
 
@@ -90,6 +93,7 @@ pub struct ContextParts {
     pub max_concurrent_reconciles: usize,
     pub leadership: Leadership,
     pub min_token_interval: Duration,
+    pub abandon_cleanup_after: Duration,
 }
 
 impl Context {
@@ -115,6 +119,7 @@ impl Context {
             limiter: Semaphore::new(p.max_concurrent_reconciles.max(1)),
             shares,
             leadership: p.leadership,
+            abandon_cleanup_after: p.abandon_cleanup_after,
             min_token_interval: p.min_token_interval,
             backoff: Mutex::new(HashMap::new()),
         }

@@ -6,6 +6,9 @@ use crate::api::SpecError;
 use super::identity::steps::StepError;
 use super::resolver::ResolveError;
 
+/// How soon an identity whose status write found a newer object is looked at again.
+pub const STATUS_CHANGED_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
@@ -20,6 +23,10 @@ pub enum Error {
     MissingField(&'static str),
     #[error("cleanup cannot proceed: {0}")]
     CleanupBlocked(String),
+    /// Cleanup failed in a terminating namespace: looked at again no later than the
+    /// moment the finalizer is released anyway (`--abandon-cleanup-after`).
+    #[error("cleanup cannot proceed: {0}")]
+    CleanupAbandonsIn(String, std::time::Duration),
     /// Leadership was lost (or the process is stopping): the work was abandoned.
     #[error("cancelled: leadership lost")]
     Cancelled,
@@ -56,7 +63,7 @@ impl Error {
             Error::Resolve(_) => "service",
             Error::Spec(_) => "spec",
             Error::MissingField(_) => "missing_field",
-            Error::CleanupBlocked(_) => "cleanup",
+            Error::CleanupBlocked(_) | Error::CleanupAbandonsIn(..) => "cleanup",
             Error::Cancelled => "cancelled",
             Error::Finalizer(_) => "finalizer",
             Error::Waiting(_) => "waiting",
@@ -78,7 +85,10 @@ impl Error {
             Error::Panicked(_) => false,
             Error::Step(e) => e.is_transient(),
             Error::Resolve(e) => e.is_transient(),
-            Error::Spec(_) | Error::MissingField(_) | Error::CleanupBlocked(_) => false,
+            Error::Spec(_)
+            | Error::MissingField(_)
+            | Error::CleanupBlocked(_)
+            | Error::CleanupAbandonsIn(..) => false,
         }
     }
 
@@ -91,11 +101,26 @@ impl Error {
         }
     }
 
-    /// How long to wait for a turn, when that is all this "error" is.
+    /// How long to wait for a turn, when that is all this "error" is. A status write
+    /// whose precondition failed (someone wrote the identity since it was read) is a
+    /// turn too: the identity is looked at again, from the newer object.
     pub fn waiting(&self) -> Option<std::time::Duration> {
         match self.inner() {
             Error::Waiting(d) => Some(*d),
+            Error::Step(StepError::WriteStatus(e) | StepError::RecordUser { source: e, .. })
+                if super::status::precondition_failed(e) =>
+            {
+                Some(STATUS_CHANGED_RETRY)
+            }
             Error::Step(e) => e.quota_wait(),
+            _ => None,
+        }
+    }
+
+    /// The latest time to look again (a cleanup the bound will release).
+    pub fn look_again_within(&self) -> Option<std::time::Duration> {
+        match self.inner() {
+            Error::CleanupAbandonsIn(_, d) => Some(*d),
             _ => None,
         }
     }

@@ -46,6 +46,9 @@ pub struct Remembered {
     /// The service last resolved for it: cleanup can still reach the user's resource when
     /// the service went first (a namespace being deleted takes both).
     pub service: Option<ResolvedService>,
+    /// A user this process created (id, endpoint) that no status write has recorded yet:
+    /// later attempts issue for it instead of creating another (issue 16, items 1 and 5).
+    pub created_user: Option<(String, String)>,
 }
 
 #[derive(Default)]
@@ -66,7 +69,7 @@ impl Memory {
         }
     }
 
-    pub fn update(
+    fn update(
         &self,
         oref: &ObjectRef<CommunicationIdentity>,
         uid: &str,
@@ -81,6 +84,142 @@ impl Memory {
             };
         }
         f(entry);
+    }
+
+    /// We added the finalizer.
+    pub fn finalizer_added(&self, oref: &ObjectRef<CommunicationIdentity>, uid: &str) {
+        self.update(oref, uid, |r| r.finalizer_added = true);
+    }
+
+    /// We wrote `status`; the identity's resourceVersion is now `rv`. A status holding the
+    /// user created earlier records it: memory lets it go.
+    pub fn status_written(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        rv: Option<String>,
+        status: &CommunicationIdentityStatus,
+    ) {
+        self.update(oref, uid, |r| {
+            r.identity_rv = rv;
+            r.status = Some(status.clone());
+            r.status_digest = Some(status_digest(status));
+            if r
+                .created_user
+                .as_ref()
+                .is_some_and(|(u, _)| status.user_id.as_deref() == Some(u.as_str()))
+            {
+                r.created_user = None;
+            }
+        });
+    }
+
+    /// The cache has caught up with our status write: the copy is no longer needed.
+    pub fn cache_caught_up(&self, oref: &ObjectRef<CommunicationIdentity>, uid: &str) {
+        self.update(oref, uid, |r| r.status = None);
+    }
+
+    /// A status read from the API server (never older than our last write) replaces
+    /// what we remembered of it.
+    pub fn status_read(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        rv: Option<String>,
+        status: &CommunicationIdentityStatus,
+    ) {
+        self.update(oref, uid, |r| {
+            r.identity_rv = rv;
+            r.status = None;
+            r.status_digest = Some(status_digest(status));
+        });
+    }
+
+    /// We wrote the token Secret at `now`; its resourceVersion is `rv`.
+    pub fn secret_written(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        rv: Option<String>,
+        now: Timestamp,
+    ) {
+        self.update(oref, uid, |r| {
+            r.secret_rv = rv;
+            r.secret_written_at = Some(now);
+            r.secret_seen = false;
+        });
+    }
+
+    /// The owned-Secret cache shows our last write.
+    pub fn secret_seen(&self, oref: &ObjectRef<CommunicationIdentity>, uid: &str) {
+        self.update(oref, uid, |r| r.secret_seen = true);
+    }
+
+    /// The Secret, read with `rv`, matches `status` (read from the cache at
+    /// `identity_rv`): the next reconciles trust the cache again.
+    pub fn secret_confirmed(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        rv: Option<String>,
+        status: &CommunicationIdentityStatus,
+        identity_rv: Option<String>,
+    ) {
+        self.update(oref, uid, |r| {
+            r.secret_rv = rv;
+            r.secret_seen = true;
+            // A status that came from memory keeps the version of our write; one from the
+            // cache needs no copy.
+            if !r.status_is_ours(status) {
+                r.status = None;
+                r.status_digest = Some(status_digest(status));
+                r.identity_rv = identity_rv;
+            }
+        });
+    }
+
+    /// A step failed while the Secret holds a token valid until `until` (or none).
+    pub fn valid_until(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        until: Option<Timestamp>,
+    ) {
+        self.update(oref, uid, |r| r.valid_until = until);
+    }
+
+    /// A token was requested from ACS at `at` (the floor counts from here).
+    pub fn token_requested(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        at: Timestamp,
+    ) {
+        self.update(oref, uid, |r| r.last_token_request = Some(at));
+    }
+
+    /// The service that reaches the user's resource, for cleanup.
+    pub fn service_resolved(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        service: &ResolvedService,
+    ) {
+        self.update(oref, uid, |r| r.service = Some(service.clone()));
+    }
+
+    /// ACS created `user` at `endpoint` for this identity: remembered until a status
+    /// write holds it.
+    pub fn user_created(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        user: &str,
+        endpoint: &str,
+    ) {
+        self.update(oref, uid, |r| {
+            r.created_user = Some((user.to_string(), endpoint.to_string()))
+        });
     }
 
     pub fn forget(&self, oref: &ObjectRef<CommunicationIdentity>) {
@@ -151,20 +290,52 @@ impl Remembered {
     }
 }
 
-/// The status to decide from: the cached one, unless the cache is older than our last
-/// write, in which case what we wrote.
-pub fn effective_status(
-    cached_rv: Option<&str>,
-    cached: Option<&CommunicationIdentityStatus>,
-    remembered: &Remembered,
-) -> CommunicationIdentityStatus {
+/// Where the status to decide from comes from: the one rule that says whether the cached
+/// identity can be trusted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusSource {
+    /// The cache holds our last write, something newer, or there is nothing to compare.
+    Cached,
+    /// The cache is older than our last write and we still hold a copy of it.
+    Ours(CommunicationIdentityStatus),
+    /// The cache is older than our last write and the copy is gone (dropped after the
+    /// cache caught up, then a relist from a lagging watch cache put an older object
+    /// back): read the identity from the API server, never decide from the older status.
+    Reread,
+}
+
+pub fn status_source(cached_rv: Option<&str>, remembered: &Remembered) -> StatusSource {
     match (
         freshness(cached_rv, remembered.identity_rv.as_deref()),
         &remembered.status,
     ) {
-        (Freshness::Older, Some(ours)) => ours.clone(),
-        _ => cached.cloned().unwrap_or_default(),
+        (Freshness::Older, Some(ours)) => StatusSource::Ours(ours.clone()),
+        (Freshness::Older, None) => StatusSource::Reread,
+        _ => StatusSource::Cached,
     }
+}
+
+/// The resourceVersion a status write must find (its precondition): our last write when
+/// the object at hand is older than it, else the object's own.
+pub fn expected_rv(cached_rv: Option<&str>, remembered: &Remembered) -> Option<String> {
+    match freshness(cached_rv, remembered.identity_rv.as_deref()) {
+        Freshness::Older => remembered.identity_rv.clone(),
+        _ => cached_rv.map(str::to_string),
+    }
+}
+
+/// `status` with the user this process created and no status has recorded yet filled in.
+pub fn with_created_user(
+    mut status: CommunicationIdentityStatus,
+    remembered: &Remembered,
+) -> CommunicationIdentityStatus {
+    if status.user_id.is_none()
+        && let Some((user, endpoint)) = &remembered.created_user
+    {
+        status.user_id = Some(user.clone());
+        status.user_endpoint = Some(endpoint.clone());
+    }
+    status
 }
 
 #[cfg(test)]
@@ -188,32 +359,52 @@ mod tests {
         assert_eq!(freshness(Some("10"), None), Freshness::Unknown);
     }
 
+    /// The rule that decides whether the cached status can be trusted, row by row.
     #[test]
-    fn a_stale_cache_is_overlaid_with_our_last_write_and_a_newer_one_wins() {
-        let ours = Remembered {
+    fn status_source_table() {
+        let copy = Remembered {
             uid: "u".into(),
             identity_rv: Some("20".into()),
             status: Some(status("ours")),
             ..Default::default()
         };
-        let cached = status("cached");
-        assert_eq!(
-            effective_status(Some("19"), Some(&cached), &ours),
-            status("ours")
-        );
-        assert_eq!(
-            effective_status(Some("21"), Some(&cached), &ours),
-            status("cached")
-        );
-        assert_eq!(
-            effective_status(Some("20"), Some(&cached), &ours),
-            status("cached")
-        );
+        let no_copy = Remembered {
+            status: None,
+            ..copy.clone()
+        };
         let nothing = Remembered::default();
+        let rows: Vec<(&str, Option<&str>, &Remembered, StatusSource, Option<&str>)> = vec![
+            ("cache lags, copy held", Some("19"), &copy, StatusSource::Ours(status("ours")), Some("20")),
+            ("cache lags after the copy was dropped (stale relist)", Some("19"), &no_copy, StatusSource::Reread, Some("20")),
+            ("cache holds our write", Some("20"), &copy, StatusSource::Cached, Some("20")),
+            ("someone wrote after us", Some("21"), &copy, StatusSource::Cached, Some("21")),
+            ("someone wrote after us, no copy", Some("21"), &no_copy, StatusSource::Cached, Some("21")),
+            ("nothing remembered", Some("1"), &nothing, StatusSource::Cached, Some("1")),
+            ("versions that are not numbers", Some("abc"), &copy, StatusSource::Cached, Some("abc")),
+        ];
+        for (name, cached, r, source, rv) in rows {
+            assert_eq!(status_source(cached, r), source, "{name}");
+            assert_eq!(expected_rv(cached, r).as_deref(), rv, "{name}: precondition");
+        }
+    }
+
+    #[test]
+    fn a_created_user_is_remembered_until_a_status_holding_it_is_written() {
+        let m = Memory::default();
+        let o = ObjectRef::new("a").within("ns");
+        m.user_created(&o, "uid", "8:acs:x", "https://a");
+        let filled = with_created_user(CommunicationIdentityStatus::default(), &m.get(&o, "uid"));
+        assert_eq!(filled.user_id.as_deref(), Some("8:acs:x"));
+        assert_eq!(filled.user_endpoint.as_deref(), Some("https://a"));
+        // A status of someone else's user is never overwritten by the memory.
         assert_eq!(
-            effective_status(Some("1"), Some(&cached), &nothing),
-            status("cached")
+            with_created_user(status("other"), &m.get(&o, "uid")).user_id.as_deref(),
+            Some("other")
         );
+        m.status_written(&o, "uid", Some("5".into()), &CommunicationIdentityStatus::default());
+        assert!(m.get(&o, "uid").created_user.is_some(), "a status without it records nothing");
+        m.status_written(&o, "uid", Some("6".into()), &filled);
+        assert!(m.get(&o, "uid").created_user.is_none());
     }
 
     #[test]
@@ -242,10 +433,10 @@ mod tests {
     fn memory_is_per_uid() {
         let m = Memory::default();
         let o = ObjectRef::new("a").within("ns");
-        m.update(&o, "uid-1", |r| r.secret_rv = Some("5".into()));
+        m.secret_written(&o, "uid-1", Some("5".into()), Timestamp::UNIX_EPOCH);
         assert_eq!(m.get(&o, "uid-1").secret_rv.as_deref(), Some("5"));
         assert_eq!(m.get(&o, "uid-2").secret_rv, None);
-        m.update(&o, "uid-2", |r| r.identity_rv = Some("7".into()));
+        m.finalizer_added(&o, "uid-2");
         assert_eq!(m.get(&o, "uid-1").secret_rv, None);
         m.forget(&o);
         assert!(m.is_empty());

@@ -32,6 +32,9 @@ use super::stores::{Stores, WatchScope, slim, slim_secret};
 
 /// Default `--min-token-interval`.
 pub const DEFAULT_MIN_TOKEN_INTERVAL: Duration = Duration::from_secs(15);
+/// Default `--abandon-cleanup-after`: a terminating namespace waits at most this long for
+/// cleanups that fail (bad key, ACS resource gone) before the finalizers are released.
+pub const DEFAULT_ABANDON_CLEANUP_AFTER: Duration = Duration::from_secs(300);
 /// Default `--max-concurrent-reconciles`.
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: usize = 16;
 
@@ -45,6 +48,7 @@ pub struct OperatorConfig {
     pub cluster_resource_namespace: String,
     pub max_concurrent_reconciles: usize,
     pub min_token_interval: Duration,
+    pub abandon_cleanup_after: Duration,
     pub leadership: Leadership,
     pub clock: Arc<dyn Clock>,
 }
@@ -58,6 +62,7 @@ impl Default for OperatorConfig {
             cluster_resource_namespace: "acs-system".into(),
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
             min_token_interval: DEFAULT_MIN_TOKEN_INTERVAL,
+            abandon_cleanup_after: DEFAULT_ABANDON_CLEANUP_AFTER,
             leadership: Leadership::default(),
             clock: Arc::new(SystemClock),
         }
@@ -258,6 +263,7 @@ fn wire(
         max_concurrent_reconciles: config.max_concurrent_reconciles,
         leadership: config.leadership.clone(),
         min_token_interval: config.min_token_interval,
+        abandon_cleanup_after: config.abandon_cleanup_after,
     }));
 
     // Cluster services and namespace labels change which identities may use what.

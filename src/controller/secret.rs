@@ -26,6 +26,11 @@ pub const TEMPLATE_HASH_ANNOTATION: &str = "acs-operator.dev/template-sha256";
 /// When the token was requested: the token floor survives a restart even when status
 /// was not written.
 pub const ISSUED_AT_ANNOTATION: &str = "acs-operator.dev/issued-at";
+/// HMAC (with the ACS resource's access key) binding `userId` to the identity's UID: with
+/// it the Secret is the durable record of a user the operator created, so a status write
+/// that failed after a create never leads to a second user (see
+/// [`crate::acs::AcsClient::user_record`]).
+pub const USER_RECORD_ANNOTATION: &str = "acs-operator.dev/user-record";
 
 /// What goes into the Secret.
 pub struct TokenSecret<'a> {
@@ -35,6 +40,8 @@ pub struct TokenSecret<'a> {
     pub user_id: &'a str,
     pub endpoint: &'a str,
     pub issued_at: &'a str,
+    /// The user-record mark, when known.
+    pub user_record: Option<&'a str>,
 }
 
 /// Hash of the identity's `secretTemplate` (empty template included).
@@ -59,6 +66,9 @@ pub fn build(identity: &CommunicationIdentity, s: &TokenSecret<'_>) -> Secret {
     annotations.insert(TOKEN_HASH_ANNOTATION.into(), token_hash(s.token.as_bytes()));
     annotations.insert(TEMPLATE_HASH_ANNOTATION.into(), template_hash(identity));
     annotations.insert(ISSUED_AT_ANNOTATION.into(), s.issued_at.to_string());
+    if let Some(mark) = s.user_record {
+        annotations.insert(USER_RECORD_ANNOTATION.into(), mark.to_string());
+    }
     let data = [
         (secret_keys::TOKEN, s.token),
         (secret_keys::EXPIRES_ON, s.expires_on),
@@ -81,6 +91,28 @@ pub fn build(identity: &CommunicationIdentity, s: &TokenSecret<'_>) -> Secret {
         data: Some(data),
         ..Secret::default()
     }
+}
+
+/// The user a Secret records (`userId`, `endpoint`, and the mark that vouches for them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedUser {
+    pub user: String,
+    pub endpoint: String,
+    pub mark: String,
+}
+
+pub fn recorded_user(secret: &Secret) -> Option<RecordedUser> {
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    Some(RecordedUser {
+        user: text(secret_keys::USER_ID)?,
+        endpoint: text(secret_keys::ENDPOINT)?,
+        mark: secret.annotations().get(USER_RECORD_ANNOTATION)?.clone(),
+    })
 }
 
 /// Whether a Secret's controller ownerReference is this identity.
@@ -169,6 +201,7 @@ mod tests {
             user_id: "8:acs:u",
             endpoint: "https://e",
             issued_at: "2026-11-25T10:00:00Z",
+            user_record: None,
         }
     }
 

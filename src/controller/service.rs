@@ -162,7 +162,7 @@ where
             set_progress(&mut st.conditions, progress, view.generation, now);
         }
     }
-    let result = replace_status(api, &obj.name_any(), view.status, &st).await;
+    let result = replace_status(api, &obj.name_any(), view.status, &st, None).await;
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .observe_reconcile(&K::kind(&()), label, started.elapsed());

@@ -105,12 +105,16 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 }
 
 /// Replaces status with `status` when it differs from `current`; returns the object as
-/// written (its resourceVersion), or `None` when nothing changed.
+/// written (its resourceVersion), or `None` when nothing changed. With `expected_rv` the
+/// patch first tests the object's resourceVersion: a status someone wrote after the one
+/// the caller decided from is never overwritten (the API server answers 422, see
+/// [`precondition_failed`]).
 pub async fn replace_status<K, S>(
     api: &Api<K>,
     name: &str,
     current: Option<&S>,
     status: &S,
+    expected_rv: Option<&str>,
 ) -> Result<Option<K>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
@@ -119,10 +123,13 @@ where
     if current == Some(status) {
         return Ok(None);
     }
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        {"op": "add", "path": "/status", "value": status},
-    ]))
-    .map_err(kube::Error::SerdeError)?;
+    let mut ops = vec![];
+    if let Some(rv) = expected_rv {
+        ops.push(serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    ops.push(serde_json::json!({"op": "add", "path": "/status", "value": status}));
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
     let written = api
         .patch_status(
             name,
@@ -134,6 +141,12 @@ where
         )
         .await?;
     Ok(Some(written))
+}
+
+/// Whether a write failed on its precondition (a JSON-patch `test`, 422, or a
+/// resourceVersion conflict, 409): someone else wrote the object since it was read.
+pub fn precondition_failed(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(r) if r.code == 409 || (r.code == 422 && r.message.contains("test")))
 }
 
 #[cfg(test)]

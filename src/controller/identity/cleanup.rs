@@ -12,12 +12,11 @@ use crate::api::conditions::{reasons, types};
 use crate::api::{CommunicationIdentity, DeletionPolicy};
 use crate::controller::context::Context;
 use crate::controller::error::Error;
-use crate::controller::memory::effective_status;
 use crate::controller::resolver::ResolvedService;
 use crate::controller::status::set_condition;
 
 use super::decide::{ServiceFacts, custom_id_for};
-use super::gather::service_facts;
+use super::gather::{current_status, service_facts};
 use super::steps::{StepError, publish, write_status};
 
 #[derive(Debug, Clone)]
@@ -52,12 +51,44 @@ pub enum CleanupPlan {
     Stuck(&'static str, String),
 }
 
+/// The command that releases the finalizer by hand, as the docs give it.
+pub fn force_command(name: &str, namespace: &str) -> String {
+    format!(
+        "to abandon the user remove the finalizer: kubectl patch communicationidentity {name} -n {namespace} \
+         --type=merge -p '{{\"metadata\":{{\"finalizers\":null}}}}'"
+    )
+}
+
+/// What a failed cleanup step leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// Keep the finalizer and retry; `within` bounds the wait when the namespace is going.
+    Retry { within: Option<std::time::Duration> },
+    /// The namespace has been terminating for the bound: release, leaving the user.
+    Release,
+}
+
+/// After a failed cleanup step: in a terminating namespace the finalizer is released once
+/// the namespace has been terminating for `bound` (`terminating_for` unknown: the
+/// namespace is gone from the cache, so it went long ago); elsewhere retry.
+pub fn after_failure(
+    terminating: bool,
+    terminating_for: Option<std::time::Duration>,
+    bound: std::time::Duration,
+) -> Failed {
+    if !terminating {
+        return Failed::Retry { within: None };
+    }
+    match terminating_for {
+        Some(t) if t < bound => Failed::Retry {
+            within: Some(bound - t),
+        },
+        _ => Failed::Release,
+    }
+}
+
 pub fn decide_cleanup(f: &CleanupFacts<'_>) -> CleanupPlan {
-    let force = format!(
-        "to abandon the user remove the finalizer: kubectl patch communicationidentity {} -n {} --type=merge \
-         -p '{{\"metadata\":{{\"finalizers\":null}}}}'",
-        f.name, f.namespace
-    );
+    let force = force_command(f.name, f.namespace);
     let Some(user) = f.user else {
         return match &f.service {
             Ok(s) if !f.adopted && f.policy == DeletionPolicy::Delete && s.custom_ids => {
@@ -119,11 +150,9 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
     let uid = obj.uid().unwrap_or_default();
     let oref = ObjectRef::from_obj(obj.as_ref());
     let remembered = ctx.memory.get(&oref, &uid);
-    let status = effective_status(
-        obj.resource_version().as_deref(),
-        obj.status.as_ref(),
-        &remembered,
-    );
+    let mut status = current_status(ctx, &obj, &remembered)
+        .await
+        .map_err(Error::Kube)?;
     // The service may be gone with a terminating namespace: the last one this process
     // resolved still reaches the resource.
     // A service pointed elsewhere since: the one remembered still reaches the user's home.
@@ -140,14 +169,32 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             Ok(svc) => (Some(svc), String::new()),
             Err(e) => (remembered_home, e.to_string()),
         };
+    // No user in status on a version without custom ids: the token Secret may record the
+    // one created (a status write that failed after the create).
+    if status.user_id.is_none()
+        && obj.spec.existing_user_id.is_none()
+        && let Some(svc) = resolved
+            .as_ref()
+            .filter(|s| !s.client.supports_custom_id())
+        && let Some(rec) = recorded_user(ctx, &obj).await
+        && rec.endpoint == svc.endpoint
+        && svc.client.verify_user_record(&uid, &rec.user, &rec.mark)
+    {
+        status.user_id = Some(rec.user);
+        status.user_endpoint = Some(rec.endpoint);
+    }
     let service = match &resolved {
         Some(svc) => service_facts(&Ok(svc.clone())).map_err(|p| p.message),
         None => Err(problem),
     };
-    let terminating = ctx
-        .stores
-        .namespace(&ns)
+    let namespace = ctx.stores.namespace(&ns);
+    let terminating = namespace
+        .as_ref()
         .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    let terminating_for = namespace
+        .as_ref()
+        .and_then(|n| n.metadata.deletion_timestamp.as_ref())
+        .map(|t| crate::controller::renewal::to_std(ctx.clock.now().duration_since(t.0)));
     let facts = CleanupFacts {
         namespace: &ns,
         name: &name,
@@ -176,6 +223,14 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
     let client = resolved
         .as_ref()
         .map(|s| std::sync::Arc::new(s.client.for_caller(&uid)));
+    let blocked = Blocked {
+        ctx,
+        obj: &obj,
+        status: &status,
+        user: status.user_id.as_deref(),
+        terminating,
+        terminating_for,
+    };
     let done = match (&plan, client) {
         (CleanupPlan::Done, _) => None,
         (CleanupPlan::Untouched(note), _) => {
@@ -183,36 +238,11 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             None
         }
         (CleanupPlan::Abandon(msg), _) => {
-            // The event goes with the namespace: the log is the one record that outlives it.
-            tracing::warn!(namespace = %ns, name = %name, user = status.user_id.as_deref().unwrap_or("(unknown)"),
-                "namespace is being deleted and the user's resource is unreachable: finalizer released, ACS user left behind");
-            publish(
-                ctx,
-                &obj,
-                EventType::Warning,
-                reasons::CLEANUP_FAILED,
-                "Cleanup",
-                msg,
-            )
-            .await;
+            blocked.release(msg).await;
             None
         }
         (CleanupPlan::Stuck(reason, msg), _) => {
-            let mut st = status.clone();
-            set_condition(
-                &mut st.conditions,
-                types::READY,
-                false,
-                reason,
-                msg,
-                obj.metadata.generation,
-                ctx.clock.now(),
-            );
-            if let Err(e) = write_status(ctx, &obj, &status, &st).await {
-                tracing::warn!(error = %e, "writing cleanup status failed");
-            }
-            publish(ctx, &obj, EventType::Warning, reason, "Cleanup", msg).await;
-            return Err(Error::CleanupBlocked(msg.clone()));
+            return blocked.fail(reason, msg).await;
         }
         (CleanupPlan::Delete(user), Some(c)) => {
             Some((user.clone(), c.delete_user(user).await, true))
@@ -225,10 +255,20 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
                 Err(e) if e.is_quota_wait() => {
                     return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
                 }
-                r => r.map_err(|source| StepError::DeleteUser {
-                    user: format!("with custom id {custom_id}"),
-                    source,
-                })?,
+                Ok(found) => found,
+                Err(source) => {
+                    let err = StepError::DeleteUser {
+                        user: format!("with custom id {custom_id}"),
+                        source,
+                    };
+                    drop(share);
+                    let who = format!("with custom id {custom_id}");
+                    let blocked = Blocked {
+                        user: Some(&who),
+                        ..blocked
+                    };
+                    return blocked.fail(reasons::CLEANUP_FAILED, &err.to_string()).await;
+                }
             };
             let user = found.user.id;
             // Recorded before the delete: a cleanup interrupted after it deletes by id
@@ -263,16 +303,7 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             }
             Err(source) => {
                 let err = StepError::DeleteUser { user, source };
-                publish(
-                    ctx,
-                    &obj,
-                    EventType::Warning,
-                    reasons::CLEANUP_FAILED,
-                    "Cleanup",
-                    &err.to_string(),
-                )
-                .await;
-                return Err(Error::Step(err));
+                return blocked.fail(reasons::CLEANUP_FAILED, &err.to_string()).await;
             }
         }
         let (reason, note) = if deleted {
@@ -291,10 +322,120 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
         publish(ctx, &obj, EventType::Normal, reason, "Cleanup", &note).await;
         tracing::info!(namespace = %ns, name = %name, user = %user, "identity cleaned up");
     }
+    forget(ctx, &obj);
+    Ok(Action::await_change())
+}
+
+fn forget(ctx: &Context, obj: &CommunicationIdentity) {
+    let oref = ObjectRef::from_obj(obj);
     ctx.resolver.credentials.forget(&oref);
     ctx.memory.forget(&oref);
-    ctx.metrics.forget_identity(&ns, &name);
-    Ok(Action::await_change())
+    ctx.metrics
+        .forget_identity(&obj.namespace().unwrap_or_default(), &obj.name_any());
+}
+
+/// The user the token Secret records, if it can be read.
+async fn recorded_user(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+) -> Option<crate::controller::secret::RecordedUser> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let name = obj.effective_secret_name().unwrap_or(&obj.name_any()).to_string();
+    let secret = api.get_opt(&name).await.ok().flatten()?;
+    if !crate::controller::secret::owned_by(&secret.metadata, &obj.uid().unwrap_or_default()) {
+        return None;
+    }
+    crate::controller::secret::recorded_user(&secret)
+}
+
+/// A cleanup that cannot finish: reported (condition `CleanupFailed` with the command to
+/// force removal, a Warning event when new), and in a terminating namespace released once
+/// the bound has passed.
+struct Blocked<'a> {
+    ctx: &'a Context,
+    obj: &'a CommunicationIdentity,
+    status: &'a crate::api::CommunicationIdentityStatus,
+    user: Option<&'a str>,
+    terminating: bool,
+    terminating_for: Option<std::time::Duration>,
+}
+
+impl Blocked<'_> {
+    async fn fail(&self, reason: &str, problem: &str) -> Result<Action, Error> {
+        let (ctx, obj) = (self.ctx, self.obj);
+        let bound = ctx.abandon_cleanup_after;
+        match after_failure(self.terminating, self.terminating_for, bound) {
+            Failed::Release => {
+                let msg = format!(
+                    "{problem}; the namespace has been terminating for {} or more (--abandon-cleanup-after), \
+                     so the finalizer is released and ACS user {} is left in ACS",
+                    crate::api::duration::format_duration(bound),
+                    self.user.unwrap_or("(unknown)")
+                );
+                self.release(&msg).await;
+                forget(ctx, obj);
+                Ok(Action::await_change())
+            }
+            Failed::Retry { within } => {
+                let force = force_command(&obj.name_any(), &obj.namespace().unwrap_or_default());
+                let msg = if problem.contains("finalizers\":null") {
+                    problem.to_string()
+                } else {
+                    match within {
+                        Some(left) => format!(
+                            "{problem}. The namespace is being deleted: the finalizer is released in {} \
+                             (--abandon-cleanup-after), or {force}",
+                            crate::api::duration::format_duration(left)
+                        ),
+                        None => format!("{problem}. Fix the service or its credentials, or {force}"),
+                    }
+                };
+                let mut st = self.status.clone();
+                set_condition(
+                    &mut st.conditions,
+                    types::READY,
+                    false,
+                    reason,
+                    &msg,
+                    obj.metadata.generation,
+                    ctx.clock.now(),
+                );
+                let new = crate::controller::status::condition(&self.status.conditions, types::READY)
+                    .is_none_or(|c| c.reason != reason || c.status != "False");
+                if let Err(e) = write_status(ctx, obj, self.status, &st).await {
+                    tracing::warn!(error = %e, "writing cleanup status failed");
+                }
+                if new {
+                    publish(ctx, obj, EventType::Warning, reason, "Cleanup", &msg).await;
+                }
+                Err(match within {
+                    Some(left) => Error::CleanupAbandonsIn(msg, left),
+                    None => Error::CleanupBlocked(msg),
+                })
+            }
+        }
+    }
+
+    /// Releases the finalizer, leaving the user: the log line is the record that outlives
+    /// the namespace (the event goes with it).
+    async fn release(&self, msg: &str) {
+        tracing::warn!(
+            namespace = %self.obj.namespace().unwrap_or_default(),
+            name = %self.obj.name_any(),
+            user = self.user.unwrap_or("(unknown)"),
+            "namespace is being deleted and cleanup cannot finish: finalizer released, ACS user left behind"
+        );
+        publish(
+            self.ctx,
+            self.obj,
+            EventType::Warning,
+            reasons::CLEANUP_FAILED,
+            "Cleanup",
+            msg,
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +462,36 @@ mod tests {
             policy: DeletionPolicy::Delete,
             service: svc("https://a", false, true),
             namespace_terminating: false,
+        }
+    }
+
+    /// Any failure in a terminating namespace ends in releasing the finalizer once the
+    /// namespace has been terminating for the bound; elsewhere it never does.
+    #[test]
+    fn failed_cleanup_is_released_after_the_bound_only_in_a_terminating_namespace() {
+        use std::time::Duration;
+        let bound = Duration::from_secs(300);
+        let rows = [
+            ("namespace alive", false, None, Failed::Retry { within: None }),
+            (
+                "alive, deletion long ago is irrelevant",
+                false,
+                Some(Duration::from_secs(9999)),
+                Failed::Retry { within: None },
+            ),
+            (
+                "terminating for 60 s",
+                true,
+                Some(Duration::from_secs(60)),
+                Failed::Retry {
+                    within: Some(Duration::from_secs(240)),
+                },
+            ),
+            ("terminating for the bound", true, Some(bound), Failed::Release),
+            ("namespace gone from the cache", true, None, Failed::Release),
+        ];
+        for (name, terminating, since, want) in rows {
+            assert_eq!(after_failure(terminating, since, bound), want, "{name}");
         }
     }
 

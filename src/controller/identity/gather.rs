@@ -10,7 +10,9 @@ use kube::{Api, ResourceExt};
 
 use crate::api::{CommunicationIdentity, CommunicationIdentityStatus};
 use crate::controller::context::Context;
-use crate::controller::memory::{Freshness, Remembered, freshness, status_digest};
+use crate::controller::memory::{
+    Freshness, Remembered, StatusSource, freshness, status_source, with_created_user,
+};
 use crate::controller::resolver::{ResolveError, ResolvedService};
 use crate::controller::secret;
 
@@ -20,6 +22,46 @@ use super::steps::StepError;
 /// A Secret written this recently but absent from the cache is taken as "the watch has
 /// not delivered it yet" rather than deleted; after this, it is read to find out.
 const CACHE_LAG: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The status to decide from, never older than our last write: the cached one, our copy
+/// while the cache lags, or (a lagging cache after the copy was dropped: a relist from a
+/// lagging watch cache, a new leader's first list) the identity read from the API server.
+/// A user this process created and no status holds yet is filled in.
+pub async fn current_status(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    remembered: &Remembered,
+) -> Result<CommunicationIdentityStatus, kube::Error> {
+    let oref = ObjectRef::from_obj(obj);
+    let uid = obj.uid().unwrap_or_default();
+    let cached_rv = obj.resource_version();
+    let status = match status_source(cached_rv.as_deref(), remembered) {
+        StatusSource::Ours(copy) => copy,
+        StatusSource::Cached => {
+            if remembered.status.is_some() {
+                ctx.memory.cache_caught_up(&oref, &uid);
+            }
+            obj.status.clone().unwrap_or_default()
+        }
+        StatusSource::Reread => {
+            let api: Api<CommunicationIdentity> =
+                Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+            let fresh = api.get(&obj.name_any()).await?;
+            let status = fresh.status.clone().unwrap_or_default();
+            tracing::debug!(
+                namespace = %obj.namespace().unwrap_or_default(),
+                name = %obj.name_any(),
+                cached = cached_rv.as_deref().unwrap_or(""),
+                read = fresh.resource_version().as_deref().unwrap_or(""),
+                "the cache holds a status older than our last write; read the identity"
+            );
+            ctx.memory
+                .status_read(&oref, &uid, fresh.resource_version(), &status);
+            status
+        }
+    };
+    Ok(with_created_user(status, remembered))
+}
 
 pub fn service_facts(
     resolved: &Result<ResolvedService, ResolveError>,
@@ -47,6 +89,9 @@ pub struct SecretObservation {
     pub issued_at: Option<Timestamp>,
     /// Taken on trust from memory because the cache lags: look again this soon.
     pub recheck: Option<std::time::Duration>,
+    /// Read when status holds no user: the user the Secret records (to be checked
+    /// against its mark before it is trusted).
+    pub recorded_user: Option<secret::RecordedUser>,
 }
 
 impl SecretObservation {
@@ -55,6 +100,7 @@ impl SecretObservation {
             facts,
             issued_at,
             recheck: None,
+            recorded_user: None,
         }
     }
 }
@@ -80,12 +126,12 @@ pub async fn observe_secret(
                 remembered.secret_rv.as_deref(),
             );
             if fresh == Freshness::Same && !remembered.secret_seen {
-                ctx.memory
-                    .update(&ObjectRef::from_obj(identity), &uid, |r| {
-                        r.secret_seen = true
-                    });
+                ctx.memory.secret_seen(&ObjectRef::from_obj(identity), &uid);
             }
-            if status_is_ours && matches!(fresh, Freshness::Same | Freshness::Older) {
+            if status_is_ours
+                && status.user_id.is_some()
+                && matches!(fresh, Freshness::Same | Freshness::Older)
+            {
                 let template_current =
                     fresh == Freshness::Older || secret::template_current(&meta.metadata, identity);
                 return Ok(SecretObservation::of(
@@ -110,6 +156,7 @@ pub async fn observe_secret(
                     },
                     issued_at: remembered.last_token_request,
                     recheck: Some(CACHE_LAG),
+                    recorded_user: None,
                 });
             }
         }
@@ -148,29 +195,32 @@ async fn read_secret(
     if !secret::owned_by(&found.metadata, &uid) {
         return Ok(SecretObservation::of(SecretFacts::NotOwned, None));
     }
+    let recorded_user = status
+        .user_id
+        .is_none()
+        .then(|| secret::recorded_user(&found))
+        .flatten();
     let expires = status.token_expires_on.as_ref().map(|t| rfc3339(t.0));
     let intact = secret::intact(&found, status, expires.as_deref());
     if intact {
         let rv = found.resource_version();
         let identity_rv = identity.resource_version();
-        ctx.memory
-            .update(&ObjectRef::from_obj(identity), &uid, |r| {
-                r.secret_rv = rv;
-                r.secret_seen = true;
-                // A status that came from memory keeps the version of our write; one
-                // from the cache needs no copy.
-                if !r.status_is_ours(status) {
-                    r.status = None;
-                    r.status_digest = Some(status_digest(status));
-                    r.identity_rv = identity_rv;
-                }
-            });
+        ctx.memory.secret_confirmed(
+            &ObjectRef::from_obj(identity),
+            &uid,
+            rv,
+            status,
+            identity_rv,
+        );
     }
-    Ok(SecretObservation::of(
-        SecretFacts::Ours {
-            intact,
-            template_current: secret::template_current(&found.metadata, identity),
-        },
-        secret::issued_at(&found.metadata),
-    ))
+    Ok(SecretObservation {
+        recorded_user,
+        ..SecretObservation::of(
+            SecretFacts::Ours {
+                intact,
+                template_current: secret::template_current(&found.metadata, identity),
+            },
+            secret::issued_at(&found.metadata),
+        )
+    })
 }

@@ -30,7 +30,6 @@ use crate::api::{
     CommunicationIdentity, CommunicationIdentityStatus, RENEW_REQUESTED_AT_ANNOTATION,
     REVOKE_REQUESTED_AT_ANNOTATION,
 };
-use crate::controller::memory::effective_status;
 use crate::controller::panics;
 use crate::controller::resolver::ResolvedService;
 use crate::controller::secret::TokenSecret;
@@ -50,6 +49,40 @@ const KIND: &str = "CommunicationIdentity";
 /// server stops answering: the permit comes back and the identity is retried.
 pub const RECONCILE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// After the Lease is lost, a reconcile inside [`must_record`] (a create sent, its user not
+/// yet written anywhere) runs on for at most this long to write the Secret that records
+/// the user; another replica takes over no sooner than the Lease's duration after our
+/// last renewal, so the record is normally there when it looks.
+pub const RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+tokio::task_local! {
+    static RECORDING: Arc<std::sync::atomic::AtomicUsize>;
+}
+
+/// Held from just before a request whose answer must be recorded (a create without a
+/// custom id: repeating it makes a second user) until the record is written. While one is
+/// held, losing the Lease does not drop the reconcile at once (issue 16, item 5).
+pub(crate) struct RecordGuard(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+pub(crate) fn must_record() -> RecordGuard {
+    RecordGuard(
+        RECORDING
+            .try_with(|r| {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                r.clone()
+            })
+            .ok(),
+    )
+}
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        if let Some(r) = &self.0 {
+            r.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 // `Error` is large (it carries the service and Secret it is about) and returned once per
 // reconcile: boxing it would buy nothing.
 #[allow(clippy::result_large_err)]
@@ -62,15 +95,45 @@ pub async fn reconcile(
         return Err(Error::Cancelled);
     };
     let started = Instant::now();
+    let recording = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let work = RECORDING.scope(recording.clone(), async {
+        match tokio::time::timeout(
+            RECONCILE_DEADLINE,
+            panics::catch(finalized(obj.clone(), &ctx)),
+        )
+        .await
+        {
+            Ok(r) => r.unwrap_or_else(|m| Err(Error::Panicked(m))),
+            Err(_) => Err(Error::DeadlineExceeded(RECONCILE_DEADLINE)),
+        }
+    });
+    tokio::pin!(work);
     let result = tokio::select! {
         biased;
         // Dropping the reconcile future aborts its in-flight requests: after the Lease is
-        // lost the new leader writes, and we must not.
-        _ = ctx.leadership.lost() => Err(Error::Cancelled),
-        r = tokio::time::timeout(RECONCILE_DEADLINE, panics::catch(finalized(obj.clone(), &ctx))) => match r {
-            Ok(r) => r.unwrap_or_else(|m| Err(Error::Panicked(m))),
-            Err(_) => Err(Error::DeadlineExceeded(RECONCILE_DEADLINE)),
-        },
+        // lost the new leader writes, and we must not. One exception: a create whose user
+        // is not recorded yet finishes and writes its record first (bounded by
+        // RECORD_GRACE), or the user would leak.
+        _ = ctx.leadership.lost() => {
+            let finish = async {
+                while recording.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    tokio::select! {
+                        _ = &mut work => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                    }
+                }
+            };
+            if tokio::time::timeout(RECORD_GRACE, finish).await.is_err() {
+                tracing::warn!(
+                    namespace = %obj.namespace().unwrap_or_default(),
+                    name = %obj.name_any(),
+                    "leadership lost while a created ACS user was being recorded; gave up after {}s",
+                    RECORD_GRACE.as_secs()
+                );
+            }
+            Err(Error::Cancelled)
+        }
+        r = &mut work => r,
     };
     if let Err(Error::Panicked(message)) = &result {
         report_panic(&ctx, &obj, message).await;
@@ -109,7 +172,7 @@ async fn finalized(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Act
         let patched = add_finalizer(&api, &obj)
             .await
             .map_err(|e| Error::Finalizer(Box::new(FinalizerError::AddFinalizer(e))))?;
-        ctx.memory.update(&oref, &uid, |r| r.finalizer_added = true);
+        ctx.memory.finalizer_added(&oref, &uid);
         Arc::new(patched)
     } else {
         obj
@@ -198,6 +261,9 @@ pub fn error_policy(obj: Arc<CommunicationIdentity>, err: &Error, ctx: Arc<Conte
     }
     let oref = ObjectRef::from_obj(obj.as_ref());
     let mut delay = ctx.next_backoff(oref.clone(), err.is_transient(), err.retry_after());
+    if let Some(latest) = err.look_again_within() {
+        delay = delay.min(latest.max(std::time::Duration::from_millis(500)));
+    }
     // A failing renewal looks again when the token in the Secret expires, so `Ready`
     // turns False on time (never before a server-requested wait). An expiry already past
     // shortens nothing: the backoff stands (issue 15: it was 0.5 s forever after).
@@ -232,16 +298,9 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
 
     // Gather.
     let remembered = ctx.memory.get(&oref, &uid);
-    let status = effective_status(
-        obj.resource_version().as_deref(),
-        obj.status.as_ref(),
-        &remembered,
-    );
-    if remembered.status.is_some()
-        && !remembered.status_copy_needed(obj.resource_version().as_deref())
-    {
-        ctx.memory.update(&oref, &uid, |r| r.status = None);
-    }
+    let mut status = gather::current_status(ctx, &obj, &remembered)
+        .await
+        .map_err(Error::Kube)?;
     let resolved = ctx.resolver.resolve(&obj).await;
     // Remember the service that reaches the user's resource: cleanup may need it after
     // the service went (or was pointed elsewhere).
@@ -251,13 +310,27 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
             .as_deref()
             .is_none_or(|home| home == svc.endpoint)
     {
-        ctx.memory
-            .update(&oref, &uid, |r| r.service = Some(svc.clone()));
+        ctx.memory.service_resolved(&oref, &uid, svc);
     }
     let secret_name = obj.effective_secret_name().unwrap_or(&name).to_string();
     let observed =
         gather::observe_secret(ctx, &obj, &status, &remembered, &secret_name, now).await?;
     let (secret, annotated) = (observed.facts, observed.issued_at);
+    // No user in status, but the token Secret records one this operator created (a status
+    // write after the create failed, or the process ended before it): issue for that user
+    // instead of creating another. The mark proves the operator wrote it for this object.
+    if let (Some(rec), Ok(svc)) = (&observed.recorded_user, &resolved)
+        && status.user_id.is_none()
+        && obj.spec.existing_user_id.is_none()
+        && rec.endpoint == svc.endpoint
+        && svc.client.verify_user_record(&uid, &rec.user, &rec.mark)
+    {
+        tracing::info!(namespace = %ns, name = %name, user = %rec.user,
+            "status holds no user; the token Secret records the ACS user created for this identity: using it");
+        status.user_id = Some(rec.user.clone());
+        status.user_endpoint = Some(rec.endpoint.clone());
+        ctx.memory.user_created(&oref, &uid, &rec.user, &rec.endpoint);
+    }
     let last_token_request = match (remembered.last_token_request, annotated) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -408,10 +481,10 @@ async fn finish(
 ) -> Result<(), Error> {
     let now = ctx.clock.now();
     if outcome.is_ok() {
-        ctx.memory.update(
+        ctx.memory.valid_until(
             &ObjectRef::from_obj(obj),
             &obj.uid().unwrap_or_default(),
-            |r| r.valid_until = None,
+            None,
         );
     }
     if let Err(e) = &outcome {
@@ -426,10 +499,10 @@ async fn finish(
         let valid_until = valid
             .then(|| st.token_expires_on.as_ref().map(|t| t.0))
             .flatten();
-        ctx.memory.update(
+        ctx.memory.valid_until(
             &ObjectRef::from_obj(obj),
             &obj.uid().unwrap_or_default(),
-            |r| r.valid_until = valid_until,
+            valid_until,
         );
         if decide::had_token(facts.status) {
             ctx.metrics.renewal_failed(
@@ -530,6 +603,7 @@ async fn issue(
     }
     let scopes = acs_scopes(&tp.scopes);
     let issued_at = ctx.clock.now();
+    let mut record_guard: Option<RecordGuard> = None;
     let (user, token, event) = match &tp.user {
         UserPlan::Existing(user) | UserPlan::Adopt(user) => {
             let token = svc
@@ -547,6 +621,9 @@ async fn issue(
             (user.clone(), token, event)
         }
         UserPlan::Create { custom_id } => {
+            // Without a custom id a repeated create makes a second user: from the request
+            // on, losing the Lease waits for the record (the Secret, below).
+            let recording = custom_id.is_none().then(must_record);
             let created = svc
                 .client
                 .create_user(Some(&scopes), Some(tp.lifetime_minutes), custom_id.as_deref())
@@ -572,15 +649,10 @@ async fn issue(
                 })?;
             let user = created.user.id.clone();
             decide::record_user(st, &user, &svc.endpoint);
-            if custom_id.is_none() {
-                // A crash from here on must not leak the user: record it now.
-                write_status(ctx, obj, facts.status, st)
-                    .await
-                    .map_err(|source| StepError::RecordUser {
-                        user: user.clone(),
-                        source,
-                    })?;
-            }
+            // Remembered until a status write holds it; the token Secret written next
+            // (with its mark) is the durable record, so no status write comes first.
+            ctx.memory.user_created(&oref, &uid, &user, &svc.endpoint);
+            record_guard = recording;
             let mut token = created.token.ok_or_else(|| StepError::NoTokenInCreate {
                 user: user.clone(),
                 endpoint: svc.endpoint.clone(),
@@ -623,14 +695,14 @@ async fn issue(
     // The floor counts tokens received: a request that failed gave the identity nothing
     // (its retries are paced by the error backoff), while a token that cannot be written
     // or came back expired must not be followed by another at once.
-    ctx.memory
-        .update(&oref, &uid, |r| r.last_token_request = Some(issued_at));
+    ctx.memory.token_requested(&oref, &uid, issued_at);
     drop(share);
     if let Some(message) = decide::refuse_token(facts, issued_at, token.expires_on) {
         return Err(StepError::TokenRefused { user, message });
     }
     let expires_on = rfc3339(token.expires_on);
-    write_secret(
+    let mark = svc.client.user_record(&uid, &user);
+    let written = write_secret(
         ctx,
         obj,
         &TokenSecret {
@@ -640,11 +712,16 @@ async fn issue(
             user_id: &user,
             endpoint: &svc.endpoint,
             issued_at: &rfc3339(issued_at),
+            user_record: Some(&mark),
         },
         ctx.clock.now(),
         SecretWrite::for_facts(&facts.secret, obj),
     )
-    .await?;
+    .await;
+    // The user is recorded (or the write failed and memory keeps it): the Lease's loss
+    // may now be honoured.
+    drop(record_guard);
+    written?;
     let renewal = decide::record_issued(
         facts,
         st,

@@ -155,6 +155,10 @@ pub fn acs_scopes(scopes: &BTreeSet<Scope>) -> Vec<acs::TokenScope> {
 }
 
 /// Writes status when it changed, and remembers the write (the cache lags behind it).
+/// The write carries a precondition: the identity must still be at the version the
+/// status at hand came from (our last write, or the object read). When someone wrote
+/// after it, the write fails ([`crate::controller::status::precondition_failed`]) and the
+/// identity is looked at again instead of overwriting the newer status.
 pub async fn write_status(
     ctx: &Context,
     obj: &CommunicationIdentity,
@@ -163,13 +167,23 @@ pub async fn write_status(
 ) -> Result<(), kube::Error> {
     let api: Api<CommunicationIdentity> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    if let Some(written) = replace_status(&api, &obj.name_any(), Some(current), status).await? {
-        let uid = obj.uid().unwrap_or_default();
-        ctx.memory.update(&ObjectRef::from_obj(obj), &uid, |r| {
-            r.identity_rv = written.resource_version();
-            r.status = Some(status.clone());
-            r.status_digest = Some(crate::controller::memory::status_digest(status));
-        });
+    let oref = ObjectRef::from_obj(obj);
+    let uid = obj.uid().unwrap_or_default();
+    let expected = crate::controller::memory::expected_rv(
+        obj.resource_version().as_deref(),
+        &ctx.memory.get(&oref, &uid),
+    );
+    if let Some(written) = replace_status(
+        &api,
+        &obj.name_any(),
+        Some(current),
+        status,
+        expected.as_deref(),
+    )
+    .await?
+    {
+        ctx.memory
+            .status_written(&oref, &uid, written.resource_version(), status);
     }
     Ok(())
 }
@@ -235,11 +249,8 @@ pub async fn write_secret(
         source,
     })?;
     let uid = obj.uid().unwrap_or_default();
-    ctx.memory.update(&ObjectRef::from_obj(obj), &uid, |r| {
-        r.secret_rv = written.resource_version();
-        r.secret_written_at = Some(now);
-        r.secret_seen = false;
-    });
+    ctx.memory
+        .secret_written(&ObjectRef::from_obj(obj), &uid, written.resource_version(), now);
     Ok(())
 }
 
@@ -274,6 +285,11 @@ pub async fn refresh_secret_metadata(
         .or_else(|| status.last_token_issued_at.as_ref().map(|t| rfc3339(t.0)))
         .unwrap_or_default();
     let token = text(secret_keys::TOKEN);
+    let mark = current
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(secret::USER_RECORD_ANNOTATION).cloned());
     write_secret(
         ctx,
         obj,
@@ -284,6 +300,7 @@ pub async fn refresh_secret_metadata(
             user_id: &text(secret_keys::USER_ID),
             endpoint: &text(secret_keys::ENDPOINT),
             issued_at: &issued,
+            user_record: mark.as_deref(),
         },
         now,
         SecretWrite::Apply,
