@@ -1021,7 +1021,10 @@ async fn ga_user_survives_denied_status_writes_without_a_second_create() {
         .await
         .expect("policy");
     bindings
-        .create(&Default::default(), &serde_json::from_value(binding).unwrap())
+        .create(
+            &Default::default(),
+            &serde_json::from_value(binding).unwrap(),
+        )
         .await
         .expect("binding");
     // The policy takes a moment to reach the API server's admission chain: wait until
@@ -1061,7 +1064,10 @@ async fn ga_user_survives_denied_status_writes_without_a_second_create() {
     assert_eq!(users.len(), 2, "one user per identity: {users:?}");
     assert!(users.iter().any(|u| u.id == secret));
     // Allowed again: status catches up with the same user.
-    bindings.delete(&policy, &DeleteParams::default()).await.ok();
+    bindings
+        .delete(&policy, &DeleteParams::default())
+        .await
+        .ok();
     vaps.delete(&policy, &DeleteParams::default()).await.ok();
     let o = w
         .until("app", 60, "status records the user", |o| {
@@ -1071,7 +1077,11 @@ async fn ga_user_survives_denied_status_writes_without_a_second_create() {
         })
         .await;
     assert!(o.status.unwrap().user_id.is_some());
-    assert_eq!(w.emulator.live_users().await.len(), 2, "still one user each");
+    assert_eq!(
+        w.emulator.live_users().await.len(),
+        2,
+        "still one user each"
+    );
 }
 
 /// Issue 16 item 5: losing the Lease while a GA create is in flight does not leak the
@@ -1173,5 +1183,9 @@ async fn a_terminating_namespace_goes_within_the_bound_when_cleanup_fails() {
         started.elapsed().as_secs_f64()
     );
     assert!(started.elapsed() < Duration::from_secs(45));
-    assert_eq!(w.emulator.live_users().await.len(), 1, "the user is left behind, as logged");
+    assert_eq!(
+        w.emulator.live_users().await.len(),
+        1,
+        "the user is left behind, as logged"
+    );
 }

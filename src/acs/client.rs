@@ -268,7 +268,11 @@ impl AcsClient {
 
     /// Whether `mark` is [`AcsClient::user_record`] of this owner and user (constant time).
     pub fn verify_user_record(&self, owner_uid: &str, user: &str, mark: &str) -> bool {
-        super::signing::verify(&self.inner.key, &self.user_record_text(owner_uid, user), mark)
+        super::signing::verify(
+            &self.inner.key,
+            &self.user_record_text(owner_uid, user),
+            mark,
+        )
     }
 
     fn user_record_text(&self, owner_uid: &str, user: &str) -> String {

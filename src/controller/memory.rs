@@ -104,8 +104,7 @@ impl Memory {
             r.identity_rv = rv;
             r.status = Some(status.clone());
             r.status_digest = Some(status_digest(status));
-            if r
-                .created_user
+            if r.created_user
                 .as_ref()
                 .is_some_and(|(u, _)| status.user_id.as_deref() == Some(u.as_str()))
             {
@@ -297,7 +296,7 @@ pub enum StatusSource {
     /// The cache holds our last write, something newer, or there is nothing to compare.
     Cached,
     /// The cache is older than our last write and we still hold a copy of it.
-    Ours(CommunicationIdentityStatus),
+    Ours(Box<CommunicationIdentityStatus>),
     /// The cache is older than our last write and the copy is gone (dropped after the
     /// cache caught up, then a relist from a lagging watch cache put an older object
     /// back): read the identity from the API server, never decide from the older status.
@@ -309,7 +308,7 @@ pub fn status_source(cached_rv: Option<&str>, remembered: &Remembered) -> Status
         freshness(cached_rv, remembered.identity_rv.as_deref()),
         &remembered.status,
     ) {
-        (Freshness::Older, Some(ours)) => StatusSource::Ours(ours.clone()),
+        (Freshness::Older, Some(ours)) => StatusSource::Ours(Box::new(ours.clone())),
         (Freshness::Older, None) => StatusSource::Reread,
         _ => StatusSource::Cached,
     }
@@ -373,18 +372,72 @@ mod tests {
             ..copy.clone()
         };
         let nothing = Remembered::default();
-        let rows: Vec<(&str, Option<&str>, &Remembered, StatusSource, Option<&str>)> = vec![
-            ("cache lags, copy held", Some("19"), &copy, StatusSource::Ours(status("ours")), Some("20")),
-            ("cache lags after the copy was dropped (stale relist)", Some("19"), &no_copy, StatusSource::Reread, Some("20")),
-            ("cache holds our write", Some("20"), &copy, StatusSource::Cached, Some("20")),
-            ("someone wrote after us", Some("21"), &copy, StatusSource::Cached, Some("21")),
-            ("someone wrote after us, no copy", Some("21"), &no_copy, StatusSource::Cached, Some("21")),
-            ("nothing remembered", Some("1"), &nothing, StatusSource::Cached, Some("1")),
-            ("versions that are not numbers", Some("abc"), &copy, StatusSource::Cached, Some("abc")),
+        // (case, cached resourceVersion, memory, source to decide from, precondition)
+        type Row<'a> = (
+            &'a str,
+            Option<&'a str>,
+            &'a Remembered,
+            StatusSource,
+            Option<&'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "cache lags, copy held",
+                Some("19"),
+                &copy,
+                StatusSource::Ours(Box::new(status("ours"))),
+                Some("20"),
+            ),
+            (
+                "cache lags after the copy was dropped (stale relist)",
+                Some("19"),
+                &no_copy,
+                StatusSource::Reread,
+                Some("20"),
+            ),
+            (
+                "cache holds our write",
+                Some("20"),
+                &copy,
+                StatusSource::Cached,
+                Some("20"),
+            ),
+            (
+                "someone wrote after us",
+                Some("21"),
+                &copy,
+                StatusSource::Cached,
+                Some("21"),
+            ),
+            (
+                "someone wrote after us, no copy",
+                Some("21"),
+                &no_copy,
+                StatusSource::Cached,
+                Some("21"),
+            ),
+            (
+                "nothing remembered",
+                Some("1"),
+                &nothing,
+                StatusSource::Cached,
+                Some("1"),
+            ),
+            (
+                "versions that are not numbers",
+                Some("abc"),
+                &copy,
+                StatusSource::Cached,
+                Some("abc"),
+            ),
         ];
         for (name, cached, r, source, rv) in rows {
             assert_eq!(status_source(cached, r), source, "{name}");
-            assert_eq!(expected_rv(cached, r).as_deref(), rv, "{name}: precondition");
+            assert_eq!(
+                expected_rv(cached, r).as_deref(),
+                rv,
+                "{name}: precondition"
+            );
         }
     }
 
@@ -398,11 +451,21 @@ mod tests {
         assert_eq!(filled.user_endpoint.as_deref(), Some("https://a"));
         // A status of someone else's user is never overwritten by the memory.
         assert_eq!(
-            with_created_user(status("other"), &m.get(&o, "uid")).user_id.as_deref(),
+            with_created_user(status("other"), &m.get(&o, "uid"))
+                .user_id
+                .as_deref(),
             Some("other")
         );
-        m.status_written(&o, "uid", Some("5".into()), &CommunicationIdentityStatus::default());
-        assert!(m.get(&o, "uid").created_user.is_some(), "a status without it records nothing");
+        m.status_written(
+            &o,
+            "uid",
+            Some("5".into()),
+            &CommunicationIdentityStatus::default(),
+        );
+        assert!(
+            m.get(&o, "uid").created_user.is_some(),
+            "a status without it records nothing"
+        );
         m.status_written(&o, "uid", Some("6".into()), &filled);
         assert!(m.get(&o, "uid").created_user.is_none());
     }

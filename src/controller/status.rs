@@ -125,7 +125,9 @@ where
     }
     let mut ops = vec![];
     if let Some(rv) = expected_rv {
-        ops.push(serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+        ops.push(
+            serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+        );
     }
     ops.push(serde_json::json!({"op": "add", "path": "/status", "value": status}));
     let patch: json_patch::Patch =

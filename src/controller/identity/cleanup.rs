@@ -173,9 +173,7 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
     // one created (a status write that failed after the create).
     if status.user_id.is_none()
         && obj.spec.existing_user_id.is_none()
-        && let Some(svc) = resolved
-            .as_ref()
-            .filter(|s| !s.client.supports_custom_id())
+        && let Some(svc) = resolved.as_ref().filter(|s| !s.client.supports_custom_id())
         && let Some(rec) = recorded_user(ctx, &obj).await
         && rec.endpoint == svc.endpoint
         && svc.client.verify_user_record(&uid, &rec.user, &rec.mark)
@@ -267,7 +265,9 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
                         user: Some(&who),
                         ..blocked
                     };
-                    return blocked.fail(reasons::CLEANUP_FAILED, &err.to_string()).await;
+                    return blocked
+                        .fail(reasons::CLEANUP_FAILED, &err.to_string())
+                        .await;
                 }
             };
             let user = found.user.id;
@@ -303,7 +303,9 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
             }
             Err(source) => {
                 let err = StepError::DeleteUser { user, source };
-                return blocked.fail(reasons::CLEANUP_FAILED, &err.to_string()).await;
+                return blocked
+                    .fail(reasons::CLEANUP_FAILED, &err.to_string())
+                    .await;
             }
         }
         let (reason, note) = if deleted {
@@ -341,7 +343,10 @@ async fn recorded_user(
 ) -> Option<crate::controller::secret::RecordedUser> {
     let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let name = obj.effective_secret_name().unwrap_or(&obj.name_any()).to_string();
+    let name = obj
+        .effective_secret_name()
+        .unwrap_or(&obj.name_any())
+        .to_string();
     let secret = api.get_opt(&name).await.ok().flatten()?;
     if !crate::controller::secret::owned_by(&secret.metadata, &obj.uid().unwrap_or_default()) {
         return None;
@@ -388,7 +393,9 @@ impl Blocked<'_> {
                              (--abandon-cleanup-after), or {force}",
                             crate::api::duration::format_duration(left)
                         ),
-                        None => format!("{problem}. Fix the service or its credentials, or {force}"),
+                        None => {
+                            format!("{problem}. Fix the service or its credentials, or {force}")
+                        }
                     }
                 };
                 let mut st = self.status.clone();
@@ -401,8 +408,9 @@ impl Blocked<'_> {
                     obj.metadata.generation,
                     ctx.clock.now(),
                 );
-                let new = crate::controller::status::condition(&self.status.conditions, types::READY)
-                    .is_none_or(|c| c.reason != reason || c.status != "False");
+                let new =
+                    crate::controller::status::condition(&self.status.conditions, types::READY)
+                        .is_none_or(|c| c.reason != reason || c.status != "False");
                 if let Err(e) = write_status(ctx, obj, self.status, &st).await {
                     tracing::warn!(error = %e, "writing cleanup status failed");
                 }
@@ -472,7 +480,12 @@ mod tests {
         use std::time::Duration;
         let bound = Duration::from_secs(300);
         let rows = [
-            ("namespace alive", false, None, Failed::Retry { within: None }),
+            (
+                "namespace alive",
+                false,
+                None,
+                Failed::Retry { within: None },
+            ),
             (
                 "alive, deletion long ago is irrelevant",
                 false,
@@ -487,7 +500,12 @@ mod tests {
                     within: Some(Duration::from_secs(240)),
                 },
             ),
-            ("terminating for the bound", true, Some(bound), Failed::Release),
+            (
+                "terminating for the bound",
+                true,
+                Some(bound),
+                Failed::Release,
+            ),
             ("namespace gone from the cache", true, None, Failed::Release),
         ];
         for (name, terminating, since, want) in rows {

@@ -36,7 +36,7 @@ pub async fn current_status(
     let uid = obj.uid().unwrap_or_default();
     let cached_rv = obj.resource_version();
     let status = match status_source(cached_rv.as_deref(), remembered) {
-        StatusSource::Ours(copy) => copy,
+        StatusSource::Ours(copy) => *copy,
         StatusSource::Cached => {
             if remembered.status.is_some() {
                 ctx.memory.cache_caught_up(&oref, &uid);

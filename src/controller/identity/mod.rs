@@ -329,7 +329,8 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
             "status holds no user; the token Secret records the ACS user created for this identity: using it");
         status.user_id = Some(rec.user.clone());
         status.user_endpoint = Some(rec.endpoint.clone());
-        ctx.memory.user_created(&oref, &uid, &rec.user, &rec.endpoint);
+        ctx.memory
+            .user_created(&oref, &uid, &rec.user, &rec.endpoint);
     }
     let last_token_request = match (remembered.last_token_request, annotated) {
         (Some(a), Some(b)) => Some(a.max(b)),

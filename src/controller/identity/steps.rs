@@ -249,8 +249,12 @@ pub async fn write_secret(
         source,
     })?;
     let uid = obj.uid().unwrap_or_default();
-    ctx.memory
-        .secret_written(&ObjectRef::from_obj(obj), &uid, written.resource_version(), now);
+    ctx.memory.secret_written(
+        &ObjectRef::from_obj(obj),
+        &uid,
+        written.resource_version(),
+        now,
+    );
     Ok(())
 }
 
