@@ -4,7 +4,7 @@
 # ACS outage, bad input and fuzzing. Ends with the line
 #   reliability: identities=N kills=K leaked=L duplicated=D expired_served=E lost_tokens=T secrets_in_logs=S bad_inputs=R/B
 # Environment: RELIABILITY_N (default 200), RELIABILITY_SCENARIOS (crash,faults,kube,day,
-# outage,badinput,fuzz,hostile; default all), RELIABILITY_DAY_N (1000), RELIABILITY_DAY_TOKEN_SECS
+# outage,badinput,fuzz,hostile,failpaths; default all), RELIABILITY_DAY_N (1000), RELIABILITY_DAY_TOKEN_SECS
 # (120), RELIABILITY_DAY_SECS, RELIABILITY_FUZZ_CASES (20000), RELIABILITY_PLOT (the
 # renewal-spread PNG; default docs/reliability-renewals.png).
 set -euo pipefail

@@ -1189,3 +1189,124 @@ async fn a_terminating_namespace_goes_within_the_bound_when_cleanup_fails() {
         "the user is left behind, as logged"
     );
 }
+
+/// Issue 16 item 3: after the cache caught up (memory dropped its copy of our status), a
+/// relist from a lagging watch cache or a new leader's first list hands the reconcile an
+/// older object. It must not decide from it: on GA a status from before `userId` would
+/// make a second user, and a handled revoke would look pending and revoke the fresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_relist_after_catch_up_is_reread_not_decided_from() {
+    let _shared = EXCLUSIVE.read().await;
+    let w = World::new("stale", 1.0).await;
+    w.service(GA).await;
+    let (ctx, caches) = acs_identity_operator::controller::run::caches_only(
+        w.client.clone(),
+        w.config(),
+        Arc::new(Metrics::new()),
+    )
+    .await;
+    let pass = |o: CommunicationIdentity| {
+        let ctx = ctx.clone();
+        async move {
+            let _ = acs_identity_operator::controller::identity::reconcile(Arc::new(o), ctx).await;
+        }
+    };
+    w.identity("app", json!({})).await;
+    // The object as created, with no status: what a lagging cache could hand back later.
+    let before_user = w.identities().get("app").await.unwrap();
+    for _ in 0..3 {
+        pass(w.identities().get("app").await.unwrap()).await;
+    }
+    let ready = w.ready("app").await;
+    let user = ready.status.as_ref().and_then(|s| s.user_id.clone());
+    assert!(user.is_some(), "a user recorded");
+    // A pass with the fresh object: the cache has caught up and memory drops its copy.
+    eventually(30, "the cache holds our last write", || async {
+        let o = w.identities().get("app").await.ok()?;
+        let cached = ctx
+            .stores
+            .identities()
+            .find(|c| c.name_any() == "app" && c.namespace() == o.namespace())?;
+        (cached.resource_version() == o.resource_version()).then_some(())
+    })
+    .await;
+    pass(w.identities().get("app").await.unwrap()).await;
+    let creates = w.emulator.stats().await.calls("create");
+    let issues = w.emulator.stats().await.calls("issue");
+
+    // The stale object: no userId, an older resourceVersion.
+    assert!(
+        before_user
+            .status
+            .as_ref()
+            .is_none_or(|s| s.user_id.is_none())
+    );
+    pass(before_user).await;
+    let after = w.identities().get("app").await.unwrap();
+    assert_eq!(
+        w.emulator.stats().await.calls("create"),
+        creates,
+        "no second create"
+    );
+    assert_eq!(w.emulator.live_users().await.len(), 1, "one ACS user");
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.user_id.clone()),
+        user,
+        "the newer status is not overwritten"
+    );
+    assert_eq!(
+        w.emulator.stats().await.calls("issue"),
+        issues,
+        "no token issued for it"
+    );
+
+    // A handled revoke, then the object from before it was handled.
+    w.annotate(
+        "app",
+        REVOKE_REQUESTED_AT_ANNOTATION,
+        &jiff::Timestamp::now().to_string(),
+    )
+    .await;
+    let pending = w.identities().get("app").await.unwrap();
+    // No controller runs here: reconcile by hand until the revoke is handled and a fresh
+    // token issued (it may wait for the token-interval floor).
+    let handled = eventually(60, "revoke handled and a fresh token", || async {
+        pass(w.identities().get("app").await.ok()?).await;
+        let o = w.identities().get("app").await.ok()?;
+        (o.status
+            .as_ref()
+            .is_some_and(|s| s.last_revoked_at.is_some())
+            && cond(&o, types::READY).is_some_and(|c| c.0 == "True"))
+        .then_some(o)
+    })
+    .await;
+    let secret = handled
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .unwrap_or_else(|| "app".into());
+    let fresh_token = w.token(&secret).await.expect("a token after the revoke");
+    eventually(30, "the cache holds the revoke's status", || async {
+        let o = w.identities().get("app").await.ok()?;
+        let cached = ctx
+            .stores
+            .identities()
+            .find(|c| c.name_any() == "app" && c.namespace() == o.namespace())?;
+        (cached.resource_version() == o.resource_version()).then_some(())
+    })
+    .await;
+    pass(w.identities().get("app").await.unwrap()).await;
+    let revokes = w.emulator.stats().await.calls("revoke");
+    pass(pending).await;
+    assert_eq!(
+        w.emulator.stats().await.calls("revoke"),
+        revokes,
+        "a handled revoke is not repeated from a stale object"
+    );
+    assert!(w.valid(&fresh_token).await, "the fresh token still works");
+    assert_eq!(
+        w.token(&secret).await.as_deref(),
+        Some(fresh_token.as_str())
+    );
+    caches.abort();
+}

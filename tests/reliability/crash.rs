@@ -1,6 +1,9 @@
 //! Scenario 1, crash injection: identities created, renewed, revoked and deleted while the
-//! operator is killed with SIGKILL at random moments of ACS activity and restarted, on a
-//! service with custom ids (no leak allowed) and on a GA one (the figure is reported).
+//! operator is killed with SIGKILL at random moments of ACS activity and restarted, on
+//! services with custom ids (no leak allowed) and on a GA one (the figure is reported).
+//! Of the two custom-id services, one answers a repeated `customId` create with 201 as
+//! live ACS does, the other with 200 as the 2025-03-02-preview spec says (issue 16 item
+//! 4): a revoke pending across a crash must be carried out whatever the status code.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -28,6 +31,13 @@ pub async fn run(p: Params) -> Tally {
     let mut w = World::new(Cluster::shared(), "crash").await;
     w.add_service("custom", CUSTOM_ID_VERSION, &[], json!({}))
         .await;
+    w.add_service(
+        "custom200",
+        CUSTOM_ID_VERSION,
+        &["--found-custom-id-status".into(), "200".into()],
+        json!({}),
+    )
+    .await;
     w.add_service("ga", GA_VERSION, &[], json!({})).await;
     w.start_operator().await;
 
@@ -49,7 +59,11 @@ pub async fn run(p: Params) -> Tally {
             all.iter().skip(round * per).take(per).cloned().collect()
         };
         let (new_c, new_g) = (slice(&custom), slice(&ga));
-        w.create_identities(&new_c, "custom", json!({})).await;
+        // Every other custom-id identity on the service that answers 200.
+        let on_201: Vec<String> = new_c.iter().step_by(2).cloned().collect();
+        let on_200: Vec<String> = new_c.iter().skip(1).step_by(2).cloned().collect();
+        w.create_identities(&on_201, "custom", json!({})).await;
+        w.create_identities(&on_200, "custom200", json!({})).await;
         w.create_identities(&new_g, "ga", json!({})).await;
         created.extend(new_c);
         created.extend(new_g);
@@ -168,6 +182,7 @@ pub async fn run(p: Params) -> Tally {
     let audit = w.audit(&mut t).await;
     w.leak_scan(&mut t).await;
     let stats_custom = w.emu("custom").stats().await;
+    let stats_200 = w.emu("custom200").stats().await;
     let stats_ga = w.emu("ga").stats().await;
     let ga_users = w.emu("ga").users().await.len();
     let deletions = w.deleted.lock().unwrap().len();
@@ -178,7 +193,7 @@ pub async fn run(p: Params) -> Tally {
          {} renew and {} revoke requests, {} deletions; not converged after 240 s: {pending:?}; unhandled requests: {unhandled:?}; \
          revoked at ACS but not in status.lastRevokedAt: {unrecorded:?}; \
          revoke requested before the user existed (no token to revoke): {moot:?}; \
-         not ready {:?}, invalid tokens {:?}, lost {:?}, users made twice {:?}; ACS requests custom {} GA {}; GA users ever created {ga_users} for {n_ga} identities; took {:?}",
+         not ready {:?}, invalid tokens {:?}, lost {:?}, users made twice {:?}; ACS requests custom (201) {} custom (200) {} GA {}; GA users ever created {ga_users} for {n_ga} identities; took {:?}",
         t.identities,
         custom.len(),
         ga.len(),
@@ -191,6 +206,7 @@ pub async fn run(p: Params) -> Tally {
         audit.lost,
         audit.duplicate_users,
         stats_custom["requests"],
+        stats_200["requests"],
         stats_ga["requests"],
         started.elapsed(),
     ));

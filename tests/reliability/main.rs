@@ -1,6 +1,7 @@
 //! Reliability suite (issue 11): crashes, ACS and Kubernetes faults, a simulated day, an
 //! ACS outage, bad input and fuzzing, with "nothing lost" counts and a leak scan of every
-//! text the operator produced; and a hostile tenant next to a good one (issue 15).
+//! text the operator produced; a hostile tenant next to a good one (issue 15); failed
+//! status writes and a deleted ACS resource (issue 16).
 //!
 //! - `cargo test --test reliability`: the small pass that `make test` runs (a few
 //!   identities per scenario; every count must be zero).
@@ -8,7 +9,7 @@
 //!   at scale, ending with the line
 //!   `reliability: identities=N kills=K leaked=L duplicated=D expired_served=E lost_tokens=T secrets_in_logs=S bad_inputs=R/B`.
 //!   `RELIABILITY_SCENARIOS=crash,faults,...` runs a subset (`crash`, `faults`, `kube`,
-//!   `day`, `outage`, `badinput`, `fuzz`, `hostile`).
+//!   `day`, `outage`, `badinput`, `fuzz`, `hostile`, `failpaths`).
 //!
 //! Written against documented interfaces only (binaries and flags, the emulator's admin
 //! and fault API, the CRDs as JSON, Secret keys, conditions, events, metrics), so it runs
@@ -21,6 +22,7 @@ mod acs_faults;
 mod bad_input;
 mod crash;
 mod day;
+mod failpaths;
 mod fuzz;
 mod hostile;
 mod kube_faults;
@@ -106,6 +108,12 @@ async fn small_hostile_tenant_costs_only_itself() {
     assert_clean("hostile tenant", &t);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_failed_writes_and_a_gone_resource_lose_nothing() {
+    let t = failpaths::run(2).await;
+    assert_clean("failed writes and a gone ACS resource", &t);
+}
+
 // ---------------------------------------------------------------- make reliability
 
 fn wanted(scenario: &str) -> bool {
@@ -159,6 +167,9 @@ async fn reliability_full() {
     }
     if wanted("fuzz") {
         all.add(&fuzz::run(fuzz_cases).await);
+    }
+    if wanted("failpaths") {
+        all.add(&failpaths::run((n / 10).clamp(2, 20)).await);
     }
     if wanted("hostile") {
         all.add(
