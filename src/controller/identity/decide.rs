@@ -172,10 +172,12 @@ pub fn custom_id_for(uid: &str) -> String {
     format!("k8s-{uid}")
 }
 
-/// Whole seconds: what ACS returns, what status shows and what workloads parse most
-/// easily; status and the Secret must agree to the second.
+/// Whole seconds: what status shows and what workloads parse most easily; status and the
+/// Secret must agree to the second. Truncated, never rounded up: ACS sends 100 ns ticks and
+/// the token's JWT `exp` is the whole second, so a rounded `expiresOn` would claim the
+/// token valid up to half a second after it expired.
 pub fn whole_seconds(t: Timestamp) -> Timestamp {
-    t.round(jiff::Unit::Second).unwrap_or(t)
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 pub fn rfc3339(t: Timestamp) -> String {

@@ -1135,3 +1135,19 @@ fn problems_found_without_acting_are_failures_of_the_pass() {
     assert!(!had_token(&CommunicationIdentityStatus::default()));
     assert_eq!(Case::healthy().plan().failure, None);
 }
+
+#[test]
+fn whole_seconds_never_claim_more_than_acs_granted() {
+    // (ACS expiresOn, what status and the Secret say): never later than the JWT's `exp`.
+    let cases = [
+        ("2026-12-02T10:00:00Z", "2026-12-02T10:00:00Z"),
+        ("2026-12-02T10:00:00.4999999Z", "2026-12-02T10:00:00Z"),
+        ("2026-12-02T10:00:00.5Z", "2026-12-02T10:00:00Z"),
+        ("2026-12-02T10:00:00.9999999Z", "2026-12-02T10:00:00Z"),
+    ];
+    for (acs, shown) in cases {
+        let t: Timestamp = acs.parse().unwrap();
+        assert_eq!(super::rfc3339(t), shown, "{acs}");
+        assert_eq!(super::whole_seconds(t).as_second(), t.as_second(), "{acs}");
+    }
+}
