@@ -1042,7 +1042,11 @@ async fn ga_user_survives_denied_status_writes_without_a_second_create() {
         r.is_err().then_some(())
     })
     .await;
-    w.start(w.config());
+    // A short token floor, so that later passes could issue again if they decided from
+    // the status without a token.
+    let mut config = w.config();
+    config.min_token_interval = Duration::from_secs(1);
+    w.start(config);
     w.identity("app", json!({})).await;
     let secret = eventually(30, "the Secret recording the user", || async {
         let s = w.secrets().get_opt("app").await.ok()??;
@@ -1050,11 +1054,28 @@ async fn ga_user_survives_denied_status_writes_without_a_second_create() {
         Some(user)
     })
     .await;
-    // Several attempts (backoff 2-8 s) with every status write denied.
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Several attempts with every status write denied, past the floor: ten failed passes.
+    let failed_passes = |text: String| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("acs_operator_reconciles_total{")
+                    && l.contains("CommunicationIdentity")
+                    && l.contains("result=\"error\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let since_secret = std::time::Instant::now();
+    eventually(90, "ten failed passes over three token floors", || async {
+        (failed_passes(w.metrics.encode()) >= 10.0
+            && since_secret.elapsed() >= Duration::from_secs(3))
+        .then_some(())
+    })
+    .await;
+    let passes = failed_passes(w.metrics.encode());
     let users = w.emulator.live_users().await;
     println!(
-        "denied status writes on {GA}: {} ACS users, {} creates, {} issues",
+        "denied status writes on {GA}: {} ACS users, {} creates, {} issues, {passes} failed passes",
         users.len(),
         w.emulator.calls("create").await,
         w.emulator.calls("issue").await
@@ -1063,6 +1084,13 @@ async fn ga_user_survives_denied_status_writes_without_a_second_create() {
     // two identities, one user each, never more.
     assert_eq!(users.len(), 2, "one user per identity: {users:?}");
     assert!(users.iter().any(|u| u.id == secret));
+    // And one token each: the Secret holds what the denied status write described, so
+    // later passes decide from that, not from the older status without a token.
+    let app = users.iter().find(|u| u.id == secret).unwrap();
+    assert_eq!(
+        app.tokens_issued, 1,
+        "one token for app while status is denied: {app:?}"
+    );
     // Allowed again: status catches up with the same user.
     bindings
         .delete(&policy, &DeleteParams::default())
@@ -1309,4 +1337,27 @@ async fn a_stale_relist_after_catch_up_is_reread_not_decided_from() {
         Some(fresh_token.as_str())
     );
     caches.abort();
+}
+
+/// The status write's precondition, against the real API server: a stale resourceVersion
+/// is recognised as "someone else wrote" (a turn), an admission denial is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_status_precondition_is_told_from_other_refusals() {
+    use acs_identity_operator::api::CommunicationIdentityStatus;
+    use acs_identity_operator::controller::status::{precondition_failed, replace_status};
+    let _shared = EXCLUSIVE.read().await;
+    let w = World::new("precondition", 1.0).await;
+    w.identity("app", json!({})).await;
+    let status = CommunicationIdentityStatus {
+        secret_name: Some("app".into()),
+        ..Default::default()
+    };
+    let stale = replace_status(&w.identities(), "app", None, &status, Some("1"))
+        .await
+        .expect_err("a stale resourceVersion is refused");
+    assert!(precondition_failed(&stale), "{stale}");
+    let current = w.identities().get("app").await.unwrap().resource_version();
+    replace_status(&w.identities(), "app", None, &status, current.as_deref())
+        .await
+        .expect("the current resourceVersion is accepted");
 }

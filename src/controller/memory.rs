@@ -49,6 +49,11 @@ pub struct Remembered {
     /// A user this process created (id, endpoint) that no status write has recorded yet:
     /// later attempts issue for it instead of creating another (issue 16, items 1 and 5).
     pub created_user: Option<(String, String)>,
+    /// The status that describes what this process last wrote to the token Secret, when
+    /// writing that status failed (API server restarting, throttled, denied): trusted again
+    /// only while the Secret holds exactly that token, so a lost status write costs no
+    /// second token.
+    pub unrecorded: Option<Box<CommunicationIdentityStatus>>,
 }
 
 #[derive(Default)]
@@ -110,7 +115,18 @@ impl Memory {
             {
                 r.created_user = None;
             }
+            r.unrecorded = None;
         });
+    }
+
+    /// Writing `status` failed; it describes the Secret we wrote (or kept).
+    pub fn status_unrecorded(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        status: &CommunicationIdentityStatus,
+    ) {
+        self.update(oref, uid, |r| r.unrecorded = Some(Box::new(status.clone())));
     }
 
     /// The cache has caught up with our status write: the copy is no longer needed.

@@ -145,15 +145,59 @@ where
     Ok(Some(written))
 }
 
+/// What kube-apiserver answers (422, reason `Invalid`, no details) when a JSON patch's
+/// `test` operation fails: its generic text, unlike a validation error or an admission
+/// denial, which name the field or the policy.
+const FAILED_PATCH_TEST: &str = "the server rejected our request due to an error in our request";
+
 /// Whether a write failed on its precondition (a JSON-patch `test`, 422, or a
-/// resourceVersion conflict, 409): someone else wrote the object since it was read.
+/// resourceVersion conflict, 409): someone else wrote the object since it was read. An
+/// admission policy denying the write is not one (it is retried with backoff).
 pub fn precondition_failed(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(r) if r.code == 409 || (r.code == 422 && r.message.contains("test")))
+    matches!(e, kube::Error::Api(r) if r.code == 409
+        || (r.code == 422 && r.reason == "Invalid" && r.message == FAILED_PATCH_TEST))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failed_patch_test_or_a_conflict_is_a_precondition_failure() {
+        let api = |code: u16, reason: &str, message: &str| {
+            kube::Error::Api(Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "status": "Failure", "message": message, "reason": reason, "code": code,
+                }))
+                .expect("a Status"),
+            ))
+        };
+        let cases = [
+            (api(422, "Invalid", FAILED_PATCH_TEST), true),
+            (api(409, "Conflict", "Operation cannot be fulfilled"), true),
+            (
+                api(
+                    422,
+                    "Invalid",
+                    "ValidatingAdmissionPolicy 'p' with binding 'p' denied request: status writes denied by test",
+                ),
+                false,
+            ),
+            (
+                api(
+                    422,
+                    "Invalid",
+                    "CommunicationIdentity.acs-operator.dev \"a\" is invalid: status.userId: Invalid value",
+                ),
+                false,
+            ),
+            (api(403, "Forbidden", "forbidden"), false),
+            (api(500, "InternalError", FAILED_PATCH_TEST), false),
+        ];
+        for (e, want) in cases {
+            assert_eq!(precondition_failed(&e), want, "{e}");
+        }
+    }
 
     #[test]
     fn transition_time_moves_only_when_status_changes() {

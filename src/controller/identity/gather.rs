@@ -92,6 +92,9 @@ pub struct SecretObservation {
     /// Read when status holds no user: the user the Secret records (to be checked
     /// against its mark before it is trusted).
     pub recorded_user: Option<secret::RecordedUser>,
+    /// The status whose write failed, when the Secret read holds exactly the token it
+    /// describes (and status does not): decide from it, not from the older status.
+    pub unrecorded: Option<CommunicationIdentityStatus>,
 }
 
 impl SecretObservation {
@@ -101,6 +104,7 @@ impl SecretObservation {
             issued_at,
             recheck: None,
             recorded_user: None,
+            unrecorded: None,
         }
     }
 }
@@ -157,6 +161,7 @@ pub async fn observe_secret(
                     issued_at: remembered.last_token_request,
                     recheck: Some(CACHE_LAG),
                     recorded_user: None,
+                    unrecorded: None,
                 });
             }
         }
@@ -168,7 +173,14 @@ pub async fn observe_secret(
         status_is_ours,
         "the cached Secret cannot be trusted; reading it"
     );
-    read_secret(ctx, identity, status, secret_name).await
+    read_secret(
+        ctx,
+        identity,
+        status,
+        remembered.unrecorded.as_deref(),
+        secret_name,
+    )
+    .await
 }
 
 /// Reads the Secret and checks it against status; an intact one is remembered so the
@@ -177,6 +189,7 @@ async fn read_secret(
     ctx: &Context,
     identity: &CommunicationIdentity,
     status: &CommunicationIdentityStatus,
+    unrecorded: Option<&CommunicationIdentityStatus>,
     secret_name: &str,
 ) -> Result<SecretObservation, StepError> {
     let ns = identity.namespace().unwrap_or_default();
@@ -200,8 +213,17 @@ async fn read_secret(
         .is_none()
         .then(|| secret::recorded_user(&found))
         .flatten();
-    let expires = status.token_expires_on.as_ref().map(|t| rfc3339(t.0));
-    let intact = secret::intact(&found, status, expires.as_deref());
+    let describes = |st: &CommunicationIdentityStatus| {
+        let expires = st.token_expires_on.as_ref().map(|t| rfc3339(t.0));
+        secret::intact(&found, st, expires.as_deref())
+    };
+    // A status write of ours failed after the Secret was written: if the Secret holds
+    // exactly what that status said, it is the truth, and the older status is not.
+    let unrecorded = unrecorded
+        .filter(|u| u.user_id.is_some() && !describes(status) && describes(u))
+        .cloned();
+    let status = unrecorded.as_ref().unwrap_or(status);
+    let intact = describes(status);
     if intact {
         let rv = found.resource_version();
         let identity_rv = identity.resource_version();
@@ -215,6 +237,7 @@ async fn read_secret(
     }
     Ok(SecretObservation {
         recorded_user,
+        unrecorded,
         ..SecretObservation::of(
             SecretFacts::Ours {
                 intact,

@@ -316,6 +316,11 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
     let observed =
         gather::observe_secret(ctx, &obj, &status, &remembered, &secret_name, now).await?;
     let (secret, annotated) = (observed.facts, observed.issued_at);
+    if let Some(unrecorded) = observed.unrecorded {
+        tracing::debug!(namespace = %ns, name = %name,
+            "status misses our last (failed) status write; the token Secret holds what it described: deciding from it");
+        status = unrecorded;
+    }
     // No user in status, but the token Secret records one this operator created (a status
     // write after the create failed, or the process ended before it): issue for that user
     // instead of creating another. The mark proves the operator wrote it for this object.
@@ -521,6 +526,13 @@ async fn finish(
         &st,
     );
     let written = write_status(ctx, obj, facts.status, &st).await;
+    if written.is_err() {
+        ctx.memory.status_unrecorded(
+            &ObjectRef::from_obj(obj),
+            &obj.uid().unwrap_or_default(),
+            &st,
+        );
+    }
     if let (Err(_), Err(e)) = (&outcome, &written) {
         tracing::warn!(
             namespace = %obj.namespace().unwrap_or_default(),

@@ -169,18 +169,14 @@ pub async fn write_status(
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let oref = ObjectRef::from_obj(obj);
     let uid = obj.uid().unwrap_or_default();
-    let expected = crate::controller::memory::expected_rv(
-        obj.resource_version().as_deref(),
-        &ctx.memory.get(&oref, &uid),
-    );
-    if let Some(written) = replace_status(
-        &api,
-        &obj.name_any(),
-        Some(current),
-        status,
-        expected.as_deref(),
-    )
-    .await?
+    let remembered = ctx.memory.get(&oref, &uid);
+    let expected =
+        crate::controller::memory::expected_rv(obj.resource_version().as_deref(), &remembered);
+    // After a failed write, `current` may be that unwritten status (see
+    // `gather::read_secret`): the API server does not hold it, so write even when equal.
+    let current = remembered.unrecorded.is_none().then_some(current);
+    if let Some(written) =
+        replace_status(&api, &obj.name_any(), current, status, expected.as_deref()).await?
     {
         ctx.memory
             .status_written(&oref, &uid, written.resource_version(), status);
