@@ -29,6 +29,8 @@ use super::status::{replace_status, set_condition};
 
 /// Credentials are re-checked this often even without a watch event.
 const RECHECK: Duration = Duration::from_secs(300);
+/// A service whose Entra token could not be obtained is re-checked this often.
+const ENTRA_RECHECK: Duration = Duration::from_secs(30);
 
 pub struct ServiceContext<K: Resource<DynamicType = ()>> {
     pub client: Client,
@@ -168,7 +170,14 @@ where
     ctx.metrics
         .observe_reconcile(&K::kind(&()), label, started.elapsed());
     result?;
-    Ok(Action::requeue(RECHECK))
+    // An Entra problem (a missing grant, a federation not yet propagated, an outage) is
+    // re-checked soon: the fix is made elsewhere and raises no watch event here.
+    let entra_problem = matches!(&resolved, Err(ResolveError::Entra { .. }));
+    Ok(Action::requeue(if entra_problem {
+        ENTRA_RECHECK
+    } else {
+        RECHECK
+    }))
 }
 
 /// Checks the service's credentials: where the Secret or ServiceAccount lives, that the
