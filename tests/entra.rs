@@ -87,10 +87,15 @@ struct World {
 
 impl World {
     async fn start() -> World {
+        World::with_lifetime(Duration::from_secs(3599)).await
+    }
+
+    async fn with_lifetime(lifetime: Duration) -> World {
         let emulator = spawn(EmulatorConfig {
             tls: true,
             disable_local_auth: true,
             entra_tenant: Some("tenant-1".into()),
+            entra_token_lifetime: lifetime,
             ..EmulatorConfig::default()
         })
         .await
@@ -318,4 +323,32 @@ async fn discovery_documents_are_what_msal_requires() {
         .await
         .unwrap();
     assert!(keys["keys"].is_array());
+}
+
+#[tokio::test]
+async fn a_short_lived_token_is_refreshed_before_it_expires_and_not_before() {
+    // 3 s tokens: refreshed at two thirds of their life (2 s), never used expired.
+    let w = World::with_lifetime(Duration::from_secs(3)).await;
+    w.grant().await;
+    let (client, credential, source) = w.client(SUBJECT);
+    let first = credential.token().await.unwrap();
+    for _ in 0..5 {
+        client.create_user(None, None, None).await.unwrap();
+    }
+    assert_eq!(w.entra().await["counts"]["tokensIssued"], 1, "cached");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let second = credential.token().await.unwrap();
+    assert!(second.expires_on > first.expires_on, "a new token");
+    assert!(
+        jiff::Timestamp::now() < first.expires_on,
+        "refreshed while the old one was still valid"
+    );
+    client.create_user(None, None, None).await.unwrap();
+    assert_eq!(w.entra().await["counts"]["tokensIssued"], 2);
+    assert_eq!(
+        source.calls.load(Ordering::SeqCst),
+        2,
+        "one ServiceAccount token per exchange"
+    );
+    assert_eq!(w.entra().await["counts"]["bearerRefused"], 0);
 }

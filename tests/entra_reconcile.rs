@@ -165,6 +165,10 @@ impl World {
     }
 
     fn start(&mut self, client: Client) {
+        self.start_with(client, EntraSettings::default());
+    }
+
+    fn start_with(&mut self, client: Client, entra: EntraSettings) {
         let config = OperatorConfig {
             watch_namespaces: vec![self.ns().to_string()],
             cluster_resource_namespace: self.ns().to_string(),
@@ -176,7 +180,7 @@ impl World {
                     operator_service_account: Some(format!(
                         "{OPERATOR_NAMESPACE}/{OPERATOR_SERVICE_ACCOUNT}"
                     )),
-                    ..EntraSettings::default()
+                    ..entra
                 },
                 ..ClientSettings::default()
             },
@@ -415,5 +419,182 @@ async fn every_refusal_has_its_reason() {
     .unwrap_or_else(|| panic!("id-wrong is FederationFailed"));
     if let Some(op) = w.operator.take() {
         op.abort();
+    }
+}
+
+/// Reads a cluster service's Ready condition (reason, message) and authentication.
+async fn cluster_service_reason_is(admin: &Client, name: &str, reason: &str) -> (String, Value) {
+    let api: Api<acs_identity_operator::api::ClusterCommunicationService> = Api::all(admin.clone());
+    let name = name.to_string();
+    let reason = reason.to_string();
+    eventually(
+        90,
+        &format!("cluster service {name} Ready reason {reason}"),
+        move || {
+            let api = api.clone();
+            let name = name.clone();
+            let reason = reason.clone();
+            async move {
+                let st = api.get_opt(&name).await.ok().flatten()?.status?;
+                let c = st.conditions.iter().find(|c| c.type_ == types::READY)?;
+                (c.reason == reason).then(|| {
+                    (
+                        c.message.clone(),
+                        serde_json::to_value(&st.authentication).unwrap(),
+                    )
+                })
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_service_in_ambient_mode_uses_the_operators_projected_token() {
+    let mut w = World::new("entra-ambient").await;
+    let ns = w.ns().to_string();
+    // The harness plays the Azure Workload Identity webhook: a projected token of the
+    // operator's ServiceAccount (here `operator-ambient` of the cluster resource
+    // namespace) in a file, and the AZURE_* environment.
+    w.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: operator-ambient, namespace: {ns}}}\n"
+    ));
+    w.register("client-amb", &ns, "operator-ambient").await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(w.admin.clone(), &ns);
+    let token = sas
+        .create_token_request(
+            "operator-ambient",
+            &Default::default(),
+            &k8s_openapi::api::authentication::v1::TokenRequest {
+                spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                    audiences: Some(vec!["api://AzureADTokenExchange".into()]),
+                    expiration_seconds: Some(3600),
+                    bound_object_ref: None,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, &token).unwrap();
+
+    let ambient = format!("{ns}-ambient");
+    let elsewhere = format!("{ns}-elsewhere");
+    for (name, entra) in [
+        (&ambient, json!({})),
+        (
+            &elsewhere,
+            json!({"clientId": "client-amb", "tenantId": "tenant-1", "serviceAccountRef": {"name": "acs-client", "namespace": "default"}}),
+        ),
+    ] {
+        create_in(
+            &w.admin,
+            "",
+            "clustercommunicationservices",
+            json!({
+                "apiVersion": "acs-operator.dev/v1alpha1", "kind": "ClusterCommunicationService",
+                "metadata": {"name": name},
+                "spec": {"endpoint": w.emulator.endpoint(), "entraId": entra, "namespaceSelector": {}},
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    w.start_with(
+        operator_client().await,
+        EntraSettings {
+            client_id: Some("client-amb".into()),
+            tenant_id: Some("tenant-1".into()),
+            federated_token_file: Some(token_file.clone()),
+            ..EntraSettings::default()
+        },
+    );
+    let (_, auth) =
+        cluster_service_reason_is(&w.admin, &ambient, reasons::ENTRA_TOKEN_ACQUIRED).await;
+    assert_eq!(auth["method"], "Ambient");
+    assert_eq!(auth["clientId"], "client-amb");
+    let (msg, _) = cluster_service_reason_is(
+        &w.admin,
+        &elsewhere,
+        reasons::SERVICE_ACCOUNT_NAMESPACE_NOT_ALLOWED,
+    )
+    .await;
+    assert!(msg.contains("default") && msg.contains(&ns), "{msg}");
+
+    create_identity(
+        &w.admin,
+        &ns,
+        "amb",
+        json!({"serviceRef": {"kind": "ClusterCommunicationService", "name": ambient}, "scopes": ["voip"]}),
+    )
+    .await;
+    create_identity(
+        &w.admin,
+        &ns,
+        "elsewhere",
+        json!({"serviceRef": {"kind": "ClusterCommunicationService", "name": elsewhere}, "scopes": ["voip"]}),
+    )
+    .await;
+    let ids: Api<CommunicationIdentity> = Api::namespaced(w.admin.clone(), &ns);
+    let ready_with = |reason: &'static str, status: &'static str| {
+        move |o: &CommunicationIdentity| {
+            o.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == types::READY && c.status == status && c.reason == reason)
+            })
+        }
+    };
+    wait_for(&ids, "amb", 90, ready_with(reasons::TOKEN_ISSUED, "True"))
+        .await
+        .expect("the ambient identity is Ready");
+    wait_for(
+        &ids,
+        "elsewhere",
+        60,
+        ready_with(reasons::SERVICE_ACCOUNT_NAMESPACE_NOT_ALLOWED, "False"),
+    )
+    .await
+    .expect("ServiceAccountNamespaceNotAllowed on the identity");
+
+    // Leak scan: neither the ServiceAccount token nor any Entra token (all JWTs) appears
+    // in a status or an event.
+    let mut texts = vec![
+        serde_json::to_string(
+            &ids.list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|i| &i.status)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap(),
+    ];
+    let ccs: Api<acs_identity_operator::api::ClusterCommunicationService> =
+        Api::all(w.admin.clone());
+    for name in [&ambient, &elsewhere] {
+        texts.push(serde_json::to_string(&ccs.get(name).await.unwrap().status).unwrap());
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(w.admin.clone(), &ns);
+    texts.push(
+        serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap(),
+    );
+    for t in &texts {
+        assert!(!t.contains(&token), "the ServiceAccount token leaked");
+        assert!(!t.contains("eyJ"), "a JWT in status or events: {t}");
+    }
+    assert_eq!(w.entra_counts().await["tokensIssued"], 1);
+    if let Some(op) = w.operator.take() {
+        op.abort();
+    }
+    for name in [&ambient, &elsewhere] {
+        let _ = ccs.delete(name, &Default::default()).await;
     }
 }
