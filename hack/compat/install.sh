@@ -12,6 +12,8 @@ PY_SIX_VERSION=1.17.0
 PY_AZURE_IDENTITY_VERSION=1.27.0
 JS_IDENTITY_VERSION=1.3.1
 JS_COMMON_VERSION=2.5.0
+# Entra ID (workload identity) against the emulated authority; pulls @azure/msal-node.
+JS_AZURE_IDENTITY_VERSION=4.14.1
 
 COMPAT_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator/compat"
 VENV="$COMPAT_DIR/venv"
@@ -56,12 +58,14 @@ node_has() {
 }
 
 if ! node_has @azure/communication-identity "$JS_IDENTITY_VERSION" \
-    || ! node_has @azure/communication-common "$JS_COMMON_VERSION"; then
+    || ! node_has @azure/communication-common "$JS_COMMON_VERSION" \
+    || ! node_has @azure/identity "$JS_AZURE_IDENTITY_VERSION"; then
     mkdir -p "$NODE_DIR"
     [ -f "$NODE_DIR/package.json" ] || echo '{"name":"acs-compat","private":true}' >"$NODE_DIR/package.json"
     npm install --prefix "$NODE_DIR" --no-audit --no-fund --silent --save-exact \
         "@azure/communication-identity@$JS_IDENTITY_VERSION" \
-        "@azure/communication-common@$JS_COMMON_VERSION"
+        "@azure/communication-common@$JS_COMMON_VERSION" \
+        "@azure/identity@$JS_AZURE_IDENTITY_VERSION"
 fi
 
 echo "compat SDKs ready in $COMPAT_DIR"
