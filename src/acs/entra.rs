@@ -417,6 +417,9 @@ pub struct EntraCredential {
     state: tokio::sync::Mutex<State>,
     /// Last known (client id, tenant id, expiry), readable without waiting.
     shown: Mutex<Option<(String, String, Timestamp)>>,
+    /// A token ACS refused: never handed out again, even if the state was busy when it
+    /// was reported.
+    refused: Mutex<Option<Secret>>,
 }
 
 impl fmt::Debug for EntraCredential {
@@ -441,6 +444,7 @@ impl EntraCredential {
             observer,
             state: tokio::sync::Mutex::new(State::default()),
             shown: Mutex::new(None),
+            refused: Mutex::new(None),
         }
     }
 
@@ -455,6 +459,16 @@ impl EntraCredential {
     pub async fn token(&self) -> Result<BearerToken, EntraError> {
         let mut st = self.state.lock().await;
         let now = Timestamp::now();
+        if let Some(refused) = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            && st.cached.as_ref().is_some_and(|c| c.token.token == refused)
+        {
+            st.cached = None;
+            st.failure = None;
+        }
         if let Some(c) = &st.cached
             && now < c.refresh_at
         {
@@ -516,14 +530,9 @@ impl EntraCredential {
     /// Drops the cached token if it is still `token` (ACS answered 401 to it): the next
     /// [`Self::token`] asks Entra again.
     pub fn invalidate(&self, token: &Secret) {
-        if let Ok(mut st) = self.state.try_lock() {
-            if st.cached.as_ref().is_some_and(|c| c.token.token == *token) {
-                st.cached = None;
-                st.failure = None;
-            }
-        } else {
-            // Someone is refreshing right now: the token they get is new anyway.
-        }
+        // Applied by the next `token()`, under the state lock: a refresh in flight keeps
+        // its new token, and the refused one is never handed out again.
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
     }
 
     async fn exchange(&self) -> Result<(Secret, Duration, Option<Duration>), EntraError> {
