@@ -352,3 +352,53 @@ async fn a_short_lived_token_is_refreshed_before_it_expires_and_not_before() {
     );
     assert_eq!(w.entra().await["counts"]["bearerRefused"], 0);
 }
+
+#[tokio::test]
+async fn a_hostile_authority_is_bounded() {
+    let w = World::start().await;
+    let cases = [
+        // 12 MiB of body: not read past the cap.
+        (
+            json!({"operation": "entra-token", "status": 200, "body": "0123456789abcdef", "bodyRepeat": 800_000, "count": 1}),
+            reasons::ENTRA_UNAVAILABLE,
+            None,
+        ),
+        // A Retry-After of 584 billion years: honoured up to 5 minutes.
+        (
+            json!({"operation": "entra-token", "status": 503, "retryAfter": "18446744073709551615", "count": 1}),
+            reasons::ENTRA_UNAVAILABLE,
+            Some(acs_identity_operator::acs::entra::MAX_RETRY_AFTER),
+        ),
+        // expires_in beyond any lifetime: capped, not overflowed.
+        (
+            json!({"operation": "entra-token", "status": 200, "body": "{\"token_type\":\"Bearer\",\"expires_in\":18446744073709551615,\"access_token\":\"x.y.z\"}", "count": 1}),
+            "",
+            None,
+        ),
+    ];
+    for (rule, reason, retry_after) in cases {
+        w.post("/admin/faults", rule.clone()).await;
+        let (_, credential, _) = w.client(SUBJECT);
+        match credential.token().await {
+            Err(e) => {
+                assert_eq!(e.reason(), reason, "{rule}: {e}");
+                if retry_after.is_some() {
+                    assert!(
+                        e.retry_after() <= retry_after,
+                        "{rule}: {:?}",
+                        e.retry_after()
+                    );
+                }
+            }
+            Ok(t) => {
+                assert_eq!(reason, "", "{rule}: accepted");
+                let max = jiff::Timestamp::now()
+                    + jiff::SignedDuration::try_from(
+                        acs_identity_operator::acs::entra::MAX_TOKEN_LIFETIME,
+                    )
+                    .unwrap();
+                assert!(t.expires_on <= max, "{rule}: expiry capped");
+            }
+        }
+    }
+}

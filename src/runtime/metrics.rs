@@ -490,8 +490,27 @@ mod tests {
         m.set_identity_ready("ns", "id", Some(true));
         m.set_token_expiry("ns", "id", 1);
         m.renewal_failed("ns", "id", "throttled");
+        {
+            use crate::acs::entra::EntraObserver;
+            m.on_token_request("team-a/acs-client", "ok");
+            m.on_token_request("team-a/acs-client", "refused");
+            m.on_token(
+                "team-a/acs-client",
+                jiff::Timestamp::from_second(1_900_000_000).unwrap(),
+            );
+        }
         let text = m.encode();
+        assert!(
+            text.contains(r#"acs_operator_entra_token_requests_total{credential="team-a/acs-client",result="refused"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"acs_operator_entra_token_expiry_timestamp_seconds{credential="team-a/acs-client"} 1900000000"#),
+            "{text}"
+        );
         for (name, kind) in [
+            ("acs_operator_entra_token_requests", "counter"),
+            ("acs_operator_entra_token_expiry_timestamp_seconds", "gauge"),
             ("acs_operator_reconciles", "counter"),
             ("acs_operator_reconcile_duration_seconds", "histogram"),
             ("acs_operator_acs_requests", "counter"),
