@@ -500,7 +500,8 @@ async fn a_cluster_service_in_ambient_mode_uses_the_operators_projected_token() 
             json!({
                 "apiVersion": "acs-operator.dev/v1alpha1", "kind": "ClusterCommunicationService",
                 "metadata": {"name": name},
-                "spec": {"endpoint": w.emulator.endpoint(), "entraId": entra, "namespaceSelector": {}},
+                // Only this test's namespace: under `make test` every test shares one API server.
+                "spec": {"endpoint": w.emulator.endpoint(), "entraId": entra, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
             }),
         )
         .await
