@@ -273,3 +273,87 @@ async fn services_store_allow_adoption_and_resolve_its_default_by_kind() {
     }
     ns.delete(&client).await;
 }
+
+#[tokio::test]
+async fn services_take_exactly_one_credential_and_entra_only_over_https() {
+    let cp = ControlPlane::get();
+    install_crds(cp);
+    let client = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &client, "admission-entra").await;
+    let api: Api<CommunicationService> = Api::namespaced(client.clone(), &ns.name);
+    let cluster: Api<ClusterCommunicationService> = Api::all(client.clone());
+    let pp = PostParams::default();
+    let ep = "https://acs.example.communication.azure.com";
+    let refused = [
+        (
+            "both",
+            json!({"connectionStringSecretRef": {"name": "acs"}, "endpoint": ep, "entraId": {}}),
+            "exactly one of",
+        ),
+        ("neither", json!({}), "exactly one of"),
+        (
+            "no-endpoint",
+            json!({"entraId": {"serviceAccountRef": {"name": "sa"}}}),
+            "spec.endpoint is required",
+        ),
+        (
+            "endpoint-with-key",
+            json!({"connectionStringSecretRef": {"name": "acs"}, "endpoint": ep}),
+            "spec.endpoint is required",
+        ),
+        (
+            "http",
+            json!({"endpoint": "http://acs.example", "entraId": {}}),
+            "https://",
+        ),
+        (
+            "http-authority",
+            json!({"endpoint": ep, "entraId": {"authorityHost": "http://login.example"}}),
+            "authorityHost must be an https",
+        ),
+    ];
+    for (name, spec, needle) in &refused {
+        let msg = api_message(
+            api.create(&pp, &object("CommunicationService", name, spec.clone()))
+                .await
+                .expect_err(name),
+        );
+        assert!(msg.contains(needle), "{name}: {msg}");
+        let mut cspec = spec.clone();
+        if let Some(r) = cspec.get_mut("connectionStringSecretRef") {
+            r["namespace"] = json!("acs-system");
+        }
+        if let Some(r) = cspec.pointer_mut("/entraId/serviceAccountRef") {
+            r["namespace"] = json!("acs-system");
+        }
+        let cname = format!("{}-{name}", ns.name);
+        let msg = api_message(
+            cluster
+                .create(&pp, &object("ClusterCommunicationService", &cname, cspec))
+                .await
+                .expect_err(name),
+        );
+        assert!(msg.contains(needle), "cluster {name}: {msg}");
+    }
+    api.create(
+        &pp,
+        &object(
+            "CommunicationService",
+            "entra",
+            json!({"endpoint": ep, "entraId": {"serviceAccountRef": {"name": "acs-client"}}}),
+        ),
+    )
+    .await
+    .expect("an Entra service is admitted");
+    api.create(
+        &pp,
+        &object(
+            "CommunicationService",
+            "key",
+            json!({"connectionStringSecretRef": {"name": "acs"}}),
+        ),
+    )
+    .await
+    .expect("a connection-string service is admitted as before");
+    ns.delete(&client).await;
+}

@@ -876,3 +876,77 @@ async fn install_upgrade_uninstall() {
         "CRDs must be kept on uninstall"
     );
 }
+
+#[test]
+fn entra_grants_stay_in_the_cluster_resource_namespace_and_workload_identity_labels_the_pod() {
+    let cp = ControlPlane::get();
+    let default = docs(&template(cp, "acs", "acs-system", &[]));
+    for role in of_kind(&default, "ClusterRole")
+        .into_iter()
+        .chain(of_kind(&default, "Role"))
+    {
+        let text = serde_json::to_string(&role["rules"]).unwrap();
+        assert!(
+            !text.contains("serviceaccounts/token"),
+            "no TokenRequest grant by default: {text}"
+        );
+    }
+    let rendered = docs(&template(
+        cp,
+        "acs",
+        "acs-system",
+        &[
+            "--set",
+            "entraId.tokenRequestServiceAccounts[0]=acs-client",
+            "--set",
+            "workloadIdentity.enabled=true",
+            "--set",
+            "workloadIdentity.clientId=00000000-0000-0000-0000-000000000000",
+            "--set",
+            "entraId.namespacedServiceAmbientCredentials=true",
+        ],
+    ));
+    for role in of_kind(&rendered, "ClusterRole") {
+        let text = serde_json::to_string(&role["rules"]).unwrap();
+        assert!(!text.contains("serviceaccounts/token"), "{text}");
+    }
+    let grant: Vec<&Value> = of_kind(&rendered, "Role")
+        .into_iter()
+        .filter(|r| {
+            serde_json::to_string(&r["rules"])
+                .unwrap()
+                .contains("serviceaccounts/token")
+        })
+        .collect();
+    assert_eq!(grant.len(), 1);
+    assert_eq!(grant[0]["metadata"]["namespace"], "acs-system");
+    assert_eq!(
+        str_list(&grant[0]["rules"][0]["resourceNames"]),
+        ["acs-client"]
+    );
+    let deploy = of_kind(&rendered, "Deployment")[0];
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    assert!(
+        deployment_args(&rendered)
+            .contains(&"--namespaced-service-ambient-credentials".to_string())
+    );
+    let sa = of_kind(&rendered, "ServiceAccount")[0];
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "00000000-0000-0000-0000-000000000000"
+    );
+    let (ok, _, err) = helm(
+        cp,
+        &[
+            "template",
+            "acs",
+            &chart(),
+            "--set",
+            "workloadIdentity.enabled=true",
+        ],
+    );
+    assert!(!ok && err.contains("workloadIdentity.clientId"), "{err}");
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proves the emulator's fidelity: runs the official ACS SDKs (Python, JavaScript, and the
 # retired Python administration package's quickstart) against the acs-emulator binary,
-# over plain HTTP and over --tls. Prints one PASS/FAIL line per check and closes with
+# over plain HTTP and over --tls, and Python azure-identity / JS @azure/identity (Entra ID
+# workload identity) with local auth disabled. Prints one PASS/FAIL line per check and closes with
 # `N passed, N failed`; exits non-zero on any failure.
 set -uo pipefail
 
@@ -125,6 +126,23 @@ sys.exit(0 if user and user[0]["deleted"] and user[0]["tokensRevokedAt"] and use
     check_logs_clean tls
 else
     fail "emulator (tls) starts"
+fi
+
+# --- Entra ID: TLS, local auth disabled -------------------------------------------------
+# azure-identity's (Python) and @azure/identity's (JS, MSAL) WorkloadIdentityCredential
+# against the emulated authority, with CommunicationIdentityClient(endpoint, credential):
+# the quickstart on bearer tokens only.
+CA_ENTRA="$WORK/ca-entra.pem"
+if start_emulator entra --listen 127.0.0.1:0 --tls --tls-ca-out "$CA_ENTRA" --disable-local-auth --entra-tenant compat-tenant; then
+    ENDPOINT="${CONN#endpoint=}"; ENDPOINT="${ENDPOINT%%/;*}"
+    ACS_ENDPOINT="$ENDPOINT" ENTRA_TENANT=compat-tenant ACS_CONNECTION_STRING="$CONN" \
+        REQUESTS_CA_BUNDLE="$CA_ENTRA" SSL_CERT_FILE="$CA_ENTRA" \
+        run_checks python-entra "$VENV_PY" tests/compat/compat_entra_python.py
+    ACS_ENDPOINT="$ENDPOINT" ENTRA_TENANT=compat-tenant NODE_EXTRA_CA_CERTS="$CA_ENTRA" \
+        run_checks js-entra node tests/compat/compat_entra_js.js
+    check_logs_clean entra
+else
+    fail "emulator (entra) starts"
 fi
 
 echo "$PASSED passed, $FAILED failed"

@@ -147,11 +147,20 @@ pub struct AcsClient {
     caller: Option<Arc<str>>,
 }
 
+/// How requests are authenticated.
+#[derive(Clone)]
+pub enum Auth {
+    /// HMAC-SHA256 with the connection string's access key.
+    Hmac(AccessKey),
+    /// `Authorization: Bearer` with an Entra ID token for ACS's scope.
+    Bearer(Arc<super::entra::EntraCredential>),
+}
+
 struct Inner {
     http: reqwest::Client,
     /// Without a trailing slash, so request targets append to it.
     base: String,
-    key: AccessKey,
+    auth: Auth,
     api_version: String,
     request_timeout: Duration,
     call_deadline: Duration,
@@ -173,7 +182,53 @@ impl AcsClient {
     /// A client for the connection's endpoint. Refuses an endpoint that [`check_endpoint`]
     /// refuses (`AcsError::Endpoint`), before any request.
     pub fn new(connection: &ConnectionString, options: AcsClientOptions) -> Result<Self, AcsError> {
-        check_endpoint(connection.endpoint(), options.allow_insecure_endpoints)?;
+        Self::with_auth(
+            connection.endpoint(),
+            Auth::Hmac(connection.key().clone()),
+            options,
+        )
+    }
+
+    /// A client for `endpoint` authenticating with Entra ID tokens from `credential`.
+    /// https only, whatever `allow_insecure_endpoints` says: a bearer token is never sent
+    /// in clear (the SDKs refuse too).
+    pub fn with_entra(
+        endpoint: &Url,
+        credential: Arc<super::entra::EntraCredential>,
+        options: AcsClientOptions,
+    ) -> Result<Self, AcsError> {
+        check_endpoint(endpoint, false)?;
+        Self::with_auth(endpoint, Auth::Bearer(credential), options)
+    }
+
+    /// The HTTP client settings (CA bundle, timeouts, no redirects) an Entra credential of
+    /// this operator uses too.
+    pub fn http_client(options: &AcsClientOptions) -> Result<reqwest::Client, AcsError> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(options.request_timeout)
+            .connect_timeout(options.connect_timeout.min(options.request_timeout))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("acs-identity-operator/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &options.extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|_| AcsError::Config("extra CA bundle is not valid PEM".into()))?;
+            if certs.is_empty() {
+                return Err(AcsError::Config(
+                    "extra CA bundle holds no certificate".into(),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        builder
+            .build()
+            .map_err(|e| AcsError::Config(format!("cannot build the HTTP client: {e}")))
+    }
+
+    fn with_auth(endpoint: &Url, auth: Auth, options: AcsClientOptions) -> Result<Self, AcsError> {
+        check_endpoint(endpoint, options.allow_insecure_endpoints)?;
         if options.api_version.trim().is_empty() {
             return Err(AcsError::Config("api-version is empty".into()));
         }
@@ -190,34 +245,14 @@ impl AcsClient {
                 "quota for {op} must allow at least one request in a positive period"
             )));
         }
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(options.request_timeout)
-            .connect_timeout(options.connect_timeout.min(options.request_timeout))
-            // A redirect would send a signed request (and get tokens back) from wherever
-            // the endpoint points; an ACS endpoint never redirects.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("acs-identity-operator/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &options.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|_| AcsError::Config("extra CA bundle is not valid PEM".into()))?;
-            if certs.is_empty() {
-                return Err(AcsError::Config(
-                    "extra CA bundle holds no certificate".into(),
-                ));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| AcsError::Config(format!("cannot build the HTTP client: {e}")))?;
+        // A redirect would send a signed request (and get tokens back) from wherever the
+        // endpoint points; an ACS endpoint never redirects (set in `http_client`).
+        let http = Self::http_client(&options)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                base: connection.endpoint_str(),
-                key: connection.key().clone(),
+                base: endpoint.as_str().trim_end_matches('/').to_string(),
+                auth,
                 request_timeout: options.request_timeout,
                 call_deadline: options.call_deadline,
                 retry: options.retry,
@@ -261,18 +296,27 @@ impl AcsClient {
     /// `user` of this endpoint to the object `owner_uid`. The operator writes it into the
     /// token Secret next to `userId` and trusts a Secret's `userId` as the record of a
     /// user it created only when the mark matches: a tenant who can write the Secret
-    /// cannot make the operator take someone else's user for its own.
-    pub fn user_record(&self, owner_uid: &str, user: &str) -> String {
-        super::signing::signature(&self.inner.key, &self.user_record_text(owner_uid, user))
+    /// cannot make the operator take someone else's user for its own. With Entra ID
+    /// there is no shared key to make one: `None`, and no Secret is taken as a record
+    /// (the process's memory still is, until a status write holds the user).
+    pub fn user_record(&self, owner_uid: &str, user: &str) -> Option<String> {
+        match &self.inner.auth {
+            Auth::Hmac(key) => Some(super::signing::signature(
+                key,
+                &self.user_record_text(owner_uid, user),
+            )),
+            Auth::Bearer(_) => None,
+        }
     }
 
     /// Whether `mark` is [`AcsClient::user_record`] of this owner and user (constant time).
     pub fn verify_user_record(&self, owner_uid: &str, user: &str, mark: &str) -> bool {
-        super::signing::verify(
-            &self.inner.key,
-            &self.user_record_text(owner_uid, user),
-            mark,
-        )
+        match &self.inner.auth {
+            Auth::Hmac(key) => {
+                super::signing::verify(key, &self.user_record_text(owner_uid, user), mark)
+            }
+            Auth::Bearer(_) => false,
+        }
     }
 
     fn user_record_text(&self, owner_uid: &str, user: &str) -> String {
@@ -456,15 +500,24 @@ impl AcsClient {
         let url = self.request_url(op, id)?;
         let call_started = Instant::now();
         let mut attempt = 0u32;
+        let mut retried_unauthorized = false;
         loop {
             attempt += 1;
+            let bearer = self.bearer().await?;
             let quota_wait = self.wait_for_turn(op).await?;
             let started = Instant::now();
             // Fresh for every attempt, logged with it and kept in the error: what Azure
             // support traces a request by.
             let client_request_id = uuid::Uuid::new_v4().to_string();
             let result = match self
-                .send_once(op, &url, body.as_deref(), headers, &client_request_id)
+                .send_once(
+                    op,
+                    &url,
+                    body.as_deref(),
+                    headers,
+                    &client_request_id,
+                    bearer.as_ref(),
+                )
                 .await
             {
                 Ok((status, retry_after, bytes, ms_cv)) => {
@@ -513,6 +566,21 @@ impl AcsClient {
                 Ok(v) => return Ok(v),
                 Err((_, e)) => e,
             };
+            // A bearer token ACS refuses may have been revoked or may predate a role
+            // assignment: drop it and try once more with a fresh one.
+            if let (Auth::Bearer(credential), Some(token)) = (&self.inner.auth, &bearer)
+                && err.status() == Some(401)
+                && !retried_unauthorized
+            {
+                retried_unauthorized = true;
+                credential.invalidate(token);
+                tracing::debug!(operation = %op, attempt, "ACS refused the Entra token; retrying once with a new one");
+                continue;
+            }
+            let err = match &self.inner.auth {
+                Auth::Bearer(_) => err.with_entra_hint(),
+                Auth::Hmac(_) => err,
+            };
             if err.status() == Some(429)
                 && let Some(wait) = err.retry_after()
             {
@@ -554,6 +622,25 @@ impl AcsClient {
                 "ACS request failed; retrying"
             );
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The Entra token for the next attempt (`None` with HMAC).
+    async fn bearer(&self) -> Result<Option<super::entra::Secret>, AcsError> {
+        match &self.inner.auth {
+            Auth::Hmac(_) => Ok(None),
+            Auth::Bearer(credential) => {
+                credential
+                    .token()
+                    .await
+                    .map(|t| Some(t.token))
+                    .map_err(|e| AcsError::Entra {
+                        reason: e.reason(),
+                        message: e.to_string(),
+                        transient: e.is_transient(),
+                        retry_after: e.retry_after(),
+                    })
+            }
         }
     }
 
@@ -612,6 +699,7 @@ impl AcsClient {
             Some(&body),
             &[],
             &uuid::Uuid::new_v4().to_string(),
+            None,
         )?
         .build()
         .map_err(|e| AcsError::Config(format!("cannot build the request: {e}")))
@@ -632,8 +720,39 @@ impl AcsClient {
         body: Option<&[u8]>,
         headers: &[(&'static str, String)],
         client_request_id: &str,
+        bearer: Option<&super::entra::Secret>,
     ) -> Result<reqwest::RequestBuilder, AcsError> {
         let method = method_of(op);
+        let key = match (&self.inner.auth, bearer) {
+            (Auth::Hmac(key), _) => key,
+            (Auth::Bearer(_), Some(token)) => {
+                // What azure-core's bearer policy sends: no date, no content hash.
+                let mut authorization =
+                    HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                        AcsError::Config("the Entra token is not a valid header value".into())
+                    })?;
+                authorization.set_sensitive(true);
+                let mut request = self
+                    .inner
+                    .http
+                    .request(method, url.clone())
+                    .header(AUTHORIZATION, authorization)
+                    .header(ACCEPT, "application/json")
+                    .header("x-ms-client-request-id", client_request_id);
+                for (name, value) in headers {
+                    request = request.header(*name, value);
+                }
+                if let Some(b) = body {
+                    request = request
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(b.to_vec());
+                }
+                return Ok(request);
+            }
+            (Auth::Bearer(_), None) => {
+                return Err(AcsError::Config("no Entra token to send".into()));
+            }
+        };
         // Sign exactly what goes on the wire: the URL's own serialisation of path and
         // query, and the host with the port the connection uses.
         let target = match url.query() {
@@ -642,7 +761,7 @@ impl AcsClient {
         };
         let date = httpdate::fmt_http_date(SystemTime::now());
         let signed = sign_request(
-            &self.inner.key,
+            key,
             method.as_str(),
             &target,
             &host_with_port(url),
@@ -682,8 +801,9 @@ impl AcsClient {
         body: Option<&[u8]>,
         headers: &[(&'static str, String)],
         client_request_id: &str,
+        bearer: Option<&super::entra::Secret>,
     ) -> Result<(u16, Option<Duration>, Vec<u8>, Option<String>), AcsError> {
-        let request = self.signed_request(op, url, body, headers, client_request_id)?;
+        let request = self.signed_request(op, url, body, headers, client_request_id, bearer)?;
         let response = request
             .send()
             .await

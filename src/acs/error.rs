@@ -139,7 +139,21 @@ pub enum AcsError {
     /// The caller passed something no request can be made from (e.g. an empty user id).
     #[error("invalid ACS request: {0}")]
     InvalidArgument(String),
+    /// No Entra ID token to authenticate with; nothing was sent. `reason` is the
+    /// condition reason (`FederationFailed`, `ServiceAccountTokenForbidden`, ...).
+    #[error("{message}")]
+    Entra {
+        reason: &'static str,
+        message: String,
+        transient: bool,
+        retry_after: Option<Duration>,
+    },
 }
+
+/// What a 401/403 to an Entra token means for the person who can fix it.
+pub const ENTRA_ROLE_HINT: &str = "the Entra ID principal lacks a role on the ACS resource: grant it Contributor or \
+     Communication and Email Service Owner on the resource (az role assignment create --assignee CLIENT_ID \
+     --role Contributor --scope ACS_RESOURCE_ID); assignments take minutes to propagate";
 
 fn unreachable(operation: &Operation, endpoint: &str) -> String {
     format!(
@@ -234,7 +248,8 @@ impl AcsError {
             AcsError::Unsupported { .. }
             | AcsError::Endpoint(_)
             | AcsError::Config(_)
-            | AcsError::InvalidArgument(_) => None,
+            | AcsError::InvalidArgument(_)
+            | AcsError::Entra { .. } => None,
         }
     }
 
@@ -286,6 +301,32 @@ impl AcsError {
             | AcsError::Endpoint(_)
             | AcsError::Config(_)
             | AcsError::InvalidArgument(_) => false,
+            AcsError::Entra { transient, .. } => *transient,
+        }
+    }
+
+    /// For a client authenticating with Entra ID: a 401 or 403 says which role to grant.
+    pub fn with_entra_hint(self) -> Self {
+        match self {
+            AcsError::Service {
+                operation,
+                status: status @ (401 | 403),
+                code,
+                message,
+                retry_after,
+                client_request_id,
+            } if code.as_deref() != Some(IDENTITY_NOT_OWNED) => AcsError::Service {
+                operation,
+                status,
+                message: Some(match message {
+                    Some(m) => format!("{m}; {ENTRA_ROLE_HINT}"),
+                    None => ENTRA_ROLE_HINT.to_string(),
+                }),
+                code,
+                retry_after,
+                client_request_id,
+            },
+            other => other,
         }
     }
 
@@ -307,14 +348,17 @@ impl AcsError {
             | AcsError::Paused { .. }
             | AcsError::QuotaWait { .. }
             | AcsError::Config(_)
-            | AcsError::InvalidArgument(_) => false,
+            | AcsError::InvalidArgument(_)
+            | AcsError::Entra { .. } => false,
         }
     }
 
     /// The server's requested wait, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            AcsError::Service { retry_after, .. } => *retry_after,
+            AcsError::Service { retry_after, .. } | AcsError::Entra { retry_after, .. } => {
+                *retry_after
+            }
             AcsError::Paused { retry_after, .. } | AcsError::QuotaWait { retry_after, .. } => {
                 Some(*retry_after)
             }
@@ -333,6 +377,7 @@ impl AcsError {
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             AcsError::Endpoint(e) => Some(e.reason()),
+            AcsError::Entra { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -361,6 +406,7 @@ impl AcsError {
             AcsError::TooLarge { .. } => "too_large",
             AcsError::Config(_) => "config",
             AcsError::InvalidArgument(_) => "invalid_argument",
+            AcsError::Entra { .. } => "entra",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod api_versions;
 pub mod client;
 pub mod connection_string;
 pub mod endpoint;
+pub mod entra;
 pub mod error;
 pub mod model;
 pub mod quota;
@@ -20,7 +21,7 @@ pub mod retry;
 pub mod signing;
 
 pub use api_versions::{DEFAULT_API_VERSION, supports_custom_id};
-pub use client::{AcsClient, AcsClientOptions, Attempt, RequestObserver};
+pub use client::{AcsClient, AcsClientOptions, Attempt, Auth, RequestObserver};
 pub use connection_string::{AccessKey, ConnectionString, ConnectionStringError};
 pub use endpoint::{EndpointError, check_endpoint};
 pub use error::{AcsError, Operation};

@@ -127,6 +127,27 @@ pub mod reasons {
     /// carries user info, or has more than a scheme, a host and a port (a path, a query,
     /// a fragment).
     pub const INSECURE_ENDPOINT: &str = "InsecureEndpoint";
+    /// Ready=True: an Entra ID access token was obtained (the federation works).
+    pub const ENTRA_TOKEN_ACQUIRED: &str = "EntraTokenAcquired";
+    /// `entraId.serviceAccountRef` names a ServiceAccount outside the service's namespace
+    /// (cluster services: outside the cluster resource namespace).
+    pub const SERVICE_ACCOUNT_NAMESPACE_NOT_ALLOWED: &str = "ServiceAccountNamespaceNotAllowed";
+    /// A namespaced service without `serviceAccountRef` would use the operator's own
+    /// identity; refused unless `--namespaced-service-ambient-credentials`.
+    pub const AMBIENT_CREDENTIALS_NOT_ALLOWED: &str = "AmbientCredentialsNotAllowed";
+    /// The operator may not create a token for the ServiceAccount (the namespace has no
+    /// Role and RoleBinding granting `create` on `serviceaccounts/token`).
+    pub const SERVICE_ACCOUNT_TOKEN_FORBIDDEN: &str = "ServiceAccountTokenForbidden";
+    /// The ServiceAccount does not exist.
+    pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
+    /// No client id or tenant id: neither the spec, the ServiceAccount's annotations nor
+    /// the operator's environment give one; or the ambient token file is missing.
+    pub const ENTRA_CONFIG_INCOMPLETE: &str = "EntraConfigIncomplete";
+    /// Entra ID refused the exchange (an AADSTS code: no matching federated credential,
+    /// unknown application, wrong tenant...).
+    pub const FEDERATION_FAILED: &str = "FederationFailed";
+    /// Entra ID did not answer usably (throttled, 5xx, network); retried.
+    pub const ENTRA_UNAVAILABLE: &str = "EntraUnavailable";
 
     // --- CommunicationIdentity, Reconciling=True (and Ready=False)
     /// `spec.scopes` or `spec.tokenLifetime` changed; the Secret holds a token for the

@@ -17,9 +17,11 @@ pub use identity::{
     Scope, SecretTemplate, ServiceKind, ServiceRef, SpecError,
 };
 pub use service::{
-    ClusterCommunicationService, ClusterCommunicationServiceSpec, CommunicationService,
-    CommunicationServiceSpec, CommunicationServiceStatus, NamespacedSecretKeyRef, Quota,
-    SecretKeyRef,
+    AuthenticationMethod, AuthenticationStatus, ClusterCommunicationService,
+    ClusterCommunicationServiceSpec, ClusterEntraId, CommunicationService,
+    CommunicationServiceSpec, CommunicationServiceStatus, ENTRA_TOKEN_EXCHANGE_AUDIENCE, EntraId,
+    NamespacedSecretKeyRef, NamespacedServiceAccountRef, Quota, SecretKeyRef, ServiceAccountRef,
+    WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION, WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION,
 };
 
 /// API group of every kind here.

@@ -258,6 +258,47 @@ fn service_defaults() {
 }
 
 #[test]
+fn services_take_exactly_one_credential_and_entra_is_https_only() {
+    for name in [SERVICE, CLUSTER_SERVICE] {
+        let spec = &schema(name)["properties"]["spec"];
+        assert!(
+            spec.get("required").is_none(),
+            "{name}: no field is required alone"
+        );
+        let r = rules(spec);
+        rule_with(
+            &r,
+            "has(self.connectionStringSecretRef) != has(self.entraId)",
+        );
+        rule_with(&r, "has(self.entraId) == has(self.endpoint)");
+        let p = &spec["properties"];
+        rule_with(&rules(&p["endpoint"]), "startsWith('https://')");
+        rule_with(
+            &rules(&p["entraId"]["properties"]["authorityHost"]),
+            "startsWith('https://')",
+        );
+        assert_eq!(
+            schema(name)["properties"]["status"]["properties"]["authentication"]["properties"]["method"]
+                ["enum"],
+            json!(["ConnectionString", "WorkloadIdentity", "Ambient"])
+        );
+    }
+    let ns = &schema(SERVICE)["properties"]["spec"]["properties"]["entraId"]["properties"];
+    assert!(
+        ns["serviceAccountRef"]["properties"]
+            .get("namespace")
+            .is_none(),
+        "a namespaced service names only its own namespace's ServiceAccounts"
+    );
+    let cluster =
+        &schema(CLUSTER_SERVICE)["properties"]["spec"]["properties"]["entraId"]["properties"];
+    assert_eq!(
+        cluster["serviceAccountRef"]["required"],
+        json!(["name", "namespace"])
+    );
+}
+
+#[test]
 fn identity_status_records_the_user_endpoint() {
     let status = &schema(IDENTITY)["properties"]["status"]["properties"];
     assert_eq!(status["userEndpoint"]["type"], "string");

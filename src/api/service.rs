@@ -39,10 +39,34 @@ pub const DEFAULT_CONNECTION_STRING_KEY: &str = "connectionString";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.connectionStringSecretRef) != has(self.entraId)",
+        "message": "set exactly one of spec.connectionStringSecretRef and spec.entraId"
+    },
+    {
+        "rule": "has(self.entraId) == has(self.endpoint)",
+        "message": "spec.endpoint is required with spec.entraId, and only with it (a connection string carries its own endpoint)"
+    }
+]))]
 pub struct CommunicationServiceSpec {
     /// The Secret key (in this namespace) holding the connection string
-    /// (`endpoint=https://...;accesskey=...`).
-    pub connection_string_secret_ref: SecretKeyRef,
+    /// (`endpoint=https://...;accesskey=...`). Exactly one of this and `entraId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_string_secret_ref: Option<SecretKeyRef>,
+    /// The ACS resource endpoint (`https://<name>.communication.azure.com`), with
+    /// `entraId` only: what a connection string would carry. https only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.startsWith('https://')",
+        "message": "spec.endpoint must be an https:// URL (Entra ID bearer tokens are never sent over plain http)"
+    }]))]
+    pub endpoint: Option<String>,
+    /// Authenticate with Microsoft Entra ID workload identity instead of an access key.
+    /// Exactly one of this and `connectionStringSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_id: Option<EntraId>,
     /// ACS Identity REST `api-version` to speak.
     #[serde(default = "default_api_version")]
     #[schemars(pattern(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
@@ -80,10 +104,35 @@ pub struct CommunicationServiceSpec {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.connectionStringSecretRef) != has(self.entraId)",
+        "message": "set exactly one of spec.connectionStringSecretRef and spec.entraId"
+    },
+    {
+        "rule": "has(self.entraId) == has(self.endpoint)",
+        "message": "spec.endpoint is required with spec.entraId, and only with it (a connection string carries its own endpoint)"
+    }
+]))]
 pub struct ClusterCommunicationServiceSpec {
     /// The Secret key holding the connection string; the namespace is where the operator
     /// reads it (typically the operator's own namespace), never the identity's.
-    pub connection_string_secret_ref: NamespacedSecretKeyRef,
+    /// Exactly one of this and `entraId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_string_secret_ref: Option<NamespacedSecretKeyRef>,
+    /// The ACS resource endpoint (`https://<name>.communication.azure.com`), with
+    /// `entraId` only: what a connection string would carry. https only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.startsWith('https://')",
+        "message": "spec.endpoint must be an https:// URL (Entra ID bearer tokens are never sent over plain http)"
+    }]))]
+    pub endpoint: Option<String>,
+    /// Authenticate with Microsoft Entra ID workload identity instead of an access key.
+    /// Without `serviceAccountRef`, the operator's own projected token ("ambient").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_id: Option<ClusterEntraId>,
     /// ACS Identity REST `api-version` to speak.
     #[serde(default = "default_api_version")]
     #[schemars(pattern(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
@@ -102,6 +151,116 @@ pub struct ClusterCommunicationServiceSpec {
     /// (`kubernetes.io/metadata.name` selects by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+}
+
+/// The audience of every ServiceAccount token exchanged with Entra ID: the only value a
+/// federated identity credential accepts.
+pub const ENTRA_TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// ServiceAccount annotations the Azure Workload Identity webhook reads.
+pub const WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+pub const WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+
+/// Microsoft Entra ID workload identity for a namespaced service.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraId {
+    /// Application (client) id of the app registration or user-assigned managed identity.
+    /// Default: the ServiceAccount's `azure.workload.identity/client-id` annotation, else
+    /// the operator's `AZURE_CLIENT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub client_id: Option<String>,
+    /// Directory (tenant) id. Default: the ServiceAccount's
+    /// `azure.workload.identity/tenant-id` annotation, else the operator's `AZURE_TENANT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub tenant_id: Option<String>,
+    /// Entra authority, e.g. `https://login.microsoftonline.com`. Default: the operator's
+    /// `AZURE_AUTHORITY_HOST`, else the public cloud's. https only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.startsWith('https://')",
+        "message": "spec.entraId.authorityHost must be an https:// URL"
+    }]))]
+    pub authority_host: Option<String>,
+    /// A ServiceAccount of this namespace whose token the operator exchanges (TokenRequest,
+    /// audience `api://AzureADTokenExchange`). The namespace must grant the operator
+    /// `create` on `serviceaccounts/token` for it (see docs/entra-id.md). Absent: the
+    /// operator's own token, refused unless the operator runs with
+    /// `--namespaced-service-ambient-credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_ref: Option<ServiceAccountRef>,
+}
+
+/// Microsoft Entra ID workload identity for a cluster service.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterEntraId {
+    /// As on `CommunicationService`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub client_id: Option<String>,
+    /// As on `CommunicationService`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub tenant_id: Option<String>,
+    /// As on `CommunicationService`. https only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.startsWith('https://')",
+        "message": "spec.entraId.authorityHost must be an https:// URL"
+    }]))]
+    pub authority_host: Option<String>,
+    /// A ServiceAccount in the operator's cluster resource namespace whose token the
+    /// operator exchanges; elsewhere: `ServiceAccountNamespaceNotAllowed`. Absent: the
+    /// operator's own projected token (ambient credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_ref: Option<NamespacedServiceAccountRef>,
+}
+
+/// A ServiceAccount in the service's own namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A ServiceAccount in a named namespace (cluster services only).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedServiceAccountRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+}
+
+/// How a service authenticates to ACS, as shown in its status.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+pub enum AuthenticationMethod {
+    /// HMAC with the access key of a connection string.
+    ConnectionString,
+    /// Entra ID with a ServiceAccount's token (TokenRequest).
+    WorkloadIdentity,
+    /// Entra ID with the operator's own projected token.
+    Ambient,
+}
+
+/// What a service authenticates with; never the token.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationStatus {
+    pub method: AuthenticationMethod,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Until when the cached Entra access token is valid (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_on: Option<String>,
 }
 
 fn default_api_version() -> String {
@@ -215,6 +374,9 @@ pub struct CommunicationServiceStatus {
     /// The ACS endpoint parsed from the connection string (not secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Which credential kind is in use and, for Entra ID, until when its token is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<AuthenticationStatus>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -283,11 +445,13 @@ mod tests {
 
     fn spec(selector: Option<LabelSelector>) -> ClusterCommunicationServiceSpec {
         ClusterCommunicationServiceSpec {
-            connection_string_secret_ref: NamespacedSecretKeyRef {
+            connection_string_secret_ref: Some(NamespacedSecretKeyRef {
                 name: "acs".into(),
                 namespace: "acs-system".into(),
                 key: DEFAULT_CONNECTION_STRING_KEY.into(),
-            },
+            }),
+            endpoint: None,
+            entra_id: None,
             api_version: DEFAULT_API_VERSION.into(),
             quota: Quota::default(),
             namespace_selector: selector,

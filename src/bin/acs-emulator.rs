@@ -81,6 +81,29 @@ struct Args {
     #[arg(long, env = "ACS_EMULATOR_FOUND_CUSTOM_ID_STATUS", default_value_t = 201,
           value_parser = parse_found_status)]
     found_custom_id_status: u16,
+
+    /// The emulated Entra ID tenant (directory) id of the resource; random when absent.
+    /// Its token endpoint is `/{tenant}/oauth2/v2.0/token` on this listener (use --tls:
+    /// the SDKs send bearer tokens and talk to authorities over https only).
+    #[arg(long, env = "ACS_EMULATOR_ENTRA_TENANT")]
+    entra_tenant: Option<String>,
+    /// JSON file of trusted issuers, applications (with federated credentials) and role
+    /// assignments: {"issuers":[{"issuer","jwks":{"keys":[...]}}],"applications":[{"clientId",
+    /// "objectId","federatedCredentials":[{"issuer","subject","audiences"}]}],
+    /// "roleAssignments":[{"principalId","role"}]}. More through /admin/entra/.
+    #[arg(long, env = "ACS_EMULATOR_ENTRA_CONFIG")]
+    entra_config: Option<PathBuf>,
+    /// Lifetime of emulated Entra access tokens in seconds (before --token-lifetime-scale).
+    #[arg(
+        long,
+        env = "ACS_EMULATOR_ENTRA_TOKEN_LIFETIME",
+        default_value_t = 3599
+    )]
+    entra_token_lifetime: u64,
+    /// Refuse HMAC (access key) requests with 401, as ACS with disableLocalAuth: only
+    /// Entra ID bearer tokens get in.
+    #[arg(long, env = "ACS_EMULATOR_DISABLE_LOCAL_AUTH")]
+    disable_local_auth: bool,
 }
 
 fn parse_found_status(s: &str) -> Result<u16, String> {
@@ -133,7 +156,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     drop(stdout);
-    tracing::info!(endpoint = emulator.endpoint(), resource_id = %emulator.resource_id(), "ACS emulator listening");
+    tracing::info!(endpoint = emulator.endpoint(), resource_id = %emulator.resource_id(), entra_tenant = emulator.entra_tenant(), "ACS emulator listening");
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -157,6 +180,20 @@ fn config_from(args: Args) -> Result<EmulatorConfig, String> {
         tls_ca_out: args.tls_ca_out,
         tls_sans: args.tls_sans,
         found_custom_id_status: args.found_custom_id_status,
+        entra_tenant: args.entra_tenant,
+        entra: match &args.entra_config {
+            Some(path) => {
+                let text = std::fs::read(path)
+                    .map_err(|e| format!("--entra-config {}: {e}", path.display()))?;
+                serde_json::from_slice(&text)
+                    .map_err(|e| format!("--entra-config {}: {e}", path.display()))?
+            }
+            None => Default::default(),
+        },
+        entra_token_lifetime: std::time::Duration::from_secs(
+            args.entra_token_lifetime.clamp(1, 86_400),
+        ),
+        disable_local_auth: args.disable_local_auth,
         ..EmulatorConfig::default()
     };
     for quota in args.quotas {

@@ -96,6 +96,13 @@ struct RunArgs {
     /// signed requests travel unencrypted.
     #[arg(long, env = "ACS_OPERATOR_ALLOW_INSECURE_ENDPOINTS")]
     allow_insecure_endpoints: bool,
+    /// Let a namespaced CommunicationService with spec.entraId but no serviceAccountRef
+    /// use the operator's own workload identity (AZURE_* environment). Off by default, as
+    /// cert-manager's --issuer-ambient-credentials: whoever may create a service in a
+    /// namespace would otherwise borrow the operator's Entra identity. Cluster services
+    /// may always use it.
+    #[arg(long, env = "ACS_OPERATOR_NAMESPACED_SERVICE_AMBIENT_CREDENTIALS")]
+    namespaced_service_ambient_credentials: bool,
     /// Reconciles that run at once, across every watched namespace.
     #[arg(
         long,
@@ -247,6 +254,17 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
             observer: Some(observer),
             request_timeout: None,
             allow_insecure_endpoints: args.allow_insecure_endpoints,
+            entra: {
+                let mut entra = acs_identity_operator::controller::entra::EntraSettings::from_env(
+                    args.namespaced_service_ambient_credentials,
+                );
+                entra.operator_service_account = std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .zip(std::env::var("POD_SERVICE_ACCOUNT").ok())
+                    .map(|(ns, sa)| format!("{ns}/{sa}"));
+                entra
+            },
+            entra_observer: Some(metrics.clone()),
         },
         cluster_resource_namespace: args
             .cluster_resource_namespace

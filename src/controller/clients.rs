@@ -26,6 +26,9 @@ use crate::acs::{
 use crate::api::Quota;
 
 use super::credentials::{CredentialRef, SecretVersion};
+use super::entra::KubeAssertionSource;
+use super::resolver::{EntraRef, TokenSource};
+use crate::acs::entra::EntraCredential;
 
 /// What every ACS client of this operator shares.
 #[derive(Clone, Default)]
@@ -35,6 +38,16 @@ pub struct ClientSettings {
     pub request_timeout: Option<Duration>,
     /// `--allow-insecure-endpoints`: plain http (without it, https only).
     pub allow_insecure_endpoints: bool,
+    /// Entra ID: the ambient flag and the operator's `AZURE_*` environment.
+    pub entra: super::entra::EntraSettings,
+    pub entra_observer: Option<Arc<dyn crate::acs::entra::EntraObserver>>,
+}
+
+/// Why no client could be built for an Entra credential.
+#[derive(Debug)]
+pub enum EntraClientError {
+    Endpoint(String),
+    Client(String),
 }
 
 /// Why a credential Secret gave no connection string. Never carries any part of the
@@ -101,6 +114,9 @@ pub struct ClientCache {
     parsed: Mutex<HashMap<CredentialRef, Cached<(String, Parsed)>>>,
     reading: Mutex<HashMap<CredentialRef, Arc<tokio::sync::Mutex<()>>>>,
     clients: Mutex<HashMap<ClientKey, Cached<Arc<AcsClient>>>>,
+    /// One Entra credential (and so one cached token) per client id, tenant, authority
+    /// and token source, whatever the number of services and identities using it.
+    entra: Mutex<HashMap<EntraRef, Cached<Arc<EntraCredential>>>>,
     /// One budget per ACS resource (host and port), alive while a client uses it.
     budgets: Mutex<HashMap<String, Weak<ClientQuota>>>,
     swept: Mutex<Instant>,
@@ -113,6 +129,7 @@ impl ClientCache {
             parsed: Mutex::default(),
             reading: Mutex::default(),
             clients: Mutex::default(),
+            entra: Mutex::default(),
             budgets: Mutex::default(),
             swept: Mutex::new(Instant::now()),
         }
@@ -133,6 +150,10 @@ impl ClientCache {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, c| fresh(c.used));
         self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| fresh(c.used));
+        self.entra
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, c| fresh(c.used));
@@ -242,10 +263,134 @@ impl ClientCache {
         api_version: &str,
         quota: &Quota,
     ) -> Result<Arc<AcsClient>, String> {
+        let key_sha256 = format!("{:x}", Sha256::digest(connection.key().bytes()));
+        self.shared_client(
+            connection.endpoint(),
+            key_sha256,
+            api_version,
+            quota,
+            |options| AcsClient::new(connection, options),
+        )
+    }
+
+    /// The shared client for an Entra credential's resource, its endpoint, and the
+    /// credential (one token for every client and identity that uses it).
+    pub fn entra_client(
+        &self,
+        kube: &Client,
+        entra: &EntraRef,
+        api_version: &str,
+        quota: &Quota,
+    ) -> Result<(String, Arc<AcsClient>, Arc<EntraCredential>), EntraClientError> {
+        let endpoint = url::Url::parse(entra.endpoint.trim()).map_err(|_| {
+            EntraClientError::Endpoint(format!(
+                "spec.endpoint `{}` is not a URL",
+                crate::acs::error::endpoint_text(&entra.endpoint)
+            ))
+        })?;
+        // Bearer tokens go over https only, whatever --allow-insecure-endpoints says.
+        crate::acs::check_endpoint(&endpoint, false)
+            .map_err(|e| EntraClientError::Endpoint(format!("spec.endpoint: {e}")))?;
+        let credential = self.entra_credential(kube, entra)?;
+        let id = format!("entra:{:?}", credential_key(entra));
+        let key_sha256 = format!("{:x}", Sha256::digest(id.as_bytes()));
+        let client = self
+            .shared_client(&endpoint, key_sha256, api_version, quota, |options| {
+                AcsClient::with_entra(&endpoint, credential.clone(), options)
+            })
+            .map_err(EntraClientError::Client)?;
+        Ok((client.endpoint().to_string(), client, credential))
+    }
+
+    fn entra_credential(
+        &self,
+        kube: &Client,
+        entra: &EntraRef,
+    ) -> Result<Arc<EntraCredential>, EntraClientError> {
+        let key = credential_key(entra);
+        let now = Instant::now();
+        let mut map = self.entra.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get_mut(&key) {
+            c.used = now;
+            return Ok(c.value.clone());
+        }
+        let http = AcsClient::http_client(
+            &self
+                .options(&Quota::default(), "", None)
+                .map_err(EntraClientError::Client)?,
+        )
+        .map_err(|e| EntraClientError::Client(e.to_string()))?;
+        let label = match &key.source {
+            TokenSource::ServiceAccount { namespace, name } => format!("{namespace}/{name}"),
+            TokenSource::Ambient => "ambient".to_string(),
+        };
+        let source = KubeAssertionSource {
+            kube: kube.clone(),
+            entra: key.clone(),
+            settings: self.settings.entra.clone(),
+        };
+        let credential = Arc::new(EntraCredential::new(
+            label,
+            http,
+            Arc::new(source),
+            self.settings.entra_observer.clone(),
+        ));
+        if map.len() >= MAX_CLIENTS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            key,
+            Cached {
+                value: credential.clone(),
+                used: now,
+            },
+        );
+        Ok(credential)
+    }
+
+    fn options(
+        &self,
+        quota: &Quota,
+        api_version: &str,
+        shared: Option<Arc<ClientQuota>>,
+    ) -> Result<AcsClientOptions, String> {
+        let quota_config = quota_config(quota)?;
+        let mut options = AcsClientOptions {
+            api_version: api_version.to_string(),
+            shared_quota: shared,
+            quota: quota_config,
+            extra_ca_pem: self.settings.extra_ca_pem.clone(),
+            observer: self.settings.observer.clone(),
+            allow_insecure_endpoints: self.settings.allow_insecure_endpoints,
+            retry: operator_retry_policy(),
+            call_deadline: CALL_DEADLINE,
+            ..AcsClientOptions::default()
+        };
+        if let Some(t) = self.settings.request_timeout {
+            options.request_timeout = t;
+        }
+        Ok(options)
+    }
+
+    /// One client per (endpoint, credential digest, api-version, quota); one budget per
+    /// resource host whatever the credential kind.
+    fn shared_client(
+        &self,
+        endpoint: &url::Url,
+        key_sha256: String,
+        api_version: &str,
+        quota: &Quota,
+        build: impl FnOnce(AcsClientOptions) -> Result<AcsClient, crate::acs::AcsError>,
+    ) -> Result<Arc<AcsClient>, String> {
         let quota_config = quota_config(quota)?;
         let key = ClientKey {
-            endpoint: connection.endpoint_str(),
-            key_sha256: format!("{:x}", Sha256::digest(connection.key().bytes())),
+            endpoint: endpoint.as_str().trim_end_matches('/').to_string(),
+            key_sha256,
             api_version: api_version.to_string(),
             quota: format!("{quota_config:?}"),
         };
@@ -258,24 +403,11 @@ impl ClientCache {
         }
         let host = format!(
             "{}://{}",
-            connection.endpoint().scheme(),
-            host_with_port(connection.endpoint()).to_ascii_lowercase()
+            endpoint.scheme(),
+            host_with_port(endpoint).to_ascii_lowercase()
         );
-        let mut options = AcsClientOptions {
-            api_version: api_version.to_string(),
-            shared_quota: Some(self.budget(&host, &quota_config)),
-            quota: quota_config,
-            extra_ca_pem: self.settings.extra_ca_pem.clone(),
-            observer: self.settings.observer.clone(),
-            allow_insecure_endpoints: self.settings.allow_insecure_endpoints,
-            retry: operator_retry_policy(),
-            call_deadline: CALL_DEADLINE,
-            ..AcsClientOptions::default()
-        };
-        if let Some(t) = self.settings.request_timeout {
-            options.request_timeout = t;
-        }
-        let client = Arc::new(AcsClient::new(connection, options).map_err(|e| e.to_string())?);
+        let options = self.options(quota, api_version, Some(self.budget(&host, &quota_config)))?;
+        let client = Arc::new(build(options).map_err(|e| e.to_string())?);
         if clients.len() >= MAX_CLIENTS
             && let Some(oldest) = clients
                 .iter()
@@ -294,6 +426,20 @@ impl ClientCache {
         Ok(client)
     }
 
+    /// (client id, tenant id, token expiry) of an Entra credential's last token.
+    pub fn entra_shown(&self, entra: &EntraRef) -> Option<(String, String, jiff::Timestamp)> {
+        self.entra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&credential_key(entra))
+            .and_then(|c| c.value.shown())
+    }
+
+    /// Number of distinct Entra credentials (for tests: one token per credential).
+    pub fn entra_count(&self) -> usize {
+        self.entra.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Number of distinct ACS clients (for tests: sharing is a promise).
     pub fn client_count(&self) -> usize {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -307,6 +453,14 @@ impl ClientCache {
             .values()
             .filter(|b| b.strong_count() > 0)
             .count()
+    }
+}
+
+/// The credential part of an Entra reference (the endpoint is the client's business).
+fn credential_key(entra: &EntraRef) -> EntraRef {
+    EntraRef {
+        endpoint: String::new(),
+        ..entra.clone()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod clients;
 pub mod context;
 pub mod credentials;
+pub mod entra;
 pub mod error;
 pub mod events;
 pub mod identity;

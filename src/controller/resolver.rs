@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 
 use crate::acs::AcsClient;
 use crate::api::conditions::reasons;
-use crate::api::{CommunicationIdentity, Quota, ServiceKind};
+use crate::api::{ClusterEntraId, CommunicationIdentity, EntraId, Quota, ServiceKind};
 
 use super::clients::{ClientCache, CredentialError, CredentialProblem};
 use super::credentials::{CredentialRef, CredentialWatches, SecretVersion};
@@ -130,6 +130,35 @@ pub enum ResolveError {
     },
     #[error("{service}: {reason}")]
     InsecureEndpoint { service: ServiceKey, reason: String },
+    #[error(
+        "{service} names ServiceAccount `{name}` in namespace `{namespace}`; {}",
+        if *.cluster {
+            format!("cluster services may only use ServiceAccounts in the operator's cluster resource namespace `{allowed}` (--cluster-resource-namespace)")
+        } else {
+            format!("a CommunicationService may only use ServiceAccounts of its own namespace `{allowed}`")
+        }
+    )]
+    ServiceAccountNamespaceNotAllowed {
+        service: ServiceKey,
+        namespace: String,
+        name: String,
+        allowed: String,
+        cluster: bool,
+    },
+    #[error(
+        "{service} has spec.entraId without serviceAccountRef, which would use the operator's own identity; \
+         a CommunicationService must name a ServiceAccount of its namespace (spec.entraId.serviceAccountRef), \
+         unless the operator runs with --namespaced-service-ambient-credentials"
+    )]
+    AmbientNotAllowed { service: ServiceKey },
+    /// Getting an Entra ID token failed; `reason` is the condition reason.
+    #[error("{service}: {message}")]
+    Entra {
+        service: ServiceKey,
+        reason: &'static str,
+        message: String,
+        transient: bool,
+    },
     #[error("{service}: {reason}")]
     BadClient { service: ServiceKey, reason: String },
     #[error("{service}: reading its credential Secret: {source}")]
@@ -152,6 +181,11 @@ impl ResolveError {
             ResolveError::SecretNotFound { .. } => reasons::SECRET_NOT_FOUND,
             ResolveError::KeyMissing { .. } => reasons::SECRET_KEY_MISSING,
             ResolveError::InsecureEndpoint { .. } => reasons::INSECURE_ENDPOINT,
+            ResolveError::ServiceAccountNamespaceNotAllowed { .. } => {
+                reasons::SERVICE_ACCOUNT_NAMESPACE_NOT_ALLOWED
+            }
+            ResolveError::AmbientNotAllowed { .. } => reasons::AMBIENT_CREDENTIALS_NOT_ALLOWED,
+            ResolveError::Entra { reason, .. } => reason,
             ResolveError::Invalid { .. } | ResolveError::BadClient { .. } => {
                 reasons::CONNECTION_STRING_INVALID
             }
@@ -161,7 +195,14 @@ impl ResolveError {
 
     /// A retry soon may fix it (the API server), as opposed to a person.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ResolveError::Kube { .. })
+        matches!(
+            self,
+            ResolveError::Kube { .. }
+                | ResolveError::Entra {
+                    transient: true,
+                    ..
+                }
+        )
     }
 
     /// The service may not be used for this identity at all: a token it minted earlier is
@@ -172,13 +213,107 @@ impl ResolveError {
             ResolveError::NotAllowed { .. }
                 | ResolveError::SecretNamespaceNotAllowed { .. }
                 | ResolveError::InsecureEndpoint { .. }
+                | ResolveError::ServiceAccountNamespaceNotAllowed { .. }
+                | ResolveError::AmbientNotAllowed { .. }
         )
     }
 }
 
+/// How a service authenticates to ACS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceCredential {
+    /// HMAC with the key of the connection string in this Secret.
+    ConnectionString(CredentialRef),
+    /// Entra ID workload identity.
+    Entra(EntraRef),
+}
+
+/// An Entra ID credential as a service names it, after the namespace rules.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntraRef {
+    /// `spec.endpoint`, as written.
+    pub endpoint: String,
+    pub client_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub authority_host: Option<String>,
+    pub source: TokenSource,
+}
+
+/// Whose Kubernetes token is exchanged for the Entra token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TokenSource {
+    /// A TokenRequest for this ServiceAccount.
+    ServiceAccount { namespace: String, name: String },
+    /// The operator's own projected token (`AZURE_FEDERATED_TOKEN_FILE`).
+    Ambient,
+}
+
+/// The Entra credential of a namespaced service: its own namespace's ServiceAccount, or
+/// ambient only when the operator allows it (`--namespaced-service-ambient-credentials`).
+pub fn namespaced_entra(
+    key: &ServiceKey,
+    namespace: &str,
+    endpoint: Option<&str>,
+    entra: &EntraId,
+    allow_ambient: bool,
+) -> Result<EntraRef, ResolveError> {
+    let source = match &entra.service_account_ref {
+        Some(sa) => TokenSource::ServiceAccount {
+            namespace: namespace.to_string(),
+            name: sa.name.clone(),
+        },
+        None if allow_ambient => TokenSource::Ambient,
+        None => {
+            return Err(ResolveError::AmbientNotAllowed {
+                service: key.clone(),
+            });
+        }
+    };
+    Ok(EntraRef {
+        endpoint: endpoint.unwrap_or_default().to_string(),
+        client_id: entra.client_id.clone(),
+        tenant_id: entra.tenant_id.clone(),
+        authority_host: entra.authority_host.clone(),
+        source,
+    })
+}
+
+/// The Entra credential of a cluster service: a ServiceAccount of the cluster resource
+/// namespace, or ambient.
+pub fn cluster_entra(
+    key: &ServiceKey,
+    endpoint: Option<&str>,
+    entra: &ClusterEntraId,
+    cluster_resource_namespace: &str,
+) -> Result<EntraRef, ResolveError> {
+    let source = match &entra.service_account_ref {
+        Some(sa) if sa.namespace == cluster_resource_namespace => TokenSource::ServiceAccount {
+            namespace: sa.namespace.clone(),
+            name: sa.name.clone(),
+        },
+        Some(sa) => {
+            return Err(ResolveError::ServiceAccountNamespaceNotAllowed {
+                service: key.clone(),
+                namespace: sa.namespace.clone(),
+                name: sa.name.clone(),
+                allowed: cluster_resource_namespace.to_string(),
+                cluster: true,
+            });
+        }
+        None => TokenSource::Ambient,
+    };
+    Ok(EntraRef {
+        endpoint: endpoint.unwrap_or_default().to_string(),
+        client_id: entra.client_id.clone(),
+        tenant_id: entra.tenant_id.clone(),
+        authority_host: entra.authority_host.clone(),
+        source,
+    })
+}
+
 /// The parts of a service spec resolution needs, whichever kind it is.
 pub struct ServiceParts {
-    pub credential: CredentialRef,
+    pub credential: ServiceCredential,
     pub api_version: String,
     pub quota: Quota,
     pub allow_adoption: bool,
@@ -214,17 +349,33 @@ impl Resolver {
             self.credentials.forget(&oref);
             return Err(ResolveError::ServiceNotFound(key));
         };
-        let version = self.credentials.depend(oref, &parts.credential);
-        let (endpoint, client) = client_for(
-            &self.clients,
-            &self.kube,
-            &key,
-            &parts.credential,
-            &version,
-            &parts.api_version,
-            &parts.quota,
-        )
-        .await?;
+        let (endpoint, client) = match &parts.credential {
+            ServiceCredential::ConnectionString(credential) => {
+                let version = self.credentials.depend(oref, credential);
+                client_for(
+                    &self.clients,
+                    &self.kube,
+                    &key,
+                    credential,
+                    &version,
+                    &parts.api_version,
+                    &parts.quota,
+                )
+                .await?
+            }
+            ServiceCredential::Entra(entra) => {
+                self.credentials.forget(&oref);
+                entra_client_for(
+                    &self.clients,
+                    &self.kube,
+                    &key,
+                    entra,
+                    &parts.api_version,
+                    &parts.quota,
+                )
+                .await?
+            }
+        };
         Ok(ResolvedService {
             key,
             endpoint,
@@ -245,8 +396,16 @@ impl Resolver {
                 // A namespaced service serves only its own namespace (the key's namespace
                 // is always the identity's), and reads its Secret from there.
                 let ns = key.namespace.as_deref().unwrap_or(identity_namespace);
-                Ok(self.stores.service(ns, &key.name).map(|svc| ServiceParts {
-                    credential: namespaced_credential(ns, &svc.spec.connection_string_secret_ref),
+                let Some(svc) = self.stores.service(ns, &key.name) else {
+                    return Ok(None);
+                };
+                Ok(Some(ServiceParts {
+                    credential: namespaced_service_credential(
+                        key,
+                        ns,
+                        &svc.spec,
+                        self.clients.settings().entra.namespaced_ambient,
+                    )?,
                     api_version: svc.spec.api_version.clone(),
                     quota: svc.spec.quota.clone(),
                     allow_adoption: svc.spec.allows_adoption(),
@@ -267,18 +426,12 @@ impl Resolver {
                         namespace: identity_namespace.to_string(),
                     });
                 }
-                let r = &svc.spec.connection_string_secret_ref;
-                check_cluster_secret_namespace(
-                    key,
-                    &r.namespace,
-                    &self.cluster_resource_namespace,
-                )?;
                 Ok(Some(ServiceParts {
-                    credential: CredentialRef {
-                        namespace: r.namespace.clone(),
-                        name: r.name.clone(),
-                        key: r.key.clone(),
-                    },
+                    credential: cluster_service_credential(
+                        key,
+                        &svc.spec,
+                        &self.cluster_resource_namespace,
+                    )?,
                     api_version: svc.spec.api_version.clone(),
                     quota: svc.spec.quota.clone(),
                     allow_adoption: svc.spec.allows_adoption(),
@@ -318,6 +471,92 @@ pub async fn client_for(
             reason,
         })?;
     Ok((connection.endpoint_str(), client))
+}
+
+/// A namespaced service's credential, after the namespace rules. The CRD admits exactly
+/// one of the two kinds; an object stored otherwise is refused here too.
+pub fn namespaced_service_credential(
+    key: &ServiceKey,
+    ns: &str,
+    spec: &crate::api::CommunicationServiceSpec,
+    allow_ambient: bool,
+) -> Result<ServiceCredential, ResolveError> {
+    match (&spec.connection_string_secret_ref, &spec.entra_id) {
+        (Some(r), None) => Ok(ServiceCredential::ConnectionString(namespaced_credential(
+            ns, r,
+        ))),
+        (None, Some(entra)) => Ok(ServiceCredential::Entra(namespaced_entra(
+            key,
+            ns,
+            spec.endpoint.as_deref(),
+            entra,
+            allow_ambient,
+        )?)),
+        _ => Err(ResolveError::BadClient {
+            service: key.clone(),
+            reason: "set exactly one of spec.connectionStringSecretRef and spec.entraId".into(),
+        }),
+    }
+}
+
+/// A cluster service's credential, after the cluster-resource-namespace rules.
+pub fn cluster_service_credential(
+    key: &ServiceKey,
+    spec: &crate::api::ClusterCommunicationServiceSpec,
+    cluster_resource_namespace: &str,
+) -> Result<ServiceCredential, ResolveError> {
+    match (&spec.connection_string_secret_ref, &spec.entra_id) {
+        (Some(r), None) => {
+            check_cluster_secret_namespace(key, &r.namespace, cluster_resource_namespace)?;
+            Ok(ServiceCredential::ConnectionString(CredentialRef {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                key: r.key.clone(),
+            }))
+        }
+        (None, Some(entra)) => Ok(ServiceCredential::Entra(cluster_entra(
+            key,
+            spec.endpoint.as_deref(),
+            entra,
+            cluster_resource_namespace,
+        )?)),
+        _ => Err(ResolveError::BadClient {
+            service: key.clone(),
+            reason: "set exactly one of spec.connectionStringSecretRef and spec.entraId".into(),
+        }),
+    }
+}
+
+/// The shared client for the resource an Entra credential names, with its endpoint. The
+/// Entra token is obtained (or taken from the cache) here, so that a federation problem
+/// shows on the service and its identities before any ACS request.
+pub async fn entra_client_for(
+    clients: &ClientCache,
+    kube: &Client,
+    key: &ServiceKey,
+    entra: &EntraRef,
+    api_version: &str,
+    quota: &Quota,
+) -> Result<(String, Arc<AcsClient>), ResolveError> {
+    let (endpoint, client, credential) = clients
+        .entra_client(kube, entra, api_version, quota)
+        .map_err(|e| match e {
+            super::clients::EntraClientError::Endpoint(reason) => ResolveError::InsecureEndpoint {
+                service: key.clone(),
+                reason,
+            },
+            super::clients::EntraClientError::Client(reason) => ResolveError::BadClient {
+                service: key.clone(),
+                reason,
+            },
+        })?;
+    credential.token().await.map_err(|e| ResolveError::Entra {
+        service: key.clone(),
+        reason: e.reason(),
+        message: e.to_string(),
+        transient: e.is_transient(),
+    })?;
+    Ok((endpoint, client))
 }
 
 pub fn namespaced_credential(ns: &str, r: &crate::api::SecretKeyRef) -> CredentialRef {
@@ -420,5 +659,62 @@ mod tests {
             msg.contains("team-b") && msg.contains("acs-system"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn entra_service_accounts_follow_the_namespace_rules() {
+        use crate::api::{NamespacedServiceAccountRef, ServiceAccountRef};
+        let ns_key = ServiceKey {
+            kind: ServiceKind::CommunicationService,
+            namespace: Some("team-a".into()),
+            name: "acs".into(),
+        };
+        let cl_key = ServiceKey {
+            kind: ServiceKind::ClusterCommunicationService,
+            namespace: None,
+            name: "shared".into(),
+        };
+        let sa = |name: &str| EntraId {
+            service_account_ref: Some(ServiceAccountRef { name: name.into() }),
+            ..EntraId::default()
+        };
+        let ep = Some("https://acs.example");
+        // Namespaced: always its own namespace; ambient only with the flag.
+        let r = namespaced_entra(&ns_key, "team-a", ep, &sa("acs-client"), false).unwrap();
+        assert_eq!(
+            r.source,
+            TokenSource::ServiceAccount {
+                namespace: "team-a".into(),
+                name: "acs-client".into()
+            }
+        );
+        let e = namespaced_entra(&ns_key, "team-a", ep, &EntraId::default(), false).unwrap_err();
+        assert_eq!(e.reason(), reasons::AMBIENT_CREDENTIALS_NOT_ALLOWED);
+        assert!(e.forbids_use() && !e.is_transient());
+        assert!(
+            e.to_string()
+                .contains("--namespaced-service-ambient-credentials")
+        );
+        let r = namespaced_entra(&ns_key, "team-a", ep, &EntraId::default(), true).unwrap();
+        assert_eq!(r.source, TokenSource::Ambient);
+        // Cluster: the cluster resource namespace only; ambient allowed.
+        let cl = |ns: &str| ClusterEntraId {
+            service_account_ref: Some(NamespacedServiceAccountRef {
+                name: "acs-client".into(),
+                namespace: ns.into(),
+            }),
+            ..ClusterEntraId::default()
+        };
+        assert!(cluster_entra(&cl_key, ep, &cl("acs-system"), "acs-system").is_ok());
+        let e = cluster_entra(&cl_key, ep, &cl("team-b"), "acs-system").unwrap_err();
+        assert_eq!(e.reason(), reasons::SERVICE_ACCOUNT_NAMESPACE_NOT_ALLOWED);
+        assert!(e.forbids_use());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("team-b") && msg.contains("acs-system"),
+            "{msg}"
+        );
+        let r = cluster_entra(&cl_key, ep, &ClusterEntraId::default(), "acs-system").unwrap();
+        assert_eq!(r.source, TokenSource::Ambient);
     }
 }

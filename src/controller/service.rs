@@ -12,21 +12,25 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::conditions::{reasons, types};
 use crate::api::{
-    ClusterCommunicationService, CommunicationService, CommunicationServiceStatus, Quota,
-    ServiceKind,
+    AuthenticationMethod, AuthenticationStatus, ClusterCommunicationService, CommunicationService,
+    CommunicationServiceStatus, Quota, ServiceKind,
 };
 use crate::runtime::metrics::Metrics;
 
 use super::clients::ClientCache;
-use super::credentials::{CredentialRef, CredentialWatches};
+use super::credentials::CredentialWatches;
 use super::error::Error;
+use super::resolver::TokenSource;
 use super::resolver::{
-    ResolveError, ServiceKey, check_cluster_secret_namespace, client_for, namespaced_credential,
+    ResolveError, ServiceCredential, ServiceKey, client_for, cluster_service_credential,
+    entra_client_for, namespaced_service_credential,
 };
 use super::status::{Progress, replace_status, set_condition, set_progress};
 
 /// Credentials are re-checked this often even without a watch event.
 const RECHECK: Duration = Duration::from_secs(300);
+/// A service whose Entra token could not be obtained is re-checked this often.
+const ENTRA_RECHECK: Duration = Duration::from_secs(30);
 
 pub struct ServiceContext<K: Resource<DynamicType = ()>> {
     pub client: Client,
@@ -40,7 +44,8 @@ pub struct ServiceContext<K: Resource<DynamicType = ()>> {
 /// What both kinds have in common, as the reconcile needs it.
 struct ServiceView<'a> {
     key: ServiceKey,
-    credential: CredentialRef,
+    /// `Err`: the spec names a credential it may not use (checked before any read).
+    credential: Result<ServiceCredential, ResolveError>,
     api_version: &'a str,
     quota: &'a Quota,
     status: Option<&'a CommunicationServiceStatus>,
@@ -54,14 +59,20 @@ pub async fn reconcile_namespaced(
     let ns = obj
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    let key = ServiceKey {
+        kind: ServiceKind::CommunicationService,
+        namespace: Some(ns.clone()),
+        name: obj.name_any(),
+    };
     let view = ServiceView {
-        key: ServiceKey {
-            kind: ServiceKind::CommunicationService,
-            namespace: Some(ns.clone()),
-            name: obj.name_any(),
-        },
         // A namespaced service reads its Secret from its own namespace only.
-        credential: namespaced_credential(&ns, &obj.spec.connection_string_secret_ref),
+        credential: namespaced_service_credential(
+            &key,
+            &ns,
+            &obj.spec,
+            ctx.clients.settings().entra.namespaced_ambient,
+        ),
+        key,
         api_version: &obj.spec.api_version,
         quota: &obj.spec.quota,
         status: obj.status.as_ref(),
@@ -76,17 +87,14 @@ pub async fn reconcile_cluster(
     ctx: Arc<ServiceContext<ClusterCommunicationService>>,
 ) -> Result<Action, Error> {
     // The namespace selector is checked per identity; here only the credentials matter.
+    let key = ServiceKey {
+        kind: ServiceKind::ClusterCommunicationService,
+        namespace: None,
+        name: obj.name_any(),
+    };
     let view = ServiceView {
-        key: ServiceKey {
-            kind: ServiceKind::ClusterCommunicationService,
-            namespace: None,
-            name: obj.name_any(),
-        },
-        credential: CredentialRef {
-            namespace: obj.spec.connection_string_secret_ref.namespace.clone(),
-            name: obj.spec.connection_string_secret_ref.name.clone(),
-            key: obj.spec.connection_string_secret_ref.key.clone(),
-        },
+        credential: cluster_service_credential(&key, &obj.spec, &ctx.cluster_resource_namespace),
+        key,
         api_version: &obj.spec.api_version,
         quota: &obj.spec.quota,
         status: obj.status.as_ref(),
@@ -117,14 +125,28 @@ where
     st.observed_generation = view.generation;
     let now = Timestamp::now();
     match &resolved {
-        Ok(endpoint) => {
+        Ok((endpoint, auth)) => {
             st.endpoint = Some(endpoint.clone());
-            let msg = format!("Connection string for {endpoint} resolved");
+            let (reason, msg) = match auth.method {
+                AuthenticationMethod::ConnectionString => (
+                    reasons::CREDENTIALS_RESOLVED,
+                    format!("Connection string for {endpoint} resolved"),
+                ),
+                _ => (
+                    reasons::ENTRA_TOKEN_ACQUIRED,
+                    format!(
+                        "Entra ID token for {endpoint} obtained (client {}, tenant {})",
+                        auth.client_id.as_deref().unwrap_or("?"),
+                        auth.tenant_id.as_deref().unwrap_or("?")
+                    ),
+                ),
+            };
+            st.authentication = Some(auth.clone());
             set_condition(
                 &mut st.conditions,
                 types::READY,
                 true,
-                reasons::CREDENTIALS_RESOLVED,
+                reason,
                 msg,
                 view.generation,
                 now,
@@ -167,46 +189,131 @@ where
     ctx.metrics
         .observe_reconcile(&K::kind(&()), label, started.elapsed());
     result?;
-    Ok(Action::requeue(RECHECK))
+    // An Entra problem (a missing grant, a federation not yet propagated, an outage) is
+    // re-checked soon: the fix is made elsewhere and raises no watch event here.
+    let entra_problem = matches!(&resolved, Err(ResolveError::Entra { .. }));
+    Ok(Action::requeue(if entra_problem {
+        ENTRA_RECHECK
+    } else {
+        RECHECK
+    }))
 }
 
-/// Checks the service's credentials: where the Secret lives (cluster services), that it
-/// holds a connection string, that its endpoint is allowed, and that a client builds.
-/// Returns the endpoint.
+/// Checks the service's credentials: where the Secret or ServiceAccount lives, that the
+/// Secret holds a connection string (or that an Entra token is obtained), that the
+/// endpoint is allowed, and that a client builds. Returns the endpoint and what
+/// authenticates.
 async fn check<K>(
     obj: &K,
     view: &ServiceView<'_>,
     ctx: &ServiceContext<K>,
-) -> Result<String, ResolveError>
+) -> Result<(String, AuthenticationStatus), ResolveError>
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    if view.key.kind == ServiceKind::ClusterCommunicationService {
-        // Checked before the Secret is watched or read: a Secret elsewhere is never read.
-        if let Err(e) = check_cluster_secret_namespace(
-            &view.key,
-            &view.credential.namespace,
-            &ctx.cluster_resource_namespace,
-        ) {
+    // Checked before the Secret is watched or read: a Secret elsewhere is never read.
+    let credential = match &view.credential {
+        Ok(c) => c,
+        Err(e) => {
             ctx.credentials.forget(&ObjectRef::from_obj(obj));
-            return Err(e);
+            return Err(clone_refusal(e));
+        }
+    };
+    match credential {
+        ServiceCredential::ConnectionString(credential) => {
+            // Watch the credential Secret whether or not it resolves: a fix must be noticed.
+            let version = ctx.credentials.depend(ObjectRef::from_obj(obj), credential);
+            let (endpoint, _client) = client_for(
+                &ctx.clients,
+                &ctx.client,
+                &view.key,
+                credential,
+                &version,
+                view.api_version,
+                view.quota,
+            )
+            .await?;
+            Ok((
+                endpoint,
+                AuthenticationStatus {
+                    method: AuthenticationMethod::ConnectionString,
+                    client_id: None,
+                    tenant_id: None,
+                    token_expires_on: None,
+                },
+            ))
+        }
+        ServiceCredential::Entra(entra) => {
+            ctx.credentials.forget(&ObjectRef::from_obj(obj));
+            let (endpoint, _client) = entra_client_for(
+                &ctx.clients,
+                &ctx.client,
+                &view.key,
+                entra,
+                view.api_version,
+                view.quota,
+            )
+            .await?;
+            let shown = ctx.clients.entra_shown(entra);
+            Ok((
+                endpoint,
+                AuthenticationStatus {
+                    method: match entra.source {
+                        TokenSource::Ambient => AuthenticationMethod::Ambient,
+                        TokenSource::ServiceAccount { .. } => {
+                            AuthenticationMethod::WorkloadIdentity
+                        }
+                    },
+                    client_id: shown.as_ref().map(|s| s.0.clone()),
+                    tenant_id: shown.as_ref().map(|s| s.1.clone()),
+                    token_expires_on: shown.map(|s| s.2.to_string()),
+                },
+            ))
         }
     }
-    // Watch the credential Secret whether or not it resolves: a fix must be noticed.
-    let version = ctx
-        .credentials
-        .depend(ObjectRef::from_obj(obj), &view.credential);
-    let (endpoint, _client) = client_for(
-        &ctx.clients,
-        &ctx.client,
-        &view.key,
-        &view.credential,
-        &version,
-        view.api_version,
-        view.quota,
-    )
-    .await?;
-    Ok(endpoint)
+}
+
+/// The refusals `namespaced_service_credential` and `cluster_service_credential` give,
+/// again (they are plain data).
+fn clone_refusal(e: &ResolveError) -> ResolveError {
+    match e {
+        ResolveError::SecretNamespaceNotAllowed {
+            service,
+            namespace,
+            allowed,
+        } => ResolveError::SecretNamespaceNotAllowed {
+            service: service.clone(),
+            namespace: namespace.clone(),
+            allowed: allowed.clone(),
+        },
+        ResolveError::ServiceAccountNamespaceNotAllowed {
+            service,
+            namespace,
+            name,
+            allowed,
+            cluster,
+        } => ResolveError::ServiceAccountNamespaceNotAllowed {
+            service: service.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            allowed: allowed.clone(),
+            cluster: *cluster,
+        },
+        ResolveError::AmbientNotAllowed { service } => ResolveError::AmbientNotAllowed {
+            service: service.clone(),
+        },
+        other => ResolveError::BadClient {
+            service: match other {
+                ResolveError::BadClient { service, .. } => service.clone(),
+                _ => ServiceKey {
+                    kind: ServiceKind::CommunicationService,
+                    namespace: None,
+                    name: String::new(),
+                },
+            },
+            reason: other.to_string(),
+        },
+    }
 }
 
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<ServiceContext<K>>) -> Action

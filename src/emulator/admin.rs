@@ -76,6 +76,47 @@ async fn handle_inner(
                     .into_response(),
             )
         }
+        (&Method::GET, "/admin/entra") => {
+            let d = lock(&app.entra);
+            Ok(Json(json!({"tenant": d.tenant, "lifetimeSeconds": d.lifetime_seconds, "counts": d.counts})).into_response())
+        }
+        (&Method::POST, "/admin/entra/issuers") => {
+            let issuer: super::entra::TrustedIssuer =
+                serde_json::from_slice(&body).map_err(|_| {
+                    ServiceError::bad_request(
+                        "InvalidRequestBody",
+                        "Expected {\"issuer\": \"...\", \"jwks\": {\"keys\": [...]}}.",
+                    )
+                })?;
+            lock(&app.entra)
+                .trust_issuer(issuer)
+                .map_err(|e| ServiceError::bad_request("InvalidRequestBody", e))?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (&Method::POST, "/admin/entra/applications") => {
+            let application: super::entra::Application = serde_json::from_slice(&body).map_err(|_| {
+                ServiceError::bad_request("InvalidRequestBody", "Expected {\"clientId\", \"objectId\"?, \"federatedCredentials\": [{\"issuer\", \"subject\", \"audiences\"}]}.")
+            })?;
+            lock(&app.entra)
+                .register(application)
+                .map_err(|e| ServiceError::bad_request("InvalidRequestBody", e))?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (&Method::POST, "/admin/entra/roleAssignments") => {
+            let assignment: super::entra::RoleAssignment =
+                serde_json::from_slice(&body).map_err(|_| {
+                    ServiceError::bad_request(
+                        "InvalidRequestBody",
+                        "Expected {\"principalId\", \"role\"}.",
+                    )
+                })?;
+            lock(&app.entra).assign(assignment);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (&Method::DELETE, "/admin/entra/roleAssignments") => {
+            lock(&app.entra).clear_roles();
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         (&Method::GET, "/admin/stats") => Ok(Json(lock(&app.stats).clone()).into_response()),
         // Lets a benchmark or test count only its own requests.
         (&Method::DELETE, "/admin/stats") => {

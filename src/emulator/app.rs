@@ -31,6 +31,10 @@ pub struct DropConnection;
 
 pub struct App {
     pub key: AccessKey,
+    /// The emulated Entra ID: directory, token endpoint, bearer checks.
+    pub entra: Mutex<super::entra::Directory>,
+    /// `--disable-local-auth`: HMAC requests get 401.
+    pub disable_local_auth: bool,
     pub admin_key: Option<String>,
     pub max_skew: Duration,
     pub max_body_bytes: usize,
@@ -57,7 +61,8 @@ impl App {
             return admin::handle(&self, request, peer).await;
         }
         let method = request.method().clone();
-        let identity = identity_of(path);
+        let entra_route = super::entra::classify(path).is_some();
+        let identity = if entra_route { None } else { identity_of(path) };
         let started = Instant::now();
         let received_at = Timestamp::now();
         let client_request_id = request
@@ -65,8 +70,14 @@ impl App {
             .get("x-ms-client-request-id")
             .filter(|v| v.len() <= 256)
             .cloned();
-        let (operation, mut response) = self.handle_acs(request).await;
-        answer_headers(response.headers_mut(), client_request_id);
+        let (operation, mut response) = if entra_route {
+            self.handle_entra(request).await
+        } else {
+            self.handle_acs(request).await
+        };
+        if !entra_route {
+            answer_headers(response.headers_mut(), client_request_id);
+        }
         let label = operation.map_or("other", EmulatedOperation::as_str);
         let status = if response.extensions().get::<DropConnection>().is_some() {
             "dropped".to_string()
@@ -90,6 +101,107 @@ impl App {
         // Neither headers nor bodies are logged: they carry the signature and tokens.
         tracing::info!(%method, operation = label, %status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
         response
+    }
+
+    /// Entra routes: discovery and keys answer as they are; the token operation goes
+    /// through faults and quota like an ACS operation (`entra-token`).
+    async fn handle_entra(&self, request: Request<Body>) -> (Option<EmulatedOperation>, Response) {
+        use super::entra::EntraRoute;
+        let (parts, body) = request.into_parts();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("127.0.0.1")
+            .to_string();
+        let base = format!("https://{host}");
+        let json = |status: StatusCode, v: serde_json::Value| {
+            let mut r = (status, axum::Json(v)).into_response();
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store, no-cache"),
+            );
+            r
+        };
+        let Some(route) = super::entra::classify(parts.uri.path()) else {
+            return (None, ServiceError::unknown_route().into_response());
+        };
+        match (route, &parts.method) {
+            (EntraRoute::Instance, &axum::http::Method::GET) => (
+                None,
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "tenant_discovery_endpoint": format!("{base}/common/v2.0/.well-known/openid-configuration"),
+                        "api-version": "1.1",
+                        "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+                    }),
+                ),
+            ),
+            (EntraRoute::Discovery(tenant), &axum::http::Method::GET) => {
+                let doc = lock(&self.entra).discovery(&base, tenant);
+                (None, json(StatusCode::OK, doc))
+            }
+            (EntraRoute::Keys(_), &axum::http::Method::GET) => {
+                // Access tokens are verified by this emulator only: no public key to publish.
+                (None, json(StatusCode::OK, serde_json::json!({"keys": []})))
+            }
+            (EntraRoute::Token(tenant), &axum::http::Method::POST) => {
+                let op = EmulatedOperation::EntraToken;
+                let body = match axum::body::to_bytes(body, self.max_body_bytes).await {
+                    Ok(b) => b,
+                    Err(_) => {
+                        return (
+                            Some(op),
+                            json(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                serde_json::json!({"error": "invalid_request"}),
+                            ),
+                        );
+                    }
+                };
+                let fault = lock(&self.faults).decide(op, rand::random::<f64>);
+                if let Some(fault) = fault {
+                    if let Some(latency) = fault.latency {
+                        tokio::time::sleep(latency).await;
+                    }
+                    if let Some(response) = fault_response(fault.outcome) {
+                        return (Some(op), response);
+                    }
+                }
+                if let Err(retry_after) = lock(&self.quotas).try_admit(op, Instant::now()) {
+                    let mut r = json(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        serde_json::json!({"error": "temporarily_unavailable", "error_description": "AADSTS50196: The server terminated an operation because it encountered a client request loop.", "error_codes": [50196]}),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                    return (Some(op), r);
+                }
+                let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                let now = Timestamp::now();
+                let answer = lock(&self.entra).token(tenant, &form, now);
+                match answer {
+                    Ok(v) => (Some(op), json(StatusCode::OK, v)),
+                    Err(refusal) => (
+                        Some(op),
+                        json(
+                            StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST),
+                            refusal.body(now),
+                        ),
+                    ),
+                }
+            }
+            _ => (
+                None,
+                json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    serde_json::json!({"error": "invalid_request"}),
+                ),
+            ),
+        }
     }
 
     async fn handle_acs(&self, request: Request<Body>) -> (Option<EmulatedOperation>, Response) {
@@ -183,7 +295,43 @@ impl App {
             headers: &parts.headers,
             body,
         };
-        if let Err(e) = authenticate(&self.key, &signed, Timestamp::now(), self.max_skew) {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(token) = bearer {
+            use super::entra::BearerRefusal;
+            match lock(&self.entra).check_bearer(token.trim(), Timestamp::now()) {
+                Ok(()) => {}
+                Err(BearerRefusal::Invalid(why)) => {
+                    return ServiceError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "InvalidAuthenticationToken",
+                        why,
+                    )
+                    .into_response();
+                }
+                Err(BearerRefusal::NoRole(oid)) => {
+                    return ServiceError::new(
+                        StatusCode::FORBIDDEN,
+                        "AuthorizationFailed",
+                        format!(
+                            "The principal '{oid}' does not have authorization to perform this action on the Communication Services resource."
+                        ),
+                    )
+                    .into_response();
+                }
+            }
+        } else if self.disable_local_auth {
+            lock(&self.entra).counts.hmac_refused_local_auth_disabled += 1;
+            return ServiceError::new(
+                StatusCode::UNAUTHORIZED,
+                "LocalAuthDisabled",
+                "Local authentication (access keys) is disabled for this resource; use Microsoft Entra ID.",
+            )
+            .into_response();
+        } else if let Err(e) = authenticate(&self.key, &signed, Timestamp::now(), self.max_skew) {
             return e.into_response();
         }
         if let Err(retry_after) = lock(&self.quotas).try_admit(operation, Instant::now()) {

@@ -24,15 +24,19 @@ pub enum EmulatedOperation {
     Revoke,
     Delete,
     Get,
+    /// The emulated Entra ID token endpoint.
+    #[serde(rename = "entra-token")]
+    EntraToken,
 }
 
 impl EmulatedOperation {
-    pub const ALL: [EmulatedOperation; 5] = [
+    pub const ALL: [EmulatedOperation; 6] = [
         Self::Create,
         Self::Issue,
         Self::Revoke,
         Self::Delete,
         Self::Get,
+        Self::EntraToken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +46,7 @@ impl EmulatedOperation {
             Self::Revoke => "revoke",
             Self::Delete => "delete",
             Self::Get => "get",
+            Self::EntraToken => "entra-token",
         }
     }
 }
@@ -61,7 +66,7 @@ impl FromStr for EmulatedOperation {
             .find(|op| op.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
                 format!(
-                    "unknown operation `{s}`; expected one of create, issue, revoke, delete, get"
+                    "unknown operation `{s}`; expected one of create, issue, revoke, delete, get, entra-token"
                 )
             })
     }
@@ -148,6 +153,14 @@ pub struct EmulatorConfig {
     /// service answers (the SDKs' recorded sessions), or 200, as the 2025-03-02-preview
     /// specification says; a client must not tell a new user from a found one by it.
     pub found_custom_id_status: u16,
+    /// The emulated Entra ID tenant the resource belongs to; random when absent.
+    pub entra_tenant: Option<String>,
+    /// Trusted issuers, applications and role assignments at start.
+    pub entra: super::entra::EntraConfig,
+    /// Lifetime of the Entra access tokens, before `token_lifetime_scale` (Entra's 3599 s).
+    pub entra_token_lifetime: Duration,
+    /// As ARM's `disableLocalAuth`: HMAC (access key) requests are refused with 401.
+    pub disable_local_auth: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -167,6 +180,10 @@ impl Default for EmulatorConfig {
             max_clock_skew: Duration::from_secs(15 * 60),
             max_body_bytes: 64 * 1024,
             found_custom_id_status: 201,
+            entra_tenant: None,
+            entra: Default::default(),
+            entra_token_lifetime: Duration::from_secs(3599),
+            disable_local_auth: false,
         }
     }
 }

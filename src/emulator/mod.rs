@@ -40,6 +40,7 @@ pub mod api_version;
 mod app;
 mod auth;
 pub mod config;
+pub mod entra;
 pub mod error;
 pub mod faults;
 pub mod quota;
@@ -90,6 +91,8 @@ pub enum EmulatorError {
     },
     #[error("token lifetime scale must be a positive number, got {0}")]
     BadScale(f64),
+    #[error("Entra configuration: {0}")]
+    Entra(String),
 }
 
 /// A started emulator. Dropping it stops the server too; [`RunningEmulator::shutdown`]
@@ -99,6 +102,7 @@ pub struct RunningEmulator {
     endpoint: String,
     key: AccessKey,
     resource_id: Uuid,
+    entra_tenant: String,
     ca_pem: Option<String>,
     shutdown: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
@@ -130,6 +134,11 @@ impl RunningEmulator {
 
     pub fn resource_id(&self) -> Uuid {
         self.resource_id
+    }
+
+    /// The emulated Entra ID tenant of the resource.
+    pub fn entra_tenant(&self) -> &str {
+        &self.entra_tenant
     }
 
     /// PEM of the CA to trust in TLS mode.
@@ -211,7 +220,17 @@ pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
     let endpoint = format!("{scheme}://{}", SocketAddr::new(shown_ip, addr.port()));
 
     let persist = config.state_file.as_ref().map(|_| Arc::new(Notify::new()));
+    let entra_tenant = config
+        .entra_tenant
+        .clone()
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let lifetime = (config.entra_token_lifetime.as_secs_f64() * config.token_lifetime_scale)
+        .clamp(1.0, 86_400.0) as u64;
+    let directory = entra::Directory::new(entra_tenant.clone(), lifetime, config.entra.clone())
+        .map_err(EmulatorError::Entra)?;
     let app = Arc::new(App {
+        entra: Mutex::new(directory),
+        disable_local_auth: config.disable_local_auth,
         key: key.clone(),
         admin_key: config.admin_key.clone(),
         max_skew: config.max_clock_skew,
@@ -248,6 +267,7 @@ pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
         endpoint,
         key,
         resource_id,
+        entra_tenant,
         ca_pem,
         shutdown,
         server: Some(server),

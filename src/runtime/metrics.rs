@@ -66,6 +66,17 @@ struct OperationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialResult {
+    credential: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabel {
+    credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabel {
     ready: &'static str,
 }
@@ -108,6 +119,8 @@ pub struct Metrics {
     token_expiry: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
     renewal_failures: Family<FailureLabels, Counter>,
     reconcile_panics: Family<Kind, Counter>,
+    entra_token_requests: Family<CredentialResult, Counter>,
+    entra_token_expiry: Family<CredentialLabel, Gauge<i64, AtomicI64>>,
     /// namespace -> name -> entry. The lock also serialises gauge updates so the by-state
     /// counts never drift from the map.
     identity_state: Mutex<HashMap<String, HashMap<String, IdentityEntry>>>,
@@ -198,10 +211,25 @@ impl Metrics {
             "Reconciles that panicked (a bug): caught, reported on the object, retried with backoff",
             reconcile_panics.clone(),
         );
+        let entra_token_requests = Family::<CredentialResult, Counter>::default();
+        registry.register(
+            "entra_token_requests",
+            "Token requests to Entra ID, by credential (ServiceAccount namespace/name, or ambient) and result",
+            entra_token_requests.clone(),
+        );
+        let entra_token_expiry = Family::<CredentialLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register_with_unit(
+            "entra_token_expiry_timestamp",
+            "Expiry of the cached Entra ID token of a credential, as a Unix timestamp",
+            Unit::Seconds,
+            entra_token_expiry.clone(),
+        );
 
         Self {
             registry,
             reconcile_panics,
+            entra_token_requests,
+            entra_token_expiry,
             reconciles,
             reconcile_duration,
             acs_requests,
@@ -352,6 +380,25 @@ impl Metrics {
     }
 }
 
+impl crate::acs::entra::EntraObserver for Metrics {
+    fn on_token_request(&self, credential: &str, result: &'static str) {
+        self.entra_token_requests
+            .get_or_create(&CredentialResult {
+                credential: credential.chars().take(MAX_OBJECT_NAME_LEN + 64).collect(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    fn on_token(&self, credential: &str, expires_on: jiff::Timestamp) {
+        self.entra_token_expiry
+            .get_or_create(&CredentialLabel {
+                credential: credential.chars().take(MAX_OBJECT_NAME_LEN + 64).collect(),
+            })
+            .set(expires_on.as_second());
+    }
+}
+
 impl RequestObserver for Metrics {
     fn on_attempt(&self, attempt: &Attempt) {
         let status = match attempt.status {
@@ -443,8 +490,27 @@ mod tests {
         m.set_identity_ready("ns", "id", Some(true));
         m.set_token_expiry("ns", "id", 1);
         m.renewal_failed("ns", "id", "throttled");
+        {
+            use crate::acs::entra::EntraObserver;
+            m.on_token_request("team-a/acs-client", "ok");
+            m.on_token_request("team-a/acs-client", "refused");
+            m.on_token(
+                "team-a/acs-client",
+                jiff::Timestamp::from_second(1_900_000_000).unwrap(),
+            );
+        }
         let text = m.encode();
+        assert!(
+            text.contains(r#"acs_operator_entra_token_requests_total{credential="team-a/acs-client",result="refused"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"acs_operator_entra_token_expiry_timestamp_seconds{credential="team-a/acs-client"} 1900000000"#),
+            "{text}"
+        );
         for (name, kind) in [
+            ("acs_operator_entra_token_requests", "counter"),
+            ("acs_operator_entra_token_expiry_timestamp_seconds", "gauge"),
             ("acs_operator_reconciles", "counter"),
             ("acs_operator_reconcile_duration_seconds", "histogram"),
             ("acs_operator_acs_requests", "counter"),

@@ -320,6 +320,26 @@ impl World {
                 serde_json::to_string(&e).unwrap_or_default(),
             ));
         }
+        // Services carry status.authentication (Entra ID): never a token.
+        let services: Api<acs_identity_operator::api::CommunicationService> =
+            Api::namespaced(self.client.clone(), self.ns());
+        for svc in services
+            .list(&ListParams::default())
+            .await
+            .expect("services")
+        {
+            places.push((
+                format!("status of service {}", svc.name_any()),
+                serde_json::to_string(&svc.status).unwrap_or_default(),
+            ));
+        }
+        // Whatever was not remembered: no bearer header, client assertion or Entra
+        // token form anywhere.
+        for (place, text) in &places {
+            for pattern in ["Bearer eyJ", "client_assertion=", "\"access_token\""] {
+                assert!(!text.contains(pattern), "`{pattern}` found in {place}");
+            }
+        }
         for secret in self.remembered() {
             for (place, text) in &places {
                 assert!(

@@ -725,7 +725,7 @@ async fn issue(
             user_id: &user,
             endpoint: &svc.endpoint,
             issued_at: &rfc3339(issued_at),
-            user_record: Some(&mark),
+            user_record: mark.as_deref(),
         },
         ctx.clock.now(),
         SecretWrite::for_facts(&facts.secret, obj),

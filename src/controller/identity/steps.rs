@@ -86,6 +86,13 @@ impl StepError {
 
     /// The condition reason a person acts on.
     pub fn reason(&self) -> &'static str {
+        // No Entra token for the call: the credential's own reason (FederationFailed...).
+        // Deletion keeps CleanupFailed (the message carries the Entra problem).
+        if let Some(AcsError::Entra { reason, .. }) = self.acs()
+            && !matches!(self, StepError::DeleteUser { .. })
+        {
+            return reason;
+        }
         if self.acs().is_some_and(AcsError::is_unauthorized) {
             return reasons::UNAUTHORIZED;
         }
@@ -341,6 +348,27 @@ mod tests {
             Some("Provided identity doesn't belong to the resource.".into()),
             None,
         )
+    }
+
+    #[test]
+    fn a_call_without_an_entra_token_reports_the_credentials_reason() {
+        let entra = || AcsError::Entra {
+            reason: reasons::FEDERATION_FAILED,
+            message: "Entra ID refused the token exchange (AADSTS70021)".into(),
+            transient: true,
+            retry_after: None,
+        };
+        let issue = StepError::IssueToken {
+            user: "8:acs:a_b".into(),
+            source: entra(),
+        };
+        assert_eq!(issue.reason(), reasons::FEDERATION_FAILED);
+        assert!(issue.is_transient());
+        let delete = StepError::DeleteUser {
+            user: "8:acs:a_b".into(),
+            source: entra(),
+        };
+        assert_eq!(delete.reason(), reasons::CLEANUP_FAILED);
     }
 
     /// 401 `IdentityNotOwned` is reported as what it is: its own reason on issue and
