@@ -15,6 +15,7 @@
 //! | `acs_operator_reconciles_in_flight` | gauge | `kind` |
 //! | `acs_operator_identity_ready_status` | gauge | `namespace`, `name`, `condition` |
 //! | `acs_operator_identity_renewal_timestamp_seconds` | gauge | `namespace`, `name` |
+//! | `acs_operator_identity_deletion_timestamp_seconds` | gauge | `namespace`, `name` |
 //! | `acs_operator_service_ready_status` | gauge | `kind`, `namespace`, `name`, `condition` |
 //! | `acs_operator_acs_quota_waits_total` | counter | `resource`, `operation`, `reason` |
 //! | `acs_operator_acs_quota_wait_seconds_total` | counter | `resource`, `operation`, `reason` |
@@ -164,6 +165,7 @@ struct IdentityEntry {
     ready: Option<Option<bool>>,
     has_expiry: bool,
     has_renewal: bool,
+    has_deletion: bool,
     failure_reasons: BTreeSet<String>,
 }
 
@@ -186,6 +188,7 @@ pub struct Metrics {
     in_flight: Family<Kind, Gauge>,
     identity_ready_status: Family<ConditionLabels, Gauge>,
     renewal_time: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
+    deletion_time: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
     service_ready_status: Family<ServiceConditionLabels, Gauge>,
     quota_waits: Family<WaitLabels, Counter>,
     quota_wait_seconds: Family<WaitLabels, FloatCounter>,
@@ -316,6 +319,13 @@ impl Metrics {
             Unit::Seconds,
             renewal_time.clone(),
         );
+        let deletion_time = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register_with_unit(
+            "identity_deletion_timestamp",
+            "When the identity was deleted, while its cleanup (the ACS user's deletion) has not finished",
+            Unit::Seconds,
+            deletion_time.clone(),
+        );
         let service_ready_status = Family::<ServiceConditionLabels, Gauge>::default();
         registry.register(
             "service_ready_status",
@@ -378,6 +388,7 @@ impl Metrics {
             in_flight,
             identity_ready_status,
             renewal_time,
+            deletion_time,
             service_ready_status,
             quota_waits,
             quota_wait_seconds,
@@ -553,6 +564,15 @@ impl Metrics {
         }
     }
 
+    /// The identity is being deleted (since `unix_seconds`) and its cleanup runs.
+    pub fn set_deletion_time(&self, namespace: &str, name: &str, unix_seconds: i64) {
+        let mut state = self.lock_state();
+        entry_mut(&mut state, namespace, name).has_deletion = true;
+        self.deletion_time
+            .get_or_create(&object_labels(namespace, name))
+            .set(unix_seconds);
+    }
+
     /// A failed attempt to renew the identity's token. `reason` is a short fixed word,
     /// such as an `AcsError::metric_label()`, never an error message.
     pub fn renewal_failed(&self, namespace: &str, name: &str, reason: &str) {
@@ -598,6 +618,9 @@ impl Metrics {
         let labels = object_labels(namespace, name);
         if entry.has_renewal {
             self.renewal_time.remove(&labels);
+        }
+        if entry.has_deletion {
+            self.deletion_time.remove(&labels);
         }
         if entry.has_expiry {
             self.token_expiry.remove(&labels);
@@ -941,7 +964,11 @@ mod tests {
         m.set_identity_ready("team-a", "bot", Some(false));
         m.set_identity_ready("team-a", "bot", Some(true));
         m.set_renewal_time("team-a", "bot", Some(1_900_000_000));
+        m.set_deletion_time("team-a", "bot", 1_800_000_000);
         let text = m.encode();
+        assert!(text.contains(
+            "acs_operator_identity_deletion_timestamp_seconds{namespace=\"team-a\",name=\"bot\"} 1800000000\n"
+        ), "{text}");
         for (condition, v) in [("True", 1), ("False", 0), ("Unknown", 0)] {
             let want = format!(
                 "acs_operator_identity_ready_status{{namespace=\"team-a\",name=\"bot\",condition=\"{condition}\"}} {v}\n"
