@@ -9,6 +9,9 @@ mod support;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use acs_identity_operator::api::RENEW_REQUESTED_AT_ANNOTATION;
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use support::emulator::fault;
 use support::operator::chart_template;
@@ -238,6 +241,23 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     for name in names {
         w.wait_ready_is(name, "True", None, 120).await;
     }
+    // A renewal that fails (500s beyond the retries of one call): the renewal-failure
+    // panel. The next reconcile, after backoff, gets its token.
+    w.emulator
+        .add_fault(fault(
+            json!({"operation": "issue", "status": 500, "count": 12}),
+        ))
+        .await;
+    w.identities()
+        .patch(
+            "obs-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                RENEW_REQUESTED_AT_ANNOTATION: Timestamp::now().to_string()
+            }}})),
+        )
+        .await
+        .expect("request a renewal");
 
     let (mut prometheus, base) = start_prometheus(&w.operator().admin_addr.to_string());
     let http = reqwest::Client::new();
@@ -245,9 +265,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // Poll until every query has data or the deadline passes (rates need two scrapes).
     let _ = run_until_data(&http, &base, &mut empty, Duration::from_secs(90)).await;
     prometheus.stop();
+    let scraped = w.operator().metrics().await;
     assert!(
         empty.is_empty(),
-        "dashboard queries without data after 90 s (prometheus at {base}):\n{}",
+        "dashboard queries without data after 90 s (prometheus at {base}):\n{}\noperator's metrics:\n{scraped}",
         empty
             .iter()
             .map(|(t, e)| format!("  {t}: {e}"))
