@@ -275,6 +275,19 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+
+    // A deleted identity's series go away.
+    w.identities()
+        .delete("obs-d", &Default::default())
+        .await
+        .expect("delete obs-d");
+    w.wait_gone("obs-d", 60).await;
+    let op = w.operator();
+    support::eventually(30, "the deleted identity's series to go", || async {
+        let text = op.metrics().await;
+        (!text.contains("name=\"obs-d\"")).then_some(())
+    })
+    .await;
     w.finish().await;
 }
 
