@@ -11,6 +11,10 @@ say "building the control plane (cached after the first run)"
 hack/controlplane/build.sh >/dev/null
 . hack/controlplane/versions.env
 say "control plane: Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION"
+say "building promtool and prometheus for the alert and dashboard tests (cached after the first run)"
+hack/prometheus/build.sh >/dev/null
+. hack/prometheus/versions.env
+say "prometheus $PROMETHEUS_VERSION (module $PROMETHEUS_MODULE_VERSION)"
 
 say "cargo fmt --check, clippy, hadolint"
 cargo fmt --check

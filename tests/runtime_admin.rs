@@ -48,7 +48,12 @@ async fn admin_server_reports_health_readiness_and_metrics() {
     assert_eq!(ready.status(), 200);
 
     metrics.observe_reconcile("CommunicationIdentity", "ok", Duration::from_millis(40));
-    metrics.observe_acs_request("issue_token", "200", Duration::from_millis(15));
+    metrics.observe_acs_request(
+        "acs.example.com",
+        "issue_token",
+        "200",
+        Duration::from_millis(15),
+    );
     metrics.set_identity_ready("team-a", "bot", Some(true));
     metrics.set_token_expiry("team-a", "bot", 1_900_000_000);
     metrics.renewal_failed("team-a", "bot", "throttled");
@@ -65,8 +70,9 @@ async fn admin_server_reports_health_readiness_and_metrics() {
     for line in [
         "acs_operator_reconciles_total{kind=\"CommunicationIdentity\",result=\"ok\"} 1",
         "acs_operator_reconcile_duration_seconds_count{kind=\"CommunicationIdentity\"} 1",
-        "acs_operator_acs_requests_total{operation=\"issue_token\",status=\"200\"} 1",
-        "acs_operator_acs_request_duration_seconds_count{operation=\"issue_token\"} 1",
+        "acs_operator_acs_requests_total{operation=\"issue_token\",status=\"200\",resource=\"acs.example.com\"} 1",
+        "acs_operator_acs_request_duration_seconds_count{operation=\"issue_token\",resource=\"acs.example.com\"} 1",
+        "acs_operator_identity_ready_status{namespace=\"team-a\",name=\"bot\",condition=\"True\"} 1",
         "acs_operator_identities{ready=\"true\"} 1",
         "acs_operator_identities{ready=\"false\"} 0",
         "acs_operator_token_expiry_timestamp_seconds{namespace=\"team-a\",name=\"bot\"} 1900000000",

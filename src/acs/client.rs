@@ -71,11 +71,45 @@ pub struct Attempt {
     pub elapsed: Duration,
     /// Time spent waiting for client-side quota before sending.
     pub quota_wait: Duration,
+    /// The ACS resource: the endpoint's host name (never a key or a path).
+    pub resource: Arc<str>,
+    /// The client-side budget of `operation` on this resource; `None`: unlimited.
+    pub quota_limit_per_second: Option<f64>,
+}
+
+/// Why a request was held back before it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// The client-side budget (ACS's published limits, or the service's `quota`).
+    Quota,
+    /// ACS answered 429 with `Retry-After` earlier; every caller of the resource waits.
+    Pause,
+}
+
+impl WaitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::Quota => "quota",
+            WaitReason::Pause => "pause",
+        }
+    }
 }
 
 /// Receives every attempt; the operator counts them into Prometheus metrics.
 pub trait RequestObserver: Send + Sync {
     fn on_attempt(&self, attempt: &Attempt);
+    /// A request for `operation` on `resource` waited (or, for a caller that comes back
+    /// later, was told to wait) `wait` before it could be sent.
+    fn on_wait(
+        &self,
+        _resource: &str,
+        _operation: Operation,
+        _reason: WaitReason,
+        _wait: Duration,
+    ) {
+    }
+    /// ACS answered 429 with `Retry-After`: `operation` on `resource` is paused for `pause`.
+    fn on_throttle(&self, _resource: &str, _operation: Operation, _pause: Duration) {}
 }
 
 #[derive(Clone)]
@@ -167,6 +201,8 @@ struct Inner {
     retry: RetryPolicy,
     quota: Arc<ClientQuota>,
     observer: Option<Arc<dyn RequestObserver>>,
+    /// The endpoint's host, the `resource` of metrics.
+    resource: Arc<str>,
 }
 
 impl fmt::Debug for AcsClient {
@@ -261,6 +297,7 @@ impl AcsClient {
                     .unwrap_or_else(|| Arc::new(ClientQuota::new(&options.quota))),
                 api_version: options.api_version,
                 observer: options.observer,
+                resource: Arc::from(endpoint.host_str().unwrap_or("unknown")),
             }),
             caller: None,
         })
@@ -560,6 +597,8 @@ impl AcsClient {
                     result: outcome,
                     elapsed,
                     quota_wait,
+                    resource: self.inner.resource.clone(),
+                    quota_limit_per_second: self.inner.quota.limit_per_second(op),
                 });
             }
             let err = match result {
@@ -585,6 +624,9 @@ impl AcsClient {
                 && let Some(wait) = err.retry_after()
             {
                 self.inner.quota.pause(op, wait);
+                if let Some(observer) = &self.inner.observer {
+                    observer.on_throttle(&self.inner.resource, op, wait);
+                }
             }
             let may_retry =
                 err.is_retryable() && (retry == Retry::Retryable || !err.is_outcome_unknown());
@@ -646,6 +688,26 @@ impl AcsClient {
 
     /// Waits (or, for a caller, refuses to wait) for `op`'s turn; returns the time waited.
     async fn wait_for_turn(&self, op: Operation) -> Result<Duration, AcsError> {
+        let waited = self.turn(op).await;
+        if let Some(observer) = &self.inner.observer {
+            let seen = match &waited {
+                Ok(d) if !d.is_zero() => Some((WaitReason::Quota, *d)),
+                Err(AcsError::QuotaWait { retry_after, .. }) => {
+                    Some((WaitReason::Quota, *retry_after))
+                }
+                Err(AcsError::Paused { retry_after, .. }) => {
+                    Some((WaitReason::Pause, *retry_after))
+                }
+                _ => None,
+            };
+            if let Some((reason, wait)) = seen {
+                observer.on_wait(&self.inner.resource, op, reason, wait);
+            }
+        }
+        waited
+    }
+
+    async fn turn(&self, op: Operation) -> Result<Duration, AcsError> {
         let now = Instant::now();
         let quota = &self.inner.quota;
         if let Some(caller) = &self.caller {

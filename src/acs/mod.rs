@@ -21,7 +21,7 @@ pub mod retry;
 pub mod signing;
 
 pub use api_versions::{DEFAULT_API_VERSION, supports_custom_id};
-pub use client::{AcsClient, AcsClientOptions, Attempt, Auth, RequestObserver};
+pub use client::{AcsClient, AcsClientOptions, Attempt, Auth, RequestObserver, WaitReason};
 pub use connection_string::{AccessKey, ConnectionString, ConnectionStringError};
 pub use endpoint::{EndpointError, check_endpoint};
 pub use error::{AcsError, Operation};

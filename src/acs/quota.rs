@@ -335,6 +335,11 @@ impl ClientQuota {
         }
     }
 
+    /// The operation's budget in requests per second; `None` when it is unlimited.
+    pub fn limit_per_second(&self, op: Operation) -> Option<f64> {
+        self.slot(op).bucket.as_ref().map(|b| b.rate.per_second())
+    }
+
     fn slot(&self, op: Operation) -> std::sync::MutexGuard<'_, Slot> {
         // A poisoned lock only means another task panicked mid-update of plain numbers;
         // the slot is still usable.

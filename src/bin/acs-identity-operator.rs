@@ -302,6 +302,9 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
     if let Some(h) = &leader {
         config.leadership = Leadership::elected(h.watch());
     }
+    // Leader (or no election): this process runs the controllers until it exits, which it
+    // does when leadership is lost, so the per-identity series end with it.
+    metrics.set_leader(true);
     // Stop on a signal, or when leadership is lost (another replica now acts).
     let lost = match &leader {
         Some(h) => h.lost().boxed(),

@@ -96,14 +96,16 @@ where
         + Sync
         + 'static,
 {
-    reflected_with(api, config, slim::<K>)
+    reflected_with(api, config, slim::<K>, |_: &K| {})
 }
 
-/// [`reflected`] with a slimming function of its own.
+/// [`reflected`] with a slimming function of its own, and `on_delete` called for each
+/// object the watch saw deleted (to drop its metrics series).
 fn reflected_with<K>(
     api: Api<K>,
     config: watcher::Config,
     slimmed: fn(&mut K),
+    on_delete: impl Fn(&K) + Send + 'static,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -122,6 +124,11 @@ where
         writer,
         watcher(api, config).default_backoff().modify(slimmed),
     )
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(obj)) = event {
+            on_delete(obj);
+        }
+    })
     .touched_objects();
     (reader, stream)
 }
@@ -204,9 +211,16 @@ fn wire(
     let mut scopes = vec![];
     let mut parts = vec![];
     for ns in &scopes_ns {
-        let (id_store, id_stream) = reflected(
+        // An identity gone from the cluster loses its series, also when it went without
+        // our cleanup (finalizer removed by hand).
+        let forget = metrics.clone();
+        let (id_store, id_stream) = reflected_with(
             api_for::<CommunicationIdentity>(client, ns),
             watcher::Config::default().any_semantic(),
+            slim::<CommunicationIdentity>,
+            move |id: &CommunicationIdentity| {
+                forget.forget_identity(&id.namespace().unwrap_or_default(), &id.name_any());
+            },
         );
         let (svc_store, svc_stream) = reflected(
             api_for::<CommunicationService>(client, ns),
@@ -218,6 +232,7 @@ fn wire(
             api_for::<PartialObjectMeta<Secret>>(client, ns),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
             slim_secret,
+            |_: &PartialObjectMeta<Secret>| {},
         );
         ready.extend([wait(&id_store), wait(&svc_store), wait(&sec_store)]);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -529,7 +544,14 @@ where
             })
         }
     };
-    Controller::new(api, watcher::Config::default())
+    // A deleted service loses its series.
+    let forget = ctx.metrics.clone();
+    let kind = K::kind(&()).to_string();
+    let (store, stream) =
+        reflected_with(api, watcher::Config::default(), slim::<K>, move |o: &K| {
+            forget.forget_service(&kind, &o.namespace().unwrap_or_default(), &o.name_any());
+        });
+    Controller::for_stream(stream, store)
         .reconcile_on(UnboundedReceiverStream::new(rx))
         .graceful_shutdown_on(shutdown)
         .run(guarded, service::error_policy, ctx)

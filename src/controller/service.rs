@@ -120,6 +120,7 @@ where
         + 'static,
 {
     let started = Instant::now();
+    let _in_flight = ctx.metrics.reconcile_started(&K::kind(&()));
     let resolved = check(obj, &view, ctx).await;
     let mut st = view.status.cloned().unwrap_or_default();
     st.observed_generation = view.generation;
@@ -186,8 +187,18 @@ where
     }
     let result = replace_status(api, &obj.name_any(), view.status, &st, None).await;
     let label = if result.is_ok() { "ok" } else { "error" };
+    let kind = K::kind(&());
     ctx.metrics
-        .observe_reconcile(&K::kind(&()), label, started.elapsed());
+        .observe_reconcile(&kind, label, started.elapsed());
+    ctx.metrics.set_service_ready(
+        &kind,
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+        Some(resolved.is_ok()),
+    );
+    if result.is_err() {
+        ctx.metrics.reconcile_failed(&kind, "kube");
+    }
     result?;
     // An Entra problem (a missing grant, a federation not yet propagated, an outage) is
     // re-checked soon: the fix is made elsewhere and raises no watch event here.

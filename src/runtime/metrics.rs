@@ -10,6 +10,24 @@
 //! | `acs_operator_identities` | gauge | `ready` (`true`, `false`, `unknown`) |
 //! | `acs_operator_token_expiry_timestamp_seconds` | gauge | `namespace`, `name` |
 //! | `acs_operator_renewal_failures_total` | counter | `namespace`, `name`, `reason` |
+//! | `acs_operator_reconcile_panics_total` | counter | `kind` |
+//! | `acs_operator_reconcile_errors_total` | counter | `kind`, `error` |
+//! | `acs_operator_reconciles_in_flight` | gauge | `kind` |
+//! | `acs_operator_identity_ready_status` | gauge | `namespace`, `name`, `condition` |
+//! | `acs_operator_identity_renewal_timestamp_seconds` | gauge | `namespace`, `name` |
+//! | `acs_operator_identity_deletion_timestamp_seconds` | gauge | `namespace`, `name` |
+//! | `acs_operator_service_ready_status` | gauge | `kind`, `namespace`, `name`, `condition` |
+//! | `acs_operator_acs_quota_waits_total` | counter | `resource`, `operation`, `reason` |
+//! | `acs_operator_acs_quota_wait_seconds_total` | counter | `resource`, `operation`, `reason` |
+//! | `acs_operator_acs_throttle_pauses_total` | counter | `resource`, `operation` |
+//! | `acs_operator_acs_throttle_pause_seconds_total` | counter | `resource`, `operation` |
+//! | `acs_operator_acs_quota_limit_requests_per_second` | gauge | `resource`, `operation` |
+//! | `acs_operator_leader` | gauge | |
+//! | `acs_operator_build_info` | gauge | `version` |
+//!
+//! `acs_operator_acs_requests_total` and `acs_operator_acs_request_duration_seconds` also
+//! carry `resource` (the ACS endpoint's host name). docs/operations.md has the table a
+//! person reads.
 //!
 //! Label values come only from Kubernetes object names and from short, fixed words the
 //! code chooses (kinds, operations, status codes, error labels). Anything else passed
@@ -28,8 +46,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
-use crate::acs::client::{Attempt, RequestObserver};
+use crate::acs::Operation;
+use crate::acs::client::{Attempt, RequestObserver, WaitReason};
 
 /// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus
 /// scrapes natively).
@@ -58,11 +78,63 @@ struct Kind {
 struct OperationStatus {
     operation: String,
     status: String,
+    resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
     operation: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceOperation {
+    resource: String,
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    resource: String,
+    operation: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindError {
+    kind: String,
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    namespace: String,
+    name: String,
+    condition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceConditionLabels {
+    kind: String,
+    namespace: String,
+    name: String,
+    condition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// `condition` label values of the `*_ready_status` gauges (as cert-manager's).
+const CONDITIONS: [&str; 3] = ["True", "False", "Unknown"];
+
+fn condition_label(ready: Option<bool>) -> &'static str {
+    match ready {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,8 +175,12 @@ struct IdentityEntry {
     /// `None` until the controller reported a state.
     ready: Option<Option<bool>>,
     has_expiry: bool,
+    has_renewal: bool,
+    has_deletion: bool,
     failure_reasons: BTreeSet<String>,
 }
+
+type FloatCounter = Counter<f64, AtomicU64>;
 
 /// All metrics of one operator process. Share it as `Arc<Metrics>`; every method takes
 /// `&self` and only touches atomics and short-lived locks, so calling it from reconcile
@@ -121,6 +197,18 @@ pub struct Metrics {
     reconcile_panics: Family<Kind, Counter>,
     entra_token_requests: Family<CredentialResult, Counter>,
     entra_token_expiry: Family<CredentialLabel, Gauge<i64, AtomicI64>>,
+    reconcile_errors: Family<KindError, Counter>,
+    in_flight: Family<Kind, Gauge>,
+    identity_ready_status: Family<ConditionLabels, Gauge>,
+    renewal_time: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
+    deletion_time: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
+    service_ready_status: Family<ServiceConditionLabels, Gauge>,
+    quota_waits: Family<WaitLabels, Counter>,
+    quota_wait_seconds: Family<WaitLabels, FloatCounter>,
+    throttle_pauses: Family<ResourceOperation, Counter>,
+    throttle_pause_seconds: Family<ResourceOperation, FloatCounter>,
+    quota_limit: Family<ResourceOperation, Gauge<f64, AtomicU64>>,
+    leader: Gauge,
     /// namespace -> name -> entry. The lock also serialises gauge updates so the by-state
     /// counts never drift from the map.
     identity_state: Mutex<HashMap<String, HashMap<String, IdentityEntry>>>,
@@ -225,8 +313,115 @@ impl Metrics {
             entra_token_expiry.clone(),
         );
 
+        let reconcile_errors = Family::<KindError, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by resource kind and error kind",
+            reconcile_errors.clone(),
+        );
+        let in_flight = Family::<Kind, Gauge>::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now, by resource kind (bounded by --max-concurrent-reconciles for identities)",
+            in_flight.clone(),
+        );
+        for kind in [
+            "CommunicationIdentity",
+            "CommunicationService",
+            "ClusterCommunicationService",
+        ] {
+            in_flight.get_or_create(&Kind { kind: kind.into() }).set(0);
+        }
+        let identity_ready_status = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "identity_ready_status",
+            "1 for the identity's current Ready condition status (True, False or Unknown), 0 for the others",
+            identity_ready_status.clone(),
+        );
+        let renewal_time = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register_with_unit(
+            "identity_renewal_timestamp",
+            "When the operator renews the identity's token (status.renewalTime), as a Unix timestamp",
+            Unit::Seconds,
+            renewal_time.clone(),
+        );
+        let deletion_time = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register_with_unit(
+            "identity_deletion_timestamp",
+            "When the identity was deleted, while its cleanup (the ACS user's deletion) has not finished",
+            Unit::Seconds,
+            deletion_time.clone(),
+        );
+        let service_ready_status = Family::<ServiceConditionLabels, Gauge>::default();
+        registry.register(
+            "service_ready_status",
+            "1 for the service's current Ready condition status (True, False or Unknown), 0 for the others",
+            service_ready_status.clone(),
+        );
+        let quota_waits = Family::<WaitLabels, Counter>::default();
+        registry.register(
+            "acs_quota_waits",
+            "Requests held back before sending: reason quota (the client-side budget) or pause (after a 429)",
+            quota_waits.clone(),
+        );
+        let quota_wait_seconds = Family::<WaitLabels, FloatCounter>::default();
+        registry.register_with_unit(
+            "acs_quota_wait",
+            "Time requests were held back before sending, by reason",
+            Unit::Seconds,
+            quota_wait_seconds.clone(),
+        );
+        let throttle_pauses = Family::<ResourceOperation, Counter>::default();
+        registry.register(
+            "acs_throttle_pauses",
+            "429 answers with Retry-After from ACS, each pausing the operation for every caller of the resource",
+            throttle_pauses.clone(),
+        );
+        let throttle_pause_seconds = Family::<ResourceOperation, FloatCounter>::default();
+        registry.register_with_unit(
+            "acs_throttle_pause",
+            "Pause time ACS asked for with 429 Retry-After",
+            Unit::Seconds,
+            throttle_pause_seconds.clone(),
+        );
+        let quota_limit = Family::<ResourceOperation, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "acs_quota_limit_requests_per_second",
+            "The client-side budget of the operation on the ACS resource, in requests per second",
+            quota_limit.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this process runs the controllers (it holds the Lease, or leader election is off)",
+            leader.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the operator's version as a label",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
         Self {
             registry,
+            reconcile_errors,
+            in_flight,
+            identity_ready_status,
+            renewal_time,
+            deletion_time,
+            service_ready_status,
+            quota_waits,
+            quota_wait_seconds,
+            throttle_pauses,
+            throttle_pause_seconds,
+            quota_limit,
+            leader,
             reconcile_panics,
             entra_token_requests,
             entra_token_expiry,
@@ -263,19 +458,82 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A failed reconcile of `kind`; `error` is the error's `metric_label()`.
+    pub fn reconcile_failed(&self, kind: &str, error: &str) {
+        self.reconcile_errors
+            .get_or_create(&KindError {
+                kind: word(kind),
+                error: word(error),
+            })
+            .inc();
+    }
+
+    /// Counts a reconcile of `kind` as running until the guard drops.
+    pub fn reconcile_started(&self, kind: &str) -> InFlight {
+        let gauge = self
+            .in_flight
+            .get_or_create(&Kind { kind: word(kind) })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Whether this process runs the controllers now.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
     /// One HTTP attempt to ACS. `status` is the HTTP status code (`"201"`), or `error` /
     /// `timeout` when no response came back.
-    pub fn observe_acs_request(&self, operation: &str, status: &str, elapsed: Duration) {
+    pub fn observe_acs_request(
+        &self,
+        resource: &str,
+        operation: &str,
+        status: &str,
+        elapsed: Duration,
+    ) {
         let operation = word(operation);
+        let resource = object_name(resource);
         self.acs_requests
             .get_or_create(&OperationStatus {
                 operation: operation.clone(),
                 status: word(status),
+                resource: resource.clone(),
             })
             .inc();
         self.acs_request_duration
-            .get_or_create(&OperationLabel { operation })
+            .get_or_create(&OperationLabel {
+                operation,
+                resource,
+            })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The service's Ready condition: `Some(true)`, `Some(false)`, or `None` (unknown).
+    pub fn set_service_ready(&self, kind: &str, namespace: &str, name: &str, ready: Option<bool>) {
+        let current = condition_label(ready);
+        for condition in CONDITIONS {
+            self.service_ready_status
+                .get_or_create(&ServiceConditionLabels {
+                    kind: word(kind),
+                    namespace: object_name(namespace),
+                    name: object_name(name),
+                    condition,
+                })
+                .set(i64::from(condition == current));
+        }
+    }
+
+    /// The service is gone: its series are removed.
+    pub fn forget_service(&self, kind: &str, namespace: &str, name: &str) {
+        for condition in CONDITIONS {
+            self.service_ready_status.remove(&ServiceConditionLabels {
+                kind: word(kind),
+                namespace: object_name(namespace),
+                name: object_name(name),
+                condition,
+            });
+        }
     }
 
     /// The identity's Ready condition: `Some(true)`, `Some(false)`, or `None` (unknown).
@@ -285,6 +543,12 @@ impl Metrics {
         let previous = entry.ready.replace(ready);
         if previous == Some(ready) {
             return;
+        }
+        let current = condition_label(ready);
+        for condition in CONDITIONS {
+            self.identity_ready_status
+                .get_or_create(&condition_labels(namespace, name, condition))
+                .set(i64::from(condition == current));
         }
         if let Some(previous) = previous {
             self.identities
@@ -305,6 +569,34 @@ impl Metrics {
         let mut state = self.lock_state();
         entry_mut(&mut state, namespace, name).has_expiry = true;
         self.token_expiry
+            .get_or_create(&object_labels(namespace, name))
+            .set(unix_seconds);
+    }
+
+    /// When the identity's token is renewed (its `status.renewalTime`); `None` removes
+    /// the series (no renewal scheduled, e.g. no token yet).
+    pub fn set_renewal_time(&self, namespace: &str, name: &str, unix_seconds: Option<i64>) {
+        let mut state = self.lock_state();
+        let entry = entry_mut(&mut state, namespace, name);
+        let labels = object_labels(namespace, name);
+        match unix_seconds {
+            Some(t) => {
+                entry.has_renewal = true;
+                self.renewal_time.get_or_create(&labels).set(t);
+            }
+            None if entry.has_renewal => {
+                entry.has_renewal = false;
+                self.renewal_time.remove(&labels);
+            }
+            None => {}
+        }
+    }
+
+    /// The identity is being deleted (since `unix_seconds`) and its cleanup runs.
+    pub fn set_deletion_time(&self, namespace: &str, name: &str, unix_seconds: i64) {
+        let mut state = self.lock_state();
+        entry_mut(&mut state, namespace, name).has_deletion = true;
+        self.deletion_time
             .get_or_create(&object_labels(namespace, name))
             .set(unix_seconds);
     }
@@ -346,8 +638,18 @@ impl Metrics {
                     ready: ready_label(ready),
                 })
                 .dec();
+            for condition in CONDITIONS {
+                self.identity_ready_status
+                    .remove(&condition_labels(namespace, name, condition));
+            }
         }
         let labels = object_labels(namespace, name);
+        if entry.has_renewal {
+            self.renewal_time.remove(&labels);
+        }
+        if entry.has_deletion {
+            self.deletion_time.remove(&labels);
+        }
         if entry.has_expiry {
             self.token_expiry.remove(&labels);
         }
@@ -406,7 +708,65 @@ impl RequestObserver for Metrics {
             None if attempt.result == "timeout" => "timeout".to_string(),
             None => "error".to_string(),
         };
-        self.observe_acs_request(attempt.operation.as_str(), &status, attempt.elapsed);
+        self.observe_acs_request(
+            &attempt.resource,
+            attempt.operation.as_str(),
+            &status,
+            attempt.elapsed,
+        );
+        let labels = resource_operation(&attempt.resource, attempt.operation);
+        match attempt.quota_limit_per_second {
+            Some(limit) => {
+                self.quota_limit.get_or_create(&labels).set(limit);
+            }
+            None => {
+                self.quota_limit.remove(&labels);
+            }
+        }
+    }
+
+    fn on_wait(&self, resource: &str, operation: Operation, reason: WaitReason, wait: Duration) {
+        let labels = WaitLabels {
+            resource: object_name(resource),
+            operation: word(operation.as_str()),
+            reason: reason.as_str(),
+        };
+        self.quota_waits.get_or_create(&labels).inc();
+        self.quota_wait_seconds
+            .get_or_create(&labels)
+            .inc_by(wait.as_secs_f64());
+    }
+
+    fn on_throttle(&self, resource: &str, operation: Operation, pause: Duration) {
+        let labels = resource_operation(resource, operation);
+        self.throttle_pauses.get_or_create(&labels).inc();
+        self.throttle_pause_seconds
+            .get_or_create(&labels)
+            .inc_by(pause.as_secs_f64());
+    }
+}
+
+/// Holds a reconcile in `acs_operator_reconciles_in_flight` until dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn resource_operation(resource: &str, operation: Operation) -> ResourceOperation {
+    ResourceOperation {
+        resource: object_name(resource),
+        operation: word(operation.as_str()),
+    }
+}
+
+fn condition_labels(namespace: &str, name: &str, condition: &'static str) -> ConditionLabels {
+    ConditionLabels {
+        namespace: object_name(namespace),
+        name: object_name(name),
+        condition,
     }
 }
 
@@ -486,7 +846,12 @@ mod tests {
         // prometheus-client leaves out families without series, so give each one.
         let m = Metrics::new();
         m.observe_reconcile("CommunicationIdentity", "ok", Duration::from_millis(1));
-        m.observe_acs_request("create_user", "201", Duration::from_millis(1));
+        m.observe_acs_request(
+            "acs.example.com",
+            "create_user",
+            "201",
+            Duration::from_millis(1),
+        );
         m.set_identity_ready("ns", "id", Some(true));
         m.set_token_expiry("ns", "id", 1);
         m.renewal_failed("ns", "id", "throttled");
@@ -559,6 +924,8 @@ mod tests {
             result,
             elapsed: Duration::from_millis(12),
             quota_wait: Duration::from_secs(5),
+            resource: std::sync::Arc::from("acs.example.com"),
+            quota_limit_per_second: Some(1000.0 / 30.0),
         };
         let observer: &dyn RequestObserver = &m;
         observer.on_attempt(&attempt(Some(200), "ok"));
@@ -568,16 +935,16 @@ mod tests {
         let text = m.encode();
         for status in ["200", "429", "timeout", "error"] {
             let want = format!(
-                "acs_operator_acs_requests_total{{operation=\"issue_token\",status=\"{status}\"}} 1\n"
+                "acs_operator_acs_requests_total{{operation=\"issue_token\",status=\"{status}\",resource=\"acs.example.com\"}} 1\n"
             );
             assert!(text.contains(&want), "missing {want:?} in\n{text}");
         }
         assert!(text.contains(
-            "acs_operator_acs_request_duration_seconds_count{operation=\"issue_token\"} 4\n"
+            "acs_operator_acs_request_duration_seconds_count{operation=\"issue_token\",resource=\"acs.example.com\"} 4\n"
         ));
         // The quota wait (5 s) is not request latency.
         assert!(text.contains(
-            "acs_operator_acs_request_duration_seconds_bucket{le=\"0.02\",operation=\"issue_token\"} 4\n"
+            "acs_operator_acs_request_duration_seconds_bucket{le=\"0.02\",operation=\"issue_token\",resource=\"acs.example.com\"} 4\n"
         ), "{text}");
     }
 
@@ -647,7 +1014,7 @@ mod tests {
             "failed: token eyJhbGciOi is bad",
             Duration::ZERO,
         );
-        m.observe_acs_request(secret, "200", Duration::ZERO);
+        m.observe_acs_request(secret, secret, "200", Duration::ZERO);
         m.set_token_expiry("ns", "bad name with spaces", 1);
         let text = m.encode();
         assert!(!text.contains("accesskey"), "{text}");
@@ -655,6 +1022,83 @@ mod tests {
         assert!(!text.contains("spaces"), "{text}");
         assert!(text.contains("reason=\"other\""), "{text}");
         assert!(text.contains("result=\"other\""), "{text}");
+    }
+
+    #[test]
+    fn identities_have_ready_status_and_renewal_series_until_forgotten() {
+        let m = Metrics::new();
+        m.set_identity_ready("team-a", "bot", Some(false));
+        m.set_identity_ready("team-a", "bot", Some(true));
+        m.set_renewal_time("team-a", "bot", Some(1_900_000_000));
+        m.set_deletion_time("team-a", "bot", 1_800_000_000);
+        let text = m.encode();
+        assert!(text.contains(
+            "acs_operator_identity_deletion_timestamp_seconds{namespace=\"team-a\",name=\"bot\"} 1800000000\n"
+        ), "{text}");
+        for (condition, v) in [("True", 1), ("False", 0), ("Unknown", 0)] {
+            let want = format!(
+                "acs_operator_identity_ready_status{{namespace=\"team-a\",name=\"bot\",condition=\"{condition}\"}} {v}\n"
+            );
+            assert!(text.contains(&want), "missing {want:?} in\n{text}");
+        }
+        assert!(text.contains(
+            "acs_operator_identity_renewal_timestamp_seconds{namespace=\"team-a\",name=\"bot\"} 1900000000\n"
+        ), "{text}");
+        m.forget_identity("team-a", "bot");
+        let text = m.encode();
+        assert!(!text.contains("name=\"bot\""), "{text}");
+    }
+
+    #[test]
+    fn services_waits_pauses_and_build_info() {
+        let m = Metrics::new();
+        m.set_service_ready("CommunicationService", "team-a", "acs", Some(true));
+        let observer: &dyn RequestObserver = &m;
+        observer.on_wait(
+            "acs.example.com",
+            Operation::IssueToken,
+            WaitReason::Quota,
+            Duration::from_millis(500),
+        );
+        observer.on_wait(
+            "acs.example.com",
+            Operation::IssueToken,
+            WaitReason::Pause,
+            Duration::from_secs(2),
+        );
+        observer.on_throttle(
+            "acs.example.com",
+            Operation::IssueToken,
+            Duration::from_secs(2),
+        );
+        m.set_leader(true);
+        let _running = m.reconcile_started("CommunicationIdentity");
+        m.reconcile_failed("CommunicationIdentity", "service");
+        let text = m.encode();
+        for want in [
+            "acs_operator_service_ready_status{kind=\"CommunicationService\",namespace=\"team-a\",name=\"acs\",condition=\"True\"} 1\n",
+            "acs_operator_acs_quota_waits_total{resource=\"acs.example.com\",operation=\"issue_token\",reason=\"quota\"} 1\n",
+            "acs_operator_acs_quota_wait_seconds_total{resource=\"acs.example.com\",operation=\"issue_token\",reason=\"quota\"} 0.5\n",
+            "acs_operator_acs_throttle_pauses_total{resource=\"acs.example.com\",operation=\"issue_token\"} 1\n",
+            "acs_operator_acs_throttle_pause_seconds_total{resource=\"acs.example.com\",operation=\"issue_token\"} 2.0\n",
+            "acs_operator_leader 1\n",
+            "acs_operator_reconciles_in_flight{kind=\"CommunicationIdentity\"} 1\n",
+            "acs_operator_reconcile_errors_total{kind=\"CommunicationIdentity\",error=\"service\"} 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let build = format!(
+            "acs_operator_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        drop(_running);
+        assert!(
+            m.encode()
+                .contains("acs_operator_reconciles_in_flight{kind=\"CommunicationIdentity\"} 0\n")
+        );
+        m.forget_service("CommunicationService", "team-a", "acs");
+        assert!(!m.encode().contains("name=\"acs\""));
     }
 
     #[test]

@@ -65,6 +65,22 @@ fn pinned_version(key: &str) -> String {
         .to_string()
 }
 
+/// The directory with `promtool` and `prometheus`, built (once, cached) by
+/// `hack/prometheus/build.sh` from the version pinned in `hack/prometheus/versions.env`.
+pub fn prometheus_bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let build = Command::new(repo_root().join("hack/prometheus/build.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run hack/prometheus/build.sh");
+        assert!(build.status.success(), "building Prometheus failed");
+        let stdout = String::from_utf8_lossy(&build.stdout);
+        PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
+    })
+    .clone()
+}
+
 impl ControlPlane {
     /// The binary's control plane, started on first use.
     pub fn get() -> &'static ControlPlane {

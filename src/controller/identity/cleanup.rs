@@ -148,6 +148,10 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let uid = obj.uid().unwrap_or_default();
+    // Until the identity is gone: an alert on cleanup that does not finish reads it.
+    if let Some(t) = &obj.metadata.deletion_timestamp {
+        ctx.metrics.set_deletion_time(&ns, &name, t.0.as_second());
+    }
     let oref = ObjectRef::from_obj(obj.as_ref());
     let remembered = ctx.memory.get(&oref, &uid);
     let mut status = current_status(ctx, &obj, &remembered)

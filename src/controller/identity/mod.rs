@@ -95,6 +95,7 @@ pub async fn reconcile(
         return Err(Error::Cancelled);
     };
     let started = Instant::now();
+    let _in_flight = ctx.metrics.reconcile_started(KIND);
     let recording = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let work = RECORDING.scope(recording.clone(), async {
         match tokio::time::timeout(
@@ -141,6 +142,9 @@ pub async fn reconcile(
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .observe_reconcile(KIND, label, started.elapsed());
+    if let Err(e) = &result {
+        ctx.metrics.reconcile_failed(KIND, e.metric_label());
+    }
     if result.is_ok() {
         ctx.reset_backoff(&ObjectRef::from_obj(obj.as_ref()));
     }
@@ -783,4 +787,6 @@ fn update_metrics(ctx: &Context, ns: &str, name: &str, st: &CommunicationIdentit
     if let Some(exp) = &st.token_expires_on {
         ctx.metrics.set_token_expiry(ns, name, exp.0.as_second());
     }
+    ctx.metrics
+        .set_renewal_time(ns, name, st.renewal_time.as_ref().map(|t| t.0.as_second()));
 }
