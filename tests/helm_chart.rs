@@ -876,3 +876,59 @@ async fn install_upgrade_uninstall() {
         "CRDs must be kept on uninstall"
     );
 }
+
+/// Roles and ClusterRoles that let the operator patch apps workloads, by namespace (`*`
+/// for a ClusterRole).
+fn workload_patchers(docs: &[Value]) -> Vec<String> {
+    let mut found = Vec::new();
+    for kind in ["ClusterRole", "Role"] {
+        for role in of_kind(docs, kind) {
+            let patches = role["rules"].as_sequence().into_iter().flatten().any(|r| {
+                str_list(&r["apiGroups"]).contains(&"apps")
+                    && str_list(&r["verbs"]).contains(&"patch")
+                    && ["deployments", "statefulsets", "daemonsets"]
+                        .iter()
+                        .all(|w| str_list(&r["resources"]).contains(w))
+            });
+            if patches {
+                found.push(
+                    role["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("*")
+                        .to_string(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Issue 18: restarting workloads needs `patch` on apps workloads, granted only when the
+/// chart value asks for it, and in restricted mode only in the watched namespaces.
+#[test]
+fn rollout_restart_rbac_only_when_enabled() {
+    let cp = ControlPlane::get();
+    let d = docs(&template(cp, "roll", "acs-system", &[]));
+    assert_eq!(workload_patchers(&d), Vec::<String>::new());
+    assert!(deployment_args(&d).contains(&"--rollout-restarts-per-minute=30".to_string()));
+    let d = docs(&template(
+        cp,
+        "roll",
+        "acs-system",
+        &[
+            "--set",
+            "rolloutRestart.enabled=true",
+            "--set",
+            "rolloutRestart.perMinute=5",
+        ],
+    ));
+    assert_eq!(workload_patchers(&d), ["*"]);
+    assert!(deployment_args(&d).contains(&"--rollout-restarts-per-minute=5".to_string()));
+    let (_dir, values) = values_file(&format!(
+        "{}\nrolloutRestart:\n  enabled: true\n",
+        restricted_values(&["team-a", "team-b"], "shared")
+    ));
+    let d = docs(&template(cp, "roll", "acs-system", &["-f", &values]));
+    assert_eq!(workload_patchers(&d), ["team-a", "team-b"]);
+}

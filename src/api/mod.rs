@@ -14,6 +14,7 @@ pub mod service;
 
 pub use identity::{
     CommunicationIdentity, CommunicationIdentitySpec, CommunicationIdentityStatus, DeletionPolicy,
+    MAX_ROLLOUT_RESTART_TARGETS, RESTARTED_AT_ANNOTATION, RolloutRestartTarget, RolloutTargetKind,
     Scope, SecretTemplate, ServiceKind, ServiceRef, SpecError,
 };
 pub use service::{
