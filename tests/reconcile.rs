@@ -1331,3 +1331,56 @@ async fn a_token_change_restarts_each_target_exactly_once() {
     let d = deployments.get("web").await.unwrap();
     assert_eq!(generation(&d), g0 + 2);
 }
+
+/// Issue 18: an identity created as `v1beta1` is stored as `v1alpha1` (the storage
+/// version the operator watches), reconciled to Ready, and reads back as `v1beta1` with
+/// the same status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_created_as_v1beta1_is_reconciled() {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("beta", 1.0).await;
+    w.service(PREVIEW).await;
+    w.start(w.config());
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            acs_identity_operator::api::GROUP,
+            acs_identity_operator::api::BETA_VERSION,
+            "CommunicationIdentity",
+        ),
+        "communicationidentities",
+    );
+    let beta: Api<DynamicObject> = Api::namespaced_with(w.client.clone(), w.ns(), &ar);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "acs-operator.dev/v1beta1", "kind": "CommunicationIdentity",
+        "metadata": {"name": "beta"},
+        "spec": {"serviceRef": {"name": "acs"}, "scopes": ["chat"]},
+    }))
+    .unwrap();
+    beta.create(&Default::default(), &obj)
+        .await
+        .expect("create as v1beta1");
+    let ready = w.ready("beta").await;
+    assert!(w.token("beta").await.is_some(), "the Secret holds a token");
+    let read = beta.get("beta").await.expect("get as v1beta1");
+    assert_eq!(
+        read.types.as_ref().map(|t| t.api_version.as_str()),
+        Some("acs-operator.dev/v1beta1")
+    );
+    assert_eq!(
+        read.data["status"]["userId"].as_str(),
+        ready.status.as_ref().and_then(|s| s.user_id.as_deref())
+    );
+    // CEL rules hold in v1beta1 too (same schema): secretName stays immutable.
+    let refused = beta
+        .patch(
+            "beta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"secretName": "other"}})),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "secretName change accepted through v1beta1"
+    );
+}
