@@ -932,3 +932,36 @@ fn rollout_restart_rbac_only_when_enabled() {
     let d = docs(&template(cp, "roll", "acs-system", &["-f", &values]));
     assert_eq!(workload_patchers(&d), ["team-a", "team-b"]);
 }
+
+/// Issue 18: the chart installs the image `make release` builds: `appVersion` and the
+/// chart version are the crate's version, and the default render runs
+/// `<image.repository>:<crate version>`.
+#[test]
+fn chart_version_and_image_default_follow_the_crate_version() {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ChartYaml {
+        version: String,
+        app_version: String,
+    }
+    let crate_version = env!("CARGO_PKG_VERSION");
+    let chart: ChartYaml = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses");
+    assert_eq!(chart.app_version, crate_version, "Chart.yaml appVersion");
+    assert_eq!(chart.version, crate_version, "Chart.yaml version");
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let repository = values["image"]["repository"].as_str().expect("repository");
+    let cp = ControlPlane::get();
+    let d = docs(&template(cp, "ver", "acs-system", &[]));
+    let deploy = of_kind(&d, "Deployment")[0];
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["image"].as_str(),
+        Some(format!("{repository}:{crate_version}").as_str()),
+        "the chart's default image is the one make release builds"
+    );
+}
