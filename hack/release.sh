@@ -58,8 +58,12 @@ if ((skip_image)); then
   say "--skip-image: no image archive"
 else
   say "image $repository:$version (hack/image/build.sh)"
-  archive=$("$root/hack/image/build.sh" --image "$repository:$version" | tail -n 1)
-  cp "$archive" "$dist/acs-identity-operator-$version.oci.tar"
+  # The build's context and log in a scratch folder of our own, not the shared
+  # `make image` one another checkout may be using.
+  work=$(mktemp -d "${TMPDIR:-/tmp}/acs-release-image.XXXXXX")
+  archive=$(ACS_IMAGE_OUT=$work "$root/hack/image/build.sh" --image "$repository:$version" | tail -n 1)
+  mv "$archive" "$dist/acs-identity-operator-$version.oci.tar"
+  rm -rf "$work"
 fi
 
 say "chart (helm package --version $version --app-version $version)"

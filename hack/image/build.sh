@@ -23,7 +23,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${ACS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 IMAGE=localhost/acs-identity-operator:dev
-out=$cache/image
+out=${ACS_IMAGE_OUT:-$cache/image}  # build context, log and archive
 archive=$out/acs-identity-operator-dev.oci.tar
 
 say() { echo "image: $*" >&2; }
