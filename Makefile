@@ -5,6 +5,7 @@
 #   make cluster-down  stop the control plane that cluster-up started
 #   make cluster-up WITH_NODE=1   ... plus one node (containerd, kubelet, scheduler, kube-proxy)
 #   make image         build the operator image offline; last line: its OCI archive
+#   make release       image, chart, kubectl-acs, SBOM, SHA256SUMS in dist/<version>/
 #   make node-e2e      the chart and the image on a real node (part of make test)
 #   make demo WITH_NODE=1         the demo with the operator and a workload as real pods
 #   make bench N=1000  our operator against external-secrets (not part of make test)
@@ -18,13 +19,13 @@ export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 CLUSTER_DIR := $(CURDIR)/.cluster
 include hack/controlplane/versions.env
 
-.PHONY: help deps controlplane build release test lint fmt crds check-crds chart-crds \
+.PHONY: help deps controlplane build release release-bin test lint fmt crds check-crds chart-crds \
         compat hmac-vectors emulator bench-acs bench lint-dockerfile cluster-up cluster-down demo versions \
         reliability
 
 help:
-	@sed -n '2,11p' Makefile
-	@echo "other targets: build release lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
+	@sed -n '2,12p' Makefile
+	@echo "other targets: build release-bin lint fmt crds check-crds chart-crds compat hmac-vectors emulator bench-acs lint-dockerfile versions"
 
 deps:
 	@hack/deps.sh
@@ -38,8 +39,15 @@ versions:
 build: deps
 	cargo build --all-targets
 
-# The release binary exactly as the Dockerfile builds it.
-release: deps
+# Every release artifact, versioned from Cargo.toml, in dist/<version>/: the image
+# archive, the chart package, kubectl-acs, a CycloneDX SBOM and SHA256SUMS. Last line:
+# the folder. RELEASE_ARGS=--skip-image where podman cannot run.
+release: deps controlplane
+	@hack/release.sh $(RELEASE_ARGS)
+
+# The release binaries exactly as the Dockerfile builds them (what `make release` did
+# before 0.1.0).
+release-bin: deps
 	cargo build --release --locked --bin acs-identity-operator --bin kubectl-acs
 
 fmt:

@@ -355,5 +355,80 @@ async fn services_take_exactly_one_credential_and_entra_only_over_https() {
     )
     .await
     .expect("a connection-string service is admitted as before");
+}
+
+/// Issue 18: rollout restart targets are what a tenant may restart and no more: the
+/// three apps kinds, DNS names, no namespace field, at most 16, no duplicates.
+#[tokio::test]
+async fn rollout_restart_targets_are_bounded() {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let cp = ControlPlane::get();
+    install_crds(cp);
+    let client = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &client, "admission-rollout").await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("acs-operator.dev", "v1beta1", "CommunicationIdentity"),
+        "communicationidentities",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
+    let create = |name: &str, targets: Value| {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "acs-operator.dev/v1beta1", "kind": "CommunicationIdentity",
+            "metadata": {"name": name},
+            "spec": {"scopes": ["chat"], "rolloutRestartTargets": targets},
+        }))
+        .expect("object");
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &obj).await }
+    };
+    let sixteen: Vec<Value> = (0..16)
+        .map(|i| json!({"kind": "Deployment", "name": format!("web-{i}")}))
+        .collect();
+    create("ok", json!(sixteen))
+        .await
+        .expect("16 targets are admitted");
+    let mut seventeen = sixteen.clone();
+    seventeen.push(json!({"kind": "Deployment", "name": "one-more"}));
+    for (what, targets, needle) in [
+        ("17 targets", json!(seventeen), "16"),
+        (
+            "a Pod",
+            json!([{"kind": "Pod", "name": "p"}]),
+            "Unsupported value",
+        ),
+        (
+            "a CronJob",
+            json!([{"kind": "CronJob", "name": "c"}]),
+            "Unsupported value",
+        ),
+        (
+            "a bad name",
+            json!([{"kind": "Deployment", "name": "Web/../x"}]),
+            "name",
+        ),
+        (
+            "a duplicate",
+            json!([{"kind": "Deployment", "name": "a"}, {"kind": "Deployment", "name": "a"}]),
+            "Duplicate value",
+        ),
+    ] {
+        let msg = api_message(
+            create("bad", targets)
+                .await
+                .expect_err(&format!("{what} was admitted")),
+        );
+        assert!(msg.contains(needle), "{what}: {msg}");
+    }
+    // A namespace field is not part of the schema: pruned, so it cannot point elsewhere.
+    let created = create(
+        "pruned",
+        json!([{"kind": "Deployment", "name": "web", "namespace": "kube-system"}]),
+    )
+    .await
+    .expect("unknown fields are pruned");
+    assert_eq!(
+        created.data["spec"]["rolloutRestartTargets"],
+        json!([{"kind": "Deployment", "name": "web"}])
+    );
     ns.delete(&client).await;
 }

@@ -950,3 +950,92 @@ fn entra_grants_stay_in_the_cluster_resource_namespace_and_workload_identity_lab
     );
     assert!(!ok && err.contains("workloadIdentity.clientId"), "{err}");
 }
+
+/// Roles and ClusterRoles that let the operator patch apps workloads, by namespace (`*`
+/// for a ClusterRole).
+fn workload_patchers(docs: &[Value]) -> Vec<String> {
+    let mut found = Vec::new();
+    for kind in ["ClusterRole", "Role"] {
+        for role in of_kind(docs, kind) {
+            let patches = role["rules"].as_sequence().into_iter().flatten().any(|r| {
+                str_list(&r["apiGroups"]).contains(&"apps")
+                    && str_list(&r["verbs"]).contains(&"patch")
+                    && ["deployments", "statefulsets", "daemonsets"]
+                        .iter()
+                        .all(|w| str_list(&r["resources"]).contains(w))
+            });
+            if patches {
+                found.push(
+                    role["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("*")
+                        .to_string(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Issue 18: restarting workloads needs `patch` on apps workloads, granted only when the
+/// chart value asks for it, and in restricted mode only in the watched namespaces.
+#[test]
+fn rollout_restart_rbac_only_when_enabled() {
+    let cp = ControlPlane::get();
+    let d = docs(&template(cp, "roll", "acs-system", &[]));
+    assert_eq!(workload_patchers(&d), Vec::<String>::new());
+    assert!(deployment_args(&d).contains(&"--rollout-restarts-per-minute=30".to_string()));
+    let d = docs(&template(
+        cp,
+        "roll",
+        "acs-system",
+        &[
+            "--set",
+            "rolloutRestart.enabled=true",
+            "--set",
+            "rolloutRestart.perMinute=5",
+        ],
+    ));
+    assert_eq!(workload_patchers(&d), ["*"]);
+    assert!(deployment_args(&d).contains(&"--rollout-restarts-per-minute=5".to_string()));
+    let (_dir, values) = values_file(&format!(
+        "{}\nrolloutRestart:\n  enabled: true\n",
+        restricted_values(&["team-a", "team-b"], "shared")
+    ));
+    let d = docs(&template(cp, "roll", "acs-system", &["-f", &values]));
+    assert_eq!(workload_patchers(&d), ["team-a", "team-b"]);
+}
+
+/// Issue 18: the chart installs the image `make release` builds: `appVersion` and the
+/// chart version are the crate's version, and the default render runs
+/// `<image.repository>:<crate version>`.
+#[test]
+fn chart_version_and_image_default_follow_the_crate_version() {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ChartYaml {
+        version: String,
+        app_version: String,
+    }
+    let crate_version = env!("CARGO_PKG_VERSION");
+    let chart: ChartYaml = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses");
+    assert_eq!(chart.app_version, crate_version, "Chart.yaml appVersion");
+    assert_eq!(chart.version, crate_version, "Chart.yaml version");
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let repository = values["image"]["repository"].as_str().expect("repository");
+    let cp = ControlPlane::get();
+    let d = docs(&template(cp, "ver", "acs-system", &[]));
+    let deploy = of_kind(&d, "Deployment")[0];
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["image"].as_str(),
+        Some(format!("{repository}:{crate_version}").as_str()),
+        "the chart's default image is the one make release builds"
+    );
+}

@@ -1361,3 +1361,198 @@ async fn a_failed_status_precondition_is_told_from_other_refusals() {
         .await
         .expect("the current resourceVersion is accepted");
 }
+
+/// A Deployment with no pods needed: its template's annotations are what a restart changes.
+fn deployment(name: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+            },
+        },
+    }))
+    .expect("deployment")
+}
+
+fn restarted_at(d: &k8s_openapi::api::apps::v1::Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(acs_identity_operator::api::RESTARTED_AT_ANNOTATION)
+        .cloned()
+}
+
+/// Issue 18: a token change restarts each target exactly once (one template change, so one
+/// new `metadata.generation`); the first token, re-reconciles and an operator restart
+/// restart nothing; a missing target is a condition and never costs the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_change_restarts_each_target_exactly_once() {
+    use acs_identity_operator::api::RENEW_REQUESTED_AT_ANNOTATION;
+    use k8s_openapi::api::apps::v1::Deployment;
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("rollout", 1.0).await;
+    w.service(PREVIEW).await;
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), w.ns());
+    deployments
+        .create(&Default::default(), &deployment("web"))
+        .await
+        .expect("create deployment");
+    let generation = |d: &Deployment| d.metadata.generation.unwrap_or_default();
+    let g0 = generation(&deployments.get("web").await.unwrap());
+    w.start(w.config());
+    w.identity(
+        "app",
+        json!({"rolloutRestartTargets": [
+            {"kind": "Deployment", "name": "web"},
+            {"kind": "StatefulSet", "name": "absent"},
+        ]}),
+    )
+    .await;
+    let first = w
+        .until("app", 60, "the first token recorded as rolled out", |o| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.rolled_out_token_issued_at.is_some())
+        })
+        .await;
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(restarted_at(&d), None, "the first token restarts nothing");
+    assert_eq!(generation(&d), g0);
+    let issued = |o: &CommunicationIdentity| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.last_token_issued_at.clone())
+    };
+
+    // Renewal: restarted once, for that token.
+    w.annotate("app", RENEW_REQUESTED_AT_ANNOTATION, "now-1")
+        .await;
+    let before = issued(&first);
+    let renewed = w
+        .until("app", 60, "the new token rolled out", |o| {
+            let s = o.status.clone().unwrap_or_default();
+            issued(o) != before
+                && s.rolled_out_token_issued_at.is_some()
+                && s.rolled_out_token_issued_at
+                    == s.last_token_issued_at
+                        .as_ref()
+                        .map(|t| acs_identity_operator::controller::identity::decide::rfc3339(t.0))
+        })
+        .await;
+    let st = renewed.status.clone().unwrap();
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(restarted_at(&d), st.rolled_out_token_issued_at);
+    assert_eq!(generation(&d), g0 + 1, "exactly one restart");
+    // The missing StatefulSet: a condition and a warning, Ready untouched.
+    assert_eq!(
+        cond(&renewed, types::ROLLOUT_RESTARTED),
+        Some(("False".into(), reasons::ROLLOUT_TARGET_NOT_FOUND.into()))
+    );
+    assert_eq!(
+        cond(&renewed, types::READY).map(|c| c.0),
+        Some("True".into())
+    );
+
+    // A re-reconcile (a label edit) and an operator restart restart nothing.
+    w.identities()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "1"}}})),
+        )
+        .await
+        .unwrap();
+    if let Some(op) = w.operator.take() {
+        op.abort();
+    }
+    w.start(w.config());
+    w.until("app", 30, "the label seen", |o| {
+        o.labels().contains_key("touched")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(
+        generation(&d),
+        g0 + 1,
+        "no second restart for the same token"
+    );
+
+    // The next token restarts once more.
+    w.annotate("app", RENEW_REQUESTED_AT_ANNOTATION, "now-2")
+        .await;
+    let before = issued(&renewed);
+    w.until("app", 60, "the third token rolled out", |o| {
+        let s = o.status.clone().unwrap_or_default();
+        issued(o) != before
+            && s.rolled_out_token_issued_at
+                == s.last_token_issued_at
+                    .as_ref()
+                    .map(|t| acs_identity_operator::controller::identity::decide::rfc3339(t.0))
+    })
+    .await;
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(generation(&d), g0 + 2);
+}
+
+/// Issue 18: an identity created as `v1beta1` is stored as `v1alpha1` (the storage
+/// version the operator watches), reconciled to Ready, and reads back as `v1beta1` with
+/// the same status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_created_as_v1beta1_is_reconciled() {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let _shared = EXCLUSIVE.read().await;
+    let mut w = World::new("beta", 1.0).await;
+    w.service(PREVIEW).await;
+    w.start(w.config());
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            acs_identity_operator::api::GROUP,
+            acs_identity_operator::api::BETA_VERSION,
+            "CommunicationIdentity",
+        ),
+        "communicationidentities",
+    );
+    let beta: Api<DynamicObject> = Api::namespaced_with(w.client.clone(), w.ns(), &ar);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "acs-operator.dev/v1beta1", "kind": "CommunicationIdentity",
+        "metadata": {"name": "beta"},
+        "spec": {"serviceRef": {"name": "acs"}, "scopes": ["chat"]},
+    }))
+    .unwrap();
+    beta.create(&Default::default(), &obj)
+        .await
+        .expect("create as v1beta1");
+    let ready = w.ready("beta").await;
+    assert!(w.token("beta").await.is_some(), "the Secret holds a token");
+    let read = beta.get("beta").await.expect("get as v1beta1");
+    assert_eq!(
+        read.types.as_ref().map(|t| t.api_version.as_str()),
+        Some("acs-operator.dev/v1beta1")
+    );
+    assert_eq!(
+        read.data["status"]["userId"].as_str(),
+        ready.status.as_ref().and_then(|s| s.user_id.as_deref())
+    );
+    // CEL rules hold in v1beta1 too (same schema): secretName stays immutable.
+    let refused = beta
+        .patch(
+            "beta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"secretName": "other"}})),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "secretName change accepted through v1beta1"
+    );
+}

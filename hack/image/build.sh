@@ -10,7 +10,10 @@
 # nsswitch.conf for DNS, /etc/passwd with nonroot 65532, and /tmp. An instruction this
 # script does not know fails the build, so the two recipes cannot drift apart silently.
 #
-# Usage: hack/image/build.sh [--import-into NODE_DIR] [--check [--dockerfile PATH]]
+# Usage: hack/image/build.sh [--image NAME:TAG] [--import-into NODE_DIR] [--check [--dockerfile PATH]]
+#   --image NAME:TAG        name the image (default localhost/acs-identity-operator:dev);
+#                           the archive is then acs-identity-operator-TAG.oci.tar
+#                           (`make release` passes the chart's repository and the crate version)
 #   --import-into NODE_DIR  also load the image into that running node's containerd
 #   --check                 only check that the Dockerfile's final stage can be mirrored
 #                           (no build); --dockerfile checks another file (tests)
@@ -20,7 +23,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${ACS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 IMAGE=localhost/acs-identity-operator:dev
-out=$cache/image
+out=${ACS_IMAGE_OUT:-$cache/image}  # build context, log and archive
 archive=$out/acs-identity-operator-dev.oci.tar
 
 say() { echo "image: $*" >&2; }
@@ -30,6 +33,9 @@ import_into="" check=0 dockerfile=$root/Dockerfile
 while [[ $# -gt 0 ]]; do
   case $1 in
     --import-into) import_into=$2; shift 2 ;;
+    --image)
+      [[ ${2:-} =~ ^[a-z0-9./_-]+(:[0-9]+)?[a-z0-9./_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "--image wants NAME:TAG, got '${2:-}'"
+      IMAGE=$2; archive=$out/acs-identity-operator-${2##*:}.oci.tar; shift 2 ;;
     --check) check=1; shift ;;
     --dockerfile) dockerfile=$2; shift 2 ;;
     *) echo "image: unknown argument '$1'" >&2; exit 2 ;;

@@ -27,6 +27,14 @@ pub mod types {
     /// [`super::reasons::TOKEN_TOO_SHORT_LIVED`].
     pub const TOKEN_TOO_SHORT_LIVED: &str = "TokenTooShortLived";
 
+    /// `CommunicationIdentity` with `spec.rolloutRestartTargets` only. `True` (reason
+    /// [`super::reasons::ROLLOUT_RESTARTED`]) when every target was restarted for the
+    /// current token; `False` with [`super::reasons::ROLLOUT_TARGET_NOT_FOUND`],
+    /// [`super::reasons::ROLLOUT_RESTART_FORBIDDEN`] or
+    /// [`super::reasons::ROLLOUT_RESTART_FAILED`] when one could not be. Never affects
+    /// `Ready`: the token path does not depend on the restarts.
+    pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
+
     /// kstatus, every kind: `True` when the operator cannot make progress without a person;
     /// the reason is the problem's own (e.g. `Unauthorized`, `AdoptionNotAllowed`,
     /// `SecretConflict`, `TokenTooShortLived`, `InvalidSpec`, `IdentityNotOwned`,
@@ -108,6 +116,18 @@ pub mod reasons {
     pub const SECRET_NOT_OWNED: &str = "SecretNotOwned";
     /// SecretConflict=False.
     pub const SECRET_OWNED: &str = "SecretOwned";
+
+    // --- CommunicationIdentity, RolloutRestarted
+    /// RolloutRestarted=True: every target's pod template carries the current token's
+    /// issue time (or targets were just set: recorded without a restart).
+    pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
+    /// A target does not exist in the identity's namespace; not retried for this token.
+    pub const ROLLOUT_TARGET_NOT_FOUND: &str = "RolloutTargetNotFound";
+    /// The operator may not patch the target (the chart's `rolloutRestart.enabled` is
+    /// false); not retried for this token.
+    pub const ROLLOUT_RESTART_FORBIDDEN: &str = "RolloutRestartForbidden";
+    /// Patching a target failed for another reason (API server unavailable); retried.
+    pub const ROLLOUT_RESTART_FAILED: &str = "RolloutRestartFailed";
 
     // --- Services, Ready
     /// Ready=True: the connection string resolved and parsed.

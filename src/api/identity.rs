@@ -154,6 +154,90 @@ pub struct CommunicationIdentitySpec {
     /// (`existingUserId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// Workloads of this namespace restarted (as `kubectl rollout restart` does) each time
+    /// the token in the Secret changes, for applications that read the token once (an
+    /// environment variable, a cached file). At most 16; same namespace only. The operator
+    /// patches `spec.template.metadata.annotations["acs-operator.dev/restarted-at"]` with
+    /// the new token's issue time; it needs the chart's `rolloutRestart.enabled=true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ROLLOUT_RESTART_TARGETS))]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["kind", "name"]
+    ))]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+}
+
+/// Most `spec.rolloutRestartTargets` per identity: one token change restarts at most this
+/// many workloads.
+pub const MAX_ROLLOUT_RESTART_TARGETS: usize = 16;
+
+/// Annotation on a target's pod template whose change restarts it: its value is the
+/// issue time (RFC 3339) of the token rolled out, so patching twice for one token changes
+/// nothing.
+pub const RESTARTED_AT_ANNOTATION: &str = "acs-operator.dev/restarted-at";
+
+/// A workload in the identity's namespace to restart when the token changes.
+#[derive(
+    Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (group `apps`).
+    pub kind: RolloutTargetKind,
+    /// Name of the workload in the identity's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+}
+
+/// Kind of a rollout restart target: the `apps/v1` workloads with a pod template that
+/// `kubectl rollout restart` supports.
+#[derive(
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
+pub enum RolloutTargetKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl RolloutTargetKind {
+    /// The resource's plural in `apps/v1`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            RolloutTargetKind::Deployment => "deployments",
+            RolloutTargetKind::StatefulSet => "statefulsets",
+            RolloutTargetKind::DaemonSet => "daemonsets",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutTargetKind::Deployment => "Deployment",
+            RolloutTargetKind::StatefulSet => "StatefulSet",
+            RolloutTargetKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+impl fmt::Display for RolloutRestartTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.name)
+    }
 }
 
 fn default_token_lifetime() -> String {
@@ -306,6 +390,15 @@ pub struct CommunicationIdentityStatus {
     /// Value of the `acs-operator.dev/revoke-requested-at` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_revoke_request_handled: Option<String>,
+    /// `lastTokenIssuedAt` (RFC 3339) of the token last rolled out to
+    /// `spec.rolloutRestartTargets`: a different `lastTokenIssuedAt` restarts them once.
+    /// Recorded without a restart for an identity's first token and when targets are
+    /// first set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_out_token_issued_at: Option<String>,
+    /// When the targets were last restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout_restart_at: Option<Time>,
     /// `Ready`; `RenewalFailing` (True while renewal fails but the previous token is still
     /// valid); `SecretConflict` (True when a Secret of that name exists that this identity
     /// does not own; it is never overwritten).
@@ -412,6 +505,7 @@ mod tests {
             secret_template: None,
             existing_user_id: None,
             deletion_policy: None,
+            rollout_restart_targets: vec![],
         }
     }
 

@@ -1,4 +1,5 @@
-//! The custom resource types (group `acs-operator.dev`, version `v1alpha1`) and their CRDs.
+//! The custom resource types (group `acs-operator.dev`; `v1alpha1`, the storage version,
+//! and `v1beta1`, served with the same schema) and their CRDs.
 //!
 //! No I/O here: the types, defaults, admission rules and small pure helpers that resolve
 //! defaults the schema cannot express (renewBefore = lifetime / 3, deletionPolicy by
@@ -14,6 +15,7 @@ pub mod service;
 
 pub use identity::{
     CommunicationIdentity, CommunicationIdentitySpec, CommunicationIdentityStatus, DeletionPolicy,
+    MAX_ROLLOUT_RESTART_TARGETS, RESTARTED_AT_ANNOTATION, RolloutRestartTarget, RolloutTargetKind,
     Scope, SecretTemplate, ServiceKind, ServiceRef, SpecError,
 };
 pub use service::{
@@ -26,8 +28,14 @@ pub use service::{
 
 /// API group of every kind here.
 pub const GROUP: &str = "acs-operator.dev";
-/// The only served (and storage) version.
+/// The storage version: the one the Rust types are and the operator watches and writes.
+/// Objects created as [`BETA_VERSION`] are stored (and seen by the operator) as this.
 pub const VERSION: &str = "v1alpha1";
+/// Served beside [`VERSION`] with the identical schema, so the API server converts
+/// between them by rewriting `apiVersion` (no conversion webhook while they are equal).
+pub const BETA_VERSION: &str = "v1beta1";
+/// Every served version, storage version first.
+pub const SERVED_VERSIONS: [&str; 2] = [VERSION, BETA_VERSION];
 
 /// Set (to any new value, typically an RFC 3339 timestamp) to have a fresh token issued now.
 pub const RENEW_REQUESTED_AT_ANNOTATION: &str = "acs-operator.dev/renew-requested-at";
@@ -68,8 +76,31 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 strip_nullable(schema);
             }
         }
+        serve_beta(crd);
     }
     crds
+}
+
+/// Adds [`BETA_VERSION`] as a copy of the storage version's entry (schema, printer
+/// columns, subresources, CEL rules), served and not stored. kube's derive makes one
+/// version per type; copying the generated entry keeps the two schemas equal by
+/// construction, which is what lets the API server convert without a webhook.
+fn serve_beta(crd: &mut CustomResourceDefinition) {
+    let Some(storage) = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == VERSION)
+        .cloned()
+    else {
+        return;
+    };
+    crd.spec.versions.retain(|v| v.name != BETA_VERSION);
+    let mut beta = storage;
+    beta.name = BETA_VERSION.to_string();
+    beta.served = true;
+    beta.storage = false;
+    crd.spec.versions.push(beta);
 }
 
 /// Removes `nullable` from a schema tree.

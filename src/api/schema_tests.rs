@@ -35,6 +35,40 @@ const IDENTITY: &str = "communicationidentities.acs-operator.dev";
 const SERVICE: &str = "communicationservices.acs-operator.dev";
 const CLUSTER_SERVICE: &str = "clustercommunicationservices.acs-operator.dev";
 
+/// Issue 18: v1beta1 is served beside v1alpha1 with exactly its schema (so no conversion
+/// webhook is needed), and v1alpha1 stays the storage version.
+#[test]
+fn v1beta1_is_served_with_the_storage_versions_schema() {
+    for name in [IDENTITY, SERVICE, CLUSTER_SERVICE] {
+        let crd = crd_json(name);
+        let versions = crd["spec"]["versions"].as_array().expect("versions");
+        let names: Vec<&str> = versions.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, SERVED_VERSIONS, "{name}");
+        let (alpha, beta) = (&versions[0], &versions[1]);
+        assert_eq!(
+            (alpha["served"].clone(), alpha["storage"].clone()),
+            (json!(true), json!(true))
+        );
+        assert_eq!(
+            (beta["served"].clone(), beta["storage"].clone()),
+            (json!(true), json!(false))
+        );
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            let o = v.as_object_mut().expect("version");
+            o.remove("name");
+            o.remove("storage");
+            v
+        };
+        assert_eq!(strip(alpha), strip(beta), "{name}: the schemas differ");
+        assert!(
+            crd["spec"]
+                .get("conversion")
+                .is_none_or(|c| c["strategy"] == "None")
+        );
+    }
+}
+
 #[test]
 fn names_scopes_and_subresources() {
     let id = crd_json(IDENTITY);

@@ -127,6 +127,16 @@ struct RunArgs {
     /// event and a log line naming the ACS user left behind (a Go-style duration).
     #[arg(long, env = "ACS_OPERATOR_ABANDON_CLEANUP_AFTER", default_value = "5m", value_parser = parse_interval)]
     abandon_cleanup_after: std::time::Duration,
+    /// Workloads (`spec.rolloutRestartTargets`) restarted per minute, across every identity:
+    /// a renewal wave's restarts are spread over the following minutes instead of
+    /// restarting everything at once. An identity waiting for its turn is requeued.
+    #[arg(
+        long,
+        env = "ACS_OPERATOR_ROLLOUT_RESTARTS_PER_MINUTE",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=10000)
+    )]
+    rollout_restarts_per_minute: u32,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -275,6 +285,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
         max_concurrent_reconciles: usize::from(args.max_concurrent_reconciles),
         min_token_interval: args.min_token_interval,
         abandon_cleanup_after: args.abandon_cleanup_after,
+        rollout_restarts_per_minute: args.rollout_restarts_per_minute,
         leadership: Leadership::default(),
         clock: Arc::new(SystemClock),
     };

@@ -223,6 +223,7 @@ pub(crate) mod tests {
                 secret_template: None,
                 existing_user_id: None,
                 deletion_policy: None,
+                rollout_restart_targets: vec![],
             },
         );
         id.metadata.namespace = Some("team-a".into());

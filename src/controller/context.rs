@@ -71,6 +71,8 @@ pub struct Context {
     /// In a terminating namespace, a cleanup that keeps failing releases the finalizer
     /// once the namespace has been terminating this long (`--abandon-cleanup-after`).
     pub abandon_cleanup_after: Duration,
+    /// Restarts of `spec.rolloutRestartTargets`, process-wide (`--rollout-restarts-per-minute`).
+    pub rollout_budget: crate::controller::rollout::RestartBudget,
     backoff: Mutex<HashMap<ObjectRef<CommunicationIdentity>, u32>>,
 }
 
@@ -94,6 +96,7 @@ pub struct ContextParts {
     pub leadership: Leadership,
     pub min_token_interval: Duration,
     pub abandon_cleanup_after: Duration,
+    pub rollout_restarts_per_minute: u32,
 }
 
 impl Context {
@@ -121,6 +124,10 @@ impl Context {
             leadership: p.leadership,
             abandon_cleanup_after: p.abandon_cleanup_after,
             min_token_interval: p.min_token_interval,
+            rollout_budget: crate::controller::rollout::RestartBudget::new(
+                p.rollout_restarts_per_minute,
+                crate::controller::rollout::BUDGET_WINDOW,
+            ),
             backoff: Mutex::new(HashMap::new()),
         }
     }

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod panics;
 pub mod renewal;
 pub mod resolver;
+pub mod rollout;
 pub mod run;
 pub mod secret;
 pub mod service;

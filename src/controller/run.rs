@@ -49,6 +49,8 @@ pub struct OperatorConfig {
     pub max_concurrent_reconciles: usize,
     pub min_token_interval: Duration,
     pub abandon_cleanup_after: Duration,
+    /// Workloads restarted for token changes per minute, across every identity.
+    pub rollout_restarts_per_minute: u32,
     pub leadership: Leadership,
     pub clock: Arc<dyn Clock>,
 }
@@ -63,6 +65,7 @@ impl Default for OperatorConfig {
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
             min_token_interval: DEFAULT_MIN_TOKEN_INTERVAL,
             abandon_cleanup_after: DEFAULT_ABANDON_CLEANUP_AFTER,
+            rollout_restarts_per_minute: super::rollout::DEFAULT_ROLLOUT_RESTARTS_PER_MINUTE,
             leadership: Leadership::default(),
             clock: Arc::new(SystemClock),
         }
@@ -279,6 +282,7 @@ fn wire(
         leadership: config.leadership.clone(),
         min_token_interval: config.min_token_interval,
         abandon_cleanup_after: config.abandon_cleanup_after,
+        rollout_restarts_per_minute: config.rollout_restarts_per_minute,
     }));
 
     // Cluster services and namespace labels change which identities may use what.

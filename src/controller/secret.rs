@@ -186,6 +186,7 @@ mod tests {
                 secret_template: None,
                 existing_user_id: None,
                 deletion_policy: None,
+                rollout_restart_targets: vec![],
             },
         );
         id.metadata.namespace = Some("team-a".into());

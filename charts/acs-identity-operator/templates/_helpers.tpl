@@ -112,6 +112,13 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.rolloutRestart.enabled }}
+# spec.rolloutRestartTargets: the pod template's restarted-at annotation, nothing else
+# (merge patch; no get, list or watch of workloads).
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["patch"]
+{{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   # One event per occurrence (warnings only for new problems): never patched.

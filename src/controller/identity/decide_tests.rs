@@ -28,6 +28,7 @@ fn spec() -> CommunicationIdentitySpec {
         secret_template: None,
         existing_user_id: None,
         deletion_policy: None,
+        rollout_restart_targets: vec![],
     }
 }
 

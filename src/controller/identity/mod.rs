@@ -386,8 +386,12 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
     };
     let action = match (&plan.step, resolved) {
         (Step::Wait, _) => {
+            // The token may have changed in an earlier reconcile whose rollout was not
+            // done yet (the budget was spent, a crash after the status write).
+            let mut plan = plan;
+            let again = crate::controller::rollout::act(ctx, &obj, &mut plan.status).await;
             record(ctx, &obj, &status, &plan).await?;
-            Action::requeue(plan.requeue)
+            Action::requeue(again.map_or(plan.requeue, |a| a.min(plan.requeue)))
         }
         (Step::RefreshSecretMetadata, _) => {
             let outcome =
@@ -435,11 +439,18 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
                 }
                 return Ok(Action::requeue(wait));
             }
-            let requeue = match &outcome {
+            let mut requeue = match &outcome {
                 Ok(renewal) => crate::controller::renewal::requeue_after(ctx.clock.now(), *renewal)
                     .min(decide::MAX_REQUEUE),
                 Err(_) => plan.requeue,
             };
+            if outcome.is_ok() {
+                // The new token reaches the workloads that read it once; recorded in the
+                // same status write as the token.
+                if let Some(again) = crate::controller::rollout::act(ctx, &obj, &mut st).await {
+                    requeue = requeue.min(again);
+                }
+            }
             finish(ctx, &obj, &facts, st, outcome.map(|_| ())).await?;
             Action::requeue(requeue)
         }
