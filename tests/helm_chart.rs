@@ -1039,3 +1039,57 @@ fn chart_version_and_image_default_follow_the_crate_version() {
         "the chart's default image is the one make release builds"
     );
 }
+
+const MAP_API: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
+
+/// The finalizer policy (issue 19) renders only where the API server serves
+/// MutatingAdmissionPolicy, can be turned off, is bound to watchNamespaces when set, and
+/// is accepted by the API server (which serves admissionregistration.k8s.io/v1 from 1.36).
+#[tokio::test]
+async fn finalizer_policy_renders_where_the_api_exists_and_is_accepted() {
+    let cp = ControlPlane::get();
+    support::install_crds(cp);
+    let admin = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &admin, "chart-map").await;
+    let count = |extra: &[&str]| {
+        let d = docs(&template(cp, "map", &ns.name, extra));
+        (
+            of_kind(&d, "MutatingAdmissionPolicy").len(),
+            of_kind(&d, "MutatingAdmissionPolicyBinding").len(),
+        )
+    };
+    assert_eq!(count(&[]), (0, 0), "not rendered where the API is absent");
+    assert_eq!(count(&["--api-versions", MAP_API]), (1, 1));
+    assert_eq!(
+        count(&[
+            "--api-versions",
+            MAP_API,
+            "--set",
+            "admissionPolicies.finalizer.enabled=false"
+        ]),
+        (0, 0),
+        "opt-out"
+    );
+    let set = format!("watchNamespaces={{{}}}", ns.name);
+    let rendered = template(
+        cp,
+        "map",
+        &ns.name,
+        &["--api-versions", MAP_API, "--set", &set],
+    );
+    let d = docs(&rendered);
+    let policy = of_kind(&d, "MutatingAdmissionPolicy")[0];
+    assert_eq!(policy["spec"]["failurePolicy"], "Ignore");
+    assert_eq!(
+        str_list(&policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"]),
+        ["CREATE"]
+    );
+    let binding = of_kind(&d, "MutatingAdmissionPolicyBinding")[0];
+    assert_eq!(
+        str_list(
+            &binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"]
+        ),
+        [ns.name.as_str()]
+    );
+    dry_run_server(cp, &rendered);
+}

@@ -329,12 +329,17 @@ fn wire(
                 .boxed(),
         );
     }
+    let warm_ctx = ctx.clone();
     let ready = async move {
         if futures::future::join_all(ready)
             .await
             .into_iter()
             .all(|ok| ok)
         {
+            // Before any reconcile runs: confirm the token Secrets from one paged LIST, so
+            // a restart or failover makes no GET per identity (issue 19).
+            let (listed, confirmed) = identity::warm::confirm_secrets(&warm_ctx).await;
+            tracing::info!(listed, confirmed, "token Secrets confirmed from a LIST");
             let _ = synced_tx.send(true);
             readiness.set_ready(true);
             tracing::info!("caches synced; ready");

@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod decide;
 pub mod gather;
 pub mod steps;
+pub mod warm;
 
 use std::sync::Arc;
 use std::time::Instant;
