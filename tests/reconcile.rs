@@ -325,7 +325,11 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
             per_writes <= max_writes,
             "{per_writes} API writes per identity on {api_version}"
         );
-        assert!(per_gets <= 2.0, "{per_gets} GETs per identity");
+        // The operator's own: one read of a Secret it has not written yet (the foreign-Secret
+        // check) and at most one credential read per service. kube-apiserver also counts
+        // the garbage collector's lookups of owners it has not seen yet (a new token Secret
+        // names its identity), up to one per identity when the machine is busy.
+        assert!(per_gets <= 2.5, "{per_gets} GETs per identity");
         if policy.is_some() {
             let patched = d
                 .get(&("PATCH".to_string(), "communicationidentities".to_string()))

@@ -107,6 +107,8 @@ pub const CALL_DEADLINE: Duration = Duration::from_secs(45);
 struct Cached<T> {
     value: T,
     used: Instant,
+    /// When the value was read (or built).
+    read: Instant,
 }
 
 pub struct ClientCache {
@@ -206,9 +208,17 @@ impl ClientCache {
             let mut reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
             reading.entry(credential.clone()).or_default().clone()
         };
+        let asked = Instant::now();
         let _one_reader = gate.lock().await;
-        // Another reader may have fetched this version while we waited.
+        // Another reader may have fetched this version while we waited; before the watch
+        // reports a version (the first reconciles after a start), whatever was read after
+        // we asked is as fresh as a read of our own: one GET, not one per waiting caller.
         if let Some(hit) = self.cached(credential, version) {
+            return hit.map_err(CredentialError::Problem);
+        }
+        if *version == SecretVersion::Unknown
+            && let Some(hit) = self.read_since(credential, asked)
+        {
             return hit.map_err(CredentialError::Problem);
         }
         tracing::debug!(namespace = %credential.namespace, secret = %credential.name, version = ?version, "reading a credential Secret");
@@ -237,9 +247,19 @@ impl ClientCache {
                         parsed.clone(),
                     ),
                     used: Instant::now(),
+                    read: Instant::now(),
                 },
             );
         parsed.map_err(CredentialError::Problem)
+    }
+
+    /// The value read from the API server at or after `since`, if any.
+    fn read_since(&self, credential: &CredentialRef, since: Instant) -> Option<Parsed> {
+        let parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        parsed
+            .get(credential)
+            .filter(|c| c.read >= since)
+            .map(|c| c.value.1.clone())
     }
 
     fn cached(&self, credential: &CredentialRef, version: &SecretVersion) -> Option<Parsed> {
@@ -348,6 +368,7 @@ impl ClientCache {
             Cached {
                 value: credential.clone(),
                 used: now,
+                read: now,
             },
         );
         Ok(credential)
@@ -421,6 +442,7 @@ impl ClientCache {
             Cached {
                 value: client.clone(),
                 used: now,
+                read: now,
             },
         );
         Ok(client)
