@@ -102,8 +102,12 @@ pub mod reasons {
     /// Every token of the user was revoked on request; `Ready` is False until the new
     /// token is in the Secret.
     pub const TOKENS_REVOKED: &str = "TokensRevoked";
-    /// Reading or writing the token Secret or the identity's status failed.
+    /// Writing the token Secret (or the user record in it) failed.
     pub const SECRET_WRITE_FAILED: &str = "SecretWriteFailed";
+    /// Reading the token Secret failed.
+    pub const SECRET_READ_FAILED: &str = "SecretReadFailed";
+    /// Writing the identity's status failed (the Secret may hold a valid token).
+    pub const STATUS_WRITE_FAILED: &str = "StatusWriteFailed";
 
     // --- CommunicationIdentity, RenewalFailing
     /// Renewal failed; the message says why and until when the old token is valid.

@@ -113,10 +113,12 @@ impl StepError {
             StepError::IssueToken { .. } => reasons::TOKEN_ISSUE_FAILED,
             StepError::DeleteUser { .. } => reasons::CLEANUP_FAILED,
             StepError::TokenRefused { .. } => reasons::TOKEN_TOO_SHORT_LIVED,
-            StepError::RecordUser { .. }
-            | StepError::ReadSecret { .. }
-            | StepError::WriteSecret { .. }
-            | StepError::WriteStatus(_) => reasons::SECRET_WRITE_FAILED,
+            // Each names the step that failed: a denied status write is no Secret problem.
+            StepError::RecordUser { .. } | StepError::WriteSecret { .. } => {
+                reasons::SECRET_WRITE_FAILED
+            }
+            StepError::ReadSecret { .. } => reasons::SECRET_READ_FAILED,
+            StepError::WriteStatus(_) => reasons::STATUS_WRITE_FAILED,
         }
     }
 
@@ -348,6 +350,24 @@ mod tests {
             Some("Provided identity doesn't belong to the resource.".into()),
             None,
         )
+    }
+
+    #[test]
+    fn reasons_name_the_step_that_failed() {
+        let kube = || kube::Error::Service("no answer".into());
+        let cases = [
+            (StepError::WriteStatus(kube()), reasons::STATUS_WRITE_FAILED),
+            (
+                StepError::ReadSecret {
+                    name: "app".into(),
+                    source: kube(),
+                },
+                reasons::SECRET_READ_FAILED,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.reason(), want, "{e}");
+        }
     }
 
     #[test]
