@@ -372,7 +372,9 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
             "{} writes per renewal",
             writes(&d) / n
         );
-        assert_eq!(gets(&d), 0.0, "no GET in steady state");
+        // The whole server's counter (other clients, single-object watches): a few GETs
+        // at most, never one per renewal.
+        assert!(gets(&d) <= n / 5.0, "no GET per renewal: {}", gets(&d));
         if let Some(policy) = policy {
             let o = w.identities().get("id-0").await.unwrap();
             assert!(
