@@ -30,6 +30,10 @@ use super::entra::KubeAssertionSource;
 use super::resolver::{EntraRef, TokenSource};
 use crate::acs::entra::EntraCredential;
 
+/// How long a credential read serves callers that know no version of the Secret yet
+/// (its watch has not reported): see [`ClientCache::connection`].
+const UNKNOWN_VERSION_REUSE: Duration = Duration::from_secs(5);
+
 /// What every ACS client of this operator shares.
 #[derive(Clone, Default)]
 pub struct ClientSettings {
@@ -204,20 +208,30 @@ impl ClientCache {
         if let Some(hit) = self.cached(credential, version) {
             return hit.map_err(CredentialError::Problem);
         }
+        // Before the watch reports a version (the first moments after a start or a first
+        // use), a read made moments ago is as good as a new one: the watch's first report
+        // notifies every dependent, and a version other than the one read is read again.
+        // Bounded in age, so that a watch that never starts cannot pin an old value.
+        let recent = Instant::now()
+            .checked_sub(UNKNOWN_VERSION_REUSE)
+            .unwrap_or_else(Instant::now);
+        if *version == SecretVersion::Unknown
+            && let Some(hit) = self.read_since(credential, recent)
+        {
+            return hit.map_err(CredentialError::Problem);
+        }
         let gate = {
             let mut reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
             reading.entry(credential.clone()).or_default().clone()
         };
-        let asked = Instant::now();
         let _one_reader = gate.lock().await;
-        // Another reader may have fetched this version while we waited; before the watch
-        // reports a version (the first reconciles after a start), whatever was read after
-        // we asked is as fresh as a read of our own: one GET, not one per waiting caller.
+        // Another reader may have fetched this version while we waited (or, before the
+        // watch reports one, any version moments ago): one GET, not one per waiting caller.
         if let Some(hit) = self.cached(credential, version) {
             return hit.map_err(CredentialError::Problem);
         }
         if *version == SecretVersion::Unknown
-            && let Some(hit) = self.read_since(credential, asked)
+            && let Some(hit) = self.read_since(credential, recent)
         {
             return hit.map_err(CredentialError::Problem);
         }

@@ -18,6 +18,7 @@
 //!   leak check).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod counted;
 pub mod emulator;
 pub mod metrics;
 pub mod operator;
@@ -127,6 +128,12 @@ impl ControlPlane {
         client_from_kubeconfig(&self.kubeconfig).await
     }
 
+    /// An admin client that counts its own requests (for an operator whose API cost a
+    /// test measures).
+    pub async fn counted_admin_client(&self) -> (Client, counted::RequestCounter) {
+        counted::counted_client(config_from_kubeconfig(&self.kubeconfig).await)
+    }
+
     /// `kubectl` from the pinned build, pointed at this control plane.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(self.bin_dir.join("kubectl"));
@@ -205,11 +212,14 @@ impl ControlPlane {
 }
 
 pub async fn client_from_kubeconfig(path: &Path) -> Client {
+    Client::try_from(config_from_kubeconfig(path).await).expect("build kube client")
+}
+
+pub async fn config_from_kubeconfig(path: &Path) -> Config {
     let kc = Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
-    Client::try_from(cfg).expect("build kube client")
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()))
 }
 
 pub fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> (bool, String, String) {

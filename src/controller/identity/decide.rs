@@ -344,35 +344,12 @@ fn plan(f: &Facts<'_>) -> Plan {
 
     // 5. A Secret of our name that is not ours is never overwritten.
     if f.secret == SecretFacts::NotOwned {
-        let msg = format!(
-            "Secret `{}` exists and is not owned by this CommunicationIdentity; it is never overwritten. \
-             Delete or rename that Secret, or create an identity with another spec.secretName",
-            f.secret_name
-        );
-        let fresh = !is_true(&st.conditions, types::SECRET_CONFLICT);
-        set_condition(
-            &mut st.conditions,
-            types::SECRET_CONFLICT,
-            true,
-            reasons::SECRET_NOT_OWNED,
-            &msg,
-            f.generation,
-            f.now,
-        );
-        set_condition(
-            &mut st.conditions,
-            types::READY,
-            false,
-            reasons::SECRET_CONFLICT,
-            &msg,
-            f.generation,
-            f.now,
-        );
+        let warning = record_conflict(&mut st, f, f.now);
         return Plan {
             step: Step::Wait,
             status: st,
             requeue: CONFLICT_RECHECK,
-            warning: fresh.then_some((reasons::SECRET_CONFLICT, msg)),
+            warning,
             failure: Some(reasons::SECRET_CONFLICT),
         };
     }
@@ -1069,3 +1046,135 @@ pub fn record_issued(
 #[cfg(test)]
 #[path = "decide_tests.rs"]
 mod tests;
+
+/// The ACS user a token Secret records (a create whose status write failed, or a crash
+/// before it) is taken only when status names none, the spec names none, it lives on the
+/// resource the service reaches now, and its mark proves this operator wrote it for this
+/// object (`mark_verified`, asked last: it computes an HMAC).
+pub fn use_recorded_user(
+    status: &CommunicationIdentityStatus,
+    spec: &crate::api::CommunicationIdentitySpec,
+    recorded_endpoint: &str,
+    service_endpoint: &str,
+    mark_verified: impl FnOnce() -> bool,
+) -> bool {
+    status.user_id.is_none()
+        && spec.existing_user_id.is_none()
+        && recorded_endpoint == service_endpoint
+        && mark_verified()
+}
+
+/// The later of the token requests memory and the Secret's annotation know of: the floor
+/// counts from the last one, whichever source survived (a restart empties memory).
+pub fn last_token_request(
+    remembered: Option<Timestamp>,
+    annotated: Option<Timestamp>,
+) -> Option<Timestamp> {
+    match (remembered, annotated) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The user whose tokens are revoked before the token is requested: a revoke pending for
+/// a user that status or the spec names.
+pub fn revoke_before_issue(tp: &TokenPlan) -> Option<(&str, &str)> {
+    match (&tp.revoke, &tp.user) {
+        (Some(request), UserPlan::Existing(user) | UserPlan::Adopt(user)) => {
+            Some((user.as_str(), request.as_str()))
+        }
+        _ => None,
+    }
+}
+
+/// A revoke pending when the user is created by custom id: the create may have found the
+/// user an interrupted attempt made, whose token may be the one the request is about, and
+/// ACS answers 201 either way, so the user's tokens are revoked after the create (the one
+/// it carried too) and the token to keep is issued after that.
+pub fn revoke_after_create(tp: &TokenPlan) -> Option<&str> {
+    match (&tp.revoke, &tp.user) {
+        (Some(request), UserPlan::Create { custom_id: Some(_) }) => Some(request.as_str()),
+        _ => None,
+    }
+}
+
+/// The Normal event of a token written: (reason, action, what was done to the user).
+pub fn issued_event(user: &UserPlan) -> (&'static str, &'static str, &'static str) {
+    match user {
+        UserPlan::Existing(_) => ("TokenIssued", "IssueToken", "Issued a token for ACS user"),
+        UserPlan::Adopt(_) => ("UserAdopted", "AdoptUser", "Adopted existing ACS user"),
+        // ACS answers 201 to a new user and to the one an earlier, interrupted attempt made
+        // for the same custom id alike.
+        UserPlan::Create { custom_id: Some(_) } => (
+            "UserCreated",
+            "CreateUser",
+            "Created (or found by its custom id) ACS user",
+        ),
+        UserPlan::Create { custom_id: None } => ("UserCreated", "CreateUser", "Created ACS user"),
+    }
+}
+
+/// What a failed step leaves to do besides the status written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// The Warning event's reason, when the failure is news.
+    pub event: Option<&'static str>,
+    /// Until when the token in the Secret still stands (the next look is due then).
+    pub valid_until: Option<Timestamp>,
+    /// A renewal failed (the identity had a token): counted for `AcsTokenRenewalFailing`.
+    pub renewal_failed: bool,
+}
+
+/// Records a failed step in `st` and says what else the failure means. `now` is the time
+/// the step ended, not `f.now`: a token that expired while ACS took its time is not valid.
+pub fn record_failure(
+    st: &mut CommunicationIdentityStatus,
+    f: &Facts<'_>,
+    now: Timestamp,
+    reason: &'static str,
+    message: &str,
+) -> FailureRecord {
+    let valid = token_valid(st, f.secret, now);
+    let fresh = record_problem(st, f.generation, now, reason, message, valid);
+    FailureRecord {
+        event: fresh.then(|| event_reason(reason, valid)),
+        valid_until: valid
+            .then(|| st.token_expires_on.as_ref().map(|t| t.0))
+            .flatten(),
+        renewal_failed: had_token(f.status),
+    }
+}
+
+/// A Secret of our name that is not ours (found so, or a create refused because the name
+/// is taken): `SecretConflict=True` and `Ready=False`; the Warning to publish when it is news.
+pub fn record_conflict(
+    st: &mut CommunicationIdentityStatus,
+    f: &Facts<'_>,
+    now: Timestamp,
+) -> Option<(&'static str, String)> {
+    let msg = format!(
+        "Secret `{}` exists and is not owned by this CommunicationIdentity; it is never overwritten. \
+         Delete or rename that Secret, or create an identity with another spec.secretName",
+        f.secret_name
+    );
+    let fresh = !is_true(&st.conditions, types::SECRET_CONFLICT);
+    set_condition(
+        &mut st.conditions,
+        types::SECRET_CONFLICT,
+        true,
+        reasons::SECRET_NOT_OWNED,
+        &msg,
+        f.generation,
+        now,
+    );
+    set_condition(
+        &mut st.conditions,
+        types::READY,
+        false,
+        reasons::SECRET_CONFLICT,
+        &msg,
+        f.generation,
+        now,
+    );
+    fresh.then_some((reasons::SECRET_CONFLICT, msg))
+}

@@ -1152,3 +1152,179 @@ fn whole_seconds_never_claim_more_than_acs_granted() {
         assert_eq!(super::whole_seconds(t).as_second(), t.as_second(), "{acs}");
     }
 }
+
+#[test]
+fn a_recorded_user_is_taken_only_when_nothing_else_names_one_and_its_mark_holds() {
+    let other = "https://b.communication.azure.com";
+    let adopting = CommunicationIdentitySpec {
+        existing_user_id: Some(USER.into()),
+        ..spec()
+    };
+    let none = CommunicationIdentityStatus::default();
+    for (status, spec, recorded_at, mark, want) in [
+        (&none, spec(), EP, true, true),
+        // status already names a user: it wins, the record is only history
+        (&with_token(0), spec(), EP, true, false),
+        // the spec names the user to adopt
+        (&none, adopting, EP, true, false),
+        // the record is of another resource than the service reaches now
+        (&none, spec(), other, true, false),
+        // a mark that does not verify: someone else wrote that Secret
+        (&none, spec(), EP, false, false),
+    ] {
+        let mut asked = false;
+        let got = use_recorded_user(status, &spec, recorded_at, EP, || {
+            asked = true;
+            mark
+        });
+        assert_eq!(got, want, "{status:?} {recorded_at} mark={mark}");
+        assert!(
+            asked || !want,
+            "the mark is verified before a recorded user is used"
+        );
+    }
+    // The HMAC is not computed when the cheap checks already say no.
+    assert!(!use_recorded_user(&with_token(0), &spec(), EP, EP, || {
+        panic!("mark verified although status names the user")
+    }));
+}
+
+#[test]
+fn the_floor_counts_from_the_later_of_memory_and_the_secret() {
+    for (remembered, annotated, want) in [
+        (None, None, None),
+        (Some(ts(5)), None, Some(ts(5))),
+        (None, Some(ts(7)), Some(ts(7))),
+        (Some(ts(5)), Some(ts(7)), Some(ts(7))),
+        (Some(ts(9)), Some(ts(7)), Some(ts(9))),
+    ] {
+        assert_eq!(last_token_request(remembered, annotated), want);
+    }
+}
+
+#[test]
+fn revokes_come_before_an_issue_for_a_known_user_and_after_a_create_by_custom_id() {
+    let plan = |user: UserPlan, revoke: Option<&str>| TokenPlan {
+        user,
+        revoke: revoke.map(str::to_string),
+        reason: TokenReason::NoToken,
+        scopes: [Scope::Chat].into(),
+        lifetime_minutes: 60,
+    };
+    let existing = UserPlan::Existing(USER.into());
+    let adopt = UserPlan::Adopt(USER.into());
+    let by_custom_id = UserPlan::Create {
+        custom_id: Some("c".into()),
+    };
+    let plain_create = UserPlan::Create { custom_id: None };
+    for (user, revoke, before, after) in [
+        (existing.clone(), Some("r1"), Some((USER, "r1")), None),
+        (adopt.clone(), Some("r1"), Some((USER, "r1")), None),
+        (by_custom_id.clone(), Some("r1"), None, Some("r1")),
+        // a user without a custom id is new: it has no token to revoke
+        (plain_create.clone(), Some("r1"), None, None),
+        (existing, None, None, None),
+        (by_custom_id, None, None, None),
+        (plain_create, None, None, None),
+        (adopt, None, None, None),
+    ] {
+        let tp = plan(user.clone(), revoke);
+        assert_eq!(revoke_before_issue(&tp), before, "{user:?} {revoke:?}");
+        assert_eq!(revoke_after_create(&tp), after, "{user:?} {revoke:?}");
+    }
+}
+
+#[test]
+fn the_issued_event_says_what_was_done_to_the_user() {
+    for (user, reason, what) in [
+        (
+            UserPlan::Existing(USER.into()),
+            "TokenIssued",
+            "Issued a token for ACS user",
+        ),
+        (
+            UserPlan::Adopt(USER.into()),
+            "UserAdopted",
+            "Adopted existing ACS user",
+        ),
+        (
+            UserPlan::Create {
+                custom_id: Some("c".into()),
+            },
+            "UserCreated",
+            "Created (or found by its custom id) ACS user",
+        ),
+        (
+            UserPlan::Create { custom_id: None },
+            "UserCreated",
+            "Created ACS user",
+        ),
+    ] {
+        let (r, _, w) = issued_event(&user);
+        assert_eq!((r, w), (reason, what), "{user:?}");
+    }
+}
+
+#[test]
+fn a_failed_step_is_news_once_keeps_a_valid_token_and_counts_only_renewals() {
+    let healthy = Case::healthy();
+    let facts = healthy.facts();
+    // A valid token: RenewalFailed event, the token stands until its expiry.
+    let mut st = facts.status.clone();
+    let r = record_failure(
+        &mut st,
+        &facts,
+        facts.now,
+        reasons::TOKEN_ISSUE_FAILED,
+        "boom",
+    );
+    assert_eq!(
+        r,
+        FailureRecord {
+            event: Some(reasons::RENEWAL_FAILED),
+            valid_until: Some(ts(24 * H)),
+            renewal_failed: true,
+        }
+    );
+    // The same failure again is no news.
+    let again = record_failure(
+        &mut st,
+        &facts,
+        facts.now,
+        reasons::TOKEN_ISSUE_FAILED,
+        "boom, reworded",
+    );
+    assert_eq!(again.event, None);
+    // The token expired while the step ran: the time the step ended decides, not the
+    // time the pass began.
+    let mut st = facts.status.clone();
+    let late = record_failure(
+        &mut st,
+        &facts,
+        ts(24 * H + 1),
+        reasons::TOKEN_ISSUE_FAILED,
+        "boom",
+    );
+    assert_eq!(late.event, Some(reasons::TOKEN_ISSUE_FAILED));
+    assert_eq!(late.valid_until, None);
+    assert_eq!(cond(&st, types::READY), f(reasons::TOKEN_ISSUE_FAILED));
+    // A first token that failed is no renewal.
+    let new = Case::new_identity();
+    let facts = new.facts();
+    let mut st = facts.status.clone();
+    let first = record_failure(
+        &mut st,
+        &facts,
+        facts.now,
+        reasons::TOKEN_ISSUE_FAILED,
+        "boom",
+    );
+    assert_eq!(
+        first,
+        FailureRecord {
+            event: Some(reasons::TOKEN_ISSUE_FAILED),
+            valid_until: None,
+            renewal_failed: false,
+        }
+    );
+}

@@ -17,7 +17,7 @@ use crate::controller::resolver::{ResolveError, ResolvedService};
 use crate::controller::secret;
 
 use super::decide::{SecretFacts, ServiceFacts, ServiceProblem, rfc3339};
-use super::steps::StepError;
+use super::steps::{SecretWrite, StepError};
 
 /// A Secret written this recently but absent from the cache is taken as "the watch has
 /// not delivered it yet" rather than deleted; after this, it is read to find out.
@@ -120,56 +120,63 @@ pub async fn observe_secret(
     let ns = identity.namespace().unwrap_or_default();
     let uid = identity.uid().unwrap_or_default();
     let status_is_ours = remembered.status_is_ours(status);
-    match ctx.stores.secret(&ns, secret_name) {
-        Some(meta) => {
-            if !secret::owned_by(&meta.metadata, &uid) {
-                return Ok(SecretObservation::of(SecretFacts::NotOwned, None));
-            }
-            let fresh = freshness(
-                meta.resource_version().as_deref(),
-                remembered.secret_rv.as_deref(),
-            );
-            if fresh == Freshness::Same && !remembered.secret_seen {
-                ctx.memory.secret_seen(&ObjectRef::from_obj(identity), &uid);
-            }
-            if status_is_ours
-                && status.user_id.is_some()
-                && matches!(fresh, Freshness::Same | Freshness::Older)
-            {
-                let template_current =
-                    fresh == Freshness::Older || secret::template_current(&meta.metadata, identity);
-                return Ok(SecretObservation::of(
-                    SecretFacts::Ours {
-                        intact: true,
-                        template_current,
-                    },
-                    secret::issued_at(&meta.metadata),
-                ));
-            }
+    let cached = ctx.stores.secret(&ns, secret_name);
+    if let Some(meta) = &cached
+        && remembered.secret_rv.as_deref() == meta.resource_version().as_deref()
+        && remembered.secret_rv.is_some()
+        && !remembered.secret_seen
+    {
+        ctx.memory.secret_seen(&ObjectRef::from_obj(identity), &uid);
+    }
+    let seen = cached.as_ref().map(|meta| CachedSecret {
+        owned: secret::owned_by(&meta.metadata, &uid),
+        resource_version: meta.resource_version(),
+    });
+    let first_token = first_token(status, remembered)
+        && SecretWrite::for_facts(&SecretFacts::Missing, identity) == SecretWrite::Create;
+    let verdict = trust_cache(
+        seen.as_ref(),
+        remembered,
+        status_is_ours,
+        status.user_id.is_some(),
+        first_token,
+        now,
+    );
+    match (verdict, &cached) {
+        (CacheVerdict::NotOwned, _) => {
+            return Ok(SecretObservation::of(SecretFacts::NotOwned, None));
         }
-        None => {
-            let recent = remembered
-                .secret_written_at
-                .is_some_and(|t| now.duration_since(t).unsigned_abs() < CACHE_LAG);
-            if status_is_ours && remembered.secret_rv.is_some() && !remembered.secret_seen && recent
-            {
-                return Ok(SecretObservation {
-                    facts: SecretFacts::Ours {
-                        intact: true,
-                        template_current: true,
-                    },
-                    issued_at: remembered.last_token_request,
-                    recheck: Some(CACHE_LAG),
-                    recorded_user: None,
-                    unrecorded: None,
-                });
-            }
+        (CacheVerdict::Ours { lagging }, Some(meta)) => {
+            let template_current = lagging || secret::template_current(&meta.metadata, identity);
+            return Ok(SecretObservation::of(
+                SecretFacts::Ours {
+                    intact: true,
+                    template_current,
+                },
+                secret::issued_at(&meta.metadata),
+            ));
         }
+        (CacheVerdict::Missing, _) => {
+            return Ok(SecretObservation::of(SecretFacts::Missing, None));
+        }
+        (CacheVerdict::NotSeenYet, _) => {
+            return Ok(SecretObservation {
+                facts: SecretFacts::Ours {
+                    intact: true,
+                    template_current: true,
+                },
+                issued_at: remembered.last_token_request,
+                recheck: Some(CACHE_LAG),
+                recorded_user: None,
+                unrecorded: None,
+            });
+        }
+        (CacheVerdict::Ours { .. } | CacheVerdict::Read, _) => {}
     }
     tracing::debug!(
         namespace = %ns,
         secret = %secret_name,
-        cached = ctx.stores.secret(&ns, secret_name).is_some(),
+        cached = cached.is_some(),
         status_is_ours,
         "the cached Secret cannot be trusted; reading it"
     );
@@ -181,6 +188,94 @@ pub async fn observe_secret(
         secret_name,
     )
     .await
+}
+
+/// What the owned-Secret cache shows of the token Secret.
+#[derive(Debug, Clone)]
+pub struct CachedSecret {
+    /// It carries this identity's owner reference.
+    pub owned: bool,
+    pub resource_version: Option<String>,
+}
+
+/// Whether the cached token Secret can be decided from without a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheVerdict {
+    /// The cached Secret belongs to someone else: never written over.
+    NotOwned,
+    /// Status is ours and the cache holds our last write of the Secret, or a version older
+    /// than it (`lagging`: the write is ours, its template was current when written).
+    Ours { lagging: bool },
+    /// Absent from the cache although we wrote it moments ago and the cache has never
+    /// shown that write: the cache lags; taken on trust and looked at again soon.
+    NotSeenYet,
+    /// Absent from the cache for an identity that never had a token or a user and of
+    /// which this process remembers nothing, whose Secret will be written by a plain
+    /// create: taken as missing without a read. The create is refused (409) if someone
+    /// else's Secret has the name (the cache holds only Secrets with our label), and the
+    /// next pass reads it and reports the conflict: at the cost, in that rare case, of the
+    /// token the create could not store, one GET fewer per new identity (issue 19).
+    Missing,
+    /// Anything else (someone wrote after us, status is not ours, nothing remembered, a
+    /// deletion): read it from the API server.
+    Read,
+}
+
+/// An identity at its very first token: no user or token in status, nothing remembered
+/// (a write, a created user, a request, a failed status write).
+pub fn first_token(status: &CommunicationIdentityStatus, remembered: &Remembered) -> bool {
+    status.user_id.is_none()
+        && !super::decide::had_token(status)
+        && remembered.secret_rv.is_none()
+        && remembered.secret_written_at.is_none()
+        && remembered.created_user.is_none()
+        && remembered.unrecorded.is_none()
+        && remembered.last_token_request.is_none()
+}
+
+/// The one rule that says whether the Secret cache can be trusted (issue 16, 19: no GET
+/// per identity when status, Secret and memory agree; a GET whenever they might not).
+pub fn trust_cache(
+    cached: Option<&CachedSecret>,
+    remembered: &Remembered,
+    status_is_ours: bool,
+    status_has_user: bool,
+    first_token: bool,
+    now: Timestamp,
+) -> CacheVerdict {
+    match cached {
+        Some(c) if !c.owned => CacheVerdict::NotOwned,
+        Some(c) => {
+            match freshness(
+                c.resource_version.as_deref(),
+                remembered.secret_rv.as_deref(),
+            ) {
+                Freshness::Same if status_is_ours && status_has_user => {
+                    CacheVerdict::Ours { lagging: false }
+                }
+                Freshness::Older if status_is_ours && status_has_user => {
+                    CacheVerdict::Ours { lagging: true }
+                }
+                _ => CacheVerdict::Read,
+            }
+        }
+        None => {
+            let recent = remembered
+                .secret_written_at
+                .is_some_and(|t| now.duration_since(t).unsigned_abs() < CACHE_LAG);
+            if first_token {
+                CacheVerdict::Missing
+            } else if status_is_ours
+                && remembered.secret_rv.is_some()
+                && !remembered.secret_seen
+                && recent
+            {
+                CacheVerdict::NotSeenYet
+            } else {
+                CacheVerdict::Read
+            }
+        }
+    }
 }
 
 /// Reads the Secret and checks it against status; an intact one is remembered so the
@@ -246,4 +341,173 @@ async fn read_secret(
             secret::issued_at(&found.metadata),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn the_secret_cache_is_trusted_only_when_status_secret_and_memory_agree() {
+        let wrote = |rv: &str, seen: bool| Remembered {
+            secret_rv: Some(rv.into()),
+            secret_written_at: Some(ts(0)),
+            secret_seen: seen,
+            ..Remembered::default()
+        };
+        let cached = |owned: bool, rv: &str| {
+            Some(CachedSecret {
+                owned,
+                resource_version: Some(rv.into()),
+            })
+        };
+        let nothing = Remembered::default();
+        use CacheVerdict::*;
+        // (cached, remembered, status ours, status has user, now) -> verdict
+        for (row, c, r, ours, user, now, want) in [
+            // a first token: absent means missing (the create refuses a foreign Secret)
+            (0, None, nothing.clone(), true, false, ts(1), Missing),
+            (
+                1,
+                cached(true, "10"),
+                wrote("10", true),
+                true,
+                true,
+                ts(1),
+                Ours { lagging: false },
+            ),
+            (
+                2,
+                cached(true, "9"),
+                wrote("10", false),
+                true,
+                true,
+                ts(1),
+                Ours { lagging: true },
+            ),
+            // someone wrote after us: read what they wrote
+            (
+                3,
+                cached(true, "11"),
+                wrote("10", true),
+                true,
+                true,
+                ts(1),
+                Read,
+            ),
+            // a status that is not ours (edited, older, another writer's)
+            (
+                4,
+                cached(true, "10"),
+                wrote("10", true),
+                false,
+                true,
+                ts(1),
+                Read,
+            ),
+            // no user in status: the read may find the user the Secret records
+            (
+                5,
+                cached(true, "10"),
+                wrote("10", true),
+                true,
+                false,
+                ts(1),
+                Read,
+            ),
+            // a fresh process remembers nothing (restarts confirm through warm's LIST)
+            (
+                6,
+                cached(true, "10"),
+                nothing.clone(),
+                true,
+                true,
+                ts(1),
+                Read,
+            ),
+            (
+                7,
+                cached(false, "10"),
+                wrote("10", true),
+                true,
+                true,
+                ts(1),
+                NotOwned,
+            ),
+            // resourceVersions that are not numbers are never compared
+            (
+                8,
+                cached(true, "a"),
+                wrote("b", true),
+                true,
+                true,
+                ts(1),
+                Read,
+            ),
+            // absent: our write moments ago the cache has not shown yet
+            (9, None, wrote("10", false), true, true, ts(1), NotSeenYet),
+            // absent after the cache showed our write: deleted
+            (10, None, wrote("10", true), true, true, ts(1), Read),
+            // absent long after our write: deleted (or the cache is broken): read
+            (11, None, wrote("10", false), true, true, ts(31), Read),
+            (12, None, wrote("10", false), false, true, ts(1), Read),
+            (13, None, nothing, true, true, ts(1), Read),
+        ] {
+            let first = first_token(&CommunicationIdentityStatus::default(), &r) && !user;
+            assert_eq!(
+                trust_cache(c.as_ref(), &r, ours, user, first, now),
+                want,
+                "row {row}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_identity_at_its_very_first_token_skips_the_read() {
+        let blank = CommunicationIdentityStatus::default();
+        let with_user = CommunicationIdentityStatus {
+            user_id: Some("8:acs:u".into()),
+            ..Default::default()
+        };
+        let had_token = CommunicationIdentityStatus {
+            last_token_issued_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(0))),
+            ..Default::default()
+        };
+        let nothing = Remembered::default();
+        let remembered = [
+            Remembered {
+                secret_rv: Some("5".into()),
+                ..Default::default()
+            },
+            Remembered {
+                secret_written_at: Some(ts(0)),
+                ..Default::default()
+            },
+            Remembered {
+                created_user: Some(("8:acs:u".into(), "https://a".into())),
+                ..Default::default()
+            },
+            Remembered {
+                unrecorded: Some(Box::new(with_user.clone())),
+                ..Default::default()
+            },
+            Remembered {
+                last_token_request: Some(ts(0)),
+                ..Default::default()
+            },
+        ];
+        assert!(first_token(&blank, &nothing));
+        assert!(!first_token(&with_user, &nothing), "status names a user");
+        assert!(
+            !first_token(&had_token, &nothing),
+            "a token was issued once"
+        );
+        for (i, r) in remembered.iter().enumerate() {
+            assert!(!first_token(&blank, r), "memory row {i}");
+        }
+    }
 }

@@ -113,6 +113,8 @@ impl StepError {
             StepError::IssueToken { .. } => reasons::TOKEN_ISSUE_FAILED,
             StepError::DeleteUser { .. } => reasons::CLEANUP_FAILED,
             StepError::TokenRefused { .. } => reasons::TOKEN_TOO_SHORT_LIVED,
+            // A create refused because the name is taken: someone else's Secret.
+            e if e.is_secret_taken() => reasons::SECRET_CONFLICT,
             // Each names the step that failed: a denied status write is no Secret problem.
             StepError::RecordUser { .. } | StepError::WriteSecret { .. } => {
                 reasons::SECRET_WRITE_FAILED
@@ -120,6 +122,13 @@ impl StepError {
             StepError::ReadSecret { .. } => reasons::SECRET_READ_FAILED,
             StepError::WriteStatus(_) => reasons::STATUS_WRITE_FAILED,
         }
+    }
+
+    /// The token Secret's create was refused: a Secret of that name exists (someone
+    /// else's: ours would have been in the cache or read).
+    pub fn is_secret_taken(&self) -> bool {
+        matches!(self, StepError::WriteSecret { source: kube::Error::Api(r), .. }
+            if r.code == 409 && r.reason == "AlreadyExists")
     }
 
     pub fn is_transient(&self) -> bool {

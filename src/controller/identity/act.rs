@@ -1,0 +1,348 @@
+//! The act side of the identity reconcile: every ACS call and every write a plan's step
+//! makes (revoke, create or adopt the user, issue, the token Secret, status, events,
+//! metrics), in the order the plan gives. What to do was chosen by [`super::decide`];
+//! the choices a step's outcome still implies (which event, whether a failure is news,
+//! until when the old token stands) are asked of it too.
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::CommunicationIdentity;
+use crate::api::CommunicationIdentityStatus;
+use crate::api::conditions::types;
+use crate::controller::context::Context;
+use crate::controller::error::Error;
+use crate::controller::events::EventType;
+use crate::controller::resolver::ResolvedService;
+use crate::controller::secret::TokenSecret;
+use crate::controller::shares::ShareGuard;
+
+use super::decide::{self, Facts, Issued, Plan, TokenPlan, UserPlan, rfc3339};
+use super::steps::{SecretWrite, StepError, acs_scopes, publish, write_secret, write_status};
+use super::{RecordGuard, must_record};
+
+/// How long a step that only waited for its quota turn should be requeued for.
+pub(super) fn waiting<T>(outcome: &Result<T, StepError>) -> Option<std::time::Duration> {
+    outcome.as_ref().err().and_then(StepError::quota_wait)
+}
+
+/// Records a plan that needs no step: its status (when changed) and its warning.
+pub(super) async fn record(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    current: &CommunicationIdentityStatus,
+    plan: &Plan,
+) -> Result<(), Error> {
+    if let Some((reason, message)) = &plan.warning {
+        publish(ctx, obj, EventType::Warning, reason, "Reconcile", message).await;
+    }
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    if let Some(reason) = plan.failure.filter(|_| decide::had_token(current)) {
+        ctx.metrics.renewal_failed(&ns, &name, reason);
+    }
+    update_metrics(ctx, &ns, &name, &plan.status);
+    write_status(ctx, obj, current, &plan.status)
+        .await
+        .map_err(|e| Error::Step(StepError::WriteStatus(e)))
+}
+
+/// Writes the status a step left (on failure with the failure described) and returns the
+/// step's error, if any.
+pub(super) async fn finish(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    facts: &Facts<'_>,
+    mut st: CommunicationIdentityStatus,
+    outcome: Result<(), StepError>,
+) -> Result<(), Error> {
+    let now = ctx.clock.now();
+    if outcome.is_ok() {
+        ctx.memory.valid_until(
+            &ObjectRef::from_obj(obj),
+            &obj.uid().unwrap_or_default(),
+            None,
+        );
+    }
+    if let Err(e) = &outcome
+        && e.is_secret_taken()
+    {
+        // The same record as a Secret found not ours: the next pass reads it.
+        if let Some((reason, message)) = decide::record_conflict(&mut st, facts, now) {
+            publish(ctx, obj, EventType::Warning, reason, "Reconcile", &message).await;
+        }
+    } else if let Err(e) = &outcome {
+        let message = e.to_string();
+        let failure = decide::record_failure(&mut st, facts, now, e.reason(), &message);
+        if let Some(reason) = failure.event {
+            publish(ctx, obj, EventType::Warning, reason, "Reconcile", &message).await;
+        }
+        ctx.memory.valid_until(
+            &ObjectRef::from_obj(obj),
+            &obj.uid().unwrap_or_default(),
+            failure.valid_until,
+        );
+        if failure.renewal_failed {
+            ctx.metrics.renewal_failed(
+                &obj.namespace().unwrap_or_default(),
+                &obj.name_any(),
+                e.reason(),
+            );
+        }
+    }
+    decide::settle(&mut st, facts);
+    update_metrics(
+        ctx,
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+        &st,
+    );
+    let written = write_status(ctx, obj, facts.status, &st).await;
+    if written.is_err() {
+        ctx.memory.status_unrecorded(
+            &ObjectRef::from_obj(obj),
+            &obj.uid().unwrap_or_default(),
+            &st,
+        );
+    }
+    if let (Err(_), Err(e)) = (&outcome, &written) {
+        tracing::warn!(
+            namespace = %obj.namespace().unwrap_or_default(),
+            name = %obj.name_any(),
+            error = %e,
+            "recording the failure in status failed too"
+        );
+    }
+    match (outcome, written) {
+        (Err(e), _) => Err(Error::Step(e)),
+        (Ok(()), Err(e)) => Err(Error::Step(StepError::WriteStatus(e))),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn revoke(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    svc: &ResolvedService,
+    user: &str,
+    request: &str,
+    st: &mut CommunicationIdentityStatus,
+    facts: &Facts<'_>,
+    next_token_in: std::time::Duration,
+) -> Result<(), StepError> {
+    svc.client
+        .revoke_tokens(user)
+        .await
+        .map_err(|source| StepError::RevokeTokens {
+            user: user.to_string(),
+            source,
+        })?;
+    let now = ctx.clock.now();
+    let next =
+        (!next_token_in.is_zero()).then(|| crate::controller::renewal::add(now, next_token_in));
+    decide::record_revoked(st, request, now, facts.generation, next);
+    publish(
+        ctx,
+        obj,
+        EventType::Normal,
+        "TokensRevoked",
+        "RevokeTokens",
+        &format!("Revoked every token of ACS user {user} (requested)"),
+    )
+    .await;
+    tracing::info!(namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), user = %user, "tokens revoked");
+    Ok(())
+}
+
+/// Revoke (when asked), get a token (creating or adopting the user if needed), write the
+/// Secret, and fill `st`; returns the renewal time. `share` is given back once the ACS
+/// calls are done, before the Secret is written.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn issue(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    facts: &Facts<'_>,
+    svc: &ResolvedService,
+    tp: &TokenPlan,
+    secret_name: &str,
+    st: &mut CommunicationIdentityStatus,
+    share: Option<ShareGuard>,
+) -> Result<Timestamp, StepError> {
+    let oref = ObjectRef::from_obj(obj);
+    let uid = obj.uid().unwrap_or_default();
+    if let Some((user, request)) = decide::revoke_before_issue(tp) {
+        revoke(
+            ctx,
+            obj,
+            svc,
+            user,
+            request,
+            st,
+            facts,
+            std::time::Duration::ZERO,
+        )
+        .await?;
+    }
+    let scopes = acs_scopes(&tp.scopes);
+    let issued_at = ctx.clock.now();
+    let mut record_guard: Option<RecordGuard> = None;
+    let (user, token) = match &tp.user {
+        UserPlan::Existing(user) | UserPlan::Adopt(user) => {
+            let token = svc
+                .client
+                .issue_token(user, &scopes, Some(tp.lifetime_minutes))
+                .await
+                .map_err(|source| StepError::IssueToken {
+                    user: user.clone(),
+                    source,
+                })?;
+            (user.clone(), token)
+        }
+        UserPlan::Create { custom_id } => {
+            // Without a custom id a repeated create makes a second user: from the request
+            // on, losing the Lease waits for the record (the Secret, below).
+            let recording = custom_id.is_none().then(must_record);
+            let created = svc
+                .client
+                .create_user(Some(&scopes), Some(tp.lifetime_minutes), custom_id.as_deref())
+                .await
+                .map_err(|source| {
+                    if source.is_outcome_unknown() {
+                        // No custom id: a retry could make a second user, so none is made
+                        // automatically; say what is known.
+                        tracing::warn!(
+                            namespace = %obj.namespace().unwrap_or_default(),
+                            name = %obj.name_any(),
+                            endpoint = %svc.endpoint,
+                            api_version = %svc.client.api_version(),
+                            "the answer to a create-user request was lost; ACS may hold a user this identity \
+                             does not know (its api-version has no custom ids), and the create is not retried \
+                             automatically"
+                        );
+                    }
+                    StepError::CreateUser {
+                        endpoint: svc.endpoint.clone(),
+                        source,
+                    }
+                })?;
+            let user = created.user.id.clone();
+            decide::record_user(st, &user, &svc.endpoint);
+            // Remembered until a status write holds it; the token Secret written next
+            // (with its mark) is the durable record, so no status write comes first.
+            ctx.memory.user_created(&oref, &uid, &user, &svc.endpoint);
+            record_guard = recording;
+            let mut token = created.token.ok_or_else(|| StepError::NoTokenInCreate {
+                user: user.clone(),
+                endpoint: svc.endpoint.clone(),
+            })?;
+            if let Some(request) = decide::revoke_after_create(tp) {
+                revoke(
+                    ctx,
+                    obj,
+                    svc,
+                    &user,
+                    request,
+                    st,
+                    facts,
+                    std::time::Duration::ZERO,
+                )
+                .await?;
+                token = svc
+                    .client
+                    .issue_token(&user, &scopes, Some(tp.lifetime_minutes))
+                    .await
+                    .map_err(|source| StepError::IssueToken {
+                        user: user.clone(),
+                        source,
+                    })?;
+            }
+            (user, token)
+        }
+    };
+    // The floor counts tokens received: a request that failed gave the identity nothing
+    // (its retries are paced by the error backoff), while a token that cannot be written
+    // or came back expired must not be followed by another at once.
+    ctx.memory.token_requested(&oref, &uid, issued_at);
+    drop(share);
+    if let Some(message) = decide::refuse_token(facts, issued_at, token.expires_on) {
+        return Err(StepError::TokenRefused { user, message });
+    }
+    let expires_on = rfc3339(token.expires_on);
+    let mark = svc.client.user_record(&uid, &user);
+    let written = write_secret(
+        ctx,
+        obj,
+        &TokenSecret {
+            name: secret_name,
+            token: token.token.expose_secret(),
+            expires_on: &expires_on,
+            user_id: &user,
+            endpoint: &svc.endpoint,
+            issued_at: &rfc3339(issued_at),
+            user_record: mark.as_deref(),
+        },
+        ctx.clock.now(),
+        SecretWrite::for_facts(&facts.secret, obj),
+    )
+    .await;
+    // The user is recorded (or the write failed and memory keeps it): the Lease's loss
+    // may now be honoured.
+    drop(record_guard);
+    written?;
+    let renewal = decide::record_issued(
+        facts,
+        st,
+        &Issued {
+            user: &user,
+            endpoint: &svc.endpoint,
+            issued_at,
+            expires_on: token.expires_on,
+            secret_name,
+        },
+    );
+    let scope_list: Vec<&str> = tp.scopes.iter().map(|s| s.as_str()).collect();
+    let (reason, action, what) = decide::issued_event(&tp.user);
+    publish(
+        ctx,
+        obj,
+        EventType::Normal,
+        reason,
+        action,
+        &format!(
+            "{what} {user} at {}; token ({}) valid until {expires_on} written to Secret {secret_name}; reason: {}",
+            svc.endpoint,
+            scope_list.join(", "),
+            tp.reason.as_str()
+        ),
+    )
+    .await;
+    tracing::info!(
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        user = %user,
+        expires_on = %expires_on,
+        reason = tp.reason.as_str(),
+        "token issued"
+    );
+    Ok(renewal)
+}
+
+pub(super) fn update_metrics(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    st: &CommunicationIdentityStatus,
+) {
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::READY)
+        .map(|c| c.status == "True");
+    ctx.metrics.set_identity_ready(ns, name, ready);
+    if let Some(exp) = &st.token_expires_on {
+        ctx.metrics.set_token_expiry(ns, name, exp.0.as_second());
+    }
+    ctx.metrics
+        .set_renewal_time(ns, name, st.renewal_time.as_ref().map(|t| t.0.as_second()));
+}
