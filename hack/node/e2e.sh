@@ -6,6 +6,10 @@
 #   1. the operator pods become Ready through their probes (read-only root, non-root);
 #   2. a CommunicationService over TLS (the chart's extraCA) at a host name the pods
 #      resolve (a hostAlias: the image's resolver) and identities become Ready;
+#   2b. keyless: a CommunicationService with entraId.serviceAccountRef (the tenant's
+#      ServiceAccount, TokenRequest by the operator pod under the tenant's Role, exchanged
+#      at the emulated Entra ID, which trusts this cluster's issuer) gets an identity Ready
+#      with no access key in the namespace;
 #   3. examples/pod.yaml (our image running kubectl-acs) logs a second, later expiry
 #      after a renewal reaches its mounted Secret;
 #   4. `helm upgrade` changing only the log level re-issues no token;
@@ -95,8 +99,10 @@ ok "node $NODE_NAME Ready at $NODE_IP, ${node_ready}s after the cluster started"
 admin_key=$(head -c 18 /dev/urandom | base64)
 # The operator reaches the emulator by name, resolved in its pods through /etc/hosts.
 acs_host=acs-emulator.node.test
+entra_tenant=node-e2e-tenant
 "$CARGO_TARGET_DIR/debug/acs-emulator" --listen "$NODE_IP:0" --tls --tls-ca-out "$dir/emulator-ca.pem" \
   --tls-san "$NODE_IP" --tls-san "$acs_host" --token-lifetime-scale 0.01 --admin-key "$admin_key" \
+  --entra-tenant "$entra_tenant" \
   >"$dir/emulator.out" 2>"$dir/emulator.log" &
 emulator_pid=$!
 until [[ -s $dir/emulator.out ]]; do
@@ -134,6 +140,12 @@ helm install "$release" charts/acs-identity-operator -n "$ns" \
   --set extraCA.configMapName=acs-emulator-ca --set logging.level=info --post-renderer "$dir/host-alias.sh" >"$dir/helm-install.log" 2>&1 ||
   fail "helm install; log: $dir/helm-install.log"
 deploy=deployment/$release-acs-identity-operator
+# The chart's CRDs are new: their versions are served a moment after they are created.
+kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null || fail "the chart's CRDs were not Established"
+for kind in communicationidentities.v1beta1.acs-operator.dev communicationservices.v1beta1.acs-operator.dev; do
+  for ((i = 0; i < 60; i++)); do kubectl get "$kind" -A >/dev/null 2>&1 && break; sleep 0.5; done
+  kubectl get "$kind" -A >/dev/null 2>&1 || fail "$kind not served after its CRD was Established"
+done
 kubectl -n "$ns" rollout status "$deploy" --timeout=180s >/dev/null ||
   fail "operator pods not Ready; see: kubectl -n $ns describe pods; kubelet log $dir/cluster/kubelet.log"
 operator_ready=$((SECONDS - t_install))
@@ -164,6 +176,85 @@ kubectl -n team-a wait acsid/chat-bot acsid/steady --for=condition=Ready --timeo
   fail "identities not Ready: $(kubectl -n team-a get acsid -o wide 2>&1)"
 identity_ready=$((SECONDS - t_identity))
 ok "CommunicationService over TLS (extraCA) at https://$acs_host and identities Ready ${identity_ready}s after they were applied"
+
+# --- keyless: Entra ID workload identity for a tenant's ServiceAccount -----------------
+admin_post() {
+  curl -fsS --cacert "$dir/emulator-ca.pem" -H "x-admin-key: $admin_key" -H 'content-type: application/json' \
+    -X POST "$endpoint$1" --data-binary @- >/dev/null
+}
+# The emulated Entra ID trusts this cluster's ServiceAccount issuer (as a federated
+# credential on a managed identity does), for one subject, with a role on the resource.
+issuer=$(kubectl get --raw /.well-known/openid-configuration | python3 -c 'import json,sys; print(json.load(sys.stdin)["issuer"])')
+printf '{"issuer": "%s", "jwks": %s}' "$issuer" "$(kubectl get --raw /openid/v1/jwks)" | admin_post /admin/entra/issuers ||
+  fail "registering the cluster's issuer with the emulated Entra ID"
+entra_client=00000000-0000-0000-0000-00000000e2e0
+admin_post /admin/entra/applications <<JSON || fail "registering the application with the emulated Entra ID"
+{"clientId": "$entra_client", "federatedCredentials": [{"name": "team-b", "issuer": "$issuer",
+ "subject": "system:serviceaccount:team-b:acs-client", "audiences": ["api://AzureADTokenExchange"]}]}
+JSON
+printf '{"principalId": "%s", "role": "Contributor"}' "$entra_client" | admin_post /admin/entra/roleAssignments ||
+  fail "assigning the role in the emulated Entra ID"
+operator_sa=$(kubectl -n "$ns" get "$deploy" -o jsonpath='{.spec.template.spec.serviceAccountName}')
+acs_url=${conn#endpoint=}
+acs_url=${acs_url%%/;*}
+kubectl create namespace team-b >/dev/null
+t_entra=$SECONDS
+# docs/entra-id.md's manifests for a team, with this cluster's names.
+kubectl apply -f - >/dev/null <<YAML || fail "applying the keyless manifests"
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: acs-client
+  namespace: team-b
+  annotations:
+    azure.workload.identity/client-id: $entra_client
+    azure.workload.identity/tenant-id: $entra_tenant
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: acs-identity-operator-token-request, namespace: team-b}
+rules:
+  - {apiGroups: [""], resources: [serviceaccounts/token], resourceNames: [acs-client], verbs: [create]}
+  - {apiGroups: [""], resources: [serviceaccounts], resourceNames: [acs-client], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: acs-identity-operator-token-request, namespace: team-b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: acs-identity-operator-token-request}
+subjects: [{kind: ServiceAccount, name: $operator_sa, namespace: $ns}]
+---
+apiVersion: acs-operator.dev/v1alpha1
+kind: CommunicationService
+metadata: {name: acs, namespace: team-b}
+spec:
+  endpoint: $acs_url
+  entraId:
+    serviceAccountRef: {name: acs-client}
+    authorityHost: $acs_url
+---
+apiVersion: acs-operator.dev/v1alpha1
+kind: CommunicationIdentity
+metadata: {name: keyless, namespace: team-b}
+spec:
+  serviceRef: {kind: CommunicationService, name: acs}
+  scopes: [chat]
+  tokenLifetime: 24h
+YAML
+kubectl -n team-b wait communicationservice/acs --for=condition=Ready --timeout=60s >/dev/null ||
+  fail "keyless CommunicationService not Ready: $(kubectl -n team-b get communicationservice acs -o jsonpath='{.status.conditions}')"
+kubectl -n team-b wait acsid/keyless --for=condition=Ready --timeout=120s >/dev/null ||
+  fail "keyless identity not Ready: $(kubectl -n team-b get acsid keyless -o jsonpath='{.status.conditions}')"
+entra_ready=$((SECONDS - t_entra))
+method=$(kubectl -n team-b get communicationservice acs -o jsonpath='{.status.authentication.method}')
+[[ $method == WorkloadIdentity ]] || fail "keyless service authenticates with '$method', not WorkloadIdentity"
+keyless_user=$(kubectl -n team-b get acsid keyless -o jsonpath='{.status.userId}')
+read -r keyless_tokens _ < <(emulator_user "$keyless_user")
+((keyless_tokens >= 1)) || fail "the emulator issued no token for the keyless identity's user $keyless_user"
+entra_tokens=$(curl -fsS --cacert "$dir/emulator-ca.pem" -H "x-admin-key: $admin_key" "$endpoint/admin/entra" |
+  python3 -c 'import json,sys; c=json.load(sys.stdin)["counts"]; print(c.get("tokensIssued", c))')
+secrets=$(kubectl -n team-b get secrets -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}')
+[[ $secrets == "keyless " ]] || fail "team-b holds Secrets other than the token Secret: $secrets"
+ok "keyless: CommunicationService with entraId.serviceAccountRef (TokenRequest under the tenant's Role, emulated Entra ID over TLS) and identity Ready ${entra_ready}s after they were applied; Entra tokens issued: $entra_tokens; the namespace holds no key"
 
 # --- the example workload sees a renewal ----------------------------------------------
 jp() { kubectl -n team-a get "$1" -o jsonpath="$2"; }

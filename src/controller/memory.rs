@@ -32,6 +32,10 @@ pub struct Remembered {
     pub secret_rv: Option<String>,
     /// When we wrote it (to tell a cache that has not seen the write yet from a deletion).
     pub secret_written_at: Option<Timestamp>,
+    /// When a read last found no Secret (until we write one): a pass repeated soon after
+    /// (a quota turn, a full share) need not read again when its write is a plain create,
+    /// which the API server refuses for a taken name.
+    pub secret_absent_at: Option<Timestamp>,
     /// The owned-Secret cache has shown our last write: from then on, absent from the
     /// cache means deleted.
     pub secret_seen: bool,
@@ -162,7 +166,18 @@ impl Memory {
             r.secret_rv = rv;
             r.secret_written_at = Some(now);
             r.secret_seen = false;
+            r.secret_absent_at = None;
         });
+    }
+
+    /// A read found no Secret.
+    pub fn secret_absent(
+        &self,
+        oref: &ObjectRef<CommunicationIdentity>,
+        uid: &str,
+        now: Timestamp,
+    ) {
+        self.update(oref, uid, |r| r.secret_absent_at = Some(now));
     }
 
     /// The owned-Secret cache shows our last write.

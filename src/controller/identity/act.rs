@@ -67,9 +67,22 @@ pub(super) async fn finish(
     if let Err(e) = &outcome
         && e.is_secret_taken()
     {
-        // The same record as a Secret found not ours: the next pass reads it.
+        // The same record as a Secret found not ours: the next pass reads it. Our token is
+        // not in that Secret, so no valid token stands.
         if let Some((reason, message)) = decide::record_conflict(&mut st, facts, now) {
             publish(ctx, obj, EventType::Warning, reason, "Reconcile", &message).await;
+        }
+        ctx.memory.valid_until(
+            &ObjectRef::from_obj(obj),
+            &obj.uid().unwrap_or_default(),
+            None,
+        );
+        if decide::had_token(facts.status) {
+            ctx.metrics.renewal_failed(
+                &obj.namespace().unwrap_or_default(),
+                &obj.name_any(),
+                e.reason(),
+            );
         }
     } else if let Err(e) = &outcome {
         let message = e.to_string();
@@ -289,7 +302,20 @@ pub(super) async fn issue(
     // The user is recorded (or the write failed and memory keeps it): the Lease's loss
     // may now be honoured.
     drop(record_guard);
-    written?;
+    match written {
+        // A create refused for a taken name, after no read (gather::trust_cache): the
+        // Secret may be someone else's or one of ours the cache has not shown yet.
+        Err(e) if e.is_secret_taken() => {
+            return Err(if taken_by_us(ctx, obj, secret_name).await? {
+                StepError::SecretWrittenMeanwhile {
+                    name: secret_name.to_string(),
+                }
+            } else {
+                e
+            });
+        }
+        other => other?,
+    }
     let renewal = decide::record_issued(
         facts,
         st,
@@ -326,6 +352,27 @@ pub(super) async fn issue(
         "token issued"
     );
     Ok(renewal)
+}
+
+/// Whether the Secret a create found in its way is this identity's (written by another
+/// attempt of this operator: a replica before a failover, a pass whose answer was lost).
+async fn taken_by_us(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    name: &str,
+) -> Result<bool, StepError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let found = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(|source| StepError::ReadSecret {
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(found.is_some_and(|s| {
+        crate::controller::secret::owned_by(&s.metadata, &obj.uid().unwrap_or_default())
+    }))
 }
 
 pub(super) fn update_metrics(

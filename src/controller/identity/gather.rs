@@ -115,6 +115,7 @@ pub async fn observe_secret(
     status: &CommunicationIdentityStatus,
     remembered: &Remembered,
     secret_name: &str,
+    custom_ids: bool,
     now: Timestamp,
 ) -> Result<SecretObservation, StepError> {
     let ns = identity.namespace().unwrap_or_default();
@@ -132,14 +133,15 @@ pub async fn observe_secret(
         owned: secret::owned_by(&meta.metadata, &uid),
         resource_version: meta.resource_version(),
     });
-    let first_token = first_token(status, remembered)
-        && SecretWrite::for_facts(&SecretFacts::Missing, identity) == SecretWrite::Create;
+    let creates = SecretWrite::for_facts(&SecretFacts::Missing, identity) == SecretWrite::Create;
+    let first_token = custom_ids && first_token(status, remembered) && creates;
     let verdict = trust_cache(
         seen.as_ref(),
         remembered,
         status_is_ours,
         status.user_id.is_some(),
         first_token,
+        creates,
         now,
     );
     match (verdict, &cached) {
@@ -210,11 +212,13 @@ pub enum CacheVerdict {
     /// shown that write: the cache lags; taken on trust and looked at again soon.
     NotSeenYet,
     /// Absent from the cache for an identity that never had a token or a user and of
-    /// which this process remembers nothing, whose Secret will be written by a plain
-    /// create: taken as missing without a read. The create is refused (409) if someone
-    /// else's Secret has the name (the cache holds only Secrets with our label), and the
-    /// next pass reads it and reports the conflict: at the cost, in that rare case, of the
-    /// token the create could not store, one GET fewer per new identity (issue 19).
+    /// which this process remembers nothing, on an api-version with custom ids (its create
+    /// finds the user an earlier attempt made, so no user can leak), whose Secret will be
+    /// written by a plain create: taken as missing without a read. The create is refused
+    /// (409) if a Secret has the name (the cache holds only Secrets with our label: someone
+    /// else's, or ours from another replica the cache has not shown yet), which is then
+    /// read to tell the two apart. At the cost, in that rare case, of the token the create
+    /// could not store: one GET fewer per new identity (issue 19).
     Missing,
     /// Anything else (someone wrote after us, status is not ours, nothing remembered, a
     /// deletion): read it from the API server.
@@ -241,6 +245,7 @@ pub fn trust_cache(
     status_is_ours: bool,
     status_has_user: bool,
     first_token: bool,
+    creates: bool,
     now: Timestamp,
 ) -> CacheVerdict {
     match cached {
@@ -263,7 +268,10 @@ pub fn trust_cache(
             let recent = remembered
                 .secret_written_at
                 .is_some_and(|t| now.duration_since(t).unsigned_abs() < CACHE_LAG);
-            if first_token {
+            let read_absent = remembered
+                .secret_absent_at
+                .is_some_and(|t| now.duration_since(t).unsigned_abs() < CACHE_LAG);
+            if first_token || (creates && read_absent) {
                 CacheVerdict::Missing
             } else if status_is_ours
                 && remembered.secret_rv.is_some()
@@ -298,6 +306,8 @@ async fn read_secret(
             source,
         })?;
     let Some(found) = found else {
+        ctx.memory
+            .secret_absent(&ObjectRef::from_obj(identity), &uid, ctx.clock.now());
         return Ok(SecretObservation::of(SecretFacts::Missing, None));
     };
     if !secret::owned_by(&found.metadata, &uid) {
@@ -459,9 +469,26 @@ mod tests {
         ] {
             let first = first_token(&CommunicationIdentityStatus::default(), &r) && !user;
             assert_eq!(
-                trust_cache(c.as_ref(), &r, ours, user, first, now),
+                trust_cache(c.as_ref(), &r, ours, user, first, true, now),
                 want,
                 "row {row}"
+            );
+        }
+        // Read as absent moments ago: taken as missing again only when the write would be
+        // a plain create (which refuses a taken name), and only for a while.
+        let absent = Remembered {
+            secret_absent_at: Some(ts(0)),
+            ..Remembered::default()
+        };
+        for (creates, now, want) in [
+            (true, ts(5), Missing),
+            (false, ts(5), Read),
+            (true, ts(31), Read),
+        ] {
+            assert_eq!(
+                trust_cache(None, &absent, true, true, false, creates, now),
+                want,
+                "creates={creates} now={now}"
             );
         }
     }

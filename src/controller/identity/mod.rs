@@ -317,8 +317,21 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         ctx.memory.service_resolved(&oref, &uid, svc);
     }
     let secret_name = obj.effective_secret_name().unwrap_or(&name).to_string();
-    let observed =
-        gather::observe_secret(ctx, &obj, &status, &remembered, &secret_name, now).await?;
+    // Creates are idempotent only with custom ids: only then may a first token skip the
+    // read of its Secret (gather::trust_cache).
+    let custom_ids = resolved
+        .as_ref()
+        .is_ok_and(|svc| svc.client.supports_custom_id());
+    let observed = gather::observe_secret(
+        ctx,
+        &obj,
+        &status,
+        &remembered,
+        &secret_name,
+        custom_ids,
+        now,
+    )
+    .await?;
     let (secret, annotated) = (observed.facts, observed.issued_at);
     if let Some(unrecorded) = observed.unrecorded {
         tracing::debug!(namespace = %ns, name = %name,
@@ -427,10 +440,13 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
                 ..facts.clone()
             };
             let mut st = early.clone().unwrap_or_else(|| plan.status.clone());
+            let planned = st.clone();
             let outcome = issue(ctx, &obj, &facts, &svc, tp, &secret_name, &mut st, share).await;
             if let Some(wait) = waiting(&outcome) {
-                // Whatever was done before the wait (a revoke) is recorded; nothing else.
-                if st != *facts.status {
+                // Whatever was done before the wait (a revoke) is recorded; nothing else:
+                // not the plan's own conditions (a first token's Reconciling), which the
+                // pass after the wait writes with its token: one status write, not two.
+                if st != planned {
                     finish(ctx, &obj, &facts, st, Ok(())).await?;
                 }
                 return Ok(Action::requeue(wait));

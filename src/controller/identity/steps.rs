@@ -59,6 +59,10 @@ pub enum StepError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "Secret `{name}` was created meanwhile by another attempt of this operator for this identity; it is read again"
+    )]
+    SecretWrittenMeanwhile { name: String },
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
     /// ACS returned a token that must not replace the one in the Secret (expired on
@@ -116,9 +120,9 @@ impl StepError {
             // A create refused because the name is taken: someone else's Secret.
             e if e.is_secret_taken() => reasons::SECRET_CONFLICT,
             // Each names the step that failed: a denied status write is no Secret problem.
-            StepError::RecordUser { .. } | StepError::WriteSecret { .. } => {
-                reasons::SECRET_WRITE_FAILED
-            }
+            StepError::RecordUser { .. }
+            | StepError::WriteSecret { .. }
+            | StepError::SecretWrittenMeanwhile { .. } => reasons::SECRET_WRITE_FAILED,
             StepError::ReadSecret { .. } => reasons::SECRET_READ_FAILED,
             StepError::WriteStatus(_) => reasons::STATUS_WRITE_FAILED,
         }
