@@ -31,7 +31,7 @@ impl RequestCounter {
     }
 
     fn record(&self, req: &http::Request<Body>) {
-        let key = classify(
+        let (verb, resource, name) = classify(
             req.method().as_str(),
             req.uri().path(),
             req.uri().query().unwrap_or(""),
@@ -40,20 +40,19 @@ impl RequestCounter {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
         );
-        if key.0 == "GET" {
-            let name = req.uri().path().rsplit('/').next().unwrap_or_default();
+        if verb == "GET" {
             *self
                 .gets
                 .lock()
                 .expect("counter lock")
-                .entry((key.1.clone(), name.to_string()))
+                .entry((resource.clone(), name.unwrap_or_default()))
                 .or_insert(0.0) += 1.0;
         }
         *self
             .counts
             .lock()
             .expect("counter lock")
-            .entry(key)
+            .entry((verb, resource))
             .or_insert(0.0) += 1.0;
     }
 }
@@ -74,8 +73,13 @@ pub fn counted_client(config: Config) -> (Client, RequestCounter) {
     (client, counter)
 }
 
-/// The verb and resource kube-apiserver would label a request with.
-pub fn classify(method: &str, path: &str, query: &str, content_type: &str) -> (String, String) {
+/// The verb and resource kube-apiserver would label a request with, and the object's name.
+pub fn classify(
+    method: &str,
+    path: &str,
+    query: &str,
+    content_type: &str,
+) -> (String, String, Option<String>) {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // /api/v1/... or /apis/{group}/{version}/...
     let rest = match segments.first() {
@@ -107,5 +111,5 @@ pub fn classify(method: &str, path: &str, query: &str, content_type: &str) -> (S
         Some(sub) => format!("{resource}/{sub}"),
         None => resource.to_string(),
     };
-    (verb.to_string(), resource)
+    (verb.to_string(), resource, name.map(str::to_string))
 }

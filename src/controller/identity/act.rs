@@ -64,31 +64,11 @@ pub(super) async fn finish(
             None,
         );
     }
-    if let Err(e) = &outcome
-        && e.is_secret_taken()
-    {
-        // The same record as a Secret found not ours: the next pass reads it. Our token is
-        // not in that Secret, so no valid token stands.
-        if let Some((reason, message)) = decide::record_conflict(&mut st, facts, now) {
-            publish(ctx, obj, EventType::Warning, reason, "Reconcile", &message).await;
-        }
-        ctx.memory.valid_until(
-            &ObjectRef::from_obj(obj),
-            &obj.uid().unwrap_or_default(),
-            None,
-        );
-        if decide::had_token(facts.status) {
-            ctx.metrics.renewal_failed(
-                &obj.namespace().unwrap_or_default(),
-                &obj.name_any(),
-                e.reason(),
-            );
-        }
-    } else if let Err(e) = &outcome {
+    if let Err(e) = &outcome {
         let message = e.to_string();
         let failure = decide::record_failure(&mut st, facts, now, e.reason(), &message);
-        if let Some(reason) = failure.event {
-            publish(ctx, obj, EventType::Warning, reason, "Reconcile", &message).await;
+        if let Some((reason, message)) = &failure.event {
+            publish(ctx, obj, EventType::Warning, reason, "Reconcile", message).await;
         }
         ctx.memory.valid_until(
             &ObjectRef::from_obj(obj),

@@ -1117,8 +1117,8 @@ pub fn issued_event(user: &UserPlan) -> (&'static str, &'static str, &'static st
 /// What a failed step leaves to do besides the status written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureRecord {
-    /// The Warning event's reason, when the failure is news.
-    pub event: Option<&'static str>,
+    /// The Warning event (reason, message), when the failure is news.
+    pub event: Option<(&'static str, String)>,
     /// Until when the token in the Secret still stands (the next look is due then).
     pub valid_until: Option<Timestamp>,
     /// A renewal failed (the identity had a token): counted for `AcsTokenRenewalFailing`.
@@ -1134,10 +1134,19 @@ pub fn record_failure(
     reason: &'static str,
     message: &str,
 ) -> FailureRecord {
+    if reason == reasons::SECRET_CONFLICT {
+        // A create refused because someone else's Secret has the name: recorded as a
+        // Secret found not ours. Our token is not in it, so none stands.
+        return FailureRecord {
+            event: record_conflict(st, f, now),
+            valid_until: None,
+            renewal_failed: had_token(f.status),
+        };
+    }
     let valid = token_valid(st, f.secret, now);
     let fresh = record_problem(st, f.generation, now, reason, message, valid);
     FailureRecord {
-        event: fresh.then(|| event_reason(reason, valid)),
+        event: fresh.then(|| (event_reason(reason, valid), message.to_string())),
         valid_until: valid
             .then(|| st.token_expires_on.as_ref().map(|t| t.0))
             .flatten(),

@@ -1281,7 +1281,7 @@ fn a_failed_step_is_news_once_keeps_a_valid_token_and_counts_only_renewals() {
     assert_eq!(
         r,
         FailureRecord {
-            event: Some(reasons::RENEWAL_FAILED),
+            event: Some((reasons::RENEWAL_FAILED, "boom".to_string())),
             valid_until: Some(ts(24 * H)),
             renewal_failed: true,
         }
@@ -1305,7 +1305,7 @@ fn a_failed_step_is_news_once_keeps_a_valid_token_and_counts_only_renewals() {
         reasons::TOKEN_ISSUE_FAILED,
         "boom",
     );
-    assert_eq!(late.event, Some(reasons::TOKEN_ISSUE_FAILED));
+    assert_eq!(late.event.map(|e| e.0), Some(reasons::TOKEN_ISSUE_FAILED));
     assert_eq!(late.valid_until, None);
     assert_eq!(cond(&st, types::READY), f(reasons::TOKEN_ISSUE_FAILED));
     // A first token that failed is no renewal.
@@ -1322,9 +1322,41 @@ fn a_failed_step_is_news_once_keeps_a_valid_token_and_counts_only_renewals() {
     assert_eq!(
         first,
         FailureRecord {
-            event: Some(reasons::TOKEN_ISSUE_FAILED),
+            event: Some((reasons::TOKEN_ISSUE_FAILED, "boom".to_string())),
             valid_until: None,
             renewal_failed: false,
         }
     );
+}
+
+#[test]
+fn a_create_refused_for_a_taken_name_is_recorded_as_a_secret_not_ours() {
+    let healthy = Case::healthy();
+    let facts = healthy.facts();
+    let mut st = facts.status.clone();
+    let r = record_failure(
+        &mut st,
+        &facts,
+        facts.now,
+        reasons::SECRET_CONFLICT,
+        "writing Secret `app`: AlreadyExists",
+    );
+    assert_eq!(
+        r.event.as_ref().map(|e| e.0),
+        Some(reasons::SECRET_CONFLICT)
+    );
+    assert!(r.event.unwrap().1.contains("is never overwritten"));
+    assert_eq!(
+        r.valid_until, None,
+        "our token is not in someone else's Secret"
+    );
+    assert!(r.renewal_failed);
+    assert_eq!(
+        cond(&st, types::SECRET_CONFLICT),
+        t(reasons::SECRET_NOT_OWNED)
+    );
+    assert_eq!(cond(&st, types::READY), f(reasons::SECRET_CONFLICT));
+    // The same again is no news.
+    let again = record_failure(&mut st, &facts, facts.now, reasons::SECRET_CONFLICT, "x");
+    assert_eq!(again.event, None);
 }

@@ -123,9 +123,11 @@ pub async fn observe_secret(
     let status_is_ours = remembered.status_is_ours(status);
     let cached = ctx.stores.secret(&ns, secret_name);
     if let Some(meta) = &cached
-        && remembered.secret_rv.as_deref() == meta.resource_version().as_deref()
-        && remembered.secret_rv.is_some()
         && !remembered.secret_seen
+        && freshness(
+            meta.resource_version().as_deref(),
+            remembered.secret_rv.as_deref(),
+        ) == Freshness::Same
     {
         ctx.memory.secret_seen(&ObjectRef::from_obj(identity), &uid);
     }
@@ -134,7 +136,7 @@ pub async fn observe_secret(
         resource_version: meta.resource_version(),
     });
     let creates = SecretWrite::for_facts(&SecretFacts::Missing, identity) == SecretWrite::Create;
-    let first_token = custom_ids && first_token(status, remembered) && creates;
+    let first_token = custom_ids && first_token(status, remembered);
     let verdict = trust_cache(
         seen.as_ref(),
         remembered,
@@ -211,10 +213,10 @@ pub enum CacheVerdict {
     /// Absent from the cache although we wrote it moments ago and the cache has never
     /// shown that write: the cache lags; taken on trust and looked at again soon.
     NotSeenYet,
-    /// Absent from the cache for an identity that never had a token or a user and of
-    /// which this process remembers nothing, on an api-version with custom ids (its create
-    /// finds the user an earlier attempt made, so no user can leak), whose Secret will be
-    /// written by a plain create: taken as missing without a read. The create is refused
+    /// Absent from the cache for an identity whose Secret will be written by a plain
+    /// create, and either at its first token on an api-version with custom ids (its create
+    /// finds the user an earlier attempt made, so no user can leak) or read as absent by
+    /// this process moments ago: taken as missing without a read. The create is refused
     /// (409) if a Secret has the name (the cache holds only Secrets with our label: someone
     /// else's, or ours from another replica the cache has not shown yet), which is then
     /// read to tell the two apart. At the cost, in that rare case, of the token the create
@@ -271,7 +273,7 @@ pub fn trust_cache(
             let read_absent = remembered
                 .secret_absent_at
                 .is_some_and(|t| now.duration_since(t).unsigned_abs() < CACHE_LAG);
-            if first_token || (creates && read_absent) {
+            if creates && (first_token || read_absent) {
                 CacheVerdict::Missing
             } else if status_is_ours
                 && remembered.secret_rv.is_some()
@@ -474,6 +476,20 @@ mod tests {
                 "row {row}"
             );
         }
+        // A first token whose Secret would be applied (a template) is read: an apply
+        // would take over someone else's Secret.
+        assert_eq!(
+            trust_cache(
+                None,
+                &Remembered::default(),
+                true,
+                false,
+                true,
+                false,
+                ts(1)
+            ),
+            Read
+        );
         // Read as absent moments ago: taken as missing again only when the write would be
         // a plain create (which refuses a taken name), and only for a while.
         let absent = Remembered {
