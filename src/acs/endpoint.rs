@@ -6,8 +6,6 @@
 //! the URL; and nothing but a scheme, a host and a port: a path, query or fragment would
 //! aim the signed requests somewhere else on that host (`/quitquitquit#`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use url::{Host, Url};
 
 /// The condition reason an [`EndpointError`] is reported with.
@@ -77,31 +75,6 @@ pub fn check_endpoint(url: &Url, allow_insecure: bool) -> Result<(), EndpointErr
             host: shown_host(&host),
         }),
         _ => Err(EndpointError::Scheme),
-    }
-}
-
-/// `localhost`, 127.0.0.0/8, `::1` (and `::ffff:127.x.y.z`). Names that merely resolve to
-/// loopback are not trusted: resolution is not ours to decide.
-pub fn is_loopback(host: &Host<&str>) -> bool {
-    match host {
-        Host::Domain(d) => {
-            let d = d.strip_suffix('.').unwrap_or(d);
-            d.eq_ignore_ascii_case("localhost")
-        }
-        Host::Ipv4(ip) => ip.is_loopback(),
-        Host::Ipv6(ip) => is_loopback_ip(IpAddr::V6(*ip)),
-    }
-}
-
-fn is_loopback_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6 == Ipv6Addr::LOCALHOST
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4: Ipv4Addr| v4.is_loopback())
-        }
     }
 }
 

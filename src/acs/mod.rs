@@ -9,15 +9,15 @@
 //! back (`is_outcome_unknown`). Which api-versions offer custom ids is an explicit table
 //! ([`api_versions`]) that the emulator shares.
 
-pub mod api_versions;
-pub mod client;
+pub(crate) mod api_versions;
+pub(crate) mod client;
 pub mod connection_string;
-pub mod endpoint;
+pub(crate) mod endpoint;
 pub mod entra;
-pub mod error;
-pub mod model;
-pub mod quota;
-pub mod retry;
+pub(crate) mod error;
+pub(crate) mod model;
+pub(crate) mod quota;
+pub(crate) mod retry;
 pub mod signing;
 
 pub use api_versions::{DEFAULT_API_VERSION, supports_custom_id};

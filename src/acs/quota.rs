@@ -166,10 +166,6 @@ impl SlidingWindow {
         }
     }
 
-    pub fn rate(&self) -> Rate {
-        self.rate
-    }
-
     /// Reserves a send time and returns how long the caller must wait for it (zero when
     /// it may send now). Callers are served in order, spaced so that no window holds
     /// more than the limit.
@@ -242,11 +238,13 @@ impl SlidingWindow {
     }
 
     /// Callers holding a reserved turn.
+    #[cfg(test)]
     pub fn reserved_count(&self) -> usize {
         self.reserved.len()
     }
 
     /// Requests that could still be granted at `now` without waiting.
+    #[cfg(test)]
     pub fn available(&mut self, now: Instant) -> f64 {
         let taken = self
             .granted

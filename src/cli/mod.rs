@@ -15,15 +15,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use crate::api::CommunicationIdentity;
 use crate::api::duration::parse_duration;
 
-pub mod cluster;
-pub mod error;
-pub mod format;
-pub mod jwt;
-pub mod list;
-pub mod request;
-pub mod status;
-pub mod token;
-pub mod token_file;
+pub(crate) mod cluster;
+pub(crate) mod error;
+pub(crate) mod format;
+pub(crate) mod jwt;
+pub(crate) mod list;
+pub(crate) mod request;
+pub(crate) mod status;
+pub(crate) mod token;
+pub(crate) mod token_file;
 
 use cluster::ClusterArgs;
 use error::CliError;

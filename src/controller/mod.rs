@@ -3,22 +3,22 @@
 
 pub mod clients;
 pub mod context;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod entra;
-pub mod error;
-pub mod events;
+pub(crate) mod error;
+pub(crate) mod events;
 pub mod identity;
-pub mod memory;
-pub mod panics;
-pub mod renewal;
+pub(crate) mod memory;
+pub(crate) mod panics;
+pub(crate) mod renewal;
 pub mod resolver;
-pub mod rollout;
+pub(crate) mod rollout;
 pub mod run;
-pub mod secret;
-pub mod service;
-pub mod shares;
+pub(crate) mod secret;
+pub(crate) mod service;
+pub(crate) mod shares;
 pub mod status;
-pub mod stores;
+pub(crate) mod stores;
 
 pub use error::Error;
 pub use run::{OperatorConfig, run};

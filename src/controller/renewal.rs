@@ -34,7 +34,8 @@ pub const SHORT_TOKEN_MIN_TOLERANCE: Duration = Duration::from_secs(60);
 pub struct Jitter(f64);
 
 impl Jitter {
-    /// No jitter (tests, or when the UID is unknown).
+    /// No jitter: renewal times in tests are exact.
+    #[cfg(test)]
     pub const NONE: Jitter = Jitter(0.0);
 
     /// Jitter from a UID: FNV-1a, chosen because it is stable across Rust releases

@@ -36,21 +36,21 @@
 //! ```
 
 mod admin;
-pub mod api_version;
+pub(crate) mod api_version;
 mod app;
 mod auth;
-pub mod config;
-pub mod entra;
-pub mod error;
-pub mod faults;
-pub mod quota;
-pub mod request_log;
-pub mod routes;
+pub(crate) mod config;
+pub(crate) mod entra;
+pub(crate) mod error;
+pub(crate) mod faults;
+pub(crate) mod quota;
+pub(crate) mod request_log;
+pub(crate) mod routes;
 mod server;
-pub mod stats;
-pub mod store;
+pub(crate) mod stats;
+pub(crate) mod store;
 mod tls;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -39,6 +39,7 @@ impl MintedClaims {
         format!("8:{}", self.skypeid)
     }
 
+    #[cfg(test)]
     pub fn scopes(&self) -> Vec<String> {
         self.acs_scope
             .split(',')

@@ -11,10 +11,10 @@
 //! retried with backoff; it never ends the process.
 
 mod act;
-pub mod cleanup;
+pub(crate) mod cleanup;
 pub mod decide;
-pub mod gather;
-pub mod steps;
+pub(crate) mod gather;
+pub(crate) mod steps;
 pub mod warm;
 
 use std::sync::Arc;
