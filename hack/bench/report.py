@@ -7,7 +7,7 @@
   report.py render DATA_DIR --out BENCH_DIR
       every run in DATA_DIR side by side, per N: results.md and the PNG.
   report.py line RUN.json
-      the issue's closing `bench:` line for one run.
+      the issue's closing `bench:` line for one run (`bench-scale:` for a scale run).
 """
 import argparse
 import datetime
@@ -106,6 +106,95 @@ def bench_line(r):
     )
 
 
+def scale_line(r):
+    def f(*p):
+        v = g(r, "scale", *p)
+        return float("nan") if v is None else float(v)
+
+    return (
+        f"bench-scale: n={r['n']} ready_per_s={f('create', 'per_s'):.0f} "
+        f"margin_kib_per_identity={f('create', 'rss_margin_kib_per_identity'):.2f} "
+        f"rss_mib={f('create', 'rss_full_mib'):.0f} "
+        f"restart_known_s={f('restart', 'all_known_s'):.1f} restart_acs={f('restart', 'acs_per_identity') * r['n']:.0f} "
+        f"restart_writes={f('restart', 'api_writes_excluding_leases'):.0f} restart_gets={f('restart', 'api_gets'):.0f} "
+        f"failover_known_s={f('failover', 'all_known_s'):.1f} failover_acs={f('failover', 'acs_per_identity') * r['n']:.0f} "
+        f"failover_writes={f('failover', 'api_writes_excluding_leases'):.0f} failover_gets={f('failover', 'api_gets'):.0f} "
+        f"wave_last_s={f('wave', 'last_s'):.0f} wave_bound_s={f('wave', 'bound_s'):.0f} wave_429={f('wave', 'acs_429'):.0f} "
+        f"peak_rss_mib={f('peak_rss_mib'):.0f}"
+    )
+
+
+SCALE_ROWS = [
+    ("time to all Ready (s)", ("create", "ready_s"), "{:.1f}"),
+    ("identities/s to Ready", ("create", "per_s"), "{:.0f}"),
+    ("RSS with N/2 Ready (MiB)", ("create", "rss_half_mib"), "{:.0f}"),
+    ("RSS with N Ready (MiB)", ("create", "rss_full_mib"), "{:.0f}"),
+    ("**memory per identity at the margin (KiB)** (goal ≤ 4)", ("create", "rss_margin_kib_per_identity"), "{:.2f}"),
+    ("API writes per new identity", ("create", "api_writes_per_object"), "{:.2f}"),
+    ("GETs per new identity", ("create", "api_gets_per_object"), "{:.2f}"),
+    ("restart: every identity known (s after the start; goal ≤ 30)", ("restart", "all_known_s"), "{:.1f}"),
+    ("restart: ACS requests per identity (goal 0)", ("restart", "acs_per_identity"), "{:.3f}"),
+    ("restart: API writes, Lease renewals excluded (goal 0)", ("restart", "api_writes_excluding_leases"), "{:.0f}"),
+    ("restart: GETs (goal: none per identity)", ("restart", "api_gets"), "{:.0f}"),
+    ("restart: peak RSS (MiB)", ("restart", "peak_rss_mib"), "{:.0f}"),
+    ("failover: Lease taken (s after the leader's SIGKILL)", ("failover", "lease_taken_s"), "{:.1f}"),
+    ("failover: every identity known (s after the SIGKILL)", ("failover", "all_known_s"), "{:.1f}"),
+    ("failover: every identity known after taking the Lease (s; goal ≤ 30)", ("failover", "known_after_lease_s"), "{:.1f}"),
+    ("failover: ACS requests per identity (goal 0)", ("failover", "acs_per_identity"), "{:.3f}"),
+    ("failover: API writes, Lease renewals excluded (goal 0)", ("failover", "api_writes_excluding_leases"), "{:.0f}"),
+    ("failover: GETs", ("failover", "api_gets"), "{:.0f}"),
+    ("failover: peak RSS of the standby (MiB)", ("failover", "peak_rss_mib"), "{:.0f}"),
+    ("wave: ACS issue outage (s)", ("wave", "outage_s"), "{:.0f}"),
+    ("wave: last renewal after the outage (s)", ("wave", "last_s"), "{:.0f}"),
+    ("wave: N / quota (s)", ("wave", "bound_s"), "{:.0f}"),
+    ("wave: last / (N / quota) (goal ≤ 1.1)", ("wave", "last_over_bound"), "{:.2f}"),
+    ("wave: answered 429 (goal ≤ 1)", ("wave", "acs_429"), "{:.0f}"),
+    ("wave: ACS requests per identity", ("wave", "acs_per_identity"), "{:.2f}"),
+    ("delete all (s)", ("delete", "seconds"), "{:.1f}"),
+]
+
+
+def render_scale(runs):
+    if not runs:
+        return []
+    out = ["## Scale: ours alone (`make bench-scale`)", "",
+           "`hack/bench/run.sh --scale` → `operator-bench --scale` (src/bin/operator-bench/scale.rs):",
+           "N identities created in two halves (RSS after each half gives the memory per identity",
+           "at the margin), then a restart (SIGTERM, a fresh process), a failover (a standby",
+           "campaigns, the leader is SIGKILLed), an ACS issue outage longer than `renewBefore`",
+           "with ACS's issue limit (1000 / 30 s) switched on at the emulator and in the",
+           "service's client-side quota, and delete-all. The operator runs with leader",
+           "election throughout; *known* means its `acs_operator_identities{ready=\"true\"}` gauge",
+           "counts N. API requests come from the audit log as above; Lease renewals are",
+           "counted apart.", ""]
+    runs = sorted(runs, key=lambda r: g(r, "meta", "date") or "")
+    out += ["| | " + " | ".join(f"{g(r, 'meta', 'label')} (N = {r['n']:,})" for r in runs) + " |",
+            "|---|" + "---|" * len(runs)]
+    for title, path, fmt in SCALE_ROWS:
+        out.append(f"| {title} | " + " | ".join(num(g(r, "scale", *path), fmt) for r in runs) + " |")
+    out.append("")
+    for phase in ("restart", "failover"):
+        keys = sorted({k for r in runs for k in (g(r, "scale", phase, "api_requests") or {})})
+        if not keys:
+            continue
+        out += [f"API requests during the {phase}, by verb and resource:", "",
+                "| verb resource | " + " | ".join(str(g(r, "meta", "label")) for r in runs) + " |",
+                "|---|" + "---|" * len(runs)]
+        for k in keys:
+            out.append(f"| {k} | " + " | ".join(
+                str((g(r, "scale", phase, "api_requests") or {}).get(k, 0)) for r in runs) + " |")
+        out.append("")
+    out += ["Runs:", ""]
+    for r in runs:
+        m = r["meta"]
+        loads = "; ".join(f"{ph} {num(g(r, 'scale', ph, 'load_1m'))}" for ph in ("create", "restart", "failover", "wave"))
+        out.append(f"- **{m['label']}**, {m['date']}: `{m['command']}`; {m['machine']}; Kubernetes "
+                   f"{m['kubernetes']}, {m['rustc']}; token period {g(r, 'scale', 'period_s')} s; load (1 min) {loads}.")
+        out.append(f"    {scale_line(r)}")
+    out.append("")
+    return out
+
+
 def acs_total(stats):
     return None if stats is None else stats.get("total")
 
@@ -167,6 +256,8 @@ ROWS = [
 def render(a):
     runs = [load(p) for p in sorted(glob.glob(os.path.join(a.data, "*.json")))]
     runs = [r for r in runs if r.get("meta")]
+    scale_runs = [r for r in runs if r.get("scale")]
+    runs = [r for r in runs if not r.get("scale")]
     by_n = {}
     for r in runs:
         by_n.setdefault(r["n"], []).append(r)
@@ -273,6 +364,7 @@ def render(a):
                 out.append(f"    {bench_line(r)}")
         out.append("")
     out += ["![Ready count over time](ready-over-time.png)", ""]
+    out += render_scale(scale_runs)
     extra = os.path.join(a.out, "analysis.md")
     if os.path.exists(extra):
         with open(extra) as f:
@@ -336,7 +428,8 @@ def main():
     elif a.cmd == "render":
         render(a)
     else:
-        print(bench_line(load(a.run)))
+        r = load(a.run)
+        print(scale_line(r) if r.get("scale") else bench_line(r))
 
 
 if __name__ == "__main__":

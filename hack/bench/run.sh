@@ -3,7 +3,7 @@
 # plane with the ACS emulator (see docs/benchmarks.md).
 #
 # Usage: hack/bench/run.sh [--n N] [--operator-bin PATH --label NAME] [--skip LIST]
-#                          [--reuse-peer JSON] [--keep]
+#                          [--reuse-peer JSON] [--keep] [--scale]
 #   --n N              objects per workload (default 1000, or $N)
 #   --operator-bin P   measure this operator binary (any commit) instead of building ours
 #   --label NAME       name of the run in bench/results.md (default: the last commit
@@ -11,13 +11,16 @@
 #   --skip LIST        phases to skip: raw,peer,ours,quota,wave,delete
 #   --reuse-peer JSON  take the peer's figures from an earlier run's JSON (same N)
 #   --keep             leave the control plane's directory (audit log, logs) behind
+#   --period S         renewal / refresh period in seconds (default: the harness's)
+#   --scale            ours alone with N identities (`make bench-scale`): memory per
+#                      identity, restart, failover, the renewal wave after an outage
 # Writes bench/data/<label>-n<N>.json, regenerates bench/results.md and
-# bench/ready-over-time.png, and prints the `bench:` line last.
+# bench/ready-over-time.png, and prints the `bench:` (or `bench-scale:`) line last.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-n=${N:-1000} operator_bin="" label="" skip="" reuse="" keep=0
+n=${N:-1000} operator_bin="" label="" skip="" reuse="" keep=0 scale=0 period=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --n) n=$2; shift 2 ;;
@@ -26,7 +29,9 @@ while [[ $# -gt 0 ]]; do
     --skip) skip=$2; shift 2 ;;
     --reuse-peer) reuse=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --scale) scale=1; shift ;;
+    --period) period=$2; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,8 +41,12 @@ die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
 "$root/hack/deps.sh"
 cp_bin=$("$root/hack/controlplane/build.sh") || die "building the control plane failed (see above)"
-eso_bin=$("$here/build-eso.sh") || die "building external-secrets failed (see above)"
-eso_dir=$(dirname "$(dirname "$eso_bin")")
+if ((scale)); then
+  eso_bin="" eso_dir=""
+else
+  eso_bin=$("$here/build-eso.sh") || die "building external-secrets failed (see above)"
+  eso_dir=$(dirname "$(dirname "$eso_bin")")
+fi
 python=$("$here/install.sh") || die "installing the report's Python packages failed (see above)"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator/target}
@@ -95,26 +104,30 @@ eso_kc=$(client_kubeconfig bench-external-secrets)
 kubectl=("$cp_bin/kubectl" --kubeconfig "$admin_kubeconfig")
 say "installing our CRDs and external-secrets' CRDs (server-side)"
 "${kubectl[@]}" apply --server-side -f "$root/crds/" >/dev/null
-"${kubectl[@]}" apply --server-side -f "$eso_dir/crds.yaml" >/dev/null
+[[ -z $eso_dir ]] || "${kubectl[@]}" apply --server-side -f "$eso_dir/crds.yaml" >/dev/null
 "${kubectl[@]}" wait --for condition=established --timeout=60s crd --all >/dev/null
 
 mkdir -p "$root/bench/data"
 out=$root/bench/data/$label-n$n.json
+((scale)) && out=$root/bench/data/$label-scale-n$n.json
 args=(--n "$n" --kubeconfig "$admin_kubeconfig" --operator-bin "$operator_bin" --operator-kubeconfig "$ours_kc"
   --emulator-bin "$rel/acs-emulator" --audit-log "$work/audit.log" --work-dir "$work/logs" --out "$out")
 pid_of() { awk -v n="$1" '$2==n{print $1}' "$cp_dir/pids"; }
 args+=(--apiserver-pid "$(pid_of kube-apiserver)" --etcd-pid "$(pid_of etcd)")
 [[ -n $skip ]] && args+=(--skip "$skip")
-if [[ -z $reuse && ,$skip, != *,peer,* ]]; then
+((scale)) && args+=(--scale)
+[[ -n $period ]] && args+=(--period "$period")
+if [[ -z $reuse && ,$skip, != *,peer,* && $scale == 0 ]]; then
   args+=(--eso-bin "$eso_bin" --eso-kubeconfig "$eso_kc")
 fi
 say "running: operator-bench ${args[*]}"
 "$rel/operator-bench" "${args[@]}" >&2 || die "the benchmark failed; logs in $work/logs (rerun with --keep to keep them)"
 
 cmd="make bench N=$n"
+((scale)) && cmd="make bench-scale N=$n"
 [[ $operator_bin == "$rel/acs-identity-operator" ]] || cmd="hack/bench/run.sh --n $n --operator-bin <acs-identity-operator built at $label> --label $label"
 "$python" "$here/report.py" annotate "$out" --label "$label" --command "$cmd" \
   --k8s "$("${kubectl[@]}" version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1)" \
-  --eso "$(cat "$eso_dir/.stamp")" ${reuse:+--reuse-peer "$reuse"}
+  --eso "$(if [[ -n $eso_dir ]]; then cat "$eso_dir/.stamp"; else echo "not run"; fi)" ${reuse:+--reuse-peer "$reuse"}
 "$python" "$here/report.py" render "$root/bench/data" --out "$root/bench"
 "$python" "$here/report.py" line "$out"

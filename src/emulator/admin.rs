@@ -1,5 +1,5 @@
 //! `/admin/`: the emulator's own API for tests and demos (state, token validity,
-//! statistics, faults). Loopback only, unless `--admin-key` is set, then the key is
+//! statistics, faults, quotas). Loopback only, unless `--admin-key` is set, then the key is
 //! required from everyone in `x-admin-key`.
 
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::app::{App, lock};
+use super::config::QuotaSetting;
 use super::error::ServiceError;
 use super::faults::FaultRule;
 
@@ -152,6 +153,25 @@ async fn handle_inner(
                 faults.add(rule);
             }
             Ok((StatusCode::CREATED, Json(faults.rules().to_vec())).into_response())
+        }
+        (&Method::POST, "/admin/quotas") => {
+            // `["issue=1000/30", "create=0/1"]`: the `--quota` flag's syntax, applied now.
+            let settings: Vec<String> = serde_json::from_slice(&body).map_err(|e| {
+                ServiceError::bad_request(
+                    "InvalidRequestBody",
+                    format!("Not a list of OP=N/SECONDS strings: {e}."),
+                )
+            })?;
+            let settings = settings
+                .iter()
+                .map(|s| s.parse::<QuotaSetting>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ServiceError::bad_request("InvalidRequestBody", e))?;
+            let mut quotas = lock(&app.quotas);
+            for s in settings {
+                quotas.set(s.operation, s.limit);
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
         (&Method::DELETE, "/admin/faults") => {
             lock(&app.faults).clear();

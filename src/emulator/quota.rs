@@ -58,6 +58,24 @@ impl Quotas {
         }
     }
 
+    /// Replaces one operation's limit (`None` lifts it); its window starts empty.
+    pub fn set(&mut self, operation: EmulatedOperation, limit: Option<QuotaLimit>) {
+        match limit {
+            Some(limit) => {
+                self.windows.insert(
+                    operation,
+                    Window {
+                        limit,
+                        admitted: VecDeque::new(),
+                    },
+                );
+            }
+            None => {
+                self.windows.remove(&operation);
+            }
+        }
+    }
+
     /// `Err(seconds)` is the whole number of seconds to put in `Retry-After` (at least 1,
     /// so a client that honours it is never early).
     pub fn try_admit(&mut self, operation: EmulatedOperation, now: Instant) -> Result<(), u64> {
@@ -115,6 +133,25 @@ mod tests {
             q.try_admit(EmulatedOperation::Issue, t0 + Duration::from_secs(30)),
             Err(1)
         );
+    }
+
+    #[test]
+    fn a_limit_set_later_applies_at_once_and_none_lifts_it() {
+        let mut q = Quotas::default();
+        let t0 = Instant::now();
+        assert!(q.try_admit(EmulatedOperation::Issue, t0).is_ok());
+        q.set(
+            EmulatedOperation::Issue,
+            Some(QuotaLimit {
+                max: 1,
+                window: Duration::from_secs(10),
+            }),
+        );
+        assert!(q.try_admit(EmulatedOperation::Issue, t0).is_ok());
+        assert_eq!(q.try_admit(EmulatedOperation::Issue, t0), Err(10));
+        assert!(q.try_admit(EmulatedOperation::Create, t0).is_ok());
+        q.set(EmulatedOperation::Issue, None);
+        assert!(q.try_admit(EmulatedOperation::Issue, t0).is_ok());
     }
 
     #[test]

@@ -71,6 +71,11 @@ impl Proc {
         }
     }
 
+    /// SIGKILL, as a crash or an evicted node would end it; waits for the exit.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     pub fn usage(&self) -> Usage {
         Usage::of(self.pid)
     }
@@ -218,6 +223,28 @@ impl Emulator {
             .json()
             .await
             .map_err(|e| format!("GET /admin/stats: {e}"))
+    }
+
+    /// `POST` a JSON body to an admin route (faults, quotas).
+    pub async fn admin_post(&self, path: &str, body: &serde_json::Value) -> Result<(), String> {
+        self.http
+            .post(format!("{}{path}", self.endpoint))
+            .json(body)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map(|_| ())
+            .map_err(|e| format!("POST {path}: {e}"))
+    }
+
+    pub async fn admin_delete(&self, path: &str) -> Result<(), String> {
+        self.http
+            .delete(format!("{}{path}", self.endpoint))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map(|_| ())
+            .map_err(|e| format!("DELETE {path}: {e}"))
     }
 
     pub async fn reset_stats(&self) -> Result<(), String> {
