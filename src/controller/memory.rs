@@ -23,7 +23,7 @@ pub struct Remembered {
     /// while the cache has not caught up with it (dropped once it has: at thousands of
     /// identities a second copy of every status was a tenth of the operator's memory).
     pub identity_rv: Option<String>,
-    pub status: Option<CommunicationIdentityStatus>,
+    pub status: Option<Box<CommunicationIdentityStatus>>,
     /// Digest of the status we last wrote (or read and found to match the Secret): tells
     /// whether the status at hand is ours after the copy is dropped.
     pub status_digest: Option<u64>,
@@ -52,7 +52,7 @@ pub struct Remembered {
     pub service: Option<ResolvedService>,
     /// A user this process created (id, endpoint) that no status write has recorded yet:
     /// later attempts issue for it instead of creating another (issue 16, items 1 and 5).
-    pub created_user: Option<(String, String)>,
+    pub created_user: Option<Box<(String, String)>>,
     /// The status that describes what this process last wrote to the token Secret, when
     /// writing that status failed (API server restarting, throttled, denied): trusted again
     /// only while the Secret holds exactly that token, so a lost status write costs no
@@ -111,11 +111,11 @@ impl Memory {
     ) {
         self.update(oref, uid, |r| {
             r.identity_rv = rv;
-            r.status = Some(status.clone());
+            r.status = Some(Box::new(status.clone()));
             r.status_digest = Some(status_digest(status));
             if r.created_user
                 .as_ref()
-                .is_some_and(|(u, _)| status.user_id.as_deref() == Some(u.as_str()))
+                .is_some_and(|c| status.user_id.as_deref() == Some(c.0.as_str()))
             {
                 r.created_user = None;
             }
@@ -248,7 +248,7 @@ impl Memory {
         endpoint: &str,
     ) {
         self.update(oref, uid, |r| {
-            r.created_user = Some((user.to_string(), endpoint.to_string()))
+            r.created_user = Some(Box::new((user.to_string(), endpoint.to_string())))
         });
     }
 
@@ -339,7 +339,7 @@ pub fn status_source(cached_rv: Option<&str>, remembered: &Remembered) -> Status
         freshness(cached_rv, remembered.identity_rv.as_deref()),
         &remembered.status,
     ) {
-        (Freshness::Older, Some(ours)) => StatusSource::Ours(Box::new(ours.clone())),
+        (Freshness::Older, Some(ours)) => StatusSource::Ours(ours.clone()),
         (Freshness::Older, None) => StatusSource::Reread,
         _ => StatusSource::Cached,
     }
@@ -360,7 +360,7 @@ pub fn with_created_user(
     remembered: &Remembered,
 ) -> CommunicationIdentityStatus {
     if status.user_id.is_none()
-        && let Some((user, endpoint)) = &remembered.created_user
+        && let Some((user, endpoint)) = remembered.created_user.as_deref()
     {
         status.user_id = Some(user.clone());
         status.user_endpoint = Some(endpoint.clone());
@@ -395,7 +395,7 @@ mod tests {
         let copy = Remembered {
             uid: "u".into(),
             identity_rv: Some("20".into()),
-            status: Some(status("ours")),
+            status: Some(Box::new(status("ours"))),
             ..Default::default()
         };
         let no_copy = Remembered {
@@ -507,7 +507,7 @@ mod tests {
         let r = Remembered {
             uid: "u".into(),
             identity_rv: Some("20".into()),
-            status: Some(mine.clone()),
+            status: Some(Box::new(mine.clone())),
             status_digest: Some(status_digest(&mine)),
             ..Default::default()
         };

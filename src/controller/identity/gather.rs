@@ -531,7 +531,7 @@ mod tests {
                 ..Default::default()
             },
             Remembered {
-                created_user: Some(("8:acs:u".into(), "https://a".into())),
+                created_user: Some(Box::new(("8:acs:u".into(), "https://a".into()))),
                 ..Default::default()
             },
             Remembered {

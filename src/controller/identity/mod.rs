@@ -473,7 +473,10 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         ctx,
         &ns,
         &name,
-        &ctx.memory.get(&oref, &uid).status.unwrap_or(status),
+        &ctx.memory
+            .get(&oref, &uid)
+            .status
+            .map_or(status, |ours| *ours),
     );
     Ok(action)
 }
