@@ -409,6 +409,17 @@ fn values_schema_rejects_bad_values_readably() {
             &["--set", "networkPolicy.acsPorts[0]=70000"],
             &["/networkPolicy/acsPorts/0"],
         ),
+        (
+            &[
+                "--set",
+                "workloadIdentity.authorityHost=http://login.example.test",
+            ],
+            &["/workloadIdentity/authorityHost"],
+        ),
+        (
+            &["--set", "workloadIdentity.tokenExpirationSeconds=600"],
+            &["/workloadIdentity/tokenExpirationSeconds"],
+        ),
         // Credential Secrets outside the cluster resource namespace are gone for good.
         (
             &["--set", "rbac.credentialNamespaces[0]=team-a"],
@@ -949,6 +960,164 @@ fn entra_grants_stay_in_the_cluster_resource_namespace_and_workload_identity_lab
         ],
     );
     assert!(!ok && err.contains("workloadIdentity.clientId"), "{err}");
+}
+
+/// The operator container's env as (name, value) for plain values, and the pod's volumes.
+fn operator_env_and_volumes(docs: &[Value]) -> (Vec<(String, String)>, Vec<Value>) {
+    let pod = &of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
+    (env, volumes)
+}
+
+/// `workloadIdentity.projectToken`: where no Azure Workload Identity webhook runs, the
+/// chart projects the operator's token and sets the `AZURE_*` environment itself, with
+/// the webhook's names; without it (the default, and AKS with the webhook) it adds none.
+#[tokio::test]
+async fn workload_identity_project_token_adds_the_webhooks_volume_and_env_only_when_asked() {
+    const TOKEN_FILE: &str = "/var/run/secrets/azure/tokens/azure-identity-token";
+    let cp = ControlPlane::get();
+    let admin = cp.admin_client().await;
+    let ns = TestNamespace::create(cp, &admin, "chart-wi").await;
+    let wi = [
+        "--set",
+        "workloadIdentity.enabled=true",
+        "--set",
+        "workloadIdentity.clientId=00000000-0000-0000-0000-0000000000c1",
+    ];
+    /// A render: its name, its `--set`s, the `AZURE_*` env it must have (in order), and
+    /// the projected token's `expirationSeconds` (`None`: no token volume).
+    struct Case<'a> {
+        name: &'a str,
+        set: Vec<&'a str>,
+        env: Vec<(&'a str, &'a str)>,
+        token_seconds: Option<i64>,
+    }
+    let cases = vec![
+        Case {
+            name: "default",
+            set: vec![],
+            env: vec![],
+            token_seconds: None,
+        },
+        Case {
+            name: "webhook (enabled only)",
+            set: wi.to_vec(),
+            env: vec![],
+            token_seconds: None,
+        },
+        Case {
+            name: "projectToken",
+            set: [&wi[..], &["--set", "workloadIdentity.projectToken=true"]].concat(),
+            env: vec![
+                ("AZURE_CLIENT_ID", "00000000-0000-0000-0000-0000000000c1"),
+                ("AZURE_FEDERATED_TOKEN_FILE", TOKEN_FILE),
+            ],
+            token_seconds: Some(3600),
+        },
+        Case {
+            name: "projectToken, tenant, authority, lifetime, extraCA",
+            set: [
+                &wi[..],
+                &[
+                    "--set",
+                    "workloadIdentity.projectToken=true",
+                    "--set",
+                    "workloadIdentity.tenantId=t-1",
+                    "--set",
+                    "workloadIdentity.authorityHost=https://login.example.test/",
+                    "--set",
+                    "workloadIdentity.tokenExpirationSeconds=7200",
+                    "--set",
+                    "extraCA.configMapName=acs-ca",
+                ],
+            ]
+            .concat(),
+            env: vec![
+                ("AZURE_CLIENT_ID", "00000000-0000-0000-0000-0000000000c1"),
+                ("AZURE_TENANT_ID", "t-1"),
+                ("AZURE_FEDERATED_TOKEN_FILE", TOKEN_FILE),
+                ("AZURE_AUTHORITY_HOST", "https://login.example.test/"),
+            ],
+            token_seconds: Some(7200),
+        },
+    ];
+    for Case {
+        name,
+        set,
+        env: want_env,
+        token_seconds: want_seconds,
+    } in cases
+    {
+        let rendered = template(cp, "wi", &ns.name, &set);
+        let d = docs(&rendered);
+        let (env, volumes) = operator_env_and_volumes(&d);
+        let azure: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("AZURE_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(azure, want_env, "{name}: AZURE_* env");
+        let token = volumes.iter().find(|v| v["name"] == "azure-identity-token");
+        match want_seconds {
+            None => assert!(token.is_none(), "{name}: no token volume: {volumes:?}"),
+            Some(seconds) => {
+                let sat =
+                    &token.expect("token volume")["projected"]["sources"][0]["serviceAccountToken"];
+                assert_eq!(sat["audience"], "api://AzureADTokenExchange", "{name}");
+                assert_eq!(sat["expirationSeconds"].as_i64(), Some(seconds), "{name}");
+                assert_eq!(sat["path"], "azure-identity-token", "{name}");
+                let mounts = &of_kind(&d, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+                    [0]["volumeMounts"];
+                let mount = mounts
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["name"] == "azure-identity-token")
+                    .expect("token mount");
+                assert_eq!(
+                    mount["mountPath"], "/var/run/secrets/azure/tokens",
+                    "{name}"
+                );
+                assert_eq!(mount["readOnly"], true, "{name}");
+                // The API server accepts the projection as rendered.
+                dry_run_server(cp, &rendered);
+            }
+        }
+        if set.contains(&"extraCA.configMapName=acs-ca") {
+            assert!(
+                volumes.iter().any(|v| v["name"] == "extra-ca"),
+                "{name}: extraCA kept beside the token: {volumes:?}"
+            );
+        }
+    }
+    // Without enabled (and so without a client id) projecting a token would be useless.
+    let (ok, _, err) = helm(
+        cp,
+        &[
+            "template",
+            "wi",
+            &chart(),
+            "--kube-version",
+            &cp.k8s_version,
+            "--set",
+            "workloadIdentity.projectToken=true",
+        ],
+    );
+    assert!(
+        !ok && err.contains("workloadIdentity.projectToken needs workloadIdentity.enabled"),
+        "{err}"
+    );
 }
 
 /// Roles and ClusterRoles that let the operator patch apps workloads, by namespace (`*`

@@ -10,6 +10,10 @@
 #      ServiceAccount, TokenRequest by the operator pod under the tenant's Role, exchanged
 #      at the emulated Entra ID, which trusts this cluster's issuer) gets an identity Ready
 #      with no access key in the namespace;
+#   2c. ambient: `helm upgrade` with workloadIdentity.projectToken (the chart projects the
+#      operator's own ServiceAccount token and sets AZURE_*, as the webhook this node lacks
+#      would); a ClusterCommunicationService with `entraId: {}` gets an identity Ready
+#      through the emulated Entra ID with the operator's federated credential, no key;
 #   3. examples/pod.yaml (our image running kubectl-acs) logs a second, later expiry
 #      after a renewal reaches its mounted Secret;
 #   4. `helm upgrade` changing only the log level re-issues no token;
@@ -255,6 +259,67 @@ entra_tokens=$(curl -fsS --cacert "$dir/emulator-ca.pem" -H "x-admin-key: $admin
 secrets=$(kubectl -n team-b get secrets -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}')
 [[ $secrets == "keyless " ]] || fail "team-b holds Secrets other than the token Secret: $secrets"
 ok "keyless: CommunicationService with entraId.serviceAccountRef (TokenRequest under the tenant's Role, emulated Entra ID over TLS) and identity Ready ${entra_ready}s after they were applied; Entra tokens issued: $entra_tokens; the namespace holds no key"
+
+# --- ambient: the operator's own projected token, no webhook ----------------------------
+# The operator's identity: an application whose federated credential names the operator's
+# ServiceAccount (docs/entra-id.md's "ambient mode" subject), with a role on the resource.
+ambient_client=00000000-0000-0000-0000-00000000e2e1
+admin_post /admin/entra/applications <<JSON || fail "registering the operator's application with the emulated Entra ID"
+{"clientId": "$ambient_client", "federatedCredentials": [{"name": "operator", "issuer": "$issuer",
+ "subject": "system:serviceaccount:$ns:$operator_sa", "audiences": ["api://AzureADTokenExchange"]}]}
+JSON
+printf '{"principalId": "%s", "role": "Contributor"}' "$ambient_client" | admin_post /admin/entra/roleAssignments ||
+  fail "assigning the operator's role in the emulated Entra ID"
+t_ambient=$SECONDS
+# No Azure Workload Identity webhook on this node: the chart projects the token itself.
+helm upgrade "$release" charts/acs-identity-operator -n "$ns" --reuse-values \
+  --set workloadIdentity.enabled=true --set workloadIdentity.projectToken=true \
+  --set workloadIdentity.clientId="$ambient_client" --set workloadIdentity.tenantId="$entra_tenant" \
+  --set workloadIdentity.authorityHost="$acs_url" --post-renderer "$dir/host-alias.sh" \
+  >"$dir/helm-ambient.log" 2>&1 || fail "helm upgrade with workloadIdentity.projectToken; log: $dir/helm-ambient.log"
+kubectl -n "$ns" rollout status "$deploy" --timeout=180s >/dev/null ||
+  fail "operator pods with the projected token not Ready; see: kubectl -n $ns describe pods"
+kubectl create namespace team-c >/dev/null
+kubectl apply -f - >/dev/null <<YAML || fail "applying the ambient manifests"
+apiVersion: acs-operator.dev/v1alpha1
+kind: ClusterCommunicationService
+metadata: {name: ambient}
+spec:
+  endpoint: $acs_url
+  entraId: {}
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: team-c}}
+---
+apiVersion: acs-operator.dev/v1alpha1
+kind: CommunicationIdentity
+metadata: {name: ambient, namespace: team-c}
+spec:
+  serviceRef: {kind: ClusterCommunicationService, name: ambient}
+  scopes: [voip]
+  tokenLifetime: 24h
+YAML
+kubectl wait clustercommunicationservice/ambient --for=condition=Ready --timeout=60s >/dev/null ||
+  fail "ambient ClusterCommunicationService not Ready: $(kubectl get clustercommunicationservice ambient -o jsonpath='{.status.conditions}')"
+kubectl -n team-c wait acsid/ambient --for=condition=Ready --timeout=120s >/dev/null ||
+  fail "ambient identity not Ready: $(kubectl -n team-c get acsid ambient -o jsonpath='{.status.conditions}')"
+ambient_ready=$((SECONDS - t_ambient))
+auth=$(kubectl get clustercommunicationservice ambient -o jsonpath='{.status.authentication.method} {.status.authentication.clientId} {.status.authentication.tokenExpiresOn}')
+read -r method auth_client auth_expiry <<<"$auth"
+[[ $method == Ambient && $auth_client == "$ambient_client" && -n $auth_expiry ]] ||
+  fail "ambient service status.authentication is '$auth', not Ambient with client $ambient_client and an expiry"
+ambient_user=$(kubectl -n team-c get acsid ambient -o jsonpath='{.status.userId}')
+read -r ambient_tokens _ < <(emulator_user "$ambient_user")
+((ambient_tokens >= 1)) || fail "the emulator issued no token for the ambient identity's user $ambient_user"
+# Entra tokens for the operator's own client: only its projected token carries that subject.
+ambient_entra=$(curl -fsS --cacert "$dir/emulator-ca.pem" -H "x-admin-key: $admin_key" "$endpoint/admin/entra" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"]["byClient"].get(sys.argv[1], 0))' "$ambient_client")
+((ambient_entra >= 1)) || fail "the emulated Entra ID issued no token to the operator's client $ambient_client"
+[[ -z $(kubectl get clustercommunicationservice ambient -o jsonpath='{.spec.connectionStringSecretRef}') ]] ||
+  fail "the ambient service names a connection string Secret"
+secrets=$(kubectl -n team-c get secrets -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}')
+[[ $secrets == "ambient " ]] || fail "team-c holds Secrets other than the token Secret: $secrets"
+ns_secrets=$(kubectl -n "$ns" get secrets -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | grep -v '^sh\.helm\.release\.' || true)
+[[ -z $ns_secrets ]] || fail "the operator's namespace holds Secrets besides helm's release records: $ns_secrets"
+ok "ambient: helm upgrade with workloadIdentity.projectToken (no webhook), ClusterCommunicationService with entraId {} (method Ambient, Entra token until $auth_expiry) and identity Ready ${ambient_ready}s after the upgrade began; Entra tokens to the operator's client: $ambient_entra; no access key Secret"
 
 # --- the example workload sees a renewal ----------------------------------------------
 jp() { kubectl -n team-a get "$1" -o jsonpath="$2"; }
