@@ -137,6 +137,7 @@ SCALE_ROWS = [
     ("restart: API writes, Lease renewals excluded (goal 0)", ("restart", "api_writes_excluding_leases"), "{:.0f}"),
     ("restart: GETs (goal: none per identity)", ("restart", "api_gets"), "{:.0f}"),
     ("restart: peak RSS (MiB)", ("restart", "peak_rss_mib"), "{:.0f}"),
+    ("restart: RSS once every identity is known (MiB)", ("restart", "rss_mib"), "{:.0f}"),
     ("failover: Lease taken (s after the leader's SIGKILL)", ("failover", "lease_taken_s"), "{:.1f}"),
     ("failover: every identity known (s after the SIGKILL)", ("failover", "all_known_s"), "{:.1f}"),
     ("failover: every identity known after taking the Lease (s; goal ≤ 30)", ("failover", "known_after_lease_s"), "{:.1f}"),

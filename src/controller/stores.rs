@@ -19,8 +19,15 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Drops what no reconcile reads from a cached object.
 pub fn slim<K: ResourceExt>(obj: &mut K) {
-    obj.managed_fields_mut().clear();
-    obj.annotations_mut().remove(LAST_APPLIED);
+    let meta = obj.meta_mut();
+    // `None`, not an emptied Vec: a cleared Vec keeps its buffer for every cached object.
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
 #[cfg(test)]

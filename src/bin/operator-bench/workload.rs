@@ -301,6 +301,37 @@ pub async fn create_all(
     results.iter().filter(|ok| !**ok).count()
 }
 
+/// Deletes each named object with `concurrency` requests in flight: at tens of thousands
+/// of objects one deletecollection call outlasts the client's timeout. Returns the
+/// number of failed deletes (an object already gone is not a failure).
+pub async fn delete_each(
+    client: Client,
+    ns: &str,
+    kind: Kind,
+    names: &[String],
+    concurrency: usize,
+) -> usize {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &kind.api_resource());
+    futures::stream::iter(names.iter())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => false,
+                    Err(kube::Error::Api(e)) if e.code == 404 => false,
+                    Err(e) => {
+                        eprintln!("operator-bench: deleting {name}: {e}");
+                        true
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|failed| futures::future::ready(*failed))
+        .count()
+        .await
+}
+
 /// Deletes every object of `kind` in `ns` (one deletecollection call, retried: on a
 /// loaded API server a connection can drop under a call that lasts seconds).
 pub async fn delete_all(client: Client, ns: &str, kind: Kind) -> Result<(), String> {
