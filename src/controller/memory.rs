@@ -49,7 +49,7 @@ pub struct Remembered {
     pub last_token_request: Option<Timestamp>,
     /// The service last resolved for it: cleanup can still reach the user's resource when
     /// the service went first (a namespace being deleted takes both).
-    pub service: Option<ResolvedService>,
+    pub service: Option<Box<ResolvedService>>,
     /// A user this process created (id, endpoint) that no status write has recorded yet:
     /// later attempts issue for it instead of creating another (issue 16, items 1 and 5).
     pub created_user: Option<Box<(String, String)>>,
@@ -235,7 +235,7 @@ impl Memory {
         uid: &str,
         service: &ResolvedService,
     ) {
-        self.update(oref, uid, |r| r.service = Some(service.clone()));
+        self.update(oref, uid, |r| r.service = Some(Box::new(service.clone())));
     }
 
     /// ACS created `user` at `endpoint` for this identity: remembered until a status

@@ -14,6 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{ClusterCommunicationService, CommunicationIdentity, CommunicationService};
+use crate::controller::secret::{ISSUED_AT_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -41,7 +42,13 @@ mod slim_tests {
             name: Some("token".into()),
             namespace: Some("team-a".into()),
             labels: Some([("app.kubernetes.io/managed-by".to_string(), "x".to_string())].into()),
-            annotations: Some([("big".to_string(), "y".repeat(100_000))].into()),
+            annotations: Some(
+                [
+                    ("big".to_string(), "y".repeat(100_000)),
+                    (TEMPLATE_HASH_ANNOTATION.to_string(), "h".to_string()),
+                ]
+                .into(),
+            ),
             owner_references: owner.map(|o| vec![o]),
             ..Default::default()
         }
@@ -63,7 +70,20 @@ mod slim_tests {
             controller: Some(true),
             ..Default::default()
         }));
-        assert!(ours.metadata.annotations.is_some() && ours.metadata.labels.is_some());
+        // Ours keeps its owner and only the annotations the reconcile reads from the cache.
+        assert!(ours.metadata.labels.is_none());
+        assert_eq!(
+            ours.metadata.owner_references.as_ref().map(Vec::len),
+            Some(1)
+        );
+        let kept: Vec<_> = ours
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(kept, [TEMPLATE_HASH_ANNOTATION]);
     }
 }
 
@@ -80,12 +100,26 @@ pub fn slim_secret(obj: &mut PartialObjectMeta<Secret>) {
                 && r.api_version.starts_with("acs-operator.dev/")
         })
     });
-    if !ours {
+    // The reconcile reads a cached token Secret's owner, resourceVersion and two
+    // annotations (template hash, issued-at); everything else is read with the Secret
+    // itself when it is needed. Labels alone were a B-tree node per Secret (issue 19).
+    obj.metadata.labels = None;
+    obj.metadata.finalizers = None;
+    obj.types = None;
+    if ours {
+        if let Some(annotations) = obj.metadata.annotations.as_mut() {
+            annotations.retain(|k, _| CACHED_ANNOTATIONS.contains(&k.as_str()));
+        }
+        if obj.metadata.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+            obj.metadata.annotations = None;
+        }
+    } else {
         obj.metadata.annotations = None;
-        obj.metadata.labels = None;
-        obj.metadata.finalizers = None;
     }
 }
+
+/// The token Secret annotations a reconcile reads from the cache.
+const CACHED_ANNOTATIONS: [&str; 2] = [TEMPLATE_HASH_ANNOTATION, ISSUED_AT_ANNOTATION];
 
 /// One watched scope: a namespace, or the whole cluster (`None`).
 #[derive(Clone)]

@@ -163,8 +163,9 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
     let home = status.user_endpoint.as_deref();
     let remembered_home = remembered
         .service
-        .clone()
-        .filter(|s| home.is_none_or(|h| h == s.endpoint));
+        .as_deref()
+        .filter(|s| home.is_none_or(|h| h == s.endpoint))
+        .cloned();
     let (resolved, problem): (Option<ResolvedService>, String) =
         match ctx.resolver.resolve(&obj).await {
             Ok(svc) if home.is_some_and(|h| h != svc.endpoint) && remembered_home.is_some() => {
