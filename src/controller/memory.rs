@@ -60,6 +60,15 @@ pub struct Remembered {
     pub unrecorded: Option<Box<CommunicationIdentityStatus>>,
 }
 
+/// `oref` without the resourceVersion and UID that `ObjectRef::from_obj` carries:
+/// equality and hashing ignore them, and in a map holding every identity they were two
+/// more strings each (issue 19).
+pub fn bare<K: kube::Resource<DynamicType = ()>>(oref: &ObjectRef<K>) -> ObjectRef<K> {
+    let mut key = ObjectRef::new(&oref.name);
+    key.namespace = oref.namespace.clone();
+    key
+}
+
 #[derive(Default)]
 pub struct Memory {
     entries: Mutex<HashMap<ObjectRef<CommunicationIdentity>, Remembered>>,
@@ -85,7 +94,7 @@ impl Memory {
         f: impl FnOnce(&mut Remembered),
     ) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(oref.clone()).or_default();
+        let entry = entries.entry(bare(oref)).or_default();
         if entry.uid != uid {
             *entry = Remembered {
                 uid: uid.to_string(),

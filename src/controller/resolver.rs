@@ -341,7 +341,8 @@ impl Resolver {
         &self,
         identity: &CommunicationIdentity,
     ) -> Result<ResolvedService, ResolveError> {
-        let oref = ObjectRef::from_obj(identity);
+        // Held for as long as the identity lives: without the resourceVersion and UID.
+        let oref = crate::controller::memory::bare(&ObjectRef::from_obj(identity));
         let ns = identity.namespace().unwrap_or_default();
         let key = self.key_for(identity).ok_or(ResolveError::NoService)?;
         let parts = self.service_parts(&key, &ns)?;
