@@ -1262,3 +1262,52 @@ async fn finalizer_policy_renders_where_the_api_exists_and_is_accepted() {
     );
     dry_run_server(cp, &rendered);
 }
+
+/// Issue 19: `expectedIdentities` sizes the memory request and limit from the fleet
+/// (32 MiB + 10 KiB per identity; limit 1.5 x request, at least 256 MiB), keeps the rest
+/// of `resources`, and leaves them as given when unset.
+#[test]
+fn expected_identities_size_the_memory_request_and_limit() {
+    let cp = ControlPlane::get();
+    let cases: [(&str, &[&str], &str, &str); 5] = [
+        ("unset", &[], "64Mi", "256Mi"),
+        ("1k", &["--set", "expectedIdentities=1000"], "42Mi", "256Mi"),
+        ("20k", &["--set", "expectedIdentities=20000"], "228Mi", "342Mi"),
+        ("100k", &["--set", "expectedIdentities=100000"], "1009Mi", "1513Mi"),
+        (
+            "1k with a cpu limit of its own",
+            &[
+                "--set",
+                "expectedIdentities=1000",
+                "--set",
+                "resources.limits.cpu=2",
+            ],
+            "42Mi",
+            "256Mi",
+        ),
+    ];
+    for (name, set, request, limit) in cases {
+        let d = docs(&template(cp, "size", "acs-system", set));
+        let r = &of_kind(&d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+            ["resources"];
+        assert_eq!(r["requests"]["memory"], request, "{name}: request");
+        assert_eq!(r["limits"]["memory"], limit, "{name}: limit");
+        assert_eq!(r["requests"]["cpu"], "10m", "{name}: cpu request kept");
+        if name.contains("cpu limit") {
+            assert_eq!(r["limits"]["cpu"], 2, "{name}: cpu limit kept");
+        }
+    }
+    let (ok, _, err) = helm(
+        cp,
+        &[
+            "template",
+            "size",
+            &chart(),
+            "--kube-version",
+            &cp.k8s_version,
+            "--set",
+            "expectedIdentities=-5",
+        ],
+    );
+    assert!(!ok && err.contains("expectedIdentities"), "refused readably: {err}");
+}
