@@ -20,7 +20,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::procs::{Emulator, Proc, stats_totals};
+use crate::procs::{Emulator, Proc, Usage, stats_totals};
 use crate::workload::{self, Kind, Seen, Tracker};
 use crate::{Args, Mark, acs_service, close_phase, ensure_namespace, say};
 
@@ -36,8 +36,16 @@ pub async fn run(
     windows: &mut Vec<crate::audit::Window>,
 ) -> Result<Value, String> {
     let n = args.n;
-    // Long enough that no token renews before the wave phase, which forces it.
-    let period = Duration::from_secs(args.period.unwrap_or(600));
+    // Long enough that no token renews before the wave phase forces it, and that the wave
+    // (N / quota) ends before its first renewals come due again.
+    let wave_s = n as u64 * ISSUE_WINDOW_S / u64::from(ISSUE_LIMIT);
+    let period = Duration::from_secs(args.period.unwrap_or((wave_s * 3 / 2).max(600)));
+    if period.as_secs() <= wave_s {
+        say(format!(
+            "scale: WARNING: a period of {} s is shorter than the wave ({wave_s} s): tokens renewed early in it come due again",
+            period.as_secs()
+        ));
+    }
     let scale = period.as_secs_f64() / 2400.0;
     let emulator = Emulator::start(
         &args.emulator_bin,
@@ -140,20 +148,19 @@ pub async fn run(
         if known { "" } else { " (TIMED OUT)" },
         usage.peak_rss_kib / 1024
     ));
-    let mut restart = json!({
-        "stop_s": stop_s,
-        "all_known_s": known_s,
-        "timed_out": !known,
-        "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
-        // A fresh process holds the fleet without the creation burst's freed memory.
-        "rss_mib": usage.rss_kib as f64 / 1024.0,
-        "load_1m": [r0.load, r1.load],
-    });
+    let mut restart = json!({"stop_s": stop_s});
+    close_start(&mut restart, known_s, known, &usage, &r0, &r1);
     close_phase(&mut restart, &r0, &r1, Some(&emulator), n).await?;
     windows.push(r1.window_since(&r0, "scale.restart", user));
     out["restart"] = restart;
 
-    // --- 3. failover: a standby takes over from a leader that crashed
+    // --- 3. failover: a standby takes over from a leader that crashed. The service gets
+    // ACS's issue limit as its client-side quota first, so that the process that meets the
+    // wave builds its client with it: a running process keeps a resource's budget at the
+    // most generous rate any of its clients was built with (ClientCache::budget).
+    if !args.skip.iter().any(|s| s == "wave") {
+        set_issue_quota(client).await?;
+    }
     let standby = spawn_operator(args, "c")?;
     standby
         .wait_metrics(Duration::from_secs(60))
@@ -176,13 +183,9 @@ pub async fn run(
     ));
     let mut failover = json!({
         "lease_taken_s": lease_s,
-        "all_known_s": known_s,
         "known_after_lease_s": known_s - lease_s,
-        "timed_out": !known,
-        "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
-        "rss_mib": usage.rss_kib as f64 / 1024.0,
-        "load_1m": [f0.load, f1.load],
     });
+    close_start(&mut failover, known_s, known, &usage, &f0, &f1);
     close_phase(&mut failover, &f0, &f1, Some(&emulator), n).await?;
     windows.push(f1.window_since(&f0, "scale.failover", user));
     out["failover"] = failover;
@@ -191,7 +194,7 @@ pub async fn run(
     // --- 4. the renewal wave after an outage longer than renewBefore
     if !args.skip.iter().any(|s| s == "wave") {
         out["wave"] = wave(
-            client, args, &emulator, &tracker, &names, &leader, period, t0, windows,
+            args, &emulator, &tracker, &names, &leader, period, t0, windows,
         )
         .await?;
     }
@@ -232,13 +235,28 @@ pub async fn run(
     Ok(out)
 }
 
+/// The figures of a process start (restart or takeover): when every identity was known,
+/// and the memory of a fresh process, which holds the fleet without the creation burst's
+/// freed memory.
+fn close_start(phase: &mut Value, known_s: f64, known: bool, usage: &Usage, m0: &Mark, m1: &Mark) {
+    crate::merge(
+        phase,
+        json!({
+            "all_known_s": known_s,
+            "timed_out": !known,
+            "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
+            "rss_mib": usage.rss_kib as f64 / 1024.0,
+            "load_1m": [m0.load, m1.load],
+        }),
+    );
+}
+
 fn ready(m: &HashMap<String, Seen>, k: &str) -> bool {
     m.get(k).is_some_and(|s| s.ready.is_some())
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn wave(
-    client: &Client,
     args: &Args,
     emulator: &Emulator,
     tracker: &Tracker,
@@ -249,34 +267,14 @@ async fn wave(
     windows: &mut Vec<crate::audit::Window>,
 ) -> Result<Value, String> {
     let n = names.len();
-    // ACS's issue limit on both sides: the emulator answers 429 beyond it, and the
-    // service's client-side budget is set to it (every other operation stays lifted).
+    // ACS's issue limit at the emulator too: it answers 429 beyond it (the service's
+    // client-side budget was set before the standby started).
     emulator
         .admin_post(
             "/admin/quotas",
             &json!([format!("issue={ISSUE_LIMIT}/{ISSUE_WINDOW_S}")]),
         )
         .await?;
-    let max = 1_000_000;
-    let services: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        NS,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("acs-operator.dev", "v1alpha1", "CommunicationService"),
-            "communicationservices",
-        ),
-    );
-    services
-        .patch(
-            workload::SERVICE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"quota": {
-                "window": format!("{ISSUE_WINDOW_S}s"), "issues": ISSUE_LIMIT,
-                "creates": max, "deletes": max, "revokes": max,
-            }}})),
-        )
-        .await
-        .map_err(|e| format!("scale: setting the service's quota: {e}"))?;
     emulator
         .admin_post(
             "/admin/faults",
@@ -350,6 +348,31 @@ async fn wave(
         .admin_post("/admin/quotas", &json!(["issue=0/1"]))
         .await?;
     Ok(out)
+}
+
+/// The service's client-side quota: ACS's issue limit, every other operation lifted.
+async fn set_issue_quota(client: &Client) -> Result<(), String> {
+    let max = 1_000_000;
+    let services: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("acs-operator.dev", "v1alpha1", "CommunicationService"),
+            "communicationservices",
+        ),
+    );
+    services
+        .patch(
+            workload::SERVICE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"quota": {
+                "window": format!("{ISSUE_WINDOW_S}s"), "issues": ISSUE_LIMIT,
+                "creates": max, "deletes": max, "revokes": max,
+            }}})),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("scale: setting the service's quota: {e}"))
 }
 
 /// One operator process and its metrics endpoint.
