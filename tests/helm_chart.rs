@@ -1272,8 +1272,18 @@ fn expected_identities_size_the_memory_request_and_limit() {
     let cases: [(&str, &[&str], &str, &str); 5] = [
         ("unset", &[], "64Mi", "256Mi"),
         ("1k", &["--set", "expectedIdentities=1000"], "42Mi", "256Mi"),
-        ("20k", &["--set", "expectedIdentities=20000"], "228Mi", "342Mi"),
-        ("100k", &["--set", "expectedIdentities=100000"], "1009Mi", "1513Mi"),
+        (
+            "20k",
+            &["--set", "expectedIdentities=20000"],
+            "228Mi",
+            "342Mi",
+        ),
+        (
+            "100k",
+            &["--set", "expectedIdentities=100000"],
+            "1009Mi",
+            "1513Mi",
+        ),
         (
             "1k with a cpu limit of its own",
             &[
@@ -1288,8 +1298,8 @@ fn expected_identities_size_the_memory_request_and_limit() {
     ];
     for (name, set, request, limit) in cases {
         let d = docs(&template(cp, "size", "acs-system", set));
-        let r = &of_kind(&d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-            ["resources"];
+        let r =
+            &of_kind(&d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["resources"];
         assert_eq!(r["requests"]["memory"], request, "{name}: request");
         assert_eq!(r["limits"]["memory"], limit, "{name}: limit");
         assert_eq!(r["requests"]["cpu"], "10m", "{name}: cpu request kept");
@@ -1309,5 +1319,8 @@ fn expected_identities_size_the_memory_request_and_limit() {
             "expectedIdentities=-5",
         ],
     );
-    assert!(!ok && err.contains("expectedIdentities"), "refused readably: {err}");
+    assert!(
+        !ok && err.contains("expectedIdentities"),
+        "refused readably: {err}"
+    );
 }
