@@ -110,7 +110,12 @@ pub fn slim_secret(obj: &mut PartialObjectMeta<Secret>) {
         if let Some(annotations) = obj.metadata.annotations.as_mut() {
             annotations.retain(|k, _| CACHED_ANNOTATIONS.contains(&k.as_str()));
         }
-        if obj.metadata.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        if obj
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.is_empty())
+        {
             obj.metadata.annotations = None;
         }
     } else {
