@@ -42,20 +42,11 @@ pub struct Quotas {
 
 impl Quotas {
     pub fn new(limits: &BTreeMap<EmulatedOperation, QuotaLimit>) -> Self {
-        Self {
-            windows: limits
-                .iter()
-                .map(|(op, limit)| {
-                    (
-                        *op,
-                        Window {
-                            limit: *limit,
-                            admitted: VecDeque::new(),
-                        },
-                    )
-                })
-                .collect(),
+        let mut quotas = Self::default();
+        for (op, limit) in limits {
+            quotas.set(*op, Some(*limit));
         }
+        quotas
     }
 
     /// Replaces one operation's limit (`None` lifts it); its window starts empty.
