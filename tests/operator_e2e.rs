@@ -22,7 +22,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use support::operator::OPERATOR_NAMESPACE;
-use support::world::{SERVICE, World, condition, create_in, jwt_claims};
+use support::world::{SERVICE, World, condition, create_in, jwt_claims, put_secret};
 use support::{ControlPlane, TestNamespace, eventually, install_crds};
 
 fn status(obj: &CommunicationIdentity) -> &acs_identity_operator::api::CommunicationIdentityStatus {
@@ -520,13 +520,29 @@ async fn a_foreign_secret_is_never_overwritten_and_the_conflict_is_reported() {
 }
 
 // i.
+const WRONG_SECRET: &str = "wrong-connection";
+
 #[tokio::test]
 async fn a_wrong_access_key_is_reported_and_a_fixed_one_recovers() {
     let env = World::new("e2e-unauthorized", 1.0).await;
+    // A service whose Secret never held a valid key: overwriting the Secret the operator
+    // has already read would race its watch, and the old, still valid key could serve the
+    // first token (as it may for a person rotating keys, which is correct).
     let wrong = env.emulator.wrong_connection_string();
     env.remember(wrong.split_once("accesskey=").unwrap().1);
-    env.put_credentials(&wrong).await;
-    env.create_identity("app", json!({})).await;
+    put_secret(&env.client, env.ns(), WRONG_SECRET, &wrong).await;
+    env.create(
+        "communicationservices",
+        json!({
+            "apiVersion": "acs-operator.dev/v1alpha1",
+            "kind": "CommunicationService",
+            "metadata": {"name": "wrong-key"},
+            "spec": {"connectionStringSecretRef": {"name": WRONG_SECRET}},
+        }),
+    )
+    .await;
+    env.create_identity("app", json!({"serviceRef": {"name": "wrong-key"}}))
+        .await;
     env.wait_ready_is("app", "False", Some("Unauthorized"), 60)
         .await;
     let event = env.wait_event("app", "Unauthorized", Some("Warning")).await;
@@ -542,8 +558,13 @@ async fn a_wrong_access_key_is_reported_and_a_fixed_one_recovers() {
     );
 
     let started = Instant::now();
-    env.put_credentials(&env.emulator.connection_string.clone())
-        .await;
+    put_secret(
+        &env.client,
+        env.ns(),
+        WRONG_SECRET,
+        &env.emulator.connection_string,
+    )
+    .await;
     let obj = env.wait_ready_is("app", "True", None, 20).await;
     eprintln!("Ready {:?} after fixing the credentials", started.elapsed());
     let token = env.token("app").await.unwrap();

@@ -16,7 +16,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use acs_identity_operator::api::{CommunicationIdentity, RENEW_REQUESTED_AT_ANNOTATION};
+use acs_identity_operator::api::{
+    CommunicationIdentity, CommunicationService, RENEW_REQUESTED_AT_ANNOTATION,
+};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -26,7 +28,7 @@ use support::emulator::fault;
 use support::eventually;
 use support::metrics::{parse, samples, sum};
 use support::operator::Operator;
-use support::world::{CREDENTIAL_SECRET, SERVICE, World, acs_resource, condition};
+use support::world::{CREDENTIAL_SECRET, SERVICE, World, acs_resource, condition, put_secret};
 
 /// The api-version whose create takes a custom id (`k8s-<uid>`): a retried create finds
 /// the user instead of making another.
@@ -352,9 +354,34 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
     );
     let failures_before = sum(&m, "acs_operator_renewal_failures_total", &labels);
 
-    // A wrong key while the token is still valid: a renewal failure, not an outage.
+    // A wrong key while the token is still valid: a renewal failure, not an outage. The
+    // service moves to a Secret holding it, and the renewal is asked for once the service
+    // reconcile has seen the move: overwriting the Secret the operator already read would
+    // race its watch (the old, still valid key could serve the renewal).
     let wrong = w.emulator.wrong_connection_string();
-    w.put_credentials(&wrong).await;
+    w.remember(wrong.split_once("accesskey=").unwrap().1);
+    put_secret(&w.client, w.ns(), "wrong-connection", &wrong).await;
+    let services: Api<CommunicationService> = Api::namespaced(w.client.clone(), w.ns());
+    let moved = services
+        .patch(
+            SERVICE,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"connectionStringSecretRef": {"name": "wrong-connection"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let generation = moved.metadata.generation;
+    eventually(
+        60,
+        "the service reconciled onto the wrong key's Secret",
+        || async {
+            let svc = services.get(SERVICE).await.ok()?;
+            (svc.status?.observed_generation >= generation).then_some(())
+        },
+    )
+    .await;
     w.identities()
         .patch(
             "app",
@@ -414,8 +441,13 @@ async fn the_operator_process_exports_expiry_readiness_requests_reconciles_and_r
     }
 
     // Fixed key: the pending renewal goes through.
-    w.put_credentials(&w.emulator.connection_string.clone())
-        .await;
+    put_secret(
+        &w.client,
+        w.ns(),
+        "wrong-connection",
+        &w.emulator.connection_string,
+    )
+    .await;
     eventually(
         60,
         "RenewalFailing=False after the key is fixed",
