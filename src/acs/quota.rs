@@ -95,6 +95,27 @@ impl QuotaConfig {
         }
     }
 
+    /// Per operation, the more generous of the two (unlimited above any rate): what one
+    /// resource's budget allows when several services name it, so that one service's
+    /// stricter setting never slows the others down (ACS's own 429s still pause all).
+    pub fn most_generous(&self, other: &QuotaConfig) -> QuotaConfig {
+        let pick = |a: Option<Rate>, b: Option<Rate>| match (a, b) {
+            (Some(a), Some(b)) => Some(if b.per_second() > a.per_second() {
+                b
+            } else {
+                a
+            }),
+            _ => None,
+        };
+        QuotaConfig {
+            create_user: pick(self.create_user, other.create_user),
+            get_user: pick(self.get_user, other.get_user),
+            issue_token: pick(self.issue_token, other.issue_token),
+            revoke_tokens: pick(self.revoke_tokens, other.revoke_tokens),
+            delete_user: pick(self.delete_user, other.delete_user),
+        }
+    }
+
     /// The first operation whose rate is out of bounds (see [`Rate::is_valid`]).
     pub fn invalid_operation(&self) -> Option<Operation> {
         Operation::ALL
@@ -131,6 +152,12 @@ pub struct SlidingWindow {
     /// The same reservations in the order they were made (times ascending), to drop the
     /// ones nobody came back for without scanning them all.
     reserved_order: VecDeque<(Instant, String)>,
+    /// When callers were actually let through, ascending (the last `limit`). `granted`
+    /// plans turns, but a caller told to come back may come back well after its turn (a
+    /// busy controller queue in a renewal wave), and late callers bunched with punctual
+    /// ones would put more than the limit into one of ACS's windows: this is the check
+    /// made at the moment of sending.
+    sent: VecDeque<Instant>,
 }
 
 /// Added to the window: a request sent exactly one window after another may arrive a
@@ -147,14 +174,7 @@ fn later(t: Instant, d: Duration) -> Instant {
 impl SlidingWindow {
     /// An empty window. A rate out of bounds is clamped into them.
     pub fn new(rate: Rate, _now: Instant) -> Self {
-        let rate = Rate {
-            requests: rate.requests.clamp(1, MAX_REQUESTS),
-            per: rate.per.clamp(Duration::from_millis(1), MAX_WINDOW),
-        };
-        let limit = rate.requests as usize;
-        let window = rate
-            .per
-            .saturating_add(rate.per.mul_f64(WINDOW_MARGIN_FRACTION));
+        let (rate, limit, window) = Self::bounded(rate);
         Self {
             rate,
             limit,
@@ -163,14 +183,30 @@ impl SlidingWindow {
             paused_until: None,
             reserved: HashMap::new(),
             reserved_order: VecDeque::new(),
+            sent: VecDeque::new(),
         }
+    }
+
+    /// `rate` clamped into bounds, its limit and its window (with the margin).
+    fn bounded(rate: Rate) -> (Rate, usize, Duration) {
+        let rate = Rate {
+            requests: rate.requests.clamp(1, MAX_REQUESTS),
+            per: rate.per.clamp(Duration::from_millis(1), MAX_WINDOW),
+        };
+        let window = rate
+            .per
+            .saturating_add(rate.per.mul_f64(WINDOW_MARGIN_FRACTION));
+        (rate, rate.requests as usize, window)
     }
 
     /// Reserves a send time and returns how long the caller must wait for it (zero when
     /// it may send now). Callers are served in order, spaced so that no window holds
     /// more than the limit.
     pub fn reserve(&mut self, now: Instant) -> Duration {
-        self.next_turn(now).saturating_duration_since(now)
+        let at = self.next_turn(now);
+        // The caller sleeps until its turn and sends then.
+        self.record_sent(at);
+        at.saturating_duration_since(now)
     }
 
     fn next_turn(&mut self, now: Instant) -> Instant {
@@ -198,19 +234,56 @@ impl SlidingWindow {
         if let Some(&at) = self.reserved.get(caller) {
             // A pause that came after the reservation moves it too.
             let at = at.max(self.paused_until.unwrap_or(at));
-            if self.serve_now(at, now) {
-                self.reserved.remove(caller);
-                return Ok(());
+            if !self.serve_now(at, now) {
+                return Err(at);
             }
-            return Err(at);
+            return self.send_or_hold(caller, now);
         }
         let at = self.next_turn(now);
         if self.serve_now(at, now) {
-            return Ok(());
+            return self.send_or_hold(caller, now);
         }
+        self.hold(caller, at);
+        Err(at)
+    }
+
+    /// A caller whose turn has come sends now, unless the sends actually made in the
+    /// last window already reach the limit (callers before it came back late): then its
+    /// turn moves to when the oldest of them leaves the window.
+    fn send_or_hold(&mut self, caller: &str, now: Instant) -> Result<(), Instant> {
+        if let Some(free) = self.window_full_until(now) {
+            self.hold(caller, free);
+            return Err(free);
+        }
+        self.reserved.remove(caller);
+        self.record_sent(now);
+        Ok(())
+    }
+
+    fn hold(&mut self, caller: &str, at: Instant) {
         self.reserved.insert(caller.to_string(), at);
         self.reserved_order.push_back((at, caller.to_string()));
-        Err(at)
+    }
+
+    /// When a send becomes possible, if it is not now. A send a moment early is let
+    /// through (a requeue costs more), but by no more than half the window's margin, so
+    /// it still falls outside ACS's window.
+    fn window_full_until(&self, now: Instant) -> Option<Instant> {
+        let n = self.sent.len();
+        if n < self.limit {
+            return None;
+        }
+        let free = later(self.sent[n - self.limit], self.window);
+        let early = SERVE_NOW_WITHIN.min(self.window.saturating_sub(self.rate.per) / 2);
+        (free > later(now, early)).then_some(free)
+    }
+
+    fn record_sent(&mut self, at: Instant) {
+        let i = self.sent.partition_point(|t| *t <= at);
+        self.sent.insert(i, at);
+        while self.sent.len() > self.limit {
+            self.sent.pop_front();
+        }
     }
 
     /// A turn a few milliseconds away is served now, but never inside a 429's pause:
@@ -271,17 +344,21 @@ impl SlidingWindow {
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
     }
 
-    /// Takes `rate` when it allows more per second than the current one; the send times
-    /// granted so far still count.
-    fn raise_to(&mut self, rate: Rate) {
-        let fresh = SlidingWindow::new(rate, Instant::now());
-        if fresh.rate.per_second() > self.rate.per_second() {
-            self.rate = fresh.rate;
-            self.limit = fresh.limit;
-            self.window = fresh.window;
-            while self.granted.len() > self.limit {
-                self.granted.pop_front();
-            }
+    /// Takes `rate`, more or less generous than the current one; the send times granted
+    /// and made so far still count against it.
+    fn set_rate(&mut self, rate: Rate) {
+        let (rate, limit, window) = Self::bounded(rate);
+        if rate == self.rate {
+            return;
+        }
+        self.rate = rate;
+        self.limit = limit;
+        self.window = window;
+        while self.granted.len() > self.limit {
+            self.granted.pop_front();
+        }
+        while self.sent.len() > self.limit {
+            self.sent.pop_front();
         }
     }
 }
@@ -346,24 +423,28 @@ impl ClientQuota {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Another client of the same resource asks for `config`: each operation takes the
-    /// more generous of the two rates (one client's stricter setting must not slow the
-    /// others down; ACS's own 429s still pause everyone).
-    pub fn raise(&self, config: &QuotaConfig) {
+    /// The resource's budget becomes `config` (see [`QuotaConfig::most_generous`] for
+    /// how several services' quotas make one): a lower rate applies at once, with the
+    /// requests already sent counting against it; a pause ACS asked for still holds.
+    pub fn set(&self, config: &QuotaConfig) {
+        let now = Instant::now();
         for op in Operation::ALL {
             let mut slot = self.slot(op);
-            match config.rate(op).filter(Rate::is_valid) {
-                Some(rate) => {
-                    if let Some(bucket) = slot.bucket.as_mut() {
-                        bucket.raise_to(rate);
+            match (config.rate(op).filter(Rate::is_valid), slot.bucket.as_mut()) {
+                (Some(rate), Some(bucket)) => bucket.set_rate(rate),
+                (Some(rate), None) => {
+                    let mut bucket = SlidingWindow::new(rate, now);
+                    if let Some(until) = slot.paused_until.filter(|u| *u > now) {
+                        bucket.pause_until(until, now);
                     }
+                    slot.bucket = Some(bucket);
                 }
-                // Unlimited is the most generous of all; a pause still holds.
-                None => {
+                (None, Some(_)) => {
                     if let Some(bucket) = slot.bucket.take() {
                         slot.paused_until = bucket.paused_until;
                     }
                 }
+                (None, None) => {}
             }
         }
     }
@@ -528,10 +609,11 @@ mod tests {
                 end.saturating_duration_since(at)
             );
         }
-        // Outside a pause a turn a few milliseconds away is still served at once.
-        let mut c = SlidingWindow::new(Rate::new(1, Duration::from_secs(1)), t0);
+        // Outside a pause a turn a few milliseconds away is still served at once (within
+        // half the window's margin: ACS's 30 s window has 300 ms of it).
+        let mut c = SlidingWindow::new(Rate::new(1, THIRTY_SECONDS), t0);
         assert!(c.try_reserve("a", t0).is_ok());
-        let next = t0 + window(Duration::from_secs(1));
+        let next = t0 + window(THIRTY_SECONDS);
         assert_eq!(c.try_reserve("b", t0), Err(next));
         assert!(c.try_reserve("b", next - ms(10)).is_ok());
     }
@@ -633,24 +715,114 @@ mod tests {
         let t0 = Instant::now();
         let strict = QuotaConfig {
             create_user: Some(Rate::new(1, MAX_WINDOW)),
+            revoke_tokens: None,
             ..QuotaConfig::default()
         };
+        for (a, b) in [
+            (QuotaConfig::default(), strict.clone()),
+            (strict.clone(), QuotaConfig::default()),
+        ] {
+            let both = a.most_generous(&b);
+            assert_eq!(both.create_user, QuotaConfig::default().create_user);
+            assert_eq!(both.revoke_tokens, None, "unlimited is the most generous");
+            let q = ClientQuota::new(&a);
+            q.set(&both);
+            for i in 0..10 {
+                assert_eq!(
+                    q.try_acquire(Operation::CreateUser, &format!("c{i}"), t0),
+                    Ok(())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_lowered_quota_applies_at_once_and_counts_what_was_sent() {
+        let t0 = Instant::now();
+        let q = ClientQuota::new(&QuotaConfig::unlimited());
+        q.pause(Operation::IssueToken, Duration::from_secs(2));
+        for i in 0..5 {
+            q.set(&QuotaConfig::default());
+            assert!(
+                q.try_acquire(Operation::IssueToken, &format!("p{i}"), t0)
+                    .is_err(),
+                "a pause survives the change from unlimited to a rate"
+            );
+        }
         let q = ClientQuota::new(&QuotaConfig::default());
-        q.raise(&strict);
-        for i in 0..10 {
+        let after = t0 + Duration::from_secs(1);
+        for i in 0..3 {
             assert_eq!(
-                q.try_acquire(Operation::CreateUser, &format!("c{i}"), t0),
+                q.try_acquire(Operation::IssueToken, &format!("a{i}"), t0),
                 Ok(())
             );
         }
-        let q = ClientQuota::new(&strict);
-        q.raise(&QuotaConfig::default());
-        for i in 0..10 {
-            assert_eq!(
-                q.try_acquire(Operation::CreateUser, &format!("c{i}"), t0),
-                Ok(())
-            );
+        q.set(&QuotaConfig {
+            issue_token: Some(Rate::new(3, Duration::from_secs(10))),
+            ..QuotaConfig::default()
+        });
+        assert_eq!(q.limit_per_second(Operation::IssueToken), Some(0.3));
+        let next = q
+            .try_acquire(Operation::IssueToken, "b", after)
+            .unwrap_err();
+        assert!(
+            next >= t0 + Duration::from_secs(10),
+            "the three sent before the change fill the new window: {:?}",
+            next - t0
+        );
+        q.set(&QuotaConfig::unlimited());
+        assert_eq!(q.try_acquire(Operation::IssueToken, "b", after), Ok(()));
+    }
+
+    #[test]
+    fn callers_coming_back_late_never_overfill_a_window() {
+        // ACS's limit: 5 per second here. Every caller is told when to come back; some
+        // come back up to 0.8 s late (a busy controller queue), then bunch with punctual
+        // ones. The sends actually made must still never put more than 5 in any second.
+        let per = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut b = SlidingWindow::new(Rate::new(5, per), t0);
+        let mut sent = vec![];
+        let mut waiting: Vec<(Instant, String)> = vec![];
+        for i in 0..60u64 {
+            let caller = format!("c{i}");
+            match b.try_reserve(&caller, t0) {
+                Ok(()) => sent.push(t0),
+                Err(at) => waiting.push((at, caller)),
+            }
         }
+        let mut rounds = 0;
+        while !waiting.is_empty() {
+            rounds += 1;
+            assert!(rounds < 10_000, "callers never served");
+            waiting.sort();
+            let (at, caller) = waiting.remove(0);
+            let i: u64 = caller[1..].parse().unwrap();
+            // Late by 0..800 ms, differently for each caller and each return.
+            let late = ms((i * 7919 + rounds * 104_729) % 800);
+            let back = at
+                + if i.is_multiple_of(3) {
+                    late
+                } else {
+                    Duration::ZERO
+                };
+            match b.try_reserve(&caller, back) {
+                Ok(()) => sent.push(back),
+                Err(next) => {
+                    assert!(next >= at, "a turn never moves earlier");
+                    waiting.push((next, caller));
+                }
+            }
+        }
+        assert_eq!(sent.len(), 60);
+        sent.sort();
+        for (i, &t) in sent.iter().enumerate() {
+            let in_window = sent[i..].iter().filter(|&&u| u < t + per).count();
+            assert!(in_window <= 5, "{in_window} sends within 1 s of send {i}");
+        }
+        // And at about the rate: 55 waiting callers need 11 windows, plus lateness.
+        let span = *sent.last().unwrap() - t0;
+        assert!(span < Duration::from_secs(14), "{span:?}");
     }
 
     #[test]

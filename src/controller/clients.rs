@@ -4,7 +4,9 @@
 //!   services, namespaces or identities that point at it.
 //! - One budget (quota buckets, paused for everyone by a 429) per ACS resource, i.e. per
 //!   endpoint host and port, whatever key, api-version or service reaches it: a primary and
-//!   a secondary key, or two api-versions, must not get twice ACS's limit.
+//!   a secondary key, or two api-versions, must not get twice ACS's limit. The budget is
+//!   the most generous quota among the services that use the resource now, so a service
+//!   that lowers its quota lowers the budget at once.
 //! - A credential Secret is read and parsed once per resourceVersion, however many
 //!   identities use it; concurrent first readers wait for one GET.
 //! - Bounded whatever tenants create: clients and parsed credentials nobody used for
@@ -27,7 +29,7 @@ use crate::api::Quota;
 
 use super::credentials::{CredentialRef, SecretVersion};
 use super::entra::KubeAssertionSource;
-use super::resolver::{EntraRef, TokenSource};
+use super::resolver::{EntraRef, ServiceKey, TokenSource};
 use crate::acs::entra::EntraCredential;
 
 /// How long a credential read serves callers that know no version of the Secret yet
@@ -125,6 +127,8 @@ pub struct ClientCache {
     entra: Mutex<HashMap<EntraRef, Cached<Arc<EntraCredential>>>>,
     /// One budget per ACS resource (host and port), alive while a client uses it.
     budgets: Mutex<HashMap<String, Weak<ClientQuota>>>,
+    /// The quota each service last asked of its resource (the budget's inputs).
+    claims: Mutex<HashMap<ServiceKey, Cached<(String, QuotaConfig)>>>,
     swept: Mutex<Instant>,
 }
 
@@ -137,6 +141,7 @@ impl ClientCache {
             clients: Mutex::default(),
             entra: Mutex::default(),
             budgets: Mutex::default(),
+            claims: Mutex::default(),
             swept: Mutex::new(Instant::now()),
         }
     }
@@ -174,19 +179,69 @@ impl ClientCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, b| b.strong_count() > 0);
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| fresh(c.used));
     }
 
-    /// The budget of the resource at `host` (host and port), shared by every client of it;
-    /// raised to `config` where that is more generous.
+    /// Notes that `service` uses the resource at `host` with `config`. `None` when it
+    /// already did; else `Some` with the resource it used before, if it moved.
+    fn claim(
+        &self,
+        service: &ServiceKey,
+        host: &str,
+        config: &QuotaConfig,
+        now: Instant,
+    ) -> Option<Option<String>> {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = claims.get_mut(service)
+            && c.value.0 == host
+            && c.value.1 == *config
+        {
+            c.used = now;
+            return None;
+        }
+        let before = claims.insert(
+            service.clone(),
+            Cached {
+                value: (host.to_string(), config.clone()),
+                used: now,
+                read: now,
+            },
+        );
+        Some(before.map(|c| c.value.0).filter(|h| h != host))
+    }
+
+    /// The budget `host` gets: the most generous quota of the services using it.
+    fn claimed(&self, host: &str) -> Option<QuotaConfig> {
+        let claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        claims
+            .values()
+            .filter(|c| c.value.0 == host)
+            .map(|c| c.value.1.clone())
+            .reduce(|a, b| a.most_generous(&b))
+    }
+
+    /// The budget of the resource at `host` (host and port), shared by every client of it,
+    /// set to `config`.
     fn budget(&self, host: &str, config: &QuotaConfig) -> Arc<ClientQuota> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = budgets.get(host).and_then(Weak::upgrade) {
-            b.raise(config);
+            b.set(config);
             return b;
         }
         let b = Arc::new(ClientQuota::new(config));
         budgets.insert(host.to_string(), Arc::downgrade(&b));
         b
+    }
+
+    /// Sets the budget of `host` to `config` if a client holds it.
+    fn set_budget(&self, host: &str, config: &QuotaConfig) {
+        let budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = budgets.get(host).and_then(Weak::upgrade) {
+            b.set(config);
+        }
     }
 
     pub fn settings(&self) -> &ClientSettings {
@@ -290,15 +345,18 @@ impl ClientCache {
         }
     }
 
-    /// The shared client for this resource, key, api-version and quota.
+    /// The shared client for this resource, key, api-version and quota, as `service`
+    /// asks for it.
     pub fn client(
         &self,
+        service: &ServiceKey,
         connection: &ConnectionString,
         api_version: &str,
         quota: &Quota,
     ) -> Result<Arc<AcsClient>, String> {
         let key_sha256 = format!("{:x}", Sha256::digest(connection.key().bytes()));
         self.shared_client(
+            service,
             connection.endpoint(),
             key_sha256,
             api_version,
@@ -311,6 +369,7 @@ impl ClientCache {
     /// credential (one token for every client and identity that uses it).
     pub fn entra_client(
         &self,
+        service: &ServiceKey,
         kube: &Client,
         entra: &EntraRef,
         api_version: &str,
@@ -329,9 +388,14 @@ impl ClientCache {
         let id = format!("entra:{:?}", credential_key(entra));
         let key_sha256 = format!("{:x}", Sha256::digest(id.as_bytes()));
         let client = self
-            .shared_client(&endpoint, key_sha256, api_version, quota, |options| {
-                AcsClient::with_entra(&endpoint, credential.clone(), options)
-            })
+            .shared_client(
+                service,
+                &endpoint,
+                key_sha256,
+                api_version,
+                quota,
+                |options| AcsClient::with_entra(&endpoint, credential.clone(), options),
+            )
             .map_err(EntraClientError::Client)?;
         Ok((client.endpoint().to_string(), client, credential))
     }
@@ -413,9 +477,10 @@ impl ClientCache {
     }
 
     /// One client per (endpoint, credential digest, api-version, quota); one budget per
-    /// resource host whatever the credential kind.
+    /// resource host whatever the credential kind, set from every service's quota.
     fn shared_client(
         &self,
+        service: &ServiceKey,
         endpoint: &url::Url,
         key_sha256: String,
         api_version: &str,
@@ -423,6 +488,11 @@ impl ClientCache {
         build: impl FnOnce(AcsClientOptions) -> Result<AcsClient, crate::acs::AcsError>,
     ) -> Result<Arc<AcsClient>, String> {
         let quota_config = quota_config(quota)?;
+        let host = format!(
+            "{}://{}",
+            endpoint.scheme(),
+            host_with_port(endpoint).to_ascii_lowercase()
+        );
         let key = ClientKey {
             endpoint: endpoint.as_str().trim_end_matches('/').to_string(),
             key_sha256,
@@ -431,17 +501,24 @@ impl ClientCache {
         };
         let now = Instant::now();
         self.sweep(now);
+        let changed = self.claim(service, &host, &quota_config, now);
+        if let Some(Some(before)) = &changed
+            && let Some(budget) = self.claimed(before)
+        {
+            self.set_budget(before, &budget);
+        }
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get_mut(&key) {
             c.used = now;
+            if changed.is_some()
+                && let Some(budget) = self.claimed(&host)
+            {
+                self.set_budget(&host, &budget);
+            }
             return Ok(c.value.clone());
         }
-        let host = format!(
-            "{}://{}",
-            endpoint.scheme(),
-            host_with_port(endpoint).to_ascii_lowercase()
-        );
-        let options = self.options(quota, api_version, Some(self.budget(&host, &quota_config)))?;
+        let budget = self.budget(&host, &self.claimed(&host).unwrap_or(quota_config));
+        let options = self.options(quota, api_version, Some(budget))?;
         let client = Arc::new(build(options).map_err(|e| e.to_string())?);
         if clients.len() >= MAX_CLIENTS
             && let Some(oldest) = clients
@@ -557,7 +634,16 @@ pub fn quota_config(q: &Quota) -> Result<QuotaConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ServiceKind;
     use k8s_openapi::ByteString;
+
+    fn svc(name: &str) -> ServiceKey {
+        ServiceKey {
+            kind: ServiceKind::CommunicationService,
+            namespace: Some("team".into()),
+            name: name.into(),
+        }
+    }
 
     fn secret(key: &str, value: &str) -> Secret {
         Secret {
@@ -594,11 +680,11 @@ mod tests {
         let a = ConnectionString::parse("endpoint=https://a.example/;accesskey=c2VjcmV0").unwrap();
         let b = ConnectionString::parse("endpoint=https://b.example/;accesskey=c2VjcmV0").unwrap();
         let q = Quota::default();
-        let first = cache.client(&a, "2023-10-01", &q).unwrap();
-        let again = cache.client(&a, "2023-10-01", &q).unwrap();
+        let first = cache.client(&svc("s"), &a, "2023-10-01", &q).unwrap();
+        let again = cache.client(&svc("s"), &a, "2023-10-01", &q).unwrap();
         assert!(Arc::ptr_eq(&first, &again));
-        cache.client(&b, "2023-10-01", &q).unwrap();
-        cache.client(&a, "2025-06-30", &q).unwrap();
+        cache.client(&svc("s"), &b, "2023-10-01", &q).unwrap();
+        cache.client(&svc("s"), &a, "2025-06-30", &q).unwrap();
         assert_eq!(cache.client_count(), 3);
         assert_eq!(cache.budget_count(), 2, "a and b");
     }
@@ -616,9 +702,11 @@ mod tests {
             ..Quota::default()
         };
         let clients = [
-            cache.client(&primary, "2023-10-01", &q).unwrap(),
-            cache.client(&secondary, "2023-10-01", &q).unwrap(),
-            cache.client(&primary, "2025-06-30", &q).unwrap(),
+            cache.client(&svc("s"), &primary, "2023-10-01", &q).unwrap(),
+            cache
+                .client(&svc("s"), &secondary, "2023-10-01", &q)
+                .unwrap(),
+            cache.client(&svc("s"), &primary, "2025-06-30", &q).unwrap(),
         ];
         assert_eq!(cache.client_count(), 3);
         assert_eq!(cache.budget_count(), 1);
@@ -635,6 +723,83 @@ mod tests {
         assert_eq!(
             granted, 2,
             "two creates per hour on the resource, not per client"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_lowering_its_quota_lowers_the_resource_budget_at_once() {
+        let cache = ClientCache::new(ClientSettings::default());
+        let cs = ConnectionString::parse("endpoint=https://a.example/;accesskey=c2VjcmV0").unwrap();
+        let per_hour = |issues: u32| Quota {
+            issues,
+            window: "1h".into(),
+            ..Quota::default()
+        };
+        let op = crate::acs::Operation::IssueToken;
+        let limit = |c: &AcsClient| c.quota().limit_per_second(op).unwrap() * 3600.0;
+        let old = cache
+            .client(&svc("a"), &cs, "2023-10-01", &per_hour(1000))
+            .unwrap();
+        let new = cache
+            .client(&svc("a"), &cs, "2023-10-01", &per_hour(10))
+            .unwrap();
+        assert!(
+            (limit(&old) - 10.0).abs() < 1e-6 && (limit(&new) - 10.0).abs() < 1e-6,
+            "the older client still cached shares the lowered budget: {} {}",
+            limit(&old),
+            limit(&new)
+        );
+        // A second service on the same resource keeps its more generous quota for both.
+        cache
+            .client(&svc("b"), &cs, "2023-10-01", &per_hour(100))
+            .unwrap();
+        assert!((limit(&new) - 100.0).abs() < 1e-6, "{}", limit(&new));
+        // b moves to another resource: a's own quota applies again here.
+        let other =
+            ConnectionString::parse("endpoint=https://b.example/;accesskey=c2VjcmV0").unwrap();
+        cache
+            .client(&svc("b"), &other, "2023-10-01", &per_hour(100))
+            .unwrap();
+        assert!((limit(&new) - 10.0).abs() < 1e-6, "{}", limit(&new));
+        assert_eq!(cache.budget_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_entra_and_a_key_client_of_one_resource_share_its_budget() {
+        let cache = ClientCache::new(ClientSettings::default());
+        // Never contacted: building a client sends nothing.
+        let kube =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let cs = ConnectionString::parse("endpoint=https://a.example/;accesskey=c2VjcmV0").unwrap();
+        let entra = EntraRef {
+            endpoint: "https://A.example:443/".into(),
+            client_id: Some("c".into()),
+            tenant_id: Some("t".into()),
+            authority_host: None,
+            source: TokenSource::Ambient,
+        };
+        let q = Quota {
+            creates: 2,
+            window: "1h".into(),
+            ..Quota::default()
+        };
+        let by_key = cache.client(&svc("key"), &cs, "2023-10-01", &q).unwrap();
+        let (_, by_entra, _) = cache
+            .entra_client(&svc("entra"), &kube, &entra, "2023-10-01", &q)
+            .unwrap();
+        assert_eq!(cache.client_count(), 2);
+        assert_eq!(cache.budget_count(), 1, "one resource, one budget");
+        let now = std::time::Instant::now();
+        let op = crate::acs::Operation::CreateUser;
+        let granted = (0..4)
+            .filter(|i| {
+                let c = if i % 2 == 0 { &by_key } else { &by_entra };
+                c.quota().try_acquire(op, &format!("id-{i}"), now).is_ok()
+            })
+            .count();
+        assert_eq!(
+            granted, 2,
+            "two creates per hour on the resource, not per credential kind"
         );
     }
 
@@ -659,6 +824,6 @@ mod tests {
             window: "5124095576030431h".into(),
             ..Quota::default()
         };
-        assert!(cache.client(&cs, "2023-10-01", &q).is_err());
+        assert!(cache.client(&svc("s"), &cs, "2023-10-01", &q).is_err());
     }
 }
