@@ -392,9 +392,64 @@ async fn every_refusal_has_its_reason() {
     );
 
     // The tenant opts in (one Role for the namespace's ServiceAccounts): the service heals.
-    w.apply(&token_request_grant(&ns, &["acs-client", "other"]));
+    w.apply(&token_request_grant(
+        &ns,
+        &["acs-client", "other", "missing", "bare", "late"],
+    ));
     w.touch("no-grant").await;
     w.service_reason_is("no-grant", reasons::ENTRA_TOKEN_ACQUIRED)
+        .await;
+
+    // A ServiceAccount that does not exist; one without the Workload Identity annotations
+    // while neither the spec nor the operator's environment has the ids.
+    w.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: bare, namespace: {ns}}}\n"
+    ));
+    w.service(
+        "missing-sa",
+        json!({"serviceAccountRef": {"name": "missing"}}),
+    )
+    .await;
+    w.service("no-ids", json!({"serviceAccountRef": {"name": "bare"}}))
+        .await;
+    let msg = w
+        .service_reason_is("missing-sa", reasons::SERVICE_ACCOUNT_NOT_FOUND)
+        .await;
+    assert!(msg.contains("`missing`"), "{msg}");
+    let msg = w
+        .service_reason_is("no-ids", reasons::ENTRA_CONFIG_INCOMPLETE)
+        .await;
+    assert!(
+        msg.contains("no client id") && msg.contains("azure.workload.identity/client-id"),
+        "{msg}"
+    );
+
+    // A federated credential still propagating: AADSTS70021 is reported, then the service
+    // heals by itself (retried with backoff; nobody touches it).
+    w.post(
+        "/admin/entra/applications",
+        json!({"clientId": "client-p", "objectId": "oid-client-p", "propagationFailures": 1,
+               "federatedCredentials": [{"name": "fic", "issuer": ISSUER,
+                 "subject": format!("system:serviceaccount:{ns}:late"),
+                 "audiences": ["api://AzureADTokenExchange"]}]}),
+    )
+    .await;
+    w.post(
+        "/admin/entra/roleAssignments",
+        json!({"principalId": "oid-client-p", "role": "Contributor"}),
+    )
+    .await;
+    w.apply(&World::tenant_manifest(&ns, "late", "client-p", false));
+    w.service(
+        "propagating",
+        json!({"serviceAccountRef": {"name": "late"}}),
+    )
+    .await;
+    let msg = w
+        .service_reason_is("propagating", reasons::FEDERATION_FAILED)
+        .await;
+    assert!(msg.contains("AADSTS70021"), "{msg}");
+    w.service_reason_is("propagating", reasons::ENTRA_TOKEN_ACQUIRED)
         .await;
 
     // An identity of a service whose federation fails is not Ready, with the reason.

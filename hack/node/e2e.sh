@@ -320,6 +320,15 @@ secrets=$(kubectl -n team-c get secrets -o jsonpath='{range .items[*]}{.metadata
 ns_secrets=$(kubectl -n "$ns" get secrets -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | grep -v '^sh\.helm\.release\.' || true)
 [[ -z $ns_secrets ]] || fail "the operator's namespace holds Secrets besides helm's release records: $ns_secrets"
 ok "ambient: helm upgrade with workloadIdentity.projectToken (no webhook), ClusterCommunicationService with entraId {} (method Ambient, Entra token until $auth_expiry) and identity Ready ${ambient_ready}s after the upgrade began; Entra tokens to the operator's client: $ambient_entra; no access key Secret"
+# No token (Entra and ACS tokens are JWTs: "eyJ..."), client assertion or access key in the
+# log of either operator pod, at info level, after both keyless modes ran.
+oplog=$(kubectl -n "$ns" logs -l "$selector" --all-containers --tail=-1 2>&1) || fail "reading the operator pods' logs"
+key=${conn##*accesskey=}
+for pattern in eyJ client_assertion= "${key%%;*}"; do
+  [[ -n $pattern ]] || continue
+  if grep -qF -- "$pattern" <<<"$oplog"; then fail "secret material (${pattern:0:6}...) in the operator's log"; fi
+done
+ok "no token, client assertion or access key in the operator pods' logs ($(wc -l <<<"$oplog") lines)"
 
 # --- the example workload sees a renewal ----------------------------------------------
 jp() { kubectl -n team-a get "$1" -o jsonpath="$2"; }

@@ -39,6 +39,9 @@ pub const MAX_ACCESS_TOKEN_BYTES: usize = 16 * 1024;
 /// Failures are retried no sooner than this, and no later than [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_secs(2);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The longest wait after a failure before Entra was asked (a forbidden TokenRequest, a
+/// missing ServiceAccount or id): below the services' 30 s re-check.
+pub const SOURCE_RETRY_MAX: Duration = Duration::from_secs(20);
 /// AADSTS70021: no federated identity credential matches the assertion (often: a new
 /// one has not propagated yet, which takes minutes).
 pub const AADSTS_NO_MATCHING_FEDERATION: &str = "AADSTS70021";
@@ -506,7 +509,13 @@ impl EntraCredential {
             }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
-                let wait = backoff(st.failures, e.retry_after());
+                let wait = match &e {
+                    // Nothing reached Entra (the ServiceAccount token, the ids): the fix
+                    // is a person's Role or annotation, and shows at the services' next
+                    // check instead of after a backoff grown for an authority.
+                    EntraError::Source(_) => backoff(st.failures, None).min(SOURCE_RETRY_MAX),
+                    _ => backoff(st.failures, e.retry_after()),
+                };
                 let until = Timestamp::now()
                     .saturating_add(SignedDuration::try_from(wait).unwrap_or_default())
                     .unwrap_or(now);

@@ -151,6 +151,12 @@ pub enum ResolveError {
          unless the operator runs with --namespaced-service-ambient-credentials"
     )]
     AmbientNotAllowed { service: ServiceKey },
+    #[error(
+        "{service} has spec.entraId.authorityHost without serviceAccountRef: in ambient mode the operator's own \
+         token goes only to the operator's authority (its AZURE_AUTHORITY_HOST); remove authorityHost, or name a \
+         ServiceAccount of the namespace in spec.entraId.serviceAccountRef"
+    )]
+    AmbientAuthorityNotAllowed { service: ServiceKey },
     /// Getting an Entra ID token failed; `reason` is the condition reason.
     #[error("{service}: {message}")]
     Entra {
@@ -184,7 +190,10 @@ impl ResolveError {
             ResolveError::ServiceAccountNamespaceNotAllowed { .. } => {
                 reasons::SERVICE_ACCOUNT_NAMESPACE_NOT_ALLOWED
             }
-            ResolveError::AmbientNotAllowed { .. } => reasons::AMBIENT_CREDENTIALS_NOT_ALLOWED,
+            ResolveError::AmbientNotAllowed { .. }
+            | ResolveError::AmbientAuthorityNotAllowed { .. } => {
+                reasons::AMBIENT_CREDENTIALS_NOT_ALLOWED
+            }
             ResolveError::Entra { reason, .. } => reason,
             ResolveError::Invalid { .. } | ResolveError::BadClient { .. } => {
                 reasons::CONNECTION_STRING_INVALID
@@ -215,6 +224,7 @@ impl ResolveError {
                 | ResolveError::InsecureEndpoint { .. }
                 | ResolveError::ServiceAccountNamespaceNotAllowed { .. }
                 | ResolveError::AmbientNotAllowed { .. }
+                | ResolveError::AmbientAuthorityNotAllowed { .. }
         )
     }
 }
@@ -262,6 +272,13 @@ pub fn namespaced_entra(
             namespace: namespace.to_string(),
             name: sa.name.clone(),
         },
+        // A tenant must never choose where the operator's own token is sent: it would
+        // get a token that impersonates the operator at the real authority.
+        None if allow_ambient && entra.authority_host.is_some() => {
+            return Err(ResolveError::AmbientAuthorityNotAllowed {
+                service: key.clone(),
+            });
+        }
         None if allow_ambient => TokenSource::Ambient,
         None => {
             return Err(ResolveError::AmbientNotAllowed {
@@ -466,7 +483,7 @@ pub async fn client_for(
         reason: e.to_string(),
     })?;
     let client = clients
-        .client(&connection, api_version, quota)
+        .client(key, &connection, api_version, quota)
         .map_err(|reason| ResolveError::BadClient {
             service: key.clone(),
             reason,
@@ -540,7 +557,7 @@ pub async fn entra_client_for(
     quota: &Quota,
 ) -> Result<(String, Arc<AcsClient>), ResolveError> {
     let (endpoint, client, credential) = clients
-        .entra_client(kube, entra, api_version, quota)
+        .entra_client(key, kube, entra, api_version, quota)
         .map_err(|e| match e {
             super::clients::EntraClientError::Endpoint(reason) => ResolveError::InsecureEndpoint {
                 service: key.clone(),
@@ -698,6 +715,21 @@ mod tests {
         );
         let r = namespaced_entra(&ns_key, "team-a", ep, &EntraId::default(), true).unwrap();
         assert_eq!(r.source, TokenSource::Ambient);
+        // Even with the flag, a tenant never picks where the operator's token goes.
+        let elsewhere = EntraId {
+            authority_host: Some("https://attacker.example".into()),
+            ..EntraId::default()
+        };
+        let e = namespaced_entra(&ns_key, "team-a", ep, &elsewhere, true).unwrap_err();
+        assert_eq!(e.reason(), reasons::AMBIENT_CREDENTIALS_NOT_ALLOWED);
+        assert!(e.forbids_use() && !e.is_transient());
+        assert!(e.to_string().contains("authorityHost"), "{e}");
+        let own = EntraId {
+            authority_host: Some("https://login.example".into()),
+            ..sa("acs-client")
+        };
+        let r = namespaced_entra(&ns_key, "team-a", ep, &own, true).unwrap();
+        assert_eq!(r.authority_host.as_deref(), Some("https://login.example"));
         // Cluster: the cluster resource namespace only; ambient allowed.
         let cl = |ns: &str| ClusterEntraId {
             service_account_ref: Some(NamespacedServiceAccountRef {

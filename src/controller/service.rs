@@ -313,6 +313,11 @@ fn clone_refusal(e: &ResolveError) -> ResolveError {
         ResolveError::AmbientNotAllowed { service } => ResolveError::AmbientNotAllowed {
             service: service.clone(),
         },
+        ResolveError::AmbientAuthorityNotAllowed { service } => {
+            ResolveError::AmbientAuthorityNotAllowed {
+                service: service.clone(),
+            }
+        }
         other => ResolveError::BadClient {
             service: match other {
                 ResolveError::BadClient { service, .. } => service.clone(),
