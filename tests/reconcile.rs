@@ -1090,6 +1090,25 @@ async fn tokens_shorter_than_the_floor_are_never_ready_and_stall() {
         "Ready=True on a token that lives 0.86 s"
     );
     assert!(saw_stalled.into_inner(), "Stalled=True TokenTooShortLived");
+    // Issue 16 item 8: the failed passes set the ready gauge too (the alert reads it).
+    let ns = w.ns().to_string();
+    let text = w.metrics.encode();
+    let series = |condition: &str| {
+        text.lines().find(|l| {
+            l.starts_with("acs_operator_identity_ready_status{")
+                && l.contains(&format!("namespace=\"{ns}\""))
+                && l.contains("name=\"app\"")
+                && l.contains(&format!("condition=\"{condition}\""))
+        })
+    };
+    assert!(
+        series("False").is_some_and(|l| l.ends_with(" 1"))
+            && series("True").is_some_and(|l| l.ends_with(" 0")),
+        "ready gauge of a never-Ready identity: {:?} {:?} in\n{}",
+        series("False"),
+        series("True"),
+        text
+    );
 }
 
 /// Issue 16 item 7: a scope change that waits for the token floor is not reported as

@@ -217,9 +217,12 @@ fn wire(
         // An identity gone from the cluster loses its series, also when it went without
         // our cleanup (finalizer removed by hand).
         let forget = metrics.clone();
+        // Lists are consistent reads (not `any_semantic`): a new leader's or a restarted
+        // process's first list has no memory of our writes to check it against, so it
+        // must not come from a lagging watch cache.
         let (id_store, id_stream) = reflected_with(
             api_for::<CommunicationIdentity>(client, ns),
-            watcher::Config::default().any_semantic(),
+            watcher::Config::default(),
             slim::<CommunicationIdentity>,
             move |id: &CommunicationIdentity| {
                 forget.forget_identity(&id.namespace().unwrap_or_default(), &id.name_any());

@@ -6,18 +6,21 @@
 
 use jiff::Timestamp;
 use kube::ResourceExt;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::CommunicationIdentity;
 use crate::api::CommunicationIdentityStatus;
-use crate::api::conditions::types;
+use crate::api::conditions::{reasons, types};
 use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::events::EventType;
 use crate::controller::resolver::ResolvedService;
 use crate::controller::secret::TokenSecret;
 use crate::controller::shares::ShareGuard;
+use crate::controller::status::set_condition;
 
+use super::cleanup::{CleanupPlan, Failed, after_failure, force_command};
 use super::decide::{self, Facts, Issued, Plan, TokenPlan, UserPlan, rfc3339};
 use super::steps::{SecretWrite, StepError, acs_scopes, publish, write_secret, write_status};
 use super::{RecordGuard, must_record};
@@ -372,4 +375,256 @@ pub(super) fn update_metrics(
     }
     ctx.metrics
         .set_renewal_time(ns, name, st.renewal_time.as_ref().map(|t| t.0.as_second()));
+}
+
+/// Carries out a cleanup plan (see [`super::cleanup::decide_cleanup`]): the ACS call that
+/// deletes the user or revokes its tokens (a user found by its custom id is recorded in
+/// status before it is deleted), the events, and the bounded release when it cannot
+/// finish. `endpoint`: the resource the client reaches.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn clean_up(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    status: &CommunicationIdentityStatus,
+    plan: &CleanupPlan,
+    client: Option<std::sync::Arc<crate::acs::AcsClient>>,
+    endpoint: Option<String>,
+    share: Option<ShareGuard>,
+    (terminating, terminating_for): (bool, Option<std::time::Duration>),
+) -> Result<Action, Error> {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let blocked = Blocked {
+        ctx,
+        obj,
+        status,
+        user: status.user_id.as_deref(),
+        terminating,
+        terminating_for,
+    };
+    let done = match (plan, client) {
+        (CleanupPlan::Done, _) => None,
+        (CleanupPlan::Untouched(note), _) => {
+            tracing::info!(namespace = %ns, name = %name, "{note}");
+            None
+        }
+        (CleanupPlan::Abandon(msg), _) => {
+            blocked.release(msg).await;
+            None
+        }
+        (CleanupPlan::Stuck(reason, msg), _) => {
+            return blocked.fail(reason, msg).await;
+        }
+        (CleanupPlan::Delete(user), Some(c)) => {
+            Some((user.clone(), c.delete_user(user).await, true))
+        }
+        (CleanupPlan::Revoke(user), Some(c)) => {
+            Some((user.clone(), c.revoke_tokens(user).await, false))
+        }
+        (CleanupPlan::FindAndDelete(custom_id), Some(c)) => {
+            let found = match c.create_user(None, None, Some(custom_id)).await {
+                Err(e) if e.is_quota_wait() => {
+                    return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
+                }
+                Ok(found) => found,
+                Err(source) => {
+                    traced_cleanup_failure(obj, &source);
+                    let err = StepError::DeleteUser {
+                        user: format!("with custom id {custom_id}"),
+                        source,
+                    };
+                    drop(share);
+                    let who = format!("with custom id {custom_id}");
+                    let blocked = Blocked {
+                        user: Some(&who),
+                        ..blocked
+                    };
+                    return blocked
+                        .fail(reasons::CLEANUP_FAILED, &err.to_string())
+                        .await;
+                }
+            };
+            let user = found.user.id;
+            // Recorded before the delete: a cleanup interrupted after it deletes by id
+            // (404 is done) instead of "finding" with the custom id again, which would
+            // create a new user once the first is gone.
+            let mut st = status.clone();
+            st.user_id = Some(user.clone());
+            st.user_endpoint = endpoint;
+            if let Err(e) = write_status(ctx, obj, status, &st).await {
+                let err = StepError::RecordUser {
+                    user: user.clone(),
+                    source: e,
+                };
+                // Someone wrote the identity since it was read: look again at once.
+                if let StepError::RecordUser { source, .. } = &err
+                    && crate::controller::status::precondition_failed(source)
+                {
+                    return Err(Error::Step(err));
+                }
+                // Never deleted unrecorded; reported, and bounded like any failed step (a
+                // status write denied for good must not keep the namespace Terminating).
+                drop(share);
+                let blocked = Blocked {
+                    user: Some(&user),
+                    ..blocked
+                };
+                return blocked.fail(err.reason(), &err.to_string()).await;
+            }
+            let r = c.delete_user(&user).await;
+            Some((user, r, true))
+        }
+        (_, None) => {
+            return Err(Error::CleanupBlocked(
+                "no service to reach the ACS user".into(),
+            ));
+        }
+    };
+    drop(share);
+    if let Some((user, result, deleted)) = done {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            // Nothing was sent; the finalizer stays until the turn comes.
+            Err(e) if e.is_quota_wait() => {
+                return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
+            }
+            Err(source) => {
+                traced_cleanup_failure(obj, &source);
+                let err = StepError::DeleteUser { user, source };
+                return blocked
+                    .fail(reasons::CLEANUP_FAILED, &err.to_string())
+                    .await;
+            }
+        }
+        let (reason, note) = if deleted {
+            (
+                "UserDeleted",
+                format!("Deleted ACS user {user} (deletionPolicy Delete)"),
+            )
+        } else {
+            (
+                "TokensRevoked",
+                format!(
+                    "Revoked the tokens of ACS user {user} and kept the user (deletionPolicy Retain)"
+                ),
+            )
+        };
+        publish(ctx, obj, EventType::Normal, reason, "Cleanup", &note).await;
+        tracing::info!(namespace = %ns, name = %name, user = %user, "identity cleaned up");
+    }
+    forget(ctx, obj);
+    Ok(Action::await_change())
+}
+
+/// A failed cleanup request, with the ids Azure support traces it by (the condition and
+/// the event keep a message that does not change with every attempt).
+fn traced_cleanup_failure(obj: &CommunicationIdentity, e: &crate::acs::AcsError) {
+    tracing::warn!(
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        error = %e,
+        client_request_id = e.client_request_id().unwrap_or(""),
+        ms_cv = e.ms_cv().unwrap_or(""),
+        "ACS cleanup request failed"
+    );
+}
+
+pub(super) fn forget(ctx: &Context, obj: &CommunicationIdentity) {
+    let oref = ObjectRef::from_obj(obj);
+    ctx.resolver.credentials.forget(&oref);
+    ctx.memory.forget(&oref);
+    ctx.metrics
+        .forget_identity(&obj.namespace().unwrap_or_default(), &obj.name_any());
+}
+
+/// A cleanup that cannot finish: reported (condition `CleanupFailed` with the command to
+/// force removal, a Warning event when new), and in a terminating namespace released once
+/// the bound has passed.
+struct Blocked<'a> {
+    ctx: &'a Context,
+    obj: &'a CommunicationIdentity,
+    status: &'a crate::api::CommunicationIdentityStatus,
+    user: Option<&'a str>,
+    terminating: bool,
+    terminating_for: Option<std::time::Duration>,
+}
+
+impl Blocked<'_> {
+    async fn fail(&self, reason: &str, problem: &str) -> Result<Action, Error> {
+        let (ctx, obj) = (self.ctx, self.obj);
+        let bound = ctx.abandon_cleanup_after;
+        match after_failure(self.terminating, self.terminating_for, bound) {
+            Failed::Release => {
+                let msg = format!(
+                    "{problem}; the namespace has been terminating for {} or more (--abandon-cleanup-after), \
+                     so the finalizer is released and ACS user {} is left in ACS",
+                    crate::api::duration::format_duration(bound),
+                    self.user.unwrap_or("(unknown)")
+                );
+                self.release(&msg).await;
+                forget(ctx, obj);
+                Ok(Action::await_change())
+            }
+            Failed::Retry { within } => {
+                let force = force_command(&obj.name_any(), &obj.namespace().unwrap_or_default());
+                let msg = if problem.contains("finalizers\":null") {
+                    problem.to_string()
+                } else {
+                    match within {
+                        Some(left) => format!(
+                            "{problem}. The namespace is being deleted: the finalizer is released in {} \
+                             (--abandon-cleanup-after), or {force}",
+                            crate::api::duration::format_duration(left)
+                        ),
+                        None => {
+                            format!("{problem}. Fix the service or its credentials, or {force}")
+                        }
+                    }
+                };
+                let mut st = self.status.clone();
+                set_condition(
+                    &mut st.conditions,
+                    types::READY,
+                    false,
+                    reason,
+                    &msg,
+                    obj.metadata.generation,
+                    ctx.clock.now(),
+                );
+                let new =
+                    crate::controller::status::condition(&self.status.conditions, types::READY)
+                        .is_none_or(|c| c.reason != reason || c.status != "False");
+                if let Err(e) = write_status(ctx, obj, self.status, &st).await {
+                    tracing::warn!(error = %e, "writing cleanup status failed");
+                }
+                if new {
+                    publish(ctx, obj, EventType::Warning, reason, "Cleanup", &msg).await;
+                }
+                Err(match within {
+                    Some(left) => Error::CleanupAbandonsIn(msg, left),
+                    None => Error::CleanupBlocked(msg),
+                })
+            }
+        }
+    }
+
+    /// Releases the finalizer, leaving the user: the log line is the record that outlives
+    /// the namespace (the event goes with it).
+    async fn release(&self, msg: &str) {
+        tracing::warn!(
+            namespace = %self.obj.namespace().unwrap_or_default(),
+            name = %self.obj.name_any(),
+            user = self.user.unwrap_or("(unknown)"),
+            "namespace is being deleted and cleanup cannot finish: finalizer released, ACS user left behind"
+        );
+        publish(
+            self.ctx,
+            self.obj,
+            EventType::Warning,
+            reasons::CLEANUP_FAILED,
+            "Cleanup",
+            msg,
+        )
+        .await;
+    }
 }

@@ -1,23 +1,22 @@
 //! Deletion of an identity: what to do with its ACS user, decided (purely) from the status
-//! we last wrote rather than the cached object, then done before the finalizer goes.
+//! we last wrote rather than the cached object, then done (by [`super::act::clean_up`])
+//! before the finalizer goes.
 
 use std::sync::Arc;
 
-use crate::controller::events::EventType;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::api::conditions::{reasons, types};
+use crate::api::conditions::reasons;
 use crate::api::{CommunicationIdentity, DeletionPolicy};
 use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::resolver::ResolvedService;
-use crate::controller::status::set_condition;
 
+use super::act;
 use super::decide::{ServiceFacts, custom_id_for};
-use super::gather::{current_status, service_facts};
-use super::steps::{StepError, publish, write_status};
+use super::gather::{current_status, recorded_user, service_facts};
 
 #[derive(Debug, Clone)]
 pub struct CleanupFacts<'a> {
@@ -132,8 +131,9 @@ pub fn decide_cleanup(f: &CleanupFacts<'_>) -> CleanupPlan {
                 "{msg}; the namespace is being deleted, so the user is left in ACS"
             ))
         } else {
+            // Every cleanup that cannot go on says so with one reason and the command.
             CleanupPlan::Stuck(
-                reasons::SERVICE_CHANGED,
+                reasons::CLEANUP_FAILED,
                 format!("{msg}. Point the service back at {home}, or {force}"),
             )
         };
@@ -226,229 +226,17 @@ pub async fn cleanup(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<A
     let client = resolved
         .as_ref()
         .map(|s| std::sync::Arc::new(s.client.for_caller(&uid)));
-    let blocked = Blocked {
+    act::clean_up(
         ctx,
-        obj: &obj,
-        status: &status,
-        user: status.user_id.as_deref(),
-        terminating,
-        terminating_for,
-    };
-    let done = match (&plan, client) {
-        (CleanupPlan::Done, _) => None,
-        (CleanupPlan::Untouched(note), _) => {
-            tracing::info!(namespace = %ns, name = %name, "{note}");
-            None
-        }
-        (CleanupPlan::Abandon(msg), _) => {
-            blocked.release(msg).await;
-            None
-        }
-        (CleanupPlan::Stuck(reason, msg), _) => {
-            return blocked.fail(reason, msg).await;
-        }
-        (CleanupPlan::Delete(user), Some(c)) => {
-            Some((user.clone(), c.delete_user(user).await, true))
-        }
-        (CleanupPlan::Revoke(user), Some(c)) => {
-            Some((user.clone(), c.revoke_tokens(user).await, false))
-        }
-        (CleanupPlan::FindAndDelete(custom_id), Some(c)) => {
-            let found = match c.create_user(None, None, Some(custom_id)).await {
-                Err(e) if e.is_quota_wait() => {
-                    return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
-                }
-                Ok(found) => found,
-                Err(source) => {
-                    let err = StepError::DeleteUser {
-                        user: format!("with custom id {custom_id}"),
-                        source,
-                    };
-                    drop(share);
-                    let who = format!("with custom id {custom_id}");
-                    let blocked = Blocked {
-                        user: Some(&who),
-                        ..blocked
-                    };
-                    return blocked
-                        .fail(reasons::CLEANUP_FAILED, &err.to_string())
-                        .await;
-                }
-            };
-            let user = found.user.id;
-            // Recorded before the delete: a cleanup interrupted after it deletes by id
-            // (404 is done) instead of "finding" with the custom id again, which would
-            // create a new user once the first is gone.
-            let mut st = status.clone();
-            st.user_id = Some(user.clone());
-            st.user_endpoint = resolved.as_ref().map(|s| s.endpoint.clone());
-            write_status(ctx, &obj, &status, &st).await.map_err(|e| {
-                Error::Step(StepError::RecordUser {
-                    user: user.clone(),
-                    source: e,
-                })
-            })?;
-            let r = c.delete_user(&user).await;
-            Some((user, r, true))
-        }
-        (_, None) => {
-            return Err(Error::CleanupBlocked(
-                "no service to reach the ACS user".into(),
-            ));
-        }
-    };
-    drop(share);
-    if let Some((user, result, deleted)) = done {
-        match result {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            // Nothing was sent; the finalizer stays until the turn comes.
-            Err(e) if e.is_quota_wait() => {
-                return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
-            }
-            Err(source) => {
-                let err = StepError::DeleteUser { user, source };
-                return blocked
-                    .fail(reasons::CLEANUP_FAILED, &err.to_string())
-                    .await;
-            }
-        }
-        let (reason, note) = if deleted {
-            (
-                "UserDeleted",
-                format!("Deleted ACS user {user} (deletionPolicy Delete)"),
-            )
-        } else {
-            (
-                "TokensRevoked",
-                format!(
-                    "Revoked the tokens of ACS user {user} and kept the user (deletionPolicy Retain)"
-                ),
-            )
-        };
-        publish(ctx, &obj, EventType::Normal, reason, "Cleanup", &note).await;
-        tracing::info!(namespace = %ns, name = %name, user = %user, "identity cleaned up");
-    }
-    forget(ctx, &obj);
-    Ok(Action::await_change())
-}
-
-fn forget(ctx: &Context, obj: &CommunicationIdentity) {
-    let oref = ObjectRef::from_obj(obj);
-    ctx.resolver.credentials.forget(&oref);
-    ctx.memory.forget(&oref);
-    ctx.metrics
-        .forget_identity(&obj.namespace().unwrap_or_default(), &obj.name_any());
-}
-
-/// The user the token Secret records, if it can be read.
-async fn recorded_user(
-    ctx: &Context,
-    obj: &CommunicationIdentity,
-) -> Option<crate::controller::secret::RecordedUser> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let name = obj
-        .effective_secret_name()
-        .unwrap_or(&obj.name_any())
-        .to_string();
-    let secret = api.get_opt(&name).await.ok().flatten()?;
-    if !crate::controller::secret::owned_by(&secret.metadata, &obj.uid().unwrap_or_default()) {
-        return None;
-    }
-    crate::controller::secret::recorded_user(&secret)
-}
-
-/// A cleanup that cannot finish: reported (condition `CleanupFailed` with the command to
-/// force removal, a Warning event when new), and in a terminating namespace released once
-/// the bound has passed.
-struct Blocked<'a> {
-    ctx: &'a Context,
-    obj: &'a CommunicationIdentity,
-    status: &'a crate::api::CommunicationIdentityStatus,
-    user: Option<&'a str>,
-    terminating: bool,
-    terminating_for: Option<std::time::Duration>,
-}
-
-impl Blocked<'_> {
-    async fn fail(&self, reason: &str, problem: &str) -> Result<Action, Error> {
-        let (ctx, obj) = (self.ctx, self.obj);
-        let bound = ctx.abandon_cleanup_after;
-        match after_failure(self.terminating, self.terminating_for, bound) {
-            Failed::Release => {
-                let msg = format!(
-                    "{problem}; the namespace has been terminating for {} or more (--abandon-cleanup-after), \
-                     so the finalizer is released and ACS user {} is left in ACS",
-                    crate::api::duration::format_duration(bound),
-                    self.user.unwrap_or("(unknown)")
-                );
-                self.release(&msg).await;
-                forget(ctx, obj);
-                Ok(Action::await_change())
-            }
-            Failed::Retry { within } => {
-                let force = force_command(&obj.name_any(), &obj.namespace().unwrap_or_default());
-                let msg = if problem.contains("finalizers\":null") {
-                    problem.to_string()
-                } else {
-                    match within {
-                        Some(left) => format!(
-                            "{problem}. The namespace is being deleted: the finalizer is released in {} \
-                             (--abandon-cleanup-after), or {force}",
-                            crate::api::duration::format_duration(left)
-                        ),
-                        None => {
-                            format!("{problem}. Fix the service or its credentials, or {force}")
-                        }
-                    }
-                };
-                let mut st = self.status.clone();
-                set_condition(
-                    &mut st.conditions,
-                    types::READY,
-                    false,
-                    reason,
-                    &msg,
-                    obj.metadata.generation,
-                    ctx.clock.now(),
-                );
-                let new =
-                    crate::controller::status::condition(&self.status.conditions, types::READY)
-                        .is_none_or(|c| c.reason != reason || c.status != "False");
-                if let Err(e) = write_status(ctx, obj, self.status, &st).await {
-                    tracing::warn!(error = %e, "writing cleanup status failed");
-                }
-                if new {
-                    publish(ctx, obj, EventType::Warning, reason, "Cleanup", &msg).await;
-                }
-                Err(match within {
-                    Some(left) => Error::CleanupAbandonsIn(msg, left),
-                    None => Error::CleanupBlocked(msg),
-                })
-            }
-        }
-    }
-
-    /// Releases the finalizer, leaving the user: the log line is the record that outlives
-    /// the namespace (the event goes with it).
-    async fn release(&self, msg: &str) {
-        tracing::warn!(
-            namespace = %self.obj.namespace().unwrap_or_default(),
-            name = %self.obj.name_any(),
-            user = self.user.unwrap_or("(unknown)"),
-            "namespace is being deleted and cleanup cannot finish: finalizer released, ACS user left behind"
-        );
-        publish(
-            self.ctx,
-            self.obj,
-            EventType::Warning,
-            reasons::CLEANUP_FAILED,
-            "Cleanup",
-            msg,
-        )
-        .await;
-    }
+        &obj,
+        &status,
+        &plan,
+        client,
+        resolved.as_ref().map(|s| s.endpoint.clone()),
+        share,
+        (terminating, terminating_for),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -585,7 +373,10 @@ mod tests {
                     service: svc("https://b", false, true),
                     ..base.clone()
                 },
-                |p| matches!(p, CleanupPlan::Stuck(r, _) if *r == reasons::SERVICE_CHANGED),
+                |p| {
+                    matches!(p, CleanupPlan::Stuck(r, m) if *r == reasons::CLEANUP_FAILED
+                        && m.contains("now points at https://b") && m.contains("finalizers\":null"))
+                },
             ),
             (
                 "service changed in a terminating namespace: released",

@@ -25,8 +25,10 @@ const CACHE_LAG: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The status to decide from, never older than our last write: the cached one, our copy
 /// while the cache lags, or (a lagging cache after the copy was dropped: a relist from a
-/// lagging watch cache, a new leader's first list) the identity read from the API server.
-/// A user this process created and no status holds yet is filled in.
+/// lagging watch cache) the identity read from the API server. A new leader's or a
+/// restarted process's first list knows no write of ours; it is a consistent list
+/// (`run.rs`), and every status write carries a precondition. A user this process created
+/// and no status holds yet is filled in.
 pub async fn current_status(
     ctx: &Context,
     obj: &CommunicationIdentity,
@@ -353,6 +355,24 @@ async fn read_secret(
             secret::issued_at(&found.metadata),
         )
     })
+}
+
+/// The user the token Secret records, if it can be read.
+pub(super) async fn recorded_user(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+) -> Option<crate::controller::secret::RecordedUser> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let name = obj
+        .effective_secret_name()
+        .unwrap_or(&obj.name_any())
+        .to_string();
+    let secret = api.get_opt(&name).await.ok().flatten()?;
+    if !crate::controller::secret::owned_by(&secret.metadata, &obj.uid().unwrap_or_default()) {
+        return None;
+    }
+    crate::controller::secret::recorded_user(&secret)
 }
 
 #[cfg(test)]

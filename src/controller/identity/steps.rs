@@ -120,11 +120,14 @@ impl StepError {
             // A create refused because the name is taken: someone else's Secret.
             e if e.is_secret_taken() => reasons::SECRET_CONFLICT,
             // Each names the step that failed: a denied status write is no Secret problem.
-            StepError::RecordUser { .. }
-            | StepError::WriteSecret { .. }
-            | StepError::SecretWrittenMeanwhile { .. } => reasons::SECRET_WRITE_FAILED,
+            StepError::WriteSecret { .. } | StepError::SecretWrittenMeanwhile { .. } => {
+                reasons::SECRET_WRITE_FAILED
+            }
             StepError::ReadSecret { .. } => reasons::SECRET_READ_FAILED,
-            StepError::WriteStatus(_) => reasons::STATUS_WRITE_FAILED,
+            // Recording a user is a status write.
+            StepError::WriteStatus(_) | StepError::RecordUser { .. } => {
+                reasons::STATUS_WRITE_FAILED
+            }
         }
     }
 
