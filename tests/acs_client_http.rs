@@ -763,3 +763,195 @@ async fn errors_keep_the_client_request_id_of_their_attempt() {
         "the last attempt's"
     );
 }
+
+/// One exchange as a recording proxy in front of the emulator saw it.
+#[derive(Debug, Clone, Default)]
+struct Relayed {
+    /// The `x-ms-client-request-id` the client sent (and the emulator received).
+    sent: String,
+    /// The `x-ms-client-request-id` the emulator echoed; empty when no answer came.
+    echoed: String,
+    /// The emulator's `MS-CV`; empty when no answer came.
+    ms_cv: String,
+}
+
+/// A proxy that hands every request to the emulator unchanged (Host header included, so
+/// the signature over the proxy's address still verifies) and records the ids it saw.
+async fn relay_to(emulator: &str) -> (Arc<Mutex<Vec<Relayed>>>, SocketAddr) {
+    const HOP: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
+    let log: Arc<Mutex<Vec<Relayed>>> = Arc::default();
+    let (upstream, http) = (
+        emulator.trim_end_matches('/').to_string(),
+        reqwest::Client::new(),
+    );
+    let seen = log.clone();
+    let app = Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (seen, upstream, http) = (seen.clone(), upstream.clone(), http.clone());
+            async move {
+                let header = |h: &HeaderMap, n: &str| {
+                    h.get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let index = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(Relayed {
+                        sent: header(&headers, "x-ms-client-request-id"),
+                        ..Relayed::default()
+                    });
+                    seen.len() - 1
+                };
+                let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let mut forward = http.request(method, format!("{upstream}{target}"));
+                for (name, value) in headers.iter().filter(|(n, _)| !HOP.contains(&n.as_str())) {
+                    forward = forward.header(name, value);
+                }
+                let Ok(answer) = forward.body(body).send().await else {
+                    return StatusCode::BAD_GATEWAY.into_response();
+                };
+                let (status, answer_headers) = (answer.status(), answer.headers().clone());
+                let bytes = answer.bytes().await.unwrap_or_default();
+                if let Some(r) = seen.lock().unwrap().get_mut(index) {
+                    r.echoed = header(&answer_headers, "x-ms-client-request-id");
+                    r.ms_cv = header(&answer_headers, "ms-cv");
+                }
+                let mut response = (status, bytes).into_response();
+                for (name, value) in answer_headers.iter() {
+                    if !HOP.contains(&name.as_str()) {
+                        response.headers_mut().insert(name, value.clone());
+                    }
+                }
+                response
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    (log, addr)
+}
+
+/// A failed request's error carries the `x-ms-client-request-id` the emulator received
+/// and echoed, and the `MS-CV` it answered with, whatever the failure (an ACS error, an
+/// answer too large, no answer in time); neither reaches the message, which conditions
+/// carry. The operator logs both on its `reconcile failed` warning.
+#[tokio::test]
+async fn failed_requests_carry_the_client_request_id_the_emulator_echoed() {
+    use acs_identity_operator::emulator::{self, EmulatorConfig};
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let (relayed, proxy) = relay_to(emu.endpoint()).await;
+    let via_proxy = |request_timeout| {
+        let cs = emu
+            .connection_string()
+            .split(';')
+            .map(|part| match part.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("endpoint") => {
+                    format!("endpoint=http://{proxy}/")
+                }
+                _ => part.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+        AcsClient::new(
+            &ConnectionString::parse(&cs).unwrap(),
+            AcsClientOptions {
+                request_timeout,
+                retry: RetryPolicy::no_retries(),
+                ..options("2023-10-01")
+            },
+        )
+        .unwrap()
+    };
+    let fault = |rule: serde_json::Value| {
+        let admin = format!("{}/admin/faults", emu.endpoint().trim_end_matches('/'));
+        async move {
+            let r = reqwest::Client::new()
+                .post(admin)
+                .json(&rule)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{rule}: {}", r.status());
+        }
+    };
+    let c = via_proxy(Duration::from_secs(5));
+    // A real user first: the requests signed over the proxy's address are accepted.
+    let user = c.create_user(None, None, None).await.unwrap().user.id;
+
+    // ACS answers with an error (a user this resource never had).
+    let e = c
+        .issue_token(USER, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AcsError::Service { .. }), "{e:?}");
+    // An answer too large to read.
+    fault(
+        serde_json::json!({"operation": "issue", "status": 200, "count": 1,
+        "body": "0123456789abcdef", "bodyRepeat": 8192}),
+    )
+    .await;
+    let too_large = c
+        .issue_token(&user, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(too_large, AcsError::TooLarge { .. }),
+        "{too_large:?}"
+    );
+    for (e, r) in [&e, &too_large]
+        .into_iter()
+        .zip(&relayed.lock().unwrap()[1..])
+    {
+        assert!(uuid::Uuid::parse_str(&r.sent).is_ok(), "{r:?}");
+        assert_eq!(r.echoed, r.sent, "the emulator echoes the id");
+        assert_eq!(e.client_request_id(), Some(r.echoed.as_str()), "{e:?}");
+        assert!(!r.ms_cv.is_empty(), "{r:?}");
+        assert_eq!(e.ms_cv(), Some(r.ms_cv.as_str()), "{e:?}");
+        let shown = e.to_string();
+        assert!(
+            !shown.contains(&r.sent) && !shown.contains(&r.ms_cv),
+            "{shown}"
+        );
+    }
+
+    // No answer in time: the id the emulator received, no MS-CV.
+    fault(serde_json::json!({"operation": "issue", "latencyMs": 3000, "count": 1})).await;
+    let e = via_proxy(Duration::from_millis(300))
+        .issue_token(&user, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AcsError::Timeout { .. }), "{e:?}");
+    let sent = relayed.lock().unwrap().last().unwrap().sent.clone();
+    assert!(uuid::Uuid::parse_str(&sent).is_ok(), "{sent:?}");
+    assert_eq!(e.client_request_id(), Some(sent.as_str()));
+    assert_eq!(e.ms_cv(), None);
+    assert!(!e.to_string().contains(&sent), "{e}");
+    assert_eq!(relayed.lock().unwrap().len(), 4, "one request each");
+    emu.shutdown().await;
+}
+
+/// A request that never got through still names the id it was sent with.
+#[tokio::test]
+async fn a_refused_connection_keeps_the_client_request_id_it_tried() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let c = client(
+        "http",
+        addr,
+        AcsClientOptions {
+            retry: RetryPolicy::no_retries(),
+            ..options("2023-10-01")
+        },
+    );
+    let e = c.revoke_tokens(USER).await.unwrap_err();
+    assert!(
+        matches!(e, AcsError::Transport { connect: true, .. }),
+        "{e:?}"
+    );
+    let id = e.client_request_id().expect("the attempt's id");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id:?}");
+    assert!(!e.to_string().contains(id), "{e}");
+}

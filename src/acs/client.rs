@@ -543,9 +543,10 @@ impl AcsClient {
             let bearer = self.bearer().await?;
             let quota_wait = self.wait_for_turn(op).await?;
             let started = Instant::now();
-            // Fresh for every attempt, logged with it and kept in the error: what Azure
-            // support traces a request by.
+            // Fresh for every attempt, logged with it and kept in the error (with the
+            // answer's MS-CV): what Azure support traces a request by.
             let client_request_id = uuid::Uuid::new_v4().to_string();
+            let mut ms_cv = None;
             let result = match self
                 .send_once(
                     op,
@@ -557,7 +558,8 @@ impl AcsClient {
                 )
                 .await
             {
-                Ok((status, retry_after, bytes, ms_cv)) => {
+                Ok((status, retry_after, bytes, cv)) => {
+                    ms_cv = cv;
                     tracing::debug!(
                         operation = %op,
                         attempt,
@@ -571,13 +573,20 @@ impl AcsClient {
                         retry_after,
                         body: &bytes,
                     })
-                    .map_err(|e| (Some(status), e.with_client_request_id(&client_request_id)))
+                    .map_err(|e| {
+                        let e = e
+                            .with_client_request_id(&client_request_id)
+                            .with_ms_cv(ms_cv.as_deref());
+                        (Some(status), e)
+                    })
                 }
                 Err(e) => {
+                    let e = e.with_client_request_id(&client_request_id);
                     tracing::debug!(
                         operation = %op,
                         attempt,
                         client_request_id = %client_request_id,
+                        ms_cv = e.ms_cv().unwrap_or(""),
                         error = %e,
                         "ACS request got no answer"
                     );
@@ -647,8 +656,22 @@ impl AcsClient {
                         operation = %op,
                         attempt,
                         client_request_id = %client_request_id,
+                        ms_cv = ms_cv.as_deref().or(err.ms_cv()).unwrap_or(""),
                         error = %err,
                         "ACS may have carried out this request although no answer came back; not retrying it (the api-version has no custom ids, a second create would make a second user)"
+                    );
+                } else if err.client_request_id().is_none()
+                    && matches!(err, AcsError::MalformedResponse { .. })
+                {
+                    // The one answered failure whose error cannot hold the request id:
+                    // logged where a person sees it, for Azure support.
+                    tracing::warn!(
+                        operation = %op,
+                        attempt,
+                        client_request_id = %client_request_id,
+                        ms_cv = ms_cv.as_deref().unwrap_or(""),
+                        error = %err,
+                        "ACS sent an unusable answer"
                     );
                 } else {
                     tracing::debug!(operation = %op, attempt, client_request_id = %client_request_id, error = %err, "ACS request failed");
@@ -877,7 +900,10 @@ impl AcsClient {
             .get("ms-cv")
             .and_then(|v| v.to_str().ok())
             .map(super::error::endpoint_text);
-        let bytes = self.read_capped(op, status, response).await?;
+        let bytes = self
+            .read_capped(op, status, response)
+            .await
+            .map_err(|e| e.with_ms_cv(ms_cv.as_deref()))?;
         Ok((status, retry_after, bytes, ms_cv))
     }
 
@@ -893,6 +919,8 @@ impl AcsClient {
             operation: op,
             status,
             limit: MAX_RESPONSE_BYTES,
+            client_request_id: None,
+            ms_cv: None,
         };
         if response
             .content_length()
@@ -925,6 +953,7 @@ impl AcsClient {
                 operation: op,
                 timeout: self.inner.request_timeout,
                 endpoint: self.inner.base.clone(),
+                client_request_id: None,
             };
         }
         AcsError::Transport {
@@ -932,6 +961,7 @@ impl AcsClient {
             connect,
             detail,
             endpoint: self.inner.base.clone(),
+            client_request_id: None,
         }
     }
 }

@@ -65,6 +65,9 @@ pub enum AcsError {
         /// support can trace. Kept out of `Display` (conditions must not change with every
         /// attempt); read it with [`AcsError::client_request_id`]. Not a secret.
         client_request_id: Option<String>,
+        /// The `MS-CV` correlation vector ACS answered with (bounded endpoint text); kept
+        /// out of `Display` like the request id. Read it with [`AcsError::ms_cv`].
+        ms_cv: Option<String>,
     },
     /// No complete answer within the request timeout. Shown exactly like `Transport`: what
     /// a tenant's endpoint sees in `Ready` must not tell an open port from a closed one.
@@ -74,6 +77,8 @@ pub enum AcsError {
         timeout: Duration,
         /// Where the request went (scheme, host, port), as the connection string named it.
         endpoint: String,
+        /// The `x-ms-client-request-id` that was sent (ACS may have seen it); not in `Display`.
+        client_request_id: Option<String>,
     },
     /// The request could not be sent or the answer not read (DNS, connect, TLS, reset).
     /// `detail` (what the network stack said) goes to debug logs only, never to status:
@@ -85,6 +90,8 @@ pub enum AcsError {
         connect: bool,
         detail: String,
         endpoint: String,
+        /// The `x-ms-client-request-id` of the attempt; not in `Display`.
+        client_request_id: Option<String>,
     },
     /// The answer was longer than any ACS answer can be; it was not read to the end.
     #[error(
@@ -94,6 +101,9 @@ pub enum AcsError {
         operation: Operation,
         status: u16,
         limit: usize,
+        /// The `x-ms-client-request-id` and `MS-CV` of the attempt; not in `Display`.
+        client_request_id: Option<String>,
+        ms_cv: Option<String>,
     },
     /// The client-side quota has no turn for this request yet; its turn is reserved for
     /// the caller, who should come back after `retry_after`. Nothing was sent.
@@ -204,12 +214,25 @@ impl AcsError {
             message: message.map(|m| endpoint_text(&m)).filter(|m| !m.is_empty()),
             retry_after,
             client_request_id: None,
+            ms_cv: None,
         }
     }
 
-    /// This error with the `x-ms-client-request-id` of the request that got it.
+    /// This error with the `x-ms-client-request-id` of the request that got it, for every
+    /// variant of a request that was sent (or tried to be) and can hold one. No effect on
+    /// errors of requests never sent (quota, pause, configuration, Entra) and, for now, on
+    /// `MalformedResponse` (built in `model`; the client logs its id at warn instead).
     pub fn with_client_request_id(mut self, id: &str) -> Self {
         if let AcsError::Service {
+            client_request_id, ..
+        }
+        | AcsError::Timeout {
+            client_request_id, ..
+        }
+        | AcsError::Transport {
+            client_request_id, ..
+        }
+        | AcsError::TooLarge {
             client_request_id, ..
         } = &mut self
         {
@@ -218,12 +241,41 @@ impl AcsError {
         self
     }
 
-    /// The `x-ms-client-request-id` of the request ACS answered with this error.
+    /// This error with the `MS-CV` ACS answered with, where it has an answer to hold it.
+    /// `ms_cv` must already be bounded endpoint text ([`endpoint_text`]).
+    pub fn with_ms_cv(mut self, cv: Option<&str>) -> Self {
+        if let AcsError::Service { ms_cv, .. } | AcsError::TooLarge { ms_cv, .. } = &mut self {
+            *ms_cv = cv.map(str::to_string);
+        }
+        self
+    }
+
+    /// The `x-ms-client-request-id` of the request that failed with this error: what
+    /// Azure support traces a request by. `None` when nothing was sent. Not a secret, and
+    /// never part of `Display` (conditions and events must not change with every attempt);
+    /// the operator logs it as the field `client_request_id` of `reconcile failed`.
     pub fn client_request_id(&self) -> Option<&str> {
         match self {
             AcsError::Service {
                 client_request_id, ..
+            }
+            | AcsError::Timeout {
+                client_request_id, ..
+            }
+            | AcsError::Transport {
+                client_request_id, ..
+            }
+            | AcsError::TooLarge {
+                client_request_id, ..
             } => client_request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The `MS-CV` correlation vector ACS answered with, when it answered and sent one.
+    pub fn ms_cv(&self) -> Option<&str> {
+        match self {
+            AcsError::Service { ms_cv, .. } | AcsError::TooLarge { ms_cv, .. } => ms_cv.as_deref(),
             _ => None,
         }
     }
@@ -315,6 +367,7 @@ impl AcsError {
                 message,
                 retry_after,
                 client_request_id,
+                ms_cv,
             } if code.as_deref() != Some(IDENTITY_NOT_OWNED) => AcsError::Service {
                 operation,
                 status,
@@ -325,6 +378,7 @@ impl AcsError {
                 code,
                 retry_after,
                 client_request_id,
+                ms_cv,
             },
             other => other,
         }
@@ -464,6 +518,7 @@ mod tests {
             operation: Operation::CreateUser,
             timeout: Duration::from_secs(1),
             endpoint: "https://a.example".into(),
+            client_request_id: None,
         };
         assert!(timeout.is_retryable());
         let malformed = AcsError::MalformedResponse {
@@ -482,18 +537,21 @@ mod tests {
                 operation: Operation::IssueToken,
                 timeout: Duration::from_secs(30),
                 endpoint: endpoint.into(),
+                client_request_id: None,
             },
             AcsError::Transport {
                 operation: Operation::IssueToken,
                 connect: true,
                 detail: "tcp connect error: Connection refused (os error 111)".into(),
                 endpoint: endpoint.into(),
+                client_request_id: None,
             },
             AcsError::Transport {
                 operation: Operation::IssueToken,
                 connect: false,
                 detail: "invalid peer certificate: NotValidForName envoy-admin".into(),
                 endpoint: endpoint.into(),
+                client_request_id: None,
             },
         ]
         .iter()
@@ -556,6 +614,54 @@ mod tests {
         assert_eq!(denied.metric_label(), "unauthorized");
     }
 
+    /// Every error of a request that was sent keeps its ids, and none shows them in its
+    /// message (conditions carry it and must not change with every attempt).
+    #[test]
+    fn request_ids_are_kept_apart_from_the_message() {
+        let (id, cv) = ("0b3f3c1e-5a0e-4c55-9d55-1f5f5f5f5f5f", "Zm9vYmFy.0");
+        let endpoint = "https://a.example".to_string();
+        let sent = [
+            svc(503),
+            svc(403).with_entra_hint(),
+            AcsError::Timeout {
+                operation: Operation::IssueToken,
+                timeout: Duration::from_secs(1),
+                endpoint: endpoint.clone(),
+                client_request_id: None,
+            },
+            AcsError::Transport {
+                operation: Operation::IssueToken,
+                connect: false,
+                detail: "reset".into(),
+                endpoint,
+                client_request_id: None,
+            },
+            AcsError::TooLarge {
+                operation: Operation::IssueToken,
+                status: 200,
+                limit: 1,
+                client_request_id: None,
+                ms_cv: None,
+            },
+        ];
+        for e in sent {
+            let before = e.to_string();
+            let e = e.with_client_request_id(id).with_ms_cv(Some(cv));
+            assert_eq!(e.client_request_id(), Some(id), "{e:?}");
+            let answered = matches!(e, AcsError::Service { .. } | AcsError::TooLarge { .. });
+            assert_eq!(e.ms_cv(), answered.then_some(cv), "{e:?}");
+            assert_eq!(e.to_string(), before);
+            // Hints added later keep them.
+            assert_eq!(e.clone().with_entra_hint().client_request_id(), Some(id));
+        }
+        let never_sent = AcsError::QuotaWait {
+            operation: Operation::IssueToken,
+            retry_after: Duration::from_secs(1),
+        }
+        .with_client_request_id(id);
+        assert_eq!(never_sent.client_request_id(), None);
+    }
+
     #[test]
     fn not_found_is_distinguishable() {
         assert!(svc(404).is_not_found());
@@ -609,12 +715,14 @@ mod tests {
             operation: Operation::CreateUser,
             timeout: Duration::from_secs(1),
             endpoint: "https://a.example".into(),
+            client_request_id: None,
         };
         let transport = |connect| AcsError::Transport {
             operation: Operation::CreateUser,
             connect,
             detail: "reset".into(),
             endpoint: "https://a.example".into(),
+            client_request_id: None,
         };
         let malformed = |status| AcsError::MalformedResponse {
             operation: Operation::CreateUser,

@@ -282,15 +282,56 @@ pub fn error_policy(obj: Arc<CommunicationIdentity>, err: &Error, ctx: Arc<Conte
             .max(err.retry_after().unwrap_or_default());
         delay = delay.min(at_expiry.max(std::time::Duration::from_millis(500)));
     }
-    tracing::warn!(
-        namespace = obj.namespace().unwrap_or_default(),
-        name = %obj.name_any(),
-        error = %err,
-        kind = err.metric_label(),
-        retry_in_secs = delay.as_secs_f64(),
-        "reconcile failed"
+    warn_reconcile_failed(
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+        err,
+        delay,
     );
     Action::requeue(delay)
+}
+
+/// The one warning of a failed reconcile. When an ACS request failed it names the
+/// `client_request_id` (and `ms_cv`, when ACS answered) that Azure support traces the
+/// request by: not secrets, and kept out of the error's message, which conditions and
+/// events carry and which must not change with every attempt.
+fn warn_reconcile_failed(namespace: &str, name: &str, err: &Error, retry_in: std::time::Duration) {
+    let acs = failed_acs_request(err);
+    tracing::warn!(
+        namespace,
+        name = %name,
+        error = %err,
+        kind = err.metric_label(),
+        retry_in_secs = retry_in.as_secs_f64(),
+        client_request_id = acs
+            .and_then(crate::acs::AcsError::client_request_id)
+            .map(tracing::field::display),
+        ms_cv = acs
+            .and_then(crate::acs::AcsError::ms_cv)
+            .map(tracing::field::display),
+        "reconcile failed"
+    );
+}
+
+/// The ACS error behind a reconcile's error, through the finalizer's wrapping and the
+/// steps' `source`s.
+fn failed_acs_request(err: &Error) -> Option<&crate::acs::AcsError> {
+    if let Error::Finalizer(inner) = err {
+        return match inner.as_ref() {
+            FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => {
+                failed_acs_request(e)
+            }
+            _ => None,
+        };
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(acs) = e.downcast_ref::<crate::acs::AcsError>() {
+            return Some(acs);
+        }
+        next = e.source();
+    }
+    None
 }
 
 async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action, Error> {
@@ -479,4 +520,71 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
             .map_or(status, |ours| *ours),
     );
     Ok(action)
+}
+
+#[cfg(test)]
+mod reconcile_failed_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::acs::{AcsError, Operation};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(err: &Error) -> String {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            warn_reconcile_failed("team-a", "app", err, std::time::Duration::from_secs(2));
+        });
+        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// The warning names the failed request's id at the default level, through the
+    /// finalizer's wrapping; the message (the condition's) does not.
+    #[test]
+    fn the_warning_names_the_failed_requests_client_request_id() {
+        let id = "0b3f3c1e-5a0e-4c55-9d55-1f5f5f5f5f5f";
+        let acs = AcsError::service(Operation::IssueToken, 503, None, None, None)
+            .with_client_request_id(id)
+            .with_ms_cv(Some("Zm9vYmFy.0"));
+        let step = StepError::IssueToken {
+            user: "8:acs:x".into(),
+            source: acs,
+        };
+        assert!(!step.to_string().contains(id), "{step}");
+        let err = Error::Finalizer(Box::new(FinalizerError::ApplyFailed(Error::Step(step))));
+        assert_eq!(
+            logged(&err).trim(),
+            format!(
+                "WARN reconcile failed namespace=\"team-a\" name=app \
+                 error=finalizer: failed to apply object: issuing a token for ACS user 8:acs:x: \
+                 ACS issue_token failed with HTTP 503 kind=\"server_error\" \
+                 retry_in_secs=2.0 client_request_id={id} ms_cv=Zm9vYmFy.0"
+            )
+        );
+        // Nothing sent to ACS: no ids.
+        let line = logged(&Error::MissingField("metadata.uid"));
+        assert!(
+            !line.contains("client_request_id") && !line.contains("ms_cv"),
+            "{line}"
+        );
+    }
 }
