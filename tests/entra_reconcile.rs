@@ -390,6 +390,29 @@ async fn every_refusal_has_its_reason() {
         msg.contains("--namespaced-service-ambient-credentials"),
         "{msg}"
     );
+    // kstatus on services too: a person must act (Stalled, with the Ready reason), and
+    // nothing is in progress.
+    let svc = Api::<CommunicationService>::namespaced(w.admin.clone(), &ns)
+        .get("ambient")
+        .await
+        .unwrap();
+    let conditions = svc.status.map(|s| s.conditions).unwrap_or_default();
+    let of = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.as_str(), c.reason.as_str()))
+    };
+    assert_eq!(
+        of(types::STALLED),
+        Some(("True", reasons::AMBIENT_CREDENTIALS_NOT_ALLOWED)),
+        "{conditions:?}"
+    );
+    assert_ne!(
+        of(types::RECONCILING).map(|c| c.0),
+        Some("True"),
+        "{conditions:?}"
+    );
 
     // The tenant opts in (one Role for the namespace's ServiceAccounts): the service heals.
     w.apply(&token_request_grant(
