@@ -899,3 +899,178 @@ async fn the_first_previews_are_served() {
         assert!(r.json["accessToken"]["token"].is_string());
     }
 }
+
+/// Each served api-version's `CommunicationIdentityTokenScope` and whether its issue and
+/// create bodies have `expiresInMinutes`, read from its own
+/// `{stable,preview}/<version>/CommunicationIdentity.json` (azure-rest-api-specs,
+/// `specification/communication/data-plane/Identity/`).
+const CHAT_VOIP: &[&str] = &["chat", "voip"];
+const WITH_JOIN: &[&str] = &[
+    "chat",
+    "voip",
+    "chat.join",
+    "chat.join.limited",
+    "voip.join",
+];
+const PUBLISHED: &[(&str, &[&str], bool, bool)] = &[
+    // (version, scopes, expiresInMinutes on issue, on create)
+    ("2021-02-22-preview1", CHAT_VOIP, false, false),
+    ("2021-03-07", CHAT_VOIP, false, false),
+    ("2021-03-31-preview1", CHAT_VOIP, false, false),
+    ("2021-10-31-preview", CHAT_VOIP, false, false),
+    ("2022-06-01", CHAT_VOIP, false, false),
+    ("2022-09-01", CHAT_VOIP, true, false),
+    ("2022-10-01", CHAT_VOIP, true, true),
+    ("2023-08-01", CHAT_VOIP, true, true),
+    ("2023-10-01", WITH_JOIN, true, true),
+    ("2025-03-02-preview", WITH_JOIN, true, true),
+    ("2025-04-01-preview", WITH_JOIN, true, true),
+    ("2025-06-30", WITH_JOIN, true, true),
+    ("2026-07-22", WITH_JOIN, true, true),
+    ("2026-09-23", WITH_JOIN, true, true),
+];
+
+fn issue_target(id: &str, version: &str) -> String {
+    format!(
+        "/identities/{}/:issueAccessToken?api-version={version}",
+        enc(id)
+    )
+}
+
+/// A field the version lacks is refused as the service refuses an invalid field: 400
+/// `ValidationError` with `error.target`, and a message.
+fn assert_refused(r: &support::signing::Reply, target: &str, what: &str) {
+    assert_eq!(r.status, 400, "{what}: {}", r.json);
+    assert_eq!(r.code(), "ValidationError", "{what}: {}", r.json);
+    assert_eq!(r.json["error"]["target"], target, "{what}: {}", r.json);
+    assert!(r.json["error"]["message"].is_string(), "{what}: {}", r.json);
+}
+
+/// Every served version issues tokens (and creates users with one) for exactly the
+/// scopes its specification lists: `chat.join`, `chat.join.limited` and `voip.join` only
+/// from `2023-10-01` on; a refused create makes no user.
+#[tokio::test]
+async fn each_version_takes_exactly_its_own_scopes() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let id = c.create_user().await;
+    let mut users = 1;
+    for &(version, scopes, _, _) in PUBLISHED {
+        for scope in WITH_JOIN {
+            let what = format!("{version} {scope}");
+            let has = scopes.contains(scope);
+            let body = format!(r#"{{"scopes":["{scope}"]}}"#);
+            let r = c
+                .call(Method::POST, &issue_target(&id, version), Some(&body))
+                .await;
+            if has {
+                assert_eq!(r.status, 200, "issue {what}: {}", r.json);
+                assert!(r.json["token"].is_string(), "{what}");
+            } else {
+                assert_refused(&r, "Scopes", &format!("issue {what}"));
+                let listed = r.json["error"]["message"].as_str().unwrap();
+                assert!(listed.contains(scope), "{what}: {listed}");
+            }
+            let body = format!(r#"{{"createTokenWithScopes":["chat","{scope}"]}}"#);
+            let r = c
+                .call(
+                    Method::POST,
+                    &format!("/identities?api-version={version}"),
+                    Some(&body),
+                )
+                .await;
+            if has {
+                assert_eq!(r.status, 201, "create {what}: {}", r.json);
+                assert!(r.json["accessToken"]["token"].is_string(), "{what}");
+                users += 1;
+            } else {
+                assert_refused(&r, "Scopes", &format!("create {what}"));
+            }
+        }
+    }
+    let listed = c.admin(Method::GET, "/admin/identities", None).await.json;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        users,
+        "refused creates made users"
+    );
+}
+
+/// `expiresInMinutes` is taken (60 to 1440, the token living that long) where the
+/// version's body has it, and refused with `error.target` where it has not: on neither
+/// body before `2022-09-01`, on issue only in `2022-09-01`. Without it every version
+/// issues the default 24 h token.
+#[tokio::test]
+async fn each_version_reads_expires_in_minutes_only_where_published() {
+    let (_emu, c) = start(EmulatorConfig::default()).await;
+    let id = c.create_user().await;
+    let lifetime = |token: &serde_json::Value| {
+        let on: jiff::Timestamp = token["expiresOn"].as_str().unwrap().parse().unwrap();
+        on.as_second() - jiff::Timestamp::now().as_second()
+    };
+    for &(version, _, on_issue, on_create) in PUBLISHED {
+        let create = format!("/identities?api-version={version}");
+        // Issue.
+        let r = c
+            .call(
+                Method::POST,
+                &issue_target(&id, version),
+                Some(r#"{"scopes":["chat"],"expiresInMinutes":60}"#),
+            )
+            .await;
+        if on_issue {
+            assert_eq!(r.status, 200, "issue {version}: {}", r.json);
+            let left = lifetime(&r.json);
+            assert!((3590..=3600).contains(&left), "{version}: {left}");
+            let r = c
+                .call(
+                    Method::POST,
+                    &issue_target(&id, version),
+                    Some(r#"{"scopes":["chat"],"expiresInMinutes":59}"#),
+                )
+                .await;
+            assert_refused(&r, "ExpiresInMinutes", &format!("issue 59 {version}"));
+        } else {
+            // A property the version does not define is ignored: the default 24 h.
+            assert_eq!(r.status, 200, "issue {version}: {}", r.json);
+            let left = lifetime(&r.json);
+            assert!((86_390..=86_400).contains(&left), "{version}: {left}");
+        }
+        let r = c
+            .call(
+                Method::POST,
+                &issue_target(&id, version),
+                Some(r#"{"scopes":["voip"]}"#),
+            )
+            .await;
+        assert_eq!(r.status, 200, "issue {version} without expiry: {}", r.json);
+        let left = lifetime(&r.json);
+        assert!((86_390..=86_400).contains(&left), "{version}: {left}");
+        // Create with a token.
+        let r = c
+            .call(
+                Method::POST,
+                &create,
+                Some(r#"{"createTokenWithScopes":["voip"],"expiresInMinutes":120}"#),
+            )
+            .await;
+        if on_create {
+            assert_eq!(r.status, 201, "create {version}: {}", r.json);
+            let left = lifetime(&r.json["accessToken"]);
+            assert!((7190..=7200).contains(&left), "{version}: {left}");
+        } else {
+            assert_eq!(r.status, 201, "create {version}: {}", r.json);
+            let left = lifetime(&r.json["accessToken"]);
+            assert!((86_390..=86_400).contains(&left), "{version}: {left}");
+        }
+        let r = c
+            .call(
+                Method::POST,
+                &create,
+                Some(r#"{"createTokenWithScopes":["voip"]}"#),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create {version} without expiry: {}", r.json);
+        let left = lifetime(&r.json["accessToken"]);
+        assert!((86_390..=86_400).contains(&left), "{version}: {left}");
+    }
+}

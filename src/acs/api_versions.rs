@@ -14,6 +14,19 @@ pub const DEFAULT_API_VERSION: &str = "2023-10-01";
 /// routes (`/identities/{id}/token`, `PATCH` to revoke). Only the emulator speaks it.
 pub const LEGACY_API_VERSION: &str = "2020-07-20-preview2";
 
+/// `CommunicationIdentityTokenScope` from `2021-02-22-preview1` to `2023-08-01`.
+pub const SCOPES_CHAT_VOIP: &[&str] = &["chat", "voip"];
+
+/// `CommunicationIdentityTokenScope` from `2023-10-01` on: `chat.join`, `chat.join.limited`
+/// and `voip.join` arrived with that version (the SDKs' changelogs: Python 1.4.0, .NET 1.3.0).
+pub const SCOPES_WITH_JOIN: &[&str] = &[
+    "chat",
+    "voip",
+    "chat.join",
+    "chat.join.limited",
+    "voip.join",
+];
+
 /// GA or preview, as the specification folder (`stable/` or `preview/`) says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stability {
@@ -36,6 +49,13 @@ pub struct ApiVersionInfo {
     /// `POST /identities`: a create repeated with the same request id returns the first
     /// answer instead of making a second user, so it can be retried.
     pub repeatable_create: bool,
+    /// The values of `CommunicationIdentityTokenScope`: what `scopes` (issue) and
+    /// `createTokenWithScopes` (create) may hold.
+    pub token_scopes: &'static [&'static str],
+    /// `expiresInMinutes` on `CommunicationIdentityAccessTokenRequest` (issue).
+    pub issue_expires_in_minutes: bool,
+    /// `expiresInMinutes` on `CommunicationIdentityCreateRequest` (create with a token).
+    pub create_expires_in_minutes: bool,
 }
 
 const fn ga(version: &'static str) -> ApiVersionInfo {
@@ -45,6 +65,9 @@ const fn ga(version: &'static str) -> ApiVersionInfo {
         custom_id: false,
         get_identity: false,
         repeatable_create: false,
+        token_scopes: SCOPES_CHAT_VOIP,
+        issue_expires_in_minutes: false,
+        create_expires_in_minutes: false,
     }
 }
 
@@ -55,6 +78,23 @@ const fn preview(version: &'static str) -> ApiVersionInfo {
     }
 }
 
+/// `expiresInMinutes` (60 to 1440) on both token bodies, as from `2022-10-01` on.
+const fn with_expiry(info: ApiVersionInfo) -> ApiVersionInfo {
+    ApiVersionInfo {
+        issue_expires_in_minutes: true,
+        create_expires_in_minutes: true,
+        ..info
+    }
+}
+
+/// The five scopes and `expiresInMinutes`, as from `2023-10-01` on.
+const fn with_join_scopes(info: ApiVersionInfo) -> ApiVersionInfo {
+    ApiVersionInfo {
+        token_scopes: SCOPES_WITH_JOIN,
+        ..with_expiry(info)
+    }
+}
+
 /// Every api-version served on the current routes (`/identities`, `:issueAccessToken`,
 /// `:revokeAccessTokens`), oldest first, each with what its own specification file
 /// (`{stable,preview}/<version>/CommunicationIdentity.json`) defines:
@@ -62,6 +102,11 @@ const fn preview(version: &'static str) -> ApiVersionInfo {
 /// - `2021-02-22-preview1`, `2021-03-31-preview1`: the first previews of these routes
 ///   (`createTokenWithScopes`, scopes `chat`/`voip`); ACS still lists both in its
 ///   `api-supported-versions` answer header.
+/// - Scopes: `chat` and `voip` only up to `2023-08-01`; `2023-10-01` and every later
+///   version add `chat.join`, `chat.join.limited` and `voip.join`.
+/// - `2022-09-01`: `expiresInMinutes` on issue only (its create request has
+///   `createTokenWithScopes` alone); `2022-10-01` added it to create too (60 to 1440,
+///   default 1440). Before `2022-09-01` neither body has it.
 /// - `2023-08-01`: the only version whose create takes `Repeatability-Request-ID` and
 ///   `Repeatability-First-Sent` (and answers `Repeatability-Result`); `2023-10-01` dropped
 ///   them again.
@@ -81,22 +126,25 @@ pub const API_VERSIONS: &[ApiVersionInfo] = &[
     preview("2021-03-31-preview1"),
     preview("2021-10-31-preview"),
     ga("2022-06-01"),
-    ga("2022-09-01"),
-    ga("2022-10-01"),
+    ApiVersionInfo {
+        issue_expires_in_minutes: true,
+        ..ga("2022-09-01")
+    },
+    with_expiry(ga("2022-10-01")),
     ApiVersionInfo {
         repeatable_create: true,
-        ..ga("2023-08-01")
+        ..with_expiry(ga("2023-08-01"))
     },
-    ga("2023-10-01"),
+    with_join_scopes(ga("2023-10-01")),
     ApiVersionInfo {
         custom_id: true,
         get_identity: true,
-        ..preview("2025-03-02-preview")
+        ..with_join_scopes(preview("2025-03-02-preview"))
     },
-    preview("2025-04-01-preview"),
-    ga("2025-06-30"),
-    ga("2026-07-22"),
-    ga("2026-09-23"),
+    with_join_scopes(preview("2025-04-01-preview")),
+    with_join_scopes(ga("2025-06-30")),
+    with_join_scopes(ga("2026-07-22")),
+    with_join_scopes(ga("2026-09-23")),
 ];
 
 /// The table entry of a published api-version; `None` for anything else.
@@ -182,6 +230,43 @@ mod tests {
         assert!(supports_repeatable_create("2023-08-01"));
         assert!(!supports_repeatable_create("2023-10-01"));
         assert!(lookup("2023-08-30-preview").is_none(), "a roles API");
+    }
+
+    /// Each version's `CommunicationIdentityTokenScope` and `expiresInMinutes`, as its
+    /// `CommunicationIdentity.json` defines them.
+    #[test]
+    fn scopes_and_expiry_are_each_versions_own() {
+        let expected: &[(&str, &[&str], bool, bool)] = &[
+            ("2021-02-22-preview1", SCOPES_CHAT_VOIP, false, false),
+            ("2021-03-07", SCOPES_CHAT_VOIP, false, false),
+            ("2021-03-31-preview1", SCOPES_CHAT_VOIP, false, false),
+            ("2021-10-31-preview", SCOPES_CHAT_VOIP, false, false),
+            ("2022-06-01", SCOPES_CHAT_VOIP, false, false),
+            ("2022-09-01", SCOPES_CHAT_VOIP, true, false),
+            ("2022-10-01", SCOPES_CHAT_VOIP, true, true),
+            ("2023-08-01", SCOPES_CHAT_VOIP, true, true),
+            ("2023-10-01", SCOPES_WITH_JOIN, true, true),
+            ("2025-03-02-preview", SCOPES_WITH_JOIN, true, true),
+            ("2025-04-01-preview", SCOPES_WITH_JOIN, true, true),
+            ("2025-06-30", SCOPES_WITH_JOIN, true, true),
+            ("2026-07-22", SCOPES_WITH_JOIN, true, true),
+            ("2026-09-23", SCOPES_WITH_JOIN, true, true),
+        ];
+        let got: Vec<(&str, &[&str], bool, bool)> = API_VERSIONS
+            .iter()
+            .map(|v| {
+                (
+                    v.version,
+                    v.token_scopes,
+                    v.issue_expires_in_minutes,
+                    v.create_expires_in_minutes,
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+        // The features of the earlier patches stay where they were.
+        assert!(supports_repeatable_create("2023-08-01"));
+        assert!(supports_custom_id("2025-03-02-preview"));
     }
 
     #[test]

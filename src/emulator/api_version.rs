@@ -2,7 +2,9 @@
 //! offers, from the same table of published versions the client reads
 //! ([`crate::acs::api_versions`]), so the emulator answers as the real service would.
 
-use crate::acs::api_versions::{self, API_VERSIONS, ApiVersionInfo, LEGACY_API_VERSION};
+use crate::acs::api_versions::{
+    self, API_VERSIONS, ApiVersionInfo, LEGACY_API_VERSION, SCOPES_WITH_JOIN,
+};
 
 use super::error::ServiceError;
 
@@ -66,6 +68,34 @@ impl ApiVersion {
     /// `Repeatability-Request-ID` / `Repeatability-First-Sent` on create.
     pub fn supports_repeatable_create(&self) -> bool {
         matches!(self, Self::Current(info) if info.repeatable_create)
+    }
+
+    /// The scopes a token may be asked for: the version's `CommunicationIdentityTokenScope`.
+    /// The retired API types `scopes` as free strings; it keeps taking today's five.
+    pub fn token_scopes(&self) -> &'static [&'static str] {
+        match self {
+            Self::Current(info) => info.token_scopes,
+            Self::Legacy => SCOPES_WITH_JOIN,
+        }
+    }
+
+    /// `expiresInMinutes` on `:issueAccessToken` (from `2022-09-01`).
+    pub fn issue_takes_expiry(&self) -> bool {
+        matches!(self, Self::Current(info) if info.issue_expires_in_minutes)
+    }
+
+    /// `expiresInMinutes` on create with `createTokenWithScopes` (from `2022-10-01`).
+    pub fn create_takes_expiry(&self) -> bool {
+        matches!(self, Self::Current(info) if info.create_expires_in_minutes)
+    }
+
+    /// The `api-version` value.
+    #[cfg(test)]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Current(info) => info.version,
+            Self::Legacy => LEGACY_API_VERSION,
+        }
     }
 }
 
@@ -142,9 +172,28 @@ mod tests {
         assert!(current("2023-08-01").supports_repeatable_create());
         assert!(!current("2023-10-01").supports_repeatable_create());
         assert!(!ApiVersion::Legacy.supports_repeatable_create());
+        assert_eq!(current("2023-10-01").as_str(), "2023-10-01");
+        assert_eq!(ApiVersion::Legacy.as_str(), LEGACY_API_VERSION);
         let listed: Vec<&str> = SUPPORTED_VERSIONS_HEADER.split(", ").collect();
         let mut want = vec![LEGACY_API_VERSION];
         want.extend(API_VERSIONS.iter().map(|v| v.version));
         assert_eq!(listed, want);
+    }
+
+    #[test]
+    fn scopes_and_expiry_follow_the_table() {
+        for info in API_VERSIONS {
+            let v = current(info.version);
+            assert_eq!(v.token_scopes(), info.token_scopes, "{}", info.version);
+            assert_eq!(v.issue_takes_expiry(), info.issue_expires_in_minutes);
+            assert_eq!(v.create_takes_expiry(), info.create_expires_in_minutes);
+        }
+        assert_eq!(current("2021-03-07").token_scopes(), ["chat", "voip"]);
+        assert!(current("2023-10-01").token_scopes().contains(&"voip.join"));
+        assert!(current("2022-09-01").issue_takes_expiry());
+        assert!(!current("2022-09-01").create_takes_expiry());
+        assert!(!current("2022-06-01").issue_takes_expiry());
+        assert_eq!(ApiVersion::Legacy.token_scopes(), SCOPES_WITH_JOIN);
+        assert!(!ApiVersion::Legacy.issue_takes_expiry());
     }
 }

@@ -10,16 +10,13 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::api_version::ApiVersion;
 use super::error::ServiceError;
 use super::tokens::{MintedClaims, TokenError, TokenSigner};
 
-pub const SCOPES: &[&str] = &[
-    "chat",
-    "voip",
-    "chat.join",
-    "chat.join.limited",
-    "voip.join",
-];
+/// Every scope any served api-version knows; each version's own list is
+/// [`ApiVersion::token_scopes`] (`chat` and `voip` only before `2023-10-01`).
+pub const SCOPES: &[&str] = crate::acs::api_versions::SCOPES_WITH_JOIN;
 pub const MIN_EXPIRES_IN_MINUTES: i64 = 60;
 pub const MAX_EXPIRES_IN_MINUTES: i64 = 1440;
 const MAX_CUSTOM_ID_LEN: usize = 256;
@@ -378,6 +375,15 @@ fn invalid(reason: &str) -> Validation {
 
 /// Known scopes, deduplicated in request order; none or an unknown one is a 400.
 pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, ServiceError> {
+    validate_scopes_in(scopes, SCOPES)
+}
+
+/// [`validate_scopes`] against the scopes one api-version has (`allowed`): a scope of a
+/// later version is as unknown to it as a made-up one.
+pub fn validate_scopes_in<'a>(
+    scopes: &'a [String],
+    allowed: &'static [&'static str],
+) -> Result<Vec<&'a str>, ServiceError> {
     if scopes.is_empty() {
         return Err(ServiceError::bad_request(
             "ValidationError",
@@ -387,22 +393,79 @@ pub fn validate_scopes(scopes: &[String]) -> Result<Vec<&str>, ServiceError> {
     }
     let mut out: Vec<&str> = Vec::new();
     for scope in scopes {
-        let Some(known) = SCOPES.iter().find(|s| **s == scope.as_str()) else {
+        if !allowed.contains(&scope.as_str()) {
             let shown: String = scope.chars().take(64).collect();
             return Err(ServiceError::bad_request(
                 "ValidationError",
                 format!(
                     "Scope '{shown}' is invalid. Valid scopes: {}.",
-                    SCOPES.join(", ")
+                    allowed.join(", ")
                 ),
             )
             .with_target("Scopes"));
-        };
-        if !out.contains(known) {
-            out.push(known);
+        }
+        if !out.contains(&scope.as_str()) {
+            out.push(scope.as_str());
         }
     }
     Ok(out)
+}
+
+/// Checks `:issueAccessToken`'s body against what `version` publishes, before anything is
+/// done: see `check_token_fields`.
+pub fn check_issue_request(
+    version: &ApiVersion,
+    scopes: &[String],
+    expires_in_minutes: Option<i64>,
+) -> Result<(), ServiceError> {
+    check_token_fields(
+        version,
+        Some(scopes),
+        expires_in_minutes,
+        version.issue_takes_expiry(),
+    )
+}
+
+/// Checks a create's body against what `version` publishes, before the user is made (a
+/// refused create makes no user); `scopes` is `None` for a create without a token. See
+/// `check_token_fields`.
+pub fn check_create_request(
+    version: &ApiVersion,
+    scopes: Option<&[String]>,
+    expires_in_minutes: Option<i64>,
+) -> Result<(), ServiceError> {
+    check_token_fields(
+        version,
+        scopes,
+        expires_in_minutes,
+        version.create_takes_expiry(),
+    )
+}
+
+/// `expiresInMinutes` as the version reads it: `None` where its body has no such field.
+pub fn expiry_of(takes_expiry: bool, expires_in_minutes: Option<i64>) -> Option<i64> {
+    expires_in_minutes.filter(|_| takes_expiry)
+}
+
+/// The scopes of the version's `CommunicationIdentityTokenScope` (any other is a 400
+/// `ValidationError` naming `Scopes` in `error.target`, the shape the service gives every
+/// invalid field of a body), and `expiresInMinutes` between 60 and 1440 where its body has
+/// that field (`takes_expiry`). Where it has not, the field is ignored, as the service
+/// ignores every property its version does not define (`customId` too): the caller passes
+/// [`expiry_of`] on to the store.
+fn check_token_fields(
+    version: &ApiVersion,
+    scopes: Option<&[String]>,
+    expires_in_minutes: Option<i64>,
+    takes_expiry: bool,
+) -> Result<(), ServiceError> {
+    if let Some(scopes) = scopes {
+        validate_scopes_in(scopes, version.token_scopes())?;
+    }
+    if expires_in_minutes.is_some() && takes_expiry && scopes.is_some() {
+        validate_expiry(expires_in_minutes)?;
+    }
+    Ok(())
 }
 
 pub fn validate_expiry(expires_in_minutes: Option<i64>) -> Result<i64, ServiceError> {
@@ -517,6 +580,82 @@ mod tests {
         assert_eq!(
             validate_scopes(&["chat".into(), "chat".into(), "voip".into()]).unwrap(),
             ["chat", "voip"]
+        );
+    }
+
+    fn version(v: &str) -> ApiVersion {
+        ApiVersion::from_query(Some(&format!("api-version={v}"))).expect(v)
+    }
+
+    #[test]
+    fn each_version_takes_only_its_own_scopes_and_reads_its_own_expiry() {
+        #[derive(Clone, Copy)]
+        enum Body {
+            Issue,
+            Create,
+        }
+        use Body::{Create, Issue};
+        let check = |v: &str, body, scopes: &[&str], minutes| {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            match body {
+                Issue => check_issue_request(&version(v), &scopes, minutes),
+                Create => check_create_request(&version(v), Some(&scopes), minutes),
+            }
+            .map_err(|e| (e.status.as_u16(), e.code, e.target))
+        };
+        let scope = Err((400, "ValidationError", Some("Scopes")));
+        let expiry = Err((400, "ValidationError", Some("ExpiresInMinutes")));
+        for v in ["2021-03-07", "2022-06-01", "2022-10-01", "2023-08-01"] {
+            assert_eq!(check(v, Issue, &["chat", "voip"], None), Ok(()), "{v}");
+            for join in ["chat.join", "chat.join.limited", "voip.join"] {
+                assert_eq!(check(v, Issue, &[join], None), scope, "{v} {join}");
+                assert_eq!(check(v, Create, &["chat", join], None), scope);
+            }
+        }
+        for v in ["2023-10-01", "2025-06-30", "2026-09-23"] {
+            let all = [
+                "chat",
+                "voip",
+                "chat.join",
+                "chat.join.limited",
+                "voip.join",
+            ];
+            assert_eq!(check(v, Issue, &all, Some(60)), Ok(()), "{v}");
+            assert_eq!(check(v, Create, &all, Some(1440)), Ok(()), "{v}");
+            assert_eq!(check(v, Issue, &["pstn"], None), scope);
+            assert_eq!(check(v, Issue, &[], None), scope, "none is a 400");
+        }
+        // Where the body has no `expiresInMinutes`, the field is ignored (any value): the
+        // store is given none.
+        for v in [
+            "2021-02-22-preview1",
+            "2021-03-07",
+            "2021-10-31-preview",
+            "2022-06-01",
+        ] {
+            assert_eq!(check(v, Issue, &["chat"], Some(5)), Ok(()), "{v}");
+            assert_eq!(check(v, Create, &["chat"], Some(5)), Ok(()), "{v}");
+            assert_eq!(expiry_of(version(v).issue_takes_expiry(), Some(60)), None);
+        }
+        // 2022-09-01: on issue only.
+        assert_eq!(check("2022-09-01", Issue, &["chat"], Some(60)), Ok(()));
+        assert_eq!(check("2022-09-01", Create, &["chat"], Some(5)), Ok(()));
+        assert_eq!(check("2022-09-01", Issue, &["chat"], Some(59)), expiry);
+        assert_eq!(check("2022-10-01", Create, &["chat"], Some(1441)), expiry);
+        let v = version("2022-09-01");
+        assert_eq!(expiry_of(v.issue_takes_expiry(), Some(60)), Some(60));
+        assert_eq!(expiry_of(v.create_takes_expiry(), Some(60)), None);
+        // A create without a token: nothing to check.
+        let bare = |v: &str, m| check_create_request(&version(v), None, m).is_ok();
+        assert!(bare("2021-03-07", None));
+        assert!(bare("2021-03-07", Some(60)));
+        assert!(bare("2022-10-01", Some(5)));
+        // The message names the scopes the version has.
+        let e =
+            check_issue_request(&version("2023-08-01"), &["voip.join".into()], None).unwrap_err();
+        assert_eq!(
+            e.message,
+            "Scope 'voip.join' is invalid. Valid scopes: chat, voip."
         );
     }
 
