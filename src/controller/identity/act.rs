@@ -1,6 +1,7 @@
 //! The act side of the identity reconcile: every ACS call and every write a plan's step
 //! makes (revoke, create or adopt the user, issue, the token Secret, status, events,
-//! metrics), in the order the plan gives. What to do was chosen by [`super::decide`];
+//! metrics), in the order the plan gives; a cleanup plan's (delete or revoke, the bounded
+//! release); the finalizer patch; and the report of a caught panic. What to do was chosen by [`super::decide`];
 //! the choices a step's outcome still implies (which event, whether a failure is news,
 //! until when the old token stands) are asked of it too.
 
@@ -46,6 +47,19 @@ pub(super) async fn record(
     }
     update_metrics(ctx, &ns, &name, &plan.status);
     write_status(ctx, obj, current, &plan.status)
+        .await
+        .map_err(|e| Error::Step(StepError::WriteStatus(e)))
+}
+
+/// Writes `st` over `current` (a status recorded before a step, such as `Ready=False` on a
+/// token that expired before ACS was asked).
+pub(super) async fn record_status(
+    ctx: &Context,
+    obj: &CommunicationIdentity,
+    current: &CommunicationIdentityStatus,
+    st: &CommunicationIdentityStatus,
+) -> Result<(), Error> {
+    write_status(ctx, obj, current, st)
         .await
         .map_err(|e| Error::Step(StepError::WriteStatus(e)))
 }
@@ -627,4 +641,68 @@ impl Blocked<'_> {
         )
         .await;
     }
+}
+
+/// A caught panic, told where a person looks: a log line (with the message), a metric,
+/// a Warning event and `Stalled=True` on the object (without the message: it is ours, not
+/// the user's, and could quote anything).
+pub(super) async fn report_panic(ctx: &Context, obj: &CommunicationIdentity, message: &str) {
+    ctx.metrics.reconcile_panicked(super::KIND);
+    tracing::error!(
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        panic = %message,
+        "reconcile panicked; caught, retrying with backoff"
+    );
+    let text = "The operator failed on this object (a bug, now in its log); it retries with \
+                backoff and keeps serving every other object. Report it with the operator's log.";
+    publish(
+        ctx,
+        obj,
+        EventType::Warning,
+        crate::api::conditions::reasons::RECONCILE_PANICKED,
+        "Reconcile",
+        text,
+    )
+    .await;
+    let current = obj.status.clone().unwrap_or_default();
+    let mut st = current.clone();
+    crate::controller::status::set_condition(
+        &mut st.conditions,
+        types::STALLED,
+        true,
+        crate::api::conditions::reasons::RECONCILE_PANICKED,
+        text,
+        obj.metadata.generation,
+        ctx.clock.now(),
+    );
+    if let Err(e) = write_status(ctx, obj, &current, &st).await {
+        tracing::warn!(error = %e, "recording the panic in status failed");
+    }
+}
+
+/// Adds our finalizer; the JSON patch's `test` fails (422) instead of writing over a
+/// finalizer list that changed since the object was read.
+pub(super) async fn add_finalizer(
+    api: &kube::Api<CommunicationIdentity>,
+    obj: &CommunicationIdentity,
+) -> Result<CommunicationIdentity, kube::Error> {
+    let ops = if obj.finalizers().is_empty() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [super::FINALIZER]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": obj.finalizers()},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": super::FINALIZER},
+        ])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
+    api.patch(
+        &obj.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::<()>::Json(patch),
+    )
+    .await
 }

@@ -20,13 +20,11 @@ pub mod warm;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::controller::events::EventType;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use crate::api::conditions::types;
 use crate::api::{
     CommunicationIdentity, RENEW_REQUESTED_AT_ANNOTATION, REVOKE_REQUESTED_AT_ANNOTATION,
 };
@@ -38,7 +36,6 @@ use super::context::Context;
 use super::error::Error;
 use act::{finish, issue, record, revoke, update_metrics, waiting};
 use decide::{Facts, Step};
-use steps::{StepError, publish, write_status};
 
 /// Finalizer that keeps an identity until its ACS user is deleted (or its tokens revoked).
 pub const FINALIZER: &str = "acs-operator.dev/cleanup";
@@ -137,7 +134,7 @@ pub async fn reconcile(
         r = &mut work => r,
     };
     if let Err(Error::Panicked(message)) = &result {
-        report_panic(&ctx, &obj, message).await;
+        act::report_panic(&ctx, &obj, message).await;
     }
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
@@ -173,7 +170,7 @@ async fn finalized(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Act
     // Go on with the object as the finalizer patch left it instead of waiting for its
     // watch event: a new identity then takes one pass through the queue, not two.
     let obj = if adding {
-        let patched = add_finalizer(&api, &obj)
+        let patched = act::add_finalizer(&api, &obj)
             .await
             .map_err(|e| Error::Finalizer(Box::new(FinalizerError::AddFinalizer(e))))?;
         ctx.memory.finalizer_added(&oref, &uid);
@@ -189,70 +186,6 @@ async fn finalized(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Act
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
-}
-
-/// A caught panic, told where a person looks: a log line (with the message), a metric,
-/// a Warning event and `Stalled=True` on the object (without the message: it is ours, not
-/// the user's, and could quote anything).
-async fn report_panic(ctx: &Context, obj: &CommunicationIdentity, message: &str) {
-    ctx.metrics.reconcile_panicked(KIND);
-    tracing::error!(
-        namespace = %obj.namespace().unwrap_or_default(),
-        name = %obj.name_any(),
-        panic = %message,
-        "reconcile panicked; caught, retrying with backoff"
-    );
-    let text = "The operator failed on this object (a bug, now in its log); it retries with \
-                backoff and keeps serving every other object. Report it with the operator's log.";
-    publish(
-        ctx,
-        obj,
-        EventType::Warning,
-        crate::api::conditions::reasons::RECONCILE_PANICKED,
-        "Reconcile",
-        text,
-    )
-    .await;
-    let current = obj.status.clone().unwrap_or_default();
-    let mut st = current.clone();
-    crate::controller::status::set_condition(
-        &mut st.conditions,
-        types::STALLED,
-        true,
-        crate::api::conditions::reasons::RECONCILE_PANICKED,
-        text,
-        obj.metadata.generation,
-        ctx.clock.now(),
-    );
-    if let Err(e) = write_status(ctx, obj, &current, &st).await {
-        tracing::warn!(error = %e, "recording the panic in status failed");
-    }
-}
-
-/// Adds our finalizer; the JSON patch's `test` fails (422) instead of writing over a
-/// finalizer list that changed since the object was read.
-async fn add_finalizer(
-    api: &Api<CommunicationIdentity>,
-    obj: &CommunicationIdentity,
-) -> Result<CommunicationIdentity, kube::Error> {
-    let ops = if obj.finalizers().is_empty() {
-        serde_json::json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        ])
-    } else {
-        serde_json::json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": obj.finalizers()},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-        ])
-    };
-    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
-    api.patch(
-        &obj.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::<()>::Json(patch),
-    )
-    .await
 }
 
 pub fn error_policy(obj: Arc<CommunicationIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -472,9 +405,7 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         (Step::Token(tp), Ok(svc)) => {
             let early = decide::expired_before_acting(&facts, &plan.status);
             if let Some(early) = &early {
-                write_status(ctx, &obj, &status, early)
-                    .await
-                    .map_err(|e| Error::Step(StepError::WriteStatus(e)))?;
+                act::record_status(ctx, &obj, &status, early).await?;
             }
             let facts = Facts {
                 status: early.as_ref().unwrap_or(&status),
@@ -526,6 +457,7 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
 mod reconcile_failed_tests {
     use std::sync::{Arc, Mutex};
 
+    use super::steps::StepError;
     use super::*;
     use crate::acs::{AcsError, Operation};
 
