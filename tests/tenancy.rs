@@ -496,6 +496,101 @@ async fn a_cluster_service_naming_a_secret_outside_the_cluster_resource_namespac
     w.finish().await;
 }
 
+/// Route 4b, keyless: a ClusterCommunicationService naming A's ServiceAccount, and B's own
+/// CommunicationService borrowing the operator's identity (ambient) and choosing where its
+/// token would go (`authorityHost`). Neither is used: no TokenRequest, no ACS request, and
+/// the services and identities say why.
+#[tokio::test]
+async fn keyless_services_never_borrow_another_namespaces_or_the_operators_identity() {
+    let w = World::new("ten-entra").await;
+    let (a, b) = (w.a.name.clone(), w.b.name.clone());
+    let endpoint = w.shared.endpoint().replace("http://", "https://");
+    let borrowed = format!("borrowed-{a}");
+    create_in(
+        &w.client,
+        "",
+        "clustercommunicationservices",
+        json!({
+            "apiVersion": "acs-operator.dev/v1alpha1",
+            "kind": "ClusterCommunicationService",
+            "metadata": {"name": borrowed},
+            "spec": {
+                "endpoint": endpoint,
+                "entraId": {"serviceAccountRef": {"name": "default", "namespace": a}},
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": b}},
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    create_in(
+        &w.client,
+        &b,
+        "communicationservices",
+        json!({
+            "apiVersion": "acs-operator.dev/v1alpha1",
+            "kind": "CommunicationService",
+            "metadata": {"name": "ambient"},
+            "spec": {
+                "endpoint": endpoint,
+                "entraId": {"clientId": "someone-elses", "authorityHost": "https://attacker.example"},
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    let before = w.shared.stats().await.total;
+    w.identity(
+        &b,
+        "via-a",
+        json!({"kind": "ClusterCommunicationService", "name": borrowed}),
+        json!({}),
+    )
+    .await;
+    w.identity(
+        &b,
+        "via-operator",
+        json!({"kind": "CommunicationService", "name": "ambient"}),
+        json!({}),
+    )
+    .await;
+    w.wait_ready(&b, "via-a", "False", "ServiceAccountNamespaceNotAllowed")
+        .await;
+    w.wait_ready(&b, "via-operator", "False", "AmbientCredentialsNotAllowed")
+        .await;
+    let msg = w
+        .wait_service(
+            "",
+            "clustercommunicationservices",
+            &borrowed,
+            "ServiceAccountNamespaceNotAllowed",
+            CLUSTER_RESOURCE_NAMESPACE,
+        )
+        .await;
+    assert!(msg.contains(&a), "names the namespace it refused: {msg}");
+    w.wait_service(
+        &b,
+        "communicationservices",
+        "ambient",
+        "AmbientCredentialsNotAllowed",
+        "serviceAccountRef",
+    )
+    .await;
+    assert!(!w.secret_exists(&b, "via-a").await);
+    assert!(!w.secret_exists(&b, "via-operator").await);
+    assert_eq!(w.shared.stats().await.total, before, "no ACS request");
+    let _ = w.cp.kubectl_run(
+        &[
+            "delete",
+            "clustercommunicationservice",
+            &borrowed,
+            "--wait=false",
+        ],
+        None,
+    );
+    w.finish().await;
+}
+
 /// Route 5: plain http to a non-loopback host, and credentials in the endpoint URL.
 #[tokio::test]
 async fn user_info_endpoints_are_refused_even_with_plain_http_allowed() {
