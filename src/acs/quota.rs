@@ -158,6 +158,8 @@ pub struct SlidingWindow {
     /// ones would put more than the limit into one of ACS's windows: this is the check
     /// made at the moment of sending.
     sent: VecDeque<Instant>,
+    /// The free slot callers were last held for, and how many were held for it since.
+    last_hold: Option<(Instant, u32)>,
 }
 
 /// Added to the window: a request sent exactly one window after another may arrive a
@@ -184,6 +186,7 @@ impl SlidingWindow {
             reserved: HashMap::new(),
             reserved_order: VecDeque::new(),
             sent: VecDeque::new(),
+            last_hold: None,
         }
     }
 
@@ -252,12 +255,30 @@ impl SlidingWindow {
     /// turn moves to when the oldest of them leaves the window.
     fn send_or_hold(&mut self, caller: &str, now: Instant) -> Result<(), Instant> {
         if let Some(free) = self.window_full_until(now) {
-            self.hold(caller, free);
-            return Err(free);
+            // Callers held for the same free slot come back spaced at the rate, not all at
+            // once (each would find the window full again but one).
+            let at = self.spaced_after(free);
+            self.hold(caller, at);
+            return Err(at);
         }
         self.reserved.remove(caller);
         self.record_sent(now);
         Ok(())
+    }
+
+    /// `free`, or one send's spacing (window / limit) after the last caller held for it.
+    fn spaced_after(&mut self, free: Instant) -> Instant {
+        let spacing = self.window / u32::try_from(self.limit).unwrap_or(u32::MAX);
+        match &mut self.last_hold {
+            Some((at, n)) if *at == free => {
+                *n = n.saturating_add(1);
+                later(free, spacing.saturating_mul(*n))
+            }
+            other => {
+                *other = Some((free, 0));
+                free
+            }
+        }
     }
 
     fn hold(&mut self, caller: &str, at: Instant) {
@@ -350,6 +371,12 @@ impl SlidingWindow {
         let (rate, limit, window) = Self::bounded(rate);
         if rate == self.rate {
             return;
+        }
+        if rate.per_second() < self.rate.per_second() {
+            // Turns planned at the old rate would come too close together: every waiting
+            // caller plans its turn again at the new one when it comes back.
+            self.reserved.clear();
+            self.reserved_order.clear();
         }
         self.rate = rate;
         self.limit = limit;
@@ -740,7 +767,7 @@ mod tests {
     fn a_lowered_quota_applies_at_once_and_counts_what_was_sent() {
         let t0 = Instant::now();
         let q = ClientQuota::new(&QuotaConfig::unlimited());
-        q.pause(Operation::IssueToken, Duration::from_secs(2));
+        q.pause(Operation::IssueToken, Duration::from_secs(60));
         for i in 0..5 {
             q.set(&QuotaConfig::default());
             assert!(
@@ -823,6 +850,27 @@ mod tests {
         // And at about the rate: 55 waiting callers need 11 windows, plus lateness.
         let span = *sent.last().unwrap() - t0;
         assert!(span < Duration::from_secs(14), "{span:?}");
+    }
+
+    #[test]
+    fn callers_held_for_one_free_slot_come_back_spaced() {
+        let t0 = Instant::now();
+        let w = window(Duration::from_secs(1));
+        let mut b = SlidingWindow::new(Rate::new(1, Duration::from_secs(1)), t0);
+        assert_eq!(b.try_reserve("a", t0), Ok(()));
+        for c in ["b", "c", "d"] {
+            assert!(b.try_reserve(c, t0).is_err());
+        }
+        // All three come back long after their turns, at the same moment: one sends, and
+        // the other two are held one send's spacing apart, not for the same instant.
+        let late = t0 + Duration::from_millis(3500);
+        assert_eq!(b.try_reserve("b", late), Ok(()));
+        let c = b.try_reserve("c", late).unwrap_err();
+        let d = b.try_reserve("d", late).unwrap_err();
+        assert_eq!(c, late + w);
+        assert_eq!(d, late + w + w);
+        assert_eq!(b.try_reserve("c", c), Ok(()));
+        assert_eq!(b.try_reserve("d", d), Ok(()));
     }
 
     #[test]

@@ -179,10 +179,24 @@ impl ClientCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, b| b.strong_count() > 0);
+        // A service gone (or idle) no longer sets its resource's budget: the rest of its
+        // services' quotas do.
+        let mut dropped = std::collections::HashSet::new();
         self.claims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, c| fresh(c.used));
+            .retain(|_, c| {
+                let keep = fresh(c.used);
+                if !keep {
+                    dropped.insert(c.value.0.clone());
+                }
+                keep
+            });
+        for host in dropped {
+            if let Some(budget) = self.claimed(&host) {
+                self.set_budget(&host, &budget);
+            }
+        }
     }
 
     /// Notes that `service` uses the resource at `host` with `config`. `None` when it
