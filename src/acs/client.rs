@@ -899,7 +899,7 @@ impl AcsClient {
             .headers()
             .get("ms-cv")
             .and_then(|v| v.to_str().ok())
-            .map(super::error::endpoint_text);
+            .and_then(super::error::correlation_vector);
         let bytes = self
             .read_capped(op, status, response)
             .await

@@ -468,6 +468,17 @@ impl AcsError {
 /// Endpoint text as it may be shown: control characters (newlines, escapes) become
 /// spaces, runs of whitespace one space, and the result is cut to
 /// [`MAX_ENDPOINT_TEXT_CHARS`] characters.
+/// An `MS-CV` header worth keeping: a correlation vector is base64 with dot-separated
+/// counters (`ZmM0ZjYyYjQ5N2E1.0.1`). Anything else (a hostile endpoint's long or
+/// spaced text, which could forge fields in a plain-text log line) is dropped.
+pub fn correlation_vector(raw: &str) -> Option<String> {
+    let ok = (1..=64).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'.'));
+    ok.then(|| raw.to_string())
+}
+
 pub fn endpoint_text(raw: &str) -> String {
     let mut out = String::new();
     let mut count = 0;
@@ -494,6 +505,20 @@ pub fn endpoint_text(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_correlation_vectors_are_kept_from_ms_cv() {
+        for (raw, kept) in [
+            ("ZmM0ZjYyYjQ5N2E1.0", true),
+            ("Zm9v+/ba=.1.2", true),
+            ("", false),
+            ("a b", false),
+            ("x\" client_request_id=forged", false),
+            (&"A".repeat(65), false),
+        ] {
+            assert_eq!(super::correlation_vector(raw).is_some(), kept, "{raw:?}");
+        }
+    }
+
     use super::*;
 
     fn svc(status: u16) -> AcsError {
