@@ -591,7 +591,13 @@ impl Blocked<'_> {
                             crate::api::duration::format_duration(left)
                         ),
                         None => {
-                            format!("{problem}. Fix the service or its credentials, or {force}")
+                            let fix = if reason == reasons::STATUS_WRITE_FAILED {
+                                "Let the operator write this identity's status (an admission \
+                                 policy or a webhook may deny it)"
+                            } else {
+                                "Fix the service or its credentials"
+                            };
+                            format!("{problem}. {fix}, or {force}")
                         }
                     }
                 };

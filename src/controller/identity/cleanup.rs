@@ -249,6 +249,7 @@ mod tests {
             endpoint: endpoint.into(),
             allow_adoption,
             custom_ids,
+            token_scopes: None,
         })
     }
 

@@ -35,6 +35,8 @@ pub struct ServiceFacts {
     pub allow_adoption: bool,
     /// The api-version has idempotent creates (a custom id derived from the UID).
     pub custom_ids: bool,
+    /// The token scopes the api-version publishes (`None`: a version the table lacks).
+    pub token_scopes: Option<&'static [&'static str]>,
 }
 
 /// Why the service cannot be used now.
@@ -285,6 +287,29 @@ pub fn decide(f: &Facts<'_>) -> Plan {
     plan
 }
 
+/// The spec's scopes the service's api-version does not offer, as a message.
+pub fn scopes_not_offered(
+    spec: &crate::api::CommunicationIdentitySpec,
+    svc: &ServiceFacts,
+) -> Option<String> {
+    let offered = svc.token_scopes?;
+    let missing: Vec<&str> = spec
+        .scopes
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|s| !offered.contains(s))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "spec.scopes has {}, which the api-version of {} does not offer (it offers {}): \
+             remove the scope, or use a service whose spec.apiVersion is 2023-10-01 or later",
+            missing.join(", "),
+            svc.name,
+            offered.join(", ")
+        )
+    })
+}
+
 fn plan(f: &Facts<'_>) -> Plan {
     // status.observedGeneration is not set here: [`settle`] advances it only once the
     // Secret holds a token for this generation's spec.
@@ -318,6 +343,11 @@ fn plan(f: &Facts<'_>) -> Plan {
             return blocked(f, st, p.reason, p.message.clone(), p.forbids_use, retry);
         }
     };
+    // 2b. Scopes the service's api-version does not have: ACS would refuse every token
+    // (400), so a person must change the spec or the service.
+    if let Some(msg) = scopes_not_offered(f.spec, svc) {
+        return blocked(f, st, reasons::INVALID_SPEC, msg, false, SLOW_RETRY);
+    }
 
     // 3. Adoption is the service's decision.
     if f.spec.existing_user_id.is_some() && !svc.allow_adoption {

@@ -38,6 +38,7 @@ fn svc(custom_ids: bool, allow_adoption: bool) -> Result<ServiceFacts, ServicePr
         endpoint: EP.into(),
         allow_adoption,
         custom_ids,
+        token_scopes: None,
     })
 }
 
@@ -151,6 +152,63 @@ fn api_versions_without_custom_ids_create_without_one() {
     }
     .plan();
     assert_eq!(token(&p).user, UserPlan::Create { custom_id: None });
+}
+
+#[test]
+fn scopes_the_services_api_version_lacks_stall_before_any_acs_call() {
+    let with_scopes = |scopes: &'static [&'static str]| {
+        svc(true, false).map(|s| ServiceFacts {
+            token_scopes: Some(scopes),
+            ..s
+        })
+    };
+    // (spec scopes, what the version offers, refused?)
+    let chat_voip: &'static [&'static str] = &["chat", "voip"];
+    let all: &'static [&'static str] = &[
+        "chat",
+        "voip",
+        "chat.join",
+        "chat.join.limited",
+        "voip.join",
+    ];
+    for (scopes, offered, refused) in [
+        (vec![Scope::Chat, Scope::Voip], chat_voip, false),
+        (vec![Scope::Chat, Scope::VoipJoin], chat_voip, true),
+        (vec![Scope::ChatJoinLimited], chat_voip, true),
+        (vec![Scope::ChatJoin, Scope::VoipJoin], all, false),
+    ] {
+        let mut c = Case {
+            service: with_scopes(offered),
+            ..Case::new_identity()
+        };
+        c.spec.scopes = scopes.iter().copied().collect();
+        let p = c.plan();
+        if refused {
+            assert!(matches!(p.step, Step::Wait), "{scopes:?}: {:?}", p.step);
+            assert_eq!(
+                ready(&p),
+                ("False".into(), reasons::INVALID_SPEC.into()),
+                "{scopes:?}"
+            );
+            let msg = &condition(&p.status.conditions, types::READY)
+                .unwrap()
+                .message;
+            assert!(
+                msg.contains("spec.scopes has") && msg.contains("2023-10-01"),
+                "{msg}"
+            );
+            assert_eq!(
+                condition(&p.status.conditions, types::STALLED).map(|c| c.status.as_str()),
+                Some("True")
+            );
+        } else {
+            assert!(matches!(p.step, Step::Token(_)), "{scopes:?}: {:?}", p.step);
+        }
+    }
+    // A version the table lacks: not judged here (ACS answers).
+    let mut c = Case::new_identity();
+    c.spec.scopes = [Scope::VoipJoin].into();
+    assert!(matches!(c.plan().step, Step::Token(_)));
 }
 
 #[test]

@@ -74,6 +74,8 @@ pub fn service_facts(
             endpoint: svc.endpoint.clone(),
             allow_adoption: svc.allow_adoption,
             custom_ids: svc.client.supports_custom_id(),
+            token_scopes: crate::acs::api_versions::lookup(svc.client.api_version())
+                .map(|v| v.token_scopes),
         }),
         Err(e) => Err(ServiceProblem {
             reason: e.reason(),
