@@ -46,8 +46,14 @@ fn operator() -> &'static Operator {
                 );
                 let (ok, _, err) = cp.kubectl_run(&["apply", "-f", "-"], Some(&ns));
                 assert!(ok, "cluster resource namespace: {err}");
+                // Namespaced ambient allowed, as a platform team may: a tenant still never
+                // chooses where the operator's token goes (keyless route below).
                 spawn_operator(
-                    &["--cluster-resource-namespace", CLUSTER_RESOURCE_NAMESPACE],
+                    &[
+                        "--cluster-resource-namespace",
+                        CLUSTER_RESOURCE_NAMESPACE,
+                        "--namespaced-service-ambient-credentials",
+                    ],
                     "acs-tenancy-",
                 )
                 .await
@@ -497,9 +503,10 @@ async fn a_cluster_service_naming_a_secret_outside_the_cluster_resource_namespac
 }
 
 /// Route 4b, keyless: a ClusterCommunicationService naming A's ServiceAccount, and B's own
-/// CommunicationService borrowing the operator's identity (ambient) and choosing where its
-/// token would go (`authorityHost`). Neither is used: no TokenRequest, no ACS request, and
-/// the services and identities say why.
+/// CommunicationService borrowing the operator's identity (ambient, which this operator
+/// allows for namespaced services) and choosing where its token would go
+/// (`authorityHost`). Neither is used: no TokenRequest, no ACS request, and the services
+/// and identities say why.
 #[tokio::test]
 async fn keyless_services_never_borrow_another_namespaces_or_the_operators_identity() {
     let w = World::new("ten-entra").await;
@@ -573,7 +580,7 @@ async fn keyless_services_never_borrow_another_namespaces_or_the_operators_ident
         "communicationservices",
         "ambient",
         "AmbientCredentialsNotAllowed",
-        "serviceAccountRef",
+        "authorityHost",
     )
     .await;
     assert!(!w.secret_exists(&b, "via-a").await);
