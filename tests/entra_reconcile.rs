@@ -500,6 +500,87 @@ async fn every_refusal_has_its_reason() {
     }
 }
 
+/// The remaining reasons through the real API server: Entra failing (503 on the token
+/// operation) is `EntraUnavailable` and heals by itself; an application without a role on
+/// the resource gets its Entra token, ACS refuses it, and the identity is `Unauthorized`
+/// with the role to grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_outage_and_a_missing_role_have_their_reasons() {
+    let mut w = World::new("entra-outage").await;
+    let ns = w.ns().to_string();
+    w.register("client-u", &ns, "flaky").await;
+    // No role assignment for client-r.
+    w.post(
+        "/admin/entra/applications",
+        json!({"clientId": "client-r", "objectId": "oid-client-r",
+               "federatedCredentials": [{"name": "fic", "issuer": ISSUER,
+                 "subject": format!("system:serviceaccount:{ns}:norole"),
+                 "audiences": ["api://AzureADTokenExchange"]}]}),
+    )
+    .await;
+    w.apply(&World::tenant_manifest(&ns, "flaky", "client-u", false));
+    w.apply(&World::tenant_manifest(&ns, "norole", "client-r", false));
+    w.apply(&token_request_grant(&ns, &["flaky", "norole"]));
+    // Entra answers the next token request with 503.
+    w.post(
+        "/admin/faults",
+        json!({"operation": "entra-token", "status": 503, "count": 1}),
+    )
+    .await;
+    w.service("flaky", json!({"serviceAccountRef": {"name": "flaky"}}))
+        .await;
+    w.start(operator_client().await);
+    let msg = w
+        .service_reason_is("flaky", reasons::ENTRA_UNAVAILABLE)
+        .await;
+    assert!(msg.contains("503"), "{msg}");
+    w.service_reason_is("flaky", reasons::ENTRA_TOKEN_ACQUIRED)
+        .await;
+
+    w.service("norole", json!({"serviceAccountRef": {"name": "norole"}}))
+        .await;
+    w.service_reason_is("norole", reasons::ENTRA_TOKEN_ACQUIRED)
+        .await;
+    create_identity(
+        &w.admin,
+        &ns,
+        "id-norole",
+        json!({"serviceRef": {"kind": "CommunicationService", "name": "norole"}, "scopes": ["chat"]}),
+    )
+    .await;
+    let ids: Api<CommunicationIdentity> = Api::namespaced(w.admin.clone(), &ns);
+    let o = wait_for(&ids, "id-norole", 60, |o: &CommunicationIdentity| {
+        o.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == types::READY && c.status == "False" && c.reason == reasons::UNAUTHORIZED
+            })
+        })
+    })
+    .await
+    .unwrap_or_else(|| panic!("id-norole is Unauthorized"));
+    let msg = o
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == types::READY)
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("Contributor"),
+        "names the role to grant: {msg}"
+    );
+    assert!(!msg.contains("eyJ"), "{msg}");
+    let counts = w.entra_counts().await;
+    assert!(
+        counts["bearerRefused"].as_u64().unwrap_or(0) >= 1,
+        "ACS refused the role-less token: {counts}"
+    );
+    if let Some(op) = w.operator.take() {
+        op.abort();
+    }
+}
+
 /// Reads a cluster service's Ready condition (reason, message) and authentication.
 async fn cluster_service_reason_is(admin: &Client, name: &str, reason: &str) -> (String, Value) {
     let api: Api<acs_identity_operator::api::ClusterCommunicationService> = Api::all(admin.clone());

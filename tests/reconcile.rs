@@ -320,12 +320,30 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
         let (credential_gets, other_gets) =
             credential_and_other_gets(&gets_before, &w.requests.gets_by_name());
         let n = N as f64;
-        let per_writes = identity_writes(&d) / n;
+        // Tokens here live 35 s: on a loaded machine the first identities may renew before
+        // the last is Ready. A renewal is measured below (1 ACS request, 3 writes); here it
+        // is taken out, so that the figures are those of a new identity.
+        // Both counts from one moment: read again if a request came in between.
+        let (calls, renewed) = loop {
+            let calls = w.emulator.calls("create").await + w.emulator.calls("issue").await;
+            let renewed = w
+                .emulator
+                .identities()
+                .await
+                .iter()
+                .filter(|u| u.tokens_issued > 1)
+                .count() as f64;
+            if w.emulator.calls("create").await + w.emulator.calls("issue").await == calls {
+                break (calls as f64, renewed);
+            }
+        };
+        let per_writes = (identity_writes(&d) - 3.0 * renewed) / n;
         let per_gets = gets(&d) / n;
-        let acs = (w.emulator.calls("create").await + w.emulator.calls("issue").await) as f64 / n;
+        let acs = (calls - renewed) / n;
         println!(
             "cost per new identity ({api_version}): {acs:.1} ACS requests, {per_writes:.1} API writes, {per_gets:.1} GETs \
-             ({credential_gets} of the credential Secret for {N} identities, {other_gets} of others); by verb/resource: {d:?}"
+             ({credential_gets} of the credential Secret for {N} identities, {other_gets} of others; {renewed} renewed \
+             meanwhile, taken out); by verb/resource: {d:?}"
         );
         assert_eq!(settled as usize, N, "exactly one ACS create per identity");
         assert_eq!(acs, 1.0, "exactly one ACS request per new identity");
