@@ -162,7 +162,14 @@ ok "two operator pods Ready through /readyz ${operator_ready}s after helm instal
 kubectl create namespace team-a >/dev/null
 kubectl -n team-a create secret generic acs-connection --from-literal=connectionString="$conn" >/dev/null
 t_identity=$SECONDS
-kubectl -n team-a apply -f examples/communicationservice.yaml -f examples/communicationidentity.yaml >/dev/null
+# The API server can still answer 503 "Resource kind ... not found" for a new CRD version
+# for a moment after it served a GET of it (its handler reloads when the CRD's status
+# changes): such an answer, and only it, is retried.
+for ((i = 0; ; i++)); do
+  if out=$(kubectl -n team-a apply -f examples/communicationservice.yaml -f examples/communicationidentity.yaml 2>&1); then break; fi
+  [[ $out == *ServiceUnavailable* && $i -lt 30 ]] || fail "applying the examples: $out"
+  sleep 1
+done
 # A second identity with a day-long token (14 min at the emulator's scale): it must not
 # be renewed during the test, which makes re-issued tokens visible.
 kubectl -n team-a apply -f - >/dev/null <<YAML
