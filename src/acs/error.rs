@@ -242,7 +242,7 @@ impl AcsError {
     }
 
     /// This error with the `MS-CV` ACS answered with, where it has an answer to hold it.
-    /// `ms_cv` must already be bounded endpoint text ([`endpoint_text`]).
+    /// `cv` must already have passed [`correlation_vector`].
     pub fn with_ms_cv(mut self, cv: Option<&str>) -> Self {
         if let AcsError::Service { ms_cv, .. } | AcsError::TooLarge { ms_cv, .. } = &mut self {
             *ms_cv = cv.map(str::to_string);
