@@ -660,19 +660,6 @@ impl AcsClient {
                         error = %err,
                         "ACS may have carried out this request although no answer came back; not retrying it (the api-version has no custom ids, a second create would make a second user)"
                     );
-                } else if err.client_request_id().is_none()
-                    && matches!(err, AcsError::MalformedResponse { .. })
-                {
-                    // The one answered failure whose error cannot hold the request id:
-                    // logged where a person sees it, for Azure support.
-                    tracing::warn!(
-                        operation = %op,
-                        attempt,
-                        client_request_id = %client_request_id,
-                        ms_cv = ms_cv.as_deref().unwrap_or(""),
-                        error = %err,
-                        "ACS sent an unusable answer"
-                    );
                 } else {
                     tracing::debug!(operation = %op, attempt, client_request_id = %client_request_id, error = %err, "ACS request failed");
                 }

@@ -65,8 +65,8 @@ pub enum AcsError {
         /// support can trace. Kept out of `Display` (conditions must not change with every
         /// attempt); read it with [`AcsError::client_request_id`]. Not a secret.
         client_request_id: Option<String>,
-        /// The `MS-CV` correlation vector ACS answered with (bounded endpoint text); kept
-        /// out of `Display` like the request id. Read it with [`AcsError::ms_cv`].
+        /// The `MS-CV` correlation vector ACS answered with (see [`correlation_vector`]);
+        /// kept out of `Display` like the request id. Read it with [`AcsError::ms_cv`].
         ms_cv: Option<String>,
     },
     /// No complete answer within the request timeout. Shown exactly like `Transport`: what
@@ -118,6 +118,9 @@ pub enum AcsError {
         operation: Operation,
         status: u16,
         reason: String,
+        /// The `x-ms-client-request-id` and `MS-CV` of the attempt; not in `Display`.
+        client_request_id: Option<String>,
+        ms_cv: Option<String>,
     },
     /// The configured api-version does not offer what was asked (e.g. `get_user`).
     #[error(
@@ -219,9 +222,8 @@ impl AcsError {
     }
 
     /// This error with the `x-ms-client-request-id` of the request that got it, for every
-    /// variant of a request that was sent (or tried to be) and can hold one. No effect on
-    /// errors of requests never sent (quota, pause, configuration, Entra) and, for now, on
-    /// `MalformedResponse` (built in `model`; the client logs its id at warn instead).
+    /// variant of a request that was sent (or tried to be). No effect on errors of
+    /// requests never sent (quota, pause, configuration, Entra).
     pub fn with_client_request_id(mut self, id: &str) -> Self {
         if let AcsError::Service {
             client_request_id, ..
@@ -234,6 +236,9 @@ impl AcsError {
         }
         | AcsError::TooLarge {
             client_request_id, ..
+        }
+        | AcsError::MalformedResponse {
+            client_request_id, ..
         } = &mut self
         {
             *client_request_id = Some(id.to_string());
@@ -244,7 +249,10 @@ impl AcsError {
     /// This error with the `MS-CV` ACS answered with, where it has an answer to hold it.
     /// `cv` must already have passed [`correlation_vector`].
     pub fn with_ms_cv(mut self, cv: Option<&str>) -> Self {
-        if let AcsError::Service { ms_cv, .. } | AcsError::TooLarge { ms_cv, .. } = &mut self {
+        if let AcsError::Service { ms_cv, .. }
+        | AcsError::TooLarge { ms_cv, .. }
+        | AcsError::MalformedResponse { ms_cv, .. } = &mut self
+        {
             *ms_cv = cv.map(str::to_string);
         }
         self
@@ -267,6 +275,9 @@ impl AcsError {
             }
             | AcsError::TooLarge {
                 client_request_id, ..
+            }
+            | AcsError::MalformedResponse {
+                client_request_id, ..
             } => client_request_id.as_deref(),
             _ => None,
         }
@@ -275,7 +286,9 @@ impl AcsError {
     /// The `MS-CV` correlation vector ACS answered with, when it answered and sent one.
     pub fn ms_cv(&self) -> Option<&str> {
         match self {
-            AcsError::Service { ms_cv, .. } | AcsError::TooLarge { ms_cv, .. } => ms_cv.as_deref(),
+            AcsError::Service { ms_cv, .. }
+            | AcsError::TooLarge { ms_cv, .. }
+            | AcsError::MalformedResponse { ms_cv, .. } => ms_cv.as_deref(),
             _ => None,
         }
     }
@@ -465,9 +478,6 @@ impl AcsError {
     }
 }
 
-/// Endpoint text as it may be shown: control characters (newlines, escapes) become
-/// spaces, runs of whitespace one space, and the result is cut to
-/// [`MAX_ENDPOINT_TEXT_CHARS`] characters.
 /// An `MS-CV` header worth keeping: a correlation vector is base64 with dot-separated
 /// counters (`ZmM0ZjYyYjQ5N2E1.0.1`). Anything else (a hostile endpoint's long or
 /// spaced text, which could forge fields in a plain-text log line) is dropped.
@@ -479,6 +489,9 @@ pub fn correlation_vector(raw: &str) -> Option<String> {
     ok.then(|| raw.to_string())
 }
 
+/// Endpoint text as it may be shown: control characters (newlines, escapes) become
+/// spaces, runs of whitespace one space, and the result is cut to
+/// [`MAX_ENDPOINT_TEXT_CHARS`] characters.
 pub fn endpoint_text(raw: &str) -> String {
     let mut out = String::new();
     let mut count = 0;
@@ -505,6 +518,8 @@ pub fn endpoint_text(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn only_correlation_vectors_are_kept_from_ms_cv() {
         for (raw, kept) in [
@@ -515,11 +530,9 @@ mod tests {
             ("x\" client_request_id=forged", false),
             (&"A".repeat(65), false),
         ] {
-            assert_eq!(super::correlation_vector(raw).is_some(), kept, "{raw:?}");
+            assert_eq!(correlation_vector(raw).is_some(), kept, "{raw:?}");
         }
     }
-
-    use super::*;
 
     fn svc(status: u16) -> AcsError {
         AcsError::service(
@@ -550,6 +563,8 @@ mod tests {
             operation: Operation::CreateUser,
             status: 201,
             reason: "x".into(),
+            client_request_id: None,
+            ms_cv: None,
         };
         assert!(!malformed.is_retryable());
     }
@@ -668,12 +683,24 @@ mod tests {
                 client_request_id: None,
                 ms_cv: None,
             },
+            AcsError::MalformedResponse {
+                operation: Operation::IssueToken,
+                status: 200,
+                reason: "missing field `token`".into(),
+                client_request_id: None,
+                ms_cv: None,
+            },
         ];
         for e in sent {
             let before = e.to_string();
             let e = e.with_client_request_id(id).with_ms_cv(Some(cv));
             assert_eq!(e.client_request_id(), Some(id), "{e:?}");
-            let answered = matches!(e, AcsError::Service { .. } | AcsError::TooLarge { .. });
+            let answered = matches!(
+                e,
+                AcsError::Service { .. }
+                    | AcsError::TooLarge { .. }
+                    | AcsError::MalformedResponse { .. }
+            );
             assert_eq!(e.ms_cv(), answered.then_some(cv), "{e:?}");
             assert_eq!(e.to_string(), before);
             // Hints added later keep them.
@@ -753,6 +780,8 @@ mod tests {
             operation: Operation::CreateUser,
             status,
             reason: "x".into(),
+            client_request_id: None,
+            ms_cv: None,
         };
         for unknown in [
             timeout,

@@ -215,6 +215,8 @@ fn malformed(op: Operation, status: u16, reason: impl Into<String>) -> AcsError 
         operation: op,
         status,
         reason: reason.into(),
+        client_request_id: None,
+        ms_cv: None,
     }
 }
 
