@@ -193,9 +193,7 @@ impl ClientCache {
                 keep
             });
         for host in dropped {
-            if let Some(budget) = self.claimed(&host) {
-                self.set_budget(&host, &budget);
-            }
+            self.refresh_budget(&host);
         }
     }
 
@@ -250,11 +248,14 @@ impl ClientCache {
         b
     }
 
-    /// Sets the budget of `host` to `config` if a client holds it.
-    fn set_budget(&self, host: &str, config: &QuotaConfig) {
+    /// Sets the budget of `host`, if a client holds it, from its services' claims now.
+    fn refresh_budget(&self, host: &str) {
+        let Some(config) = self.claimed(host) else {
+            return;
+        };
         let budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = budgets.get(host).and_then(Weak::upgrade) {
-            b.set(config);
+            b.set(&config);
         }
     }
 
@@ -516,18 +517,14 @@ impl ClientCache {
         let now = Instant::now();
         self.sweep(now);
         let changed = self.claim(service, &host, &quota_config, now);
-        if let Some(Some(before)) = &changed
-            && let Some(budget) = self.claimed(before)
-        {
-            self.set_budget(before, &budget);
+        if let Some(Some(before)) = &changed {
+            self.refresh_budget(before);
         }
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get_mut(&key) {
             c.used = now;
-            if changed.is_some()
-                && let Some(budget) = self.claimed(&host)
-            {
-                self.set_budget(&host, &budget);
+            if changed.is_some() {
+                self.refresh_budget(&host);
             }
             return Ok(c.value.clone());
         }
