@@ -14,9 +14,7 @@ use serde_json::{Map, Value, json};
 use super::api_version::ApiVersion;
 use super::config::EmulatedOperation;
 use super::error::ServiceError;
-use super::store::{
-    Identity, IssuedToken, Store, check_create_request, check_issue_request, expiry_of,
-};
+use super::store::{Identity, IssuedToken, Store, check_create_request, check_issue_request};
 
 /// One recognised request; ids are percent-decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +119,7 @@ pub fn execute(
         }
         (Route::Issue(id), ApiVersion::Current(_)) => {
             let request: TokenRequest = parse_json(body)?.ok_or_else(missing_body)?;
-            check_issue_request(version, &request.scopes, request.expires_in_minutes)?;
-            let expiry = expiry_of(version.issue_takes_expiry(), request.expires_in_minutes);
+            let expiry = check_issue_request(version, &request.scopes, request.expires_in_minutes)?;
             let token = store.issue(id, &request.scopes, expiry, now)?;
             Ok(Json(token_json(&token)).into_response())
         }
@@ -258,18 +255,13 @@ fn create(
     let scopes = request.create_token_with_scopes.filter(|s| !s.is_empty());
     // Validate before creating, so a bad request leaves no user behind: the scopes and
     // `expiresInMinutes` of this api-version, nothing else.
-    check_create_request(version, scopes.as_deref(), request.expires_in_minutes)?;
+    let expiry = check_create_request(version, scopes.as_deref(), request.expires_in_minutes)?;
     // Versions whose published spec has no customId ignore it, as the service ignores
     // properties its version does not define (GA 2025-06-30 and 2026-07-22 included).
     let custom_id = request.custom_id.filter(|_| version.supports_custom_id());
     let (identity, created) = store.create(custom_id.as_deref(), now)?;
     let token = match &scopes {
-        Some(scopes) => Some(store.issue(
-            &identity.id,
-            scopes,
-            expiry_of(version.create_takes_expiry(), request.expires_in_minutes),
-            now,
-        )?),
+        Some(scopes) => Some(store.issue(&identity.id, scopes, expiry, now)?),
         None => None,
     };
     let identity = store.get(&identity.id)?;

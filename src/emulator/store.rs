@@ -412,12 +412,12 @@ pub fn validate_scopes_in<'a>(
 }
 
 /// Checks `:issueAccessToken`'s body against what `version` publishes, before anything is
-/// done: see `check_token_fields`.
+/// done, and returns the `expiresInMinutes` the version reads: see `check_token_fields`.
 pub fn check_issue_request(
     version: &ApiVersion,
     scopes: &[String],
     expires_in_minutes: Option<i64>,
-) -> Result<(), ServiceError> {
+) -> Result<Option<i64>, ServiceError> {
     check_token_fields(
         version,
         Some(scopes),
@@ -427,13 +427,13 @@ pub fn check_issue_request(
 }
 
 /// Checks a create's body against what `version` publishes, before the user is made (a
-/// refused create makes no user); `scopes` is `None` for a create without a token. See
-/// `check_token_fields`.
+/// refused create makes no user), and returns the `expiresInMinutes` the version reads;
+/// `scopes` is `None` for a create without a token. See `check_token_fields`.
 pub fn check_create_request(
     version: &ApiVersion,
     scopes: Option<&[String]>,
     expires_in_minutes: Option<i64>,
-) -> Result<(), ServiceError> {
+) -> Result<Option<i64>, ServiceError> {
     check_token_fields(
         version,
         scopes,
@@ -442,30 +442,26 @@ pub fn check_create_request(
     )
 }
 
-/// `expiresInMinutes` as the version reads it: `None` where its body has no such field.
-pub fn expiry_of(takes_expiry: bool, expires_in_minutes: Option<i64>) -> Option<i64> {
-    expires_in_minutes.filter(|_| takes_expiry)
-}
-
 /// The scopes of the version's `CommunicationIdentityTokenScope` (any other is a 400
 /// `ValidationError` naming `Scopes` in `error.target`, the shape the service gives every
 /// invalid field of a body), and `expiresInMinutes` between 60 and 1440 where its body has
 /// that field (`takes_expiry`). Where it has not, the field is ignored, as the service
-/// ignores every property its version does not define (`customId` too): the caller passes
-/// [`expiry_of`] on to the store.
+/// ignores every property its version does not define (`customId` too): the value returned
+/// is what the store is given.
 fn check_token_fields(
     version: &ApiVersion,
     scopes: Option<&[String]>,
     expires_in_minutes: Option<i64>,
     takes_expiry: bool,
-) -> Result<(), ServiceError> {
+) -> Result<Option<i64>, ServiceError> {
     if let Some(scopes) = scopes {
         validate_scopes_in(scopes, version.token_scopes())?;
     }
-    if expires_in_minutes.is_some() && takes_expiry && scopes.is_some() {
-        validate_expiry(expires_in_minutes)?;
+    let read = expires_in_minutes.filter(|_| takes_expiry);
+    if read.is_some() && scopes.is_some() {
+        validate_expiry(read)?;
     }
-    Ok(())
+    Ok(read)
 }
 
 pub fn validate_expiry(expires_in_minutes: Option<i64>) -> Result<i64, ServiceError> {
@@ -601,6 +597,7 @@ mod tests {
                 Issue => check_issue_request(&version(v), &scopes, minutes),
                 Create => check_create_request(&version(v), Some(&scopes), minutes),
             }
+            .map(|_| ())
             .map_err(|e| (e.status.as_u16(), e.code, e.target))
         };
         let scope = Err((400, "ValidationError", Some("Scopes")));
@@ -635,7 +632,8 @@ mod tests {
         ] {
             assert_eq!(check(v, Issue, &["chat"], Some(5)), Ok(()), "{v}");
             assert_eq!(check(v, Create, &["chat"], Some(5)), Ok(()), "{v}");
-            assert_eq!(expiry_of(version(v).issue_takes_expiry(), Some(60)), None);
+            let read = check_issue_request(&version(v), &["chat".into()], Some(60));
+            assert_eq!(read.ok(), Some(None), "{v}: not read, so not passed on");
         }
         // 2022-09-01: on issue only.
         assert_eq!(check("2022-09-01", Issue, &["chat"], Some(60)), Ok(()));
@@ -643,8 +641,15 @@ mod tests {
         assert_eq!(check("2022-09-01", Issue, &["chat"], Some(59)), expiry);
         assert_eq!(check("2022-10-01", Create, &["chat"], Some(1441)), expiry);
         let v = version("2022-09-01");
-        assert_eq!(expiry_of(v.issue_takes_expiry(), Some(60)), Some(60));
-        assert_eq!(expiry_of(v.create_takes_expiry(), Some(60)), None);
+        let chat = ["chat".to_string()];
+        assert_eq!(
+            check_issue_request(&v, &chat, Some(60)).ok(),
+            Some(Some(60))
+        );
+        assert_eq!(
+            check_create_request(&v, Some(&chat), Some(60)).ok(),
+            Some(None)
+        );
         // A create without a token: nothing to check.
         let bare = |v: &str, m| check_create_request(&version(v), None, m).is_ok();
         assert!(bare("2021-03-07", None));
