@@ -1,9 +1,9 @@
 //! The act side of the identity reconcile: every ACS call and every write a plan's step
 //! makes (revoke, create or adopt the user, issue, the token Secret, status, events,
 //! metrics), in the order the plan gives; a cleanup plan's (delete or revoke, the bounded
-//! release); the finalizer patch; and the report of a caught panic. What to do was chosen by [`super::decide`];
-//! the choices a step's outcome still implies (which event, whether a failure is news,
-//! until when the old token stands) are asked of it too.
+//! release); the finalizer patch; and the report of a caught panic. What to do was chosen
+//! by [`super::decide`]; the choices a step's outcome still implies (which event, whether a
+//! failure is news, until when the old token stands) are asked of it too.
 
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -441,20 +441,13 @@ pub(super) async fn clean_up(
                 }
                 Ok(found) => found,
                 Err(source) => {
-                    traced_cleanup_failure(obj, &source);
-                    let err = StepError::DeleteUser {
-                        user: format!("with custom id {custom_id}"),
-                        source,
-                    };
                     drop(share);
                     let who = format!("with custom id {custom_id}");
                     let blocked = Blocked {
                         user: Some(&who),
                         ..blocked
                     };
-                    return blocked
-                        .fail(reasons::CLEANUP_FAILED, &err.to_string())
-                        .await;
+                    return blocked.acs_failed(source).await;
                 }
             };
             let user = found.user.id;
@@ -465,14 +458,13 @@ pub(super) async fn clean_up(
             st.user_id = Some(user.clone());
             st.user_endpoint = endpoint;
             if let Err(e) = write_status(ctx, obj, status, &st).await {
+                // Someone wrote the identity since it was read: look again at once.
+                let someone_else = crate::controller::status::precondition_failed(&e);
                 let err = StepError::RecordUser {
                     user: user.clone(),
                     source: e,
                 };
-                // Someone wrote the identity since it was read: look again at once.
-                if let StepError::RecordUser { source, .. } = &err
-                    && crate::controller::status::precondition_failed(source)
-                {
+                if someone_else {
                     return Err(Error::Step(err));
                 }
                 // Never deleted unrecorded; reported, and bounded like any failed step (a
@@ -503,11 +495,11 @@ pub(super) async fn clean_up(
                 return Err(Error::Waiting(e.retry_after().unwrap_or_default()));
             }
             Err(source) => {
-                traced_cleanup_failure(obj, &source);
-                let err = StepError::DeleteUser { user, source };
-                return blocked
-                    .fail(reasons::CLEANUP_FAILED, &err.to_string())
-                    .await;
+                let blocked = Blocked {
+                    user: Some(&user),
+                    ..blocked
+                };
+                return blocked.acs_failed(source).await;
             }
         }
         let (reason, note) = if deleted {
@@ -528,19 +520,6 @@ pub(super) async fn clean_up(
     }
     forget(ctx, obj);
     Ok(Action::await_change())
-}
-
-/// A failed cleanup request, with the ids Azure support traces it by (the condition and
-/// the event keep a message that does not change with every attempt).
-fn traced_cleanup_failure(obj: &CommunicationIdentity, e: &crate::acs::AcsError) {
-    tracing::warn!(
-        namespace = %obj.namespace().unwrap_or_default(),
-        name = %obj.name_any(),
-        error = %e,
-        client_request_id = e.client_request_id().unwrap_or(""),
-        ms_cv = e.ms_cv().unwrap_or(""),
-        "ACS cleanup request failed"
-    );
 }
 
 pub(super) fn forget(ctx: &Context, obj: &CommunicationIdentity) {
@@ -564,6 +543,25 @@ struct Blocked<'a> {
 }
 
 impl Blocked<'_> {
+    /// The cleanup's ACS request for `self.user` failed: logged with the ids Azure support
+    /// traces it by (the condition and the event keep a message that does not change with
+    /// every attempt), then reported like any failed cleanup.
+    async fn acs_failed(&self, source: crate::acs::AcsError) -> Result<Action, Error> {
+        tracing::warn!(
+            namespace = %self.obj.namespace().unwrap_or_default(),
+            name = %self.obj.name_any(),
+            error = %source,
+            client_request_id = source.client_request_id().unwrap_or(""),
+            ms_cv = source.ms_cv().unwrap_or(""),
+            "ACS cleanup request failed"
+        );
+        let err = StepError::DeleteUser {
+            user: self.user.unwrap_or("(unknown)").to_string(),
+            source,
+        };
+        self.fail(reasons::CLEANUP_FAILED, &err.to_string()).await
+    }
+
     async fn fail(&self, reason: &str, problem: &str) -> Result<Action, Error> {
         let (ctx, obj) = (self.ctx, self.obj);
         let bound = ctx.abandon_cleanup_after;
