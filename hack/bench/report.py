@@ -52,6 +52,13 @@ def tool_version(cmd):
         return "unknown"
 
 
+def policy_note(m):
+    """Whether the run had the chart's finalizer policy (older runs did not record it)."""
+    if "admission_policy" not in m:
+        return ""
+    return "; with the chart's finalizer MutatingAdmissionPolicy" if m["admission_policy"] else "; without the finalizer policy"
+
+
 def annotate(a):
     run = load(a.run)
     run["meta"] = {
@@ -62,6 +69,8 @@ def annotate(a):
         "kubernetes": a.k8s,
         "external_secrets": a.eso,
         "rustc": tool_version(["rustc", "--version"]),
+        # The chart's finalizer MutatingAdmissionPolicy: one write fewer per new identity.
+        "admission_policy": a.admission_policy == "1",
     }
     if a.reuse_peer:
         old = load(a.reuse_peer)
@@ -190,7 +199,8 @@ def render_scale(runs):
         m = r["meta"]
         loads = "; ".join(f"{ph} {num(g(r, 'scale', ph, 'load_1m'))}" for ph in ("create", "restart", "failover", "wave"))
         out.append(f"- **{m['label']}**, {m['date']}: `{m['command']}`; {m['machine']}; Kubernetes "
-                   f"{m['kubernetes']}, {m['rustc']}; token period {g(r, 'scale', 'period_s')} s; load (1 min) {loads}.")
+                   f"{m['kubernetes']}, {m['rustc']}; token period {g(r, 'scale', 'period_s')} s; load (1 min) {loads}"
+                   f"{policy_note(m)}.")
         out.append(f"    {scale_line(r)}")
     out.append("")
     return out
@@ -357,7 +367,7 @@ def render(a):
                 f"{m['kubernetes']}, external-secrets {m['external_secrets']}, {m['rustc']}; renewal/refresh "
                 f"period {r['period_s']} s (emulator lifetime scale {r['emulator_lifetime_scale']:.4f}); "
                 f"peer flags {' '.join(g(r, 'eso', 'args') or [])}"
-                + (f" (peer figures reused from run {peer})" if peer else "") + ".")
+                + (f" (peer figures reused from run {peer})" if peer else "") + policy_note(m) + ".")
         out.append("")
         out += [f"Closing lines: ", ""]
         for r in rs:
@@ -418,6 +428,7 @@ def main():
     an.add_argument("--k8s", default="unknown")
     an.add_argument("--eso", default="unknown")
     an.add_argument("--reuse-peer")
+    an.add_argument("--admission-policy", default="0")
     rn = sub.add_parser("render")
     rn.add_argument("data")
     rn.add_argument("--out", required=True)

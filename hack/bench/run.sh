@@ -14,13 +14,18 @@
 #   --period S         renewal / refresh period in seconds (default: the harness's)
 #   --scale            ours alone with N identities (`make bench-scale`): memory per
 #                      identity, restart, failover, the renewal wave after an outage
+#   --no-admission-policy  leave out the chart's finalizer MutatingAdmissionPolicy (which
+#                      the chart installs by default where the API exists), to measure an
+#                      older cluster's cost: one more write per new identity
+# With the peer, kube-apiserver's CPU profile of each creation phase is summarised in
+# bench/data/<label>-n<N>-<ours|eso>-apiserver.txt (`go tool pprof -top`).
 # Writes bench/data/<label>-n<N>.json, regenerates bench/results.md and
 # bench/ready-over-time.png, and prints the `bench:` (or `bench-scale:`) line last.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-n=${N:-1000} operator_bin="" label="" skip="" reuse="" keep=0 scale=0 period=""
+n=${N:-1000} operator_bin="" label="" skip="" reuse="" keep=0 scale=0 period="" policy=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --n) n=$2; shift 2 ;;
@@ -31,7 +36,8 @@ while [[ $# -gt 0 ]]; do
     --keep) keep=1; shift ;;
     --scale) scale=1; shift ;;
     --period) period=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --no-admission-policy) policy=0; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -106,6 +112,15 @@ say "installing our CRDs and external-secrets' CRDs (server-side)"
 "${kubectl[@]}" apply --server-side -f "$root/crds/" >/dev/null
 [[ -z $eso_dir ]] || "${kubectl[@]}" apply --server-side -f "$eso_dir/crds.yaml" >/dev/null
 "${kubectl[@]}" wait --for condition=established --timeout=60s crd --all >/dev/null
+if ((policy)); then
+  # What `helm install` of the chart adds on this cluster: the finalizer policy, for every
+  # namespace (the bench's identities are the only CommunicationIdentities here).
+  say "installing the chart's finalizer MutatingAdmissionPolicy"
+  "$cp_bin/helm" template bench "$root/charts/acs-identity-operator" \
+    --show-only templates/mutatingadmissionpolicy.yaml \
+    --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy |
+    "${kubectl[@]}" apply -f - >/dev/null || die "installing the finalizer policy failed"
+fi
 
 mkdir -p "$root/bench/data"
 out=$root/bench/data/$label-n$n.json
@@ -117,6 +132,7 @@ args+=(--apiserver-pid "$(pid_of kube-apiserver)" --etcd-pid "$(pid_of etcd)")
 [[ -n $skip ]] && args+=(--skip "$skip")
 ((scale)) && args+=(--scale)
 [[ -n $period ]] && args+=(--period "$period")
+((scale)) || { mkdir -p "$work/profiles" && args+=(--apiserver-profile "$work/profiles"); }
 if [[ -z $reuse && ,$skip, != *,peer,* && $scale == 0 ]]; then
   args+=(--eso-bin "$eso_bin" --eso-kubeconfig "$eso_kc")
 fi
@@ -126,7 +142,16 @@ say "running: operator-bench ${args[*]}"
 cmd="make bench N=$n"
 ((scale)) && cmd="make bench-scale N=$n"
 [[ $operator_bin == "$rel/acs-identity-operator" ]] || cmd="hack/bench/run.sh --n $n --operator-bin <acs-identity-operator built at $label> --label $label"
-"$python" "$here/report.py" annotate "$out" --label "$label" --command "$cmd" \
+((policy)) || cmd+=" BENCH_ARGS=--no-admission-policy"
+for prof in "$work"/profiles/*.pprof; do
+  [[ -s $prof ]] || continue
+  who=$(basename "$prof" -create.pprof)
+  # The top of kube-apiserver's profile by cumulative time: what serving each operator's
+  # requests costs it (the harness's own creates and watches are in both).
+  go tool pprof -top -cum -nodecount=80 "$cp_bin/kube-apiserver" "$prof" \
+    >"${out%.json}-$who-apiserver.txt" 2>/dev/null || say "go tool pprof failed on $prof"
+done
+"$python" "$here/report.py" annotate "$out" --label "$label" --command "$cmd" --admission-policy "$policy" \
   --k8s "$("${kubectl[@]}" version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1)" \
   --eso "$(if [[ -n $eso_dir ]]; then cat "$eso_dir/.stamp"; else echo "not run"; fi)" ${reuse:+--reuse-peer "$reuse"}
 "$python" "$here/report.py" render "$root/bench/data" --out "$root/bench"

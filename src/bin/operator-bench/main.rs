@@ -110,6 +110,11 @@ struct Args {
     /// identity, restart, failover and the renewal wave (`make bench-scale`).
     #[arg(long)]
     scale: bool,
+    /// Write a CPU profile of kube-apiserver (its `/debug/pprof/profile`) taken during
+    /// each operator's creation phase to this directory, as `<ours|eso>-create.pprof`:
+    /// what the API server spends its time on while serving each operator.
+    #[arg(long)]
+    apiserver_profile: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -543,6 +548,10 @@ async fn operator_phases(
     let m0 = Mark::now(&proc, args);
     let t0 = tracker.start.elapsed();
     let sampler = sample(&tracker, &proc, t0);
+    let profile = args
+        .apiserver_profile
+        .as_ref()
+        .map(|dir| profile_apiserver(client, dir.join(format!("{label}-create.pprof")), n));
     let failed = workload::create_all(
         client.clone(),
         ns,
@@ -603,6 +612,9 @@ async fn operator_phases(
         "ready_times_s": ready,
     });
     close_phase(&mut create, &m0, &m1, emulator, n).await?;
+    if let Some(profile) = profile {
+        create["apiserver_profile"] = profile.await.unwrap_or_else(|e| json!({"error": e.to_string()}));
+    }
     windows.push(m1.window_since(&m0, &format!("{label}.create"), user));
     out["create"] = create;
 
@@ -691,6 +703,44 @@ async fn operator_phases(
     out["cpu_s_total"] = json!(end.cpu_s);
     out["samples"] = samples;
     Ok((out, proc))
+}
+
+/// Starts a CPU profile of kube-apiserver covering the first seconds of a creation phase
+/// (about one second per 100 objects, 5 to 60 s: both operators' profiles cover the same
+/// length, from the same start), written to `path`. The task answers with where it went
+/// or why it failed; a failed profile never fails the benchmark.
+fn profile_apiserver(
+    client: &Client,
+    path: PathBuf,
+    n: usize,
+) -> tokio::task::JoinHandle<Value> {
+    let client = client.clone();
+    let seconds = (n / 100).clamp(5, 60);
+    tokio::spawn(async move {
+        let fetched = async {
+            use futures::AsyncReadExt;
+            let req = http::Request::get(format!("/debug/pprof/profile?seconds={seconds}"))
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            let mut body = Vec::new();
+            client
+                .request_stream(req)
+                .await
+                .map_err(|e| e.to_string())?
+                .read_to_end(&mut body)
+                .await
+                .map_err(|e| e.to_string())?;
+            std::fs::write(&path, &body).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok::<_, String>(body.len())
+        };
+        match fetched.await {
+            Ok(bytes) => json!({"path": path, "seconds": seconds, "bytes": bytes}),
+            Err(e) => {
+                say(format!("kube-apiserver profile failed: {e}"));
+                json!({"error": e, "seconds": seconds})
+            }
+        }
+    })
 }
 
 /// Ready, renewed and existing counts, RSS and open file descriptors (mostly sockets)
