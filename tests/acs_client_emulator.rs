@@ -64,10 +64,13 @@ async fn full_flow(tls: bool) {
     let emu = start(tls).await;
     assert_eq!(emu.endpoint().starts_with("https://"), tls);
     let c = client(&emu, options(&emu, "2023-10-01"));
+    assert!(!c.has_worked(), "no request made yet");
 
     // Create without and with a token.
     let plain = c.create_user(None, None, None).await.unwrap();
     assert!(plain.created && plain.token.is_none());
+    // What lets a service's quota count towards its resource's budget.
+    assert!(c.has_worked(), "ACS accepted the key");
     assert!(plain.user.id.starts_with("8:acs:"), "{}", plain.user.id);
     let created = c
         .create_user(Some(&[TokenScope::Chat, TokenScope::Voip]), Some(60), None)
@@ -148,6 +151,7 @@ async fn full_flow(tls: bool) {
     assert!(e.is_unauthorized() && !e.is_retryable());
     assert!(!format!("{e} {e:?}").contains(&wrong_key.to_base64()));
     assert_eq!(admin_identity(&emu, &other).await.tokens_issued, 0);
+    assert!(!bad.has_worked(), "a refused key never counts as working");
 
     emu.shutdown().await;
 }

@@ -203,6 +203,8 @@ struct Inner {
     observer: Option<Arc<dyn RequestObserver>>,
     /// The endpoint's host, the `resource` of metrics.
     resource: Arc<str>,
+    /// Some request through this client was answered with success: its credentials work.
+    worked: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for AcsClient {
@@ -298,6 +300,7 @@ impl AcsClient {
                 api_version: options.api_version,
                 observer: options.observer,
                 resource: Arc::from(endpoint.host_str().unwrap_or("unknown")),
+                worked: std::sync::atomic::AtomicBool::new(false),
             }),
             caller: None,
         })
@@ -315,6 +318,20 @@ impl AcsClient {
     }
 
     /// The budget this client draws from (shared with every client of its resource).
+    /// Whether ACS has answered a request of this client (or of a copy made by
+    /// [`AcsClient::for_caller`]) with success, i.e. its credentials work for the endpoint.
+    pub fn has_worked(&self) -> bool {
+        self.inner.worked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the client as answered with success (tests of what depends on it).
+    #[cfg(test)]
+    pub fn mark_worked(&self) {
+        self.inner
+            .worked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn quota(&self) -> &Arc<ClientQuota> {
         &self.inner.quota
     }
@@ -611,7 +628,12 @@ impl AcsClient {
                 });
             }
             let err = match result {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.inner
+                        .worked
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(v);
+                }
                 Err((_, e)) => e,
             };
             // A bearer token ACS refuses may have been revoked or may predate a role

@@ -116,6 +116,27 @@ impl QuotaConfig {
         }
     }
 
+    /// Per operation, the stricter of the two (any rate below unlimited): a resource's
+    /// budget while none of the services naming it has shown working credentials, so
+    /// that a service nobody has proven can lower the budget but never raise it.
+    pub fn most_restrictive(&self, other: &QuotaConfig) -> QuotaConfig {
+        let pick = |a: Option<Rate>, b: Option<Rate>| match (a, b) {
+            (Some(a), Some(b)) => Some(if b.per_second() < a.per_second() {
+                b
+            } else {
+                a
+            }),
+            (a, b) => a.or(b),
+        };
+        QuotaConfig {
+            create_user: pick(self.create_user, other.create_user),
+            get_user: pick(self.get_user, other.get_user),
+            issue_token: pick(self.issue_token, other.issue_token),
+            revoke_tokens: pick(self.revoke_tokens, other.revoke_tokens),
+            delete_user: pick(self.delete_user, other.delete_user),
+        }
+    }
+
     /// The first operation whose rate is out of bounds (see [`Rate::is_valid`]).
     pub fn invalid_operation(&self) -> Option<Operation> {
         Operation::ALL
@@ -761,6 +782,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_unproven_budget_takes_the_stricter_rate() {
+        let strict = QuotaConfig {
+            create_user: Some(Rate::new(1, MAX_WINDOW)),
+            revoke_tokens: None,
+            ..QuotaConfig::default()
+        };
+        let limited = QuotaConfig::default();
+        for (a, b) in [
+            (limited.clone(), strict.clone()),
+            (strict.clone(), limited.clone()),
+        ] {
+            let both = a.most_restrictive(&b);
+            assert_eq!(both.create_user, strict.create_user);
+            assert_eq!(
+                both.revoke_tokens, limited.revoke_tokens,
+                "any rate is stricter than unlimited"
+            );
+            assert_eq!(both.issue_token, limited.issue_token);
+        }
+        let unlimited = QuotaConfig::unlimited();
+        assert_eq!(unlimited.most_restrictive(&unlimited).issue_token, None);
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! - One budget (quota buckets, paused for everyone by a 429) per ACS resource, i.e. per
 //!   endpoint host and port, whatever key, api-version or service reaches it: a primary and
 //!   a secondary key, or two api-versions, must not get twice ACS's limit. The budget is
-//!   the most generous quota among the services that use the resource now, so a service
-//!   that lowers its quota lowers the budget at once.
+//!   the most generous quota among the services that use the resource now and whose
+//!   credentials have worked there (ACS answered one of their requests with success), so
+//!   a service that lowers its quota lowers the budget at once, and a tenant's service
+//!   with a made-up key and a generous quota cannot raise another team's budget. While
+//!   no service of a resource has worked, the strictest quota among them applies.
 //! - A credential Secret is read and parsed once per resourceVersion, however many
 //!   identities use it; concurrent first readers wait for one GET.
 //! - Bounded whatever tenants create: clients and parsed credentials nobody used for
@@ -110,6 +113,22 @@ pub fn operator_retry_policy() -> RetryPolicy {
 /// One call (its attempts and their short waits) never takes longer than this.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(45);
 
+/// A service's use of a resource: what its quota asks for, and through which client, whose
+/// first success makes the claim count (see the module's doc).
+struct Claim {
+    host: String,
+    config: QuotaConfig,
+    client: Weak<AcsClient>,
+    /// Whether the budget was last computed with this claim proven.
+    counted: bool,
+}
+
+impl Claim {
+    fn proven(&self) -> bool {
+        self.client.upgrade().is_some_and(|c| c.has_worked())
+    }
+}
+
 struct Cached<T> {
     value: T,
     used: Instant,
@@ -128,7 +147,7 @@ pub struct ClientCache {
     /// One budget per ACS resource (host and port), alive while a client uses it.
     budgets: Mutex<HashMap<String, Weak<ClientQuota>>>,
     /// The quota each service last asked of its resource (the budget's inputs).
-    claims: Mutex<HashMap<ServiceKey, Cached<(String, QuotaConfig)>>>,
+    claims: Mutex<HashMap<ServiceKey, Cached<Claim>>>,
     swept: Mutex<Instant>,
 }
 
@@ -188,7 +207,7 @@ impl ClientCache {
             .retain(|_, c| {
                 let keep = fresh(c.used);
                 if !keep {
-                    dropped.insert(c.value.0.clone());
+                    dropped.insert(c.value.host.clone());
                 }
                 keep
             });
@@ -197,42 +216,63 @@ impl ClientCache {
         }
     }
 
-    /// Notes that `service` uses the resource at `host` with `config`. `None` when it
-    /// already did; else `Some` with the resource it used before, if it moved.
+    /// Notes that `service` uses the resource at `host` with `config` through `client`.
+    /// `None` when nothing changed for the budget; else `Some` with the resource it used
+    /// before, if it moved (a claim whose client has just worked for the first time is a
+    /// change: it counts from now on).
     fn claim(
         &self,
         service: &ServiceKey,
         host: &str,
         config: &QuotaConfig,
+        client: &Arc<AcsClient>,
         now: Instant,
     ) -> Option<Option<String>> {
+        let proven = client.has_worked();
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = claims.get_mut(service)
-            && c.value.0 == host
-            && c.value.1 == *config
+            && c.value.host == host
+            && c.value.config == *config
+            && std::ptr::eq(c.value.client.as_ptr(), Arc::as_ptr(client))
         {
             c.used = now;
-            return None;
+            if c.value.counted == proven {
+                return None;
+            }
+            c.value.counted = proven;
+            return Some(None);
         }
         let before = claims.insert(
             service.clone(),
             Cached {
-                value: (host.to_string(), config.clone()),
+                value: Claim {
+                    host: host.to_string(),
+                    config: config.clone(),
+                    client: Arc::downgrade(client),
+                    counted: proven,
+                },
                 used: now,
                 read: now,
             },
         );
-        Some(before.map(|c| c.value.0).filter(|h| h != host))
+        Some(before.map(|c| c.value.host).filter(|h| h != host))
     }
 
-    /// The budget `host` gets: the most generous quota of the services using it.
+    /// The budget `host` gets: the most generous quota of its services whose credentials
+    /// have worked there, or while none has, the strictest of them all.
     fn claimed(&self, host: &str) -> Option<QuotaConfig> {
         let claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        claims
-            .values()
-            .filter(|c| c.value.0 == host)
-            .map(|c| c.value.1.clone())
-            .reduce(|a, b| a.most_generous(&b))
+        let (mut proven, mut unproven) = (None::<QuotaConfig>, None::<QuotaConfig>);
+        for c in claims.values().filter(|c| c.value.host == host) {
+            let config = &c.value.config;
+            if c.value.proven() {
+                proven = Some(proven.map_or_else(|| config.clone(), |p| p.most_generous(config)));
+            } else {
+                unproven =
+                    Some(unproven.map_or_else(|| config.clone(), |u| u.most_restrictive(config)));
+            }
+        }
+        proven.or(unproven)
     }
 
     /// The budget of the resource at `host` (host and port), shared by every client of it,
@@ -516,21 +556,34 @@ impl ClientCache {
         };
         let now = Instant::now();
         self.sweep(now);
-        let changed = self.claim(service, &host, &quota_config, now);
-        if let Some(Some(before)) = &changed {
-            self.refresh_budget(before);
+        let client = self.cached_client(key, now, || {
+            let budget = self.budget(&host, &self.claimed(&host).unwrap_or(quota_config.clone()));
+            let options = self.options(quota, api_version, Some(budget))?;
+            Ok(Arc::new(build(options).map_err(|e| e.to_string())?))
+        })?;
+        if let Some(before) = self.claim(service, &host, &quota_config, &client, now) {
+            if let Some(before) = before {
+                self.refresh_budget(&before);
+            }
+            self.refresh_budget(&host);
         }
+        Ok(client)
+    }
+
+    /// The client cached under `key`, or a new one from `build` (the least recently used
+    /// one makes room past [`MAX_CLIENTS`]).
+    fn cached_client(
+        &self,
+        key: ClientKey,
+        now: Instant,
+        build: impl FnOnce() -> Result<Arc<AcsClient>, String>,
+    ) -> Result<Arc<AcsClient>, String> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get_mut(&key) {
             c.used = now;
-            if changed.is_some() {
-                self.refresh_budget(&host);
-            }
             return Ok(c.value.clone());
         }
-        let budget = self.budget(&host, &self.claimed(&host).unwrap_or(quota_config));
-        let options = self.options(quota, api_version, Some(budget))?;
-        let client = Arc::new(build(options).map_err(|e| e.to_string())?);
+        let client = build()?;
         if clients.len() >= MAX_CLIENTS
             && let Some(oldest) = clients
                 .iter()
@@ -751,16 +804,23 @@ mod tests {
         let old = cache
             .client(&svc("a"), &cs, "2023-10-01", &per_hour(1000))
             .unwrap();
+        old.mark_worked();
         let new = cache
             .client(&svc("a"), &cs, "2023-10-01", &per_hour(10))
             .unwrap();
+        new.mark_worked();
         assert!(
             (limit(&old) - 10.0).abs() < 1e-6 && (limit(&new) - 10.0).abs() < 1e-6,
             "the older client still cached shares the lowered budget: {} {}",
             limit(&old),
             limit(&new)
         );
-        // A second service on the same resource keeps its more generous quota for both.
+        // A second service on the same resource keeps its more generous quota for both,
+        // once its own credentials have worked there.
+        let b = cache
+            .client(&svc("b"), &cs, "2023-10-01", &per_hour(100))
+            .unwrap();
+        b.mark_worked();
         cache
             .client(&svc("b"), &cs, "2023-10-01", &per_hour(100))
             .unwrap();
@@ -773,6 +833,60 @@ mod tests {
             .unwrap();
         assert!((limit(&new) - 10.0).abs() < 1e-6, "{}", limit(&new));
         assert_eq!(cache.budget_count(), 2);
+    }
+
+    /// A tenant's service naming another team's resource with a key of its own choosing
+    /// and a generous quota: it does not raise the resource's budget until ACS has
+    /// accepted its credentials, which a made-up key never gets.
+    #[tokio::test]
+    async fn a_service_whose_key_never_worked_cannot_raise_the_budget() {
+        let cache = ClientCache::new(ClientSettings::default());
+        let team =
+            ConnectionString::parse("endpoint=https://a.example/;accesskey=c2VjcmV0").unwrap();
+        let bogus =
+            ConnectionString::parse("endpoint=https://a.example/;accesskey=Ym9ndXM=").unwrap();
+        let per_hour = |issues: u32| Quota {
+            issues,
+            window: "1h".into(),
+            ..Quota::default()
+        };
+        let op = crate::acs::Operation::IssueToken;
+        let limit = |c: &AcsClient| c.quota().limit_per_second(op).unwrap() * 3600.0;
+        let ours = cache
+            .client(&svc("team"), &team, "2023-10-01", &per_hour(100))
+            .unwrap();
+        ours.mark_worked();
+        cache
+            .client(&svc("team"), &team, "2023-10-01", &per_hour(100))
+            .unwrap();
+        let theirs = cache
+            .client(&svc("tenant"), &bogus, "2023-10-01", &per_hour(5000))
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(ours.quota(), theirs.quota()),
+            "one resource, one budget"
+        );
+        assert!(
+            (limit(&ours) - 100.0).abs() < 1e-6,
+            "raised to {}",
+            limit(&ours)
+        );
+        // Nothing proven yet on a resource: the strictest quota applies, never a larger one.
+        let fresh =
+            ConnectionString::parse("endpoint=https://b.example/;accesskey=c2VjcmV0").unwrap();
+        let first = cache
+            .client(&svc("team"), &fresh, "2023-10-01", &per_hour(100))
+            .unwrap();
+        cache
+            .client(&svc("tenant"), &fresh, "2025-06-30", &per_hour(5000))
+            .unwrap();
+        assert!((limit(&first) - 100.0).abs() < 1e-6, "{}", limit(&first));
+        // A service whose credentials do work counts from its next use on.
+        theirs.mark_worked();
+        cache
+            .client(&svc("tenant"), &bogus, "2023-10-01", &per_hour(5000))
+            .unwrap();
+        assert!((limit(&ours) - 5000.0).abs() < 1e-6, "{}", limit(&ours));
     }
 
     #[tokio::test]

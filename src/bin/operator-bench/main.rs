@@ -613,7 +613,9 @@ async fn operator_phases(
     });
     close_phase(&mut create, &m0, &m1, emulator, n).await?;
     if let Some(profile) = profile {
-        create["apiserver_profile"] = profile.await.unwrap_or_else(|e| json!({"error": e.to_string()}));
+        create["apiserver_profile"] = profile
+            .await
+            .unwrap_or_else(|e| json!({"error": e.to_string()}));
     }
     windows.push(m1.window_since(&m0, &format!("{label}.create"), user));
     out["create"] = create;
@@ -709,11 +711,7 @@ async fn operator_phases(
 /// (about one second per 100 objects, 5 to 60 s: both operators' profiles cover the same
 /// length, from the same start), written to `path`. The task answers with where it went
 /// or why it failed; a failed profile never fails the benchmark.
-fn profile_apiserver(
-    client: &Client,
-    path: PathBuf,
-    n: usize,
-) -> tokio::task::JoinHandle<Value> {
+fn profile_apiserver(client: &Client, path: PathBuf, n: usize) -> tokio::task::JoinHandle<Value> {
     let client = client.clone();
     let seconds = (n / 100).clamp(5, 60);
     tokio::spawn(async move {
