@@ -5,11 +5,13 @@
 //! - One budget (quota buckets, paused for everyone by a 429) per ACS resource, i.e. per
 //!   endpoint host and port, whatever key, api-version or service reaches it: a primary and
 //!   a secondary key, or two api-versions, must not get twice ACS's limit. The budget is
-//!   the most generous quota among the services that use the resource now and whose
-//!   credentials have worked there (ACS answered one of their requests with success), so
-//!   a service that lowers its quota lowers the budget at once, and a tenant's service
-//!   with a made-up key and a generous quota cannot raise another team's budget. While
-//!   no service of a resource has worked, the strictest quota among them applies.
+//!   the most generous quota among the services that use the resource now, so a service
+//!   that lowers its quota lowers the budget at once. A service counts above ACS's
+//!   published limits only once its credentials have worked there (ACS answered one of
+//!   its requests with success): a tenant's service with a made-up key and a huge quota
+//!   cannot push another team's resource into ACS's 429s, which pause everyone, and a
+//!   new team on a resource whose first service chose a strict quota is not held to it
+//!   until its own first request.
 //! - A credential Secret is read and parsed once per resourceVersion, however many
 //!   identities use it; concurrent first readers wait for one GET.
 //! - Bounded whatever tenants create: clients and parsed credentials nobody used for
@@ -258,21 +260,21 @@ impl ClientCache {
         Some(before.map(|c| c.value.host).filter(|h| h != host))
     }
 
-    /// The budget `host` gets: the most generous quota of its services whose credentials
-    /// have worked there, or while none has, the strictest of them all.
+    /// The budget `host` gets: the most generous quota of its services, each capped at
+    /// ACS's published limits until its credentials have worked there.
     fn claimed(&self, host: &str) -> Option<QuotaConfig> {
         let claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut proven, mut unproven) = (None::<QuotaConfig>, None::<QuotaConfig>);
-        for c in claims.values().filter(|c| c.value.host == host) {
-            let config = &c.value.config;
-            if c.value.proven() {
-                proven = Some(proven.map_or_else(|| config.clone(), |p| p.most_generous(config)));
-            } else {
-                unproven =
-                    Some(unproven.map_or_else(|| config.clone(), |u| u.most_restrictive(config)));
-            }
-        }
-        proven.or(unproven)
+        claims
+            .values()
+            .filter(|c| c.value.host == host)
+            .map(|c| {
+                if c.value.proven() {
+                    c.value.config.clone()
+                } else {
+                    c.value.config.most_restrictive(&QuotaConfig::default())
+                }
+            })
+            .reduce(|a, b| a.most_generous(&b))
     }
 
     /// The budget of the resource at `host` (host and port), shared by every client of it,
@@ -804,23 +806,16 @@ mod tests {
         let old = cache
             .client(&svc("a"), &cs, "2023-10-01", &per_hour(1000))
             .unwrap();
-        old.mark_worked();
         let new = cache
             .client(&svc("a"), &cs, "2023-10-01", &per_hour(10))
             .unwrap();
-        new.mark_worked();
         assert!(
             (limit(&old) - 10.0).abs() < 1e-6 && (limit(&new) - 10.0).abs() < 1e-6,
             "the older client still cached shares the lowered budget: {} {}",
             limit(&old),
             limit(&new)
         );
-        // A second service on the same resource keeps its more generous quota for both,
-        // once its own credentials have worked there.
-        let b = cache
-            .client(&svc("b"), &cs, "2023-10-01", &per_hour(100))
-            .unwrap();
-        b.mark_worked();
+        // A second service on the same resource keeps its more generous quota for both.
         cache
             .client(&svc("b"), &cs, "2023-10-01", &per_hour(100))
             .unwrap();
@@ -836,57 +831,78 @@ mod tests {
     }
 
     /// A tenant's service naming another team's resource with a key of its own choosing
-    /// and a generous quota: it does not raise the resource's budget until ACS has
-    /// accepted its credentials, which a made-up key never gets.
+    /// and a huge quota: it cannot raise the resource's budget past ACS's published limits
+    /// until ACS has accepted its credentials, which a made-up key never gets.
     #[tokio::test]
-    async fn a_service_whose_key_never_worked_cannot_raise_the_budget() {
+    async fn a_service_whose_key_never_worked_cannot_raise_the_budget_past_acs_limits() {
         let cache = ClientCache::new(ClientSettings::default());
         let team =
             ConnectionString::parse("endpoint=https://a.example/;accesskey=c2VjcmV0").unwrap();
         let bogus =
             ConnectionString::parse("endpoint=https://a.example/;accesskey=Ym9ndXM=").unwrap();
-        let per_hour = |issues: u32| Quota {
+        let quota = |issues: u32, window: &str| Quota {
             issues,
-            window: "1h".into(),
+            window: window.into(),
             ..Quota::default()
         };
         let op = crate::acs::Operation::IssueToken;
-        let limit = |c: &AcsClient| c.quota().limit_per_second(op).unwrap() * 3600.0;
-        let ours = cache
-            .client(&svc("team"), &team, "2023-10-01", &per_hour(100))
+        let per_s = |c: &AcsClient| c.quota().limit_per_second(op).unwrap();
+        let acs_limit = ClientQuota::new(&QuotaConfig::default())
+            .limit_per_second(op)
             .unwrap();
-        ours.mark_worked();
+        let strict = cache
+            .client(&svc("team"), &team, "2023-10-01", &quota(10, "1h"))
+            .unwrap();
+        strict.mark_worked();
         cache
-            .client(&svc("team"), &team, "2023-10-01", &per_hour(100))
+            .client(&svc("team"), &team, "2023-10-01", &quota(10, "1h"))
             .unwrap();
         let theirs = cache
-            .client(&svc("tenant"), &bogus, "2023-10-01", &per_hour(5000))
+            .client(&svc("tenant"), &bogus, "2023-10-01", &quota(100_000, "1s"))
             .unwrap();
         assert!(
-            Arc::ptr_eq(ours.quota(), theirs.quota()),
+            Arc::ptr_eq(strict.quota(), theirs.quota()),
             "one resource, one budget"
         );
         assert!(
-            (limit(&ours) - 100.0).abs() < 1e-6,
-            "raised to {}",
-            limit(&ours)
+            (per_s(&strict) - acs_limit).abs() < 1e-9,
+            "an unproven service counts up to ACS's limit, never past it: {}/s",
+            per_s(&strict)
         );
-        // Nothing proven yet on a resource: the strictest quota applies, never a larger one.
-        let fresh =
-            ConnectionString::parse("endpoint=https://b.example/;accesskey=c2VjcmV0").unwrap();
-        let first = cache
-            .client(&svc("team"), &fresh, "2023-10-01", &per_hour(100))
-            .unwrap();
-        cache
-            .client(&svc("tenant"), &fresh, "2025-06-30", &per_hour(5000))
-            .unwrap();
-        assert!((limit(&first) - 100.0).abs() < 1e-6, "{}", limit(&first));
-        // A service whose credentials do work counts from its next use on.
+        // Its credentials work after all (a second key of the resource): it counts in full
+        // from its next use on.
         theirs.mark_worked();
         cache
-            .client(&svc("tenant"), &bogus, "2023-10-01", &per_hour(5000))
+            .client(&svc("tenant"), &bogus, "2023-10-01", &quota(100_000, "1s"))
             .unwrap();
-        assert!((limit(&ours) - 5000.0).abs() < 1e-6, "{}", limit(&ours));
+        assert!(
+            (per_s(&strict) - 100_000.0).abs() < 1e-6,
+            "{}",
+            per_s(&strict)
+        );
+        // A service that goes away leaves the budget to the rest.
+        let fresh =
+            ConnectionString::parse("endpoint=https://b.example/;accesskey=c2VjcmV0").unwrap();
+        cache
+            .client(&svc("tenant"), &fresh, "2023-10-01", &quota(100_000, "1s"))
+            .unwrap();
+        assert!(
+            (per_s(&strict) * 3600.0 - 10.0).abs() < 1e-6,
+            "{}",
+            per_s(&strict)
+        );
+        // A new team on a resource whose first service chose a strict quota is not held to
+        // it before its own first request (which that quota would put off for an hour).
+        let other =
+            ConnectionString::parse("endpoint=https://a.example/;accesskey=b3RoZXI=").unwrap();
+        cache
+            .client(&svc("new-team"), &other, "2023-10-01", &Quota::default())
+            .unwrap();
+        assert!(
+            (per_s(&strict) - acs_limit).abs() < 1e-9,
+            "{}",
+            per_s(&strict)
+        );
     }
 
     #[tokio::test]
