@@ -18,7 +18,8 @@
 #                      the chart installs by default where the API exists), to measure an
 #                      older cluster's cost: one more write per new identity
 # With the peer, kube-apiserver's CPU profile of each creation phase is summarised in
-# bench/data/<label>-n<N>-<ours|eso>-apiserver.txt (`go tool pprof -top`).
+# bench/data/<label>-n<N>-<ours|eso>-apiserver.txt (hack/bench/profile-summary.sh), next
+# to the profile itself (.pprof).
 # Writes bench/data/<label>-n<N>.json, regenerates bench/results.md and
 # bench/ready-over-time.png, and prints the `bench:` (or `bench-scale:`) line last.
 set -euo pipefail
@@ -146,10 +147,11 @@ cmd="make bench N=$n"
 for prof in "$work"/profiles/*.pprof; do
   [[ -s $prof ]] || continue
   who=$(basename "$prof" -create.pprof)
-  # The top of kube-apiserver's profile by cumulative time: what serving each operator's
-  # requests costs it (the harness's own creates and watches are in both).
-  go tool pprof -top -cum -nodecount=80 "$cp_bin/kube-apiserver" "$prof" \
-    >"${out%.json}-$who-apiserver.txt" 2>/dev/null || say "go tool pprof failed on $prof"
+  # Kept next to the JSON (gzipped protobuf, a few hundred KiB) for `go tool pprof`, with
+  # a summary of where kube-apiserver's time went while serving each operator.
+  cp "$prof" "${out%.json}-$who-apiserver.pprof"
+  "$here/profile-summary.sh" "$cp_bin/kube-apiserver" "$prof" >"${out%.json}-$who-apiserver.txt" ||
+    say "summarising $prof failed"
 done
 "$python" "$here/report.py" annotate "$out" --label "$label" --command "$cmd" --admission-policy "$policy" \
   --k8s "$("${kubectl[@]}" version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1)" \
