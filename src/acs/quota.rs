@@ -99,35 +99,34 @@ impl QuotaConfig {
     /// resource's budget allows when several services name it, so that one service's
     /// stricter setting never slows the others down (ACS's own 429s still pause all).
     pub fn most_generous(&self, other: &QuotaConfig) -> QuotaConfig {
-        let pick = |a: Option<Rate>, b: Option<Rate>| match (a, b) {
+        self.per_operation(other, |a, b| match (a, b) {
             (Some(a), Some(b)) => Some(if b.per_second() > a.per_second() {
                 b
             } else {
                 a
             }),
             _ => None,
-        };
-        QuotaConfig {
-            create_user: pick(self.create_user, other.create_user),
-            get_user: pick(self.get_user, other.get_user),
-            issue_token: pick(self.issue_token, other.issue_token),
-            revoke_tokens: pick(self.revoke_tokens, other.revoke_tokens),
-            delete_user: pick(self.delete_user, other.delete_user),
-        }
+        })
     }
 
-    /// Per operation, the stricter of the two (any rate below unlimited): a resource's
-    /// budget while none of the services naming it has shown working credentials, so
-    /// that a service nobody has proven can lower the budget but never raise it.
+    /// Per operation, the stricter of the two (any rate below unlimited): caps what a
+    /// service whose credentials have not worked yet may add to its resource's budget.
     pub fn most_restrictive(&self, other: &QuotaConfig) -> QuotaConfig {
-        let pick = |a: Option<Rate>, b: Option<Rate>| match (a, b) {
+        self.per_operation(other, |a, b| match (a, b) {
             (Some(a), Some(b)) => Some(if b.per_second() < a.per_second() {
                 b
             } else {
                 a
             }),
             (a, b) => a.or(b),
-        };
+        })
+    }
+
+    fn per_operation(
+        &self,
+        other: &QuotaConfig,
+        pick: impl Fn(Option<Rate>, Option<Rate>) -> Option<Rate>,
+    ) -> QuotaConfig {
         QuotaConfig {
             create_user: pick(self.create_user, other.create_user),
             get_user: pick(self.get_user, other.get_user),
