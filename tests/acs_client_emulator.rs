@@ -504,3 +504,33 @@ async fn a_user_of_another_resource_is_identity_not_owned() {
     home.shutdown().await;
     elsewhere.shutdown().await;
 }
+
+/// Credentials count as working (which lets their service's quota lift its resource's
+/// budget past ACS's limits) only until ACS refuses them: a regenerated key or a removed
+/// role.
+#[tokio::test]
+async fn credentials_refused_after_working_no_longer_count_as_working() {
+    let emu = emulator::spawn(EmulatorConfig {
+        faults: vec![emulator::FaultRule {
+            operation: Some(emulator::EmulatedOperation::Issue),
+            status: Some(401),
+            count: Some(1),
+            ..emulator::FaultRule::default()
+        }],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = client(&emu, options(&emu, "2023-10-01"));
+    let id = c.create_user(None, None, None).await.unwrap().user.id;
+    assert!(c.has_worked());
+    let e = c
+        .issue_token(&id, &[TokenScope::Chat], None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e:?}");
+    assert!(!c.has_worked(), "refused credentials stop counting");
+    c.issue_token(&id, &[TokenScope::Chat], None).await.unwrap();
+    assert!(c.has_worked(), "and count again once accepted");
+    emu.shutdown().await;
+}

@@ -10,6 +10,7 @@
 # and its managedFields update), so they do not add up to 100 %.
 set -euo pipefail
 bin=$1 prof=$2
+command -v go >/dev/null || { echo "profile-summary: go is not on PATH (go tool pprof reads the profile)" >&2; exit 1; }
 
 # name|regular expression of a function on the stack (go tool pprof -focus)
 buckets=(
@@ -30,7 +31,7 @@ buckets=(
   "Go garbage collector|runtime.gcBgMarkWorker"
 )
 
-total=$(go tool pprof -top -nodecount=1 "$bin" "$prof" 2>/dev/null |
+total=$({ go tool pprof -top -nodecount=1 "$bin" "$prof" 2>/dev/null || true; } |
   sed -n 's/.*Total samples = \([0-9.]*\)\(m\?s\).*/\1 \2/p')
 [[ -n $total ]] || { echo "profile-summary: cannot read $prof" >&2; exit 1; }
 read -r t unit <<<"$total"
@@ -42,7 +43,7 @@ for b in "${buckets[@]}"; do
   name=${b%%|*} re=${b#*|}
   # "Showing nodes accounting for 2.21s, 19.84% of 11.14s total" with the focus applied
   # counts the samples whose stack has a matching function.
-  s=$(go tool pprof -top -nodefraction=0 -edgefraction=0 -nodecount=1000000 -focus "$re" "$bin" "$prof" 2>/dev/null |
+  s=$({ go tool pprof -top -nodefraction=0 -edgefraction=0 -nodecount=1000000 -focus "$re" "$bin" "$prof" 2>/dev/null || true; } |
     sed -n 's/^Showing nodes accounting for \([0-9.]*\)\(m\?s\), \([0-9.]*%\).*/\1 \2 \3/p')
   read -r v u pct <<<"${s:-0 s 0%}"
   [[ $u == ms ]] && v=$(awk -v v="$v" 'BEGIN{print v/1000}')

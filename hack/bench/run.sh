@@ -38,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     --scale) scale=1; shift ;;
     --period) period=$2; shift 2 ;;
     --no-admission-policy) policy=0; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -121,6 +121,16 @@ if ((policy)); then
     --show-only templates/mutatingadmissionpolicy.yaml \
     --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy |
     "${kubectl[@]}" apply -f - >/dev/null || die "installing the finalizer policy failed"
+  # The API server applies a new policy once its informer has it: wait until a dry-run
+  # create comes back with the finalizer, so that no measured identity is created before.
+  probe='{"apiVersion":"acs-operator.dev/v1alpha1","kind":"CommunicationIdentity","metadata":{"name":"policy-probe","namespace":"default"},
+    "spec":{"serviceRef":{"kind":"CommunicationService","name":"acs"},"scopes":["chat"],"tokenLifetime":"1h"}}'
+  for ((i = 0; ; i++)); do
+    got=$("${kubectl[@]}" create --dry-run=server -o 'jsonpath={.metadata.finalizers}' -f - <<<"$probe" 2>/dev/null || true)
+    [[ $got == *acs-operator.dev/cleanup* ]] && break
+    ((i < 60)) || die "the finalizer policy did not take effect within 30 s"
+    sleep 0.5
+  done
 fi
 
 mkdir -p "$root/bench/data"
@@ -143,7 +153,9 @@ say "running: operator-bench ${args[*]}"
 cmd="make bench N=$n"
 ((scale)) && cmd="make bench-scale N=$n"
 [[ $operator_bin == "$rel/acs-identity-operator" ]] || cmd="hack/bench/run.sh --n $n --operator-bin <acs-identity-operator built at $label> --label $label"
-((policy)) || cmd+=" BENCH_ARGS=--no-admission-policy"
+if ((!policy)); then
+  if [[ $cmd == make* ]]; then cmd+=" BENCH_ARGS=--no-admission-policy"; else cmd+=" --no-admission-policy"; fi
+fi
 for prof in "$work"/profiles/*.pprof; do
   [[ -s $prof ]] || continue
   who=$(basename "$prof" -create.pprof)

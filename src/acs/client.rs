@@ -317,9 +317,9 @@ impl AcsClient {
         }
     }
 
-    /// The budget this client draws from (shared with every client of its resource).
     /// Whether ACS has answered a request of this client (or of a copy made by
-    /// [`AcsClient::for_caller`]) with success, i.e. its credentials work for the endpoint.
+    /// [`AcsClient::for_caller`]) with success since it last refused the credentials
+    /// (401, 403), i.e. whether its credentials work for the endpoint.
     pub fn has_worked(&self) -> bool {
         self.inner.worked.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -332,6 +332,7 @@ impl AcsClient {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The budget this client draws from (shared with every client of its resource).
     pub fn quota(&self) -> &Arc<ClientQuota> {
         &self.inner.quota
     }
@@ -636,6 +637,13 @@ impl AcsClient {
                 }
                 Err((_, e)) => e,
             };
+            // A key regenerated or a role removed: the credentials no longer count as
+            // working (they lift their service's quota past ACS's limits only while they do).
+            if matches!(err.status(), Some(401 | 403)) {
+                self.inner
+                    .worked
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             // A bearer token ACS refuses may have been revoked or may predate a role
             // assignment: drop it and try once more with a fresh one.
             if let (Auth::Bearer(credential), Some(token)) = (&self.inner.auth, &bearer)

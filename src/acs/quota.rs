@@ -95,30 +95,40 @@ impl QuotaConfig {
         }
     }
 
-    /// Per operation, the more generous of the two (unlimited above any rate): what one
-    /// resource's budget allows when several services name it, so that one service's
-    /// stricter setting never slows the others down (ACS's own 429s still pause all).
+    /// Per operation, the more generous of the two (unlimited above any rate; of two
+    /// equal rates, the smaller burst): what one resource's budget allows when several
+    /// services name it, so that one service's stricter setting never slows the others
+    /// down (ACS's own 429s still pause all).
     pub fn most_generous(&self, other: &QuotaConfig) -> QuotaConfig {
         self.per_operation(other, |a, b| match (a, b) {
-            (Some(a), Some(b)) => Some(if b.per_second() > a.per_second() {
-                b
-            } else {
-                a
-            }),
+            (Some(a), Some(b)) => {
+                let (ra, rb) = (a.per_second(), b.per_second());
+                Some(if rb > ra || (rb == ra && b.requests < a.requests) {
+                    b
+                } else {
+                    a
+                })
+            }
             _ => None,
         })
     }
 
-    /// Per operation, the stricter of the two (any rate below unlimited): caps what a
-    /// service whose credentials have not worked yet may add to its resource's budget.
-    pub fn most_restrictive(&self, other: &QuotaConfig) -> QuotaConfig {
-        self.per_operation(other, |a, b| match (a, b) {
-            (Some(a), Some(b)) => Some(if b.per_second() < a.per_second() {
-                b
-            } else {
-                a
-            }),
-            (a, b) => a.or(b),
+    /// Per operation, this rate if it stays within `limit` both in rate and in burst (the
+    /// requests one window lets through at once), else `limit`'s: caps what a service
+    /// whose credentials have not worked yet may add to its resource's budget. A long
+    /// window with as many requests per second as the limit is still a larger burst
+    /// (120,000 in an hour against 1,000 in 30 s), so it is capped too.
+    pub fn within(&self, limit: &QuotaConfig) -> QuotaConfig {
+        self.per_operation(limit, |a, l| match (a, l) {
+            (Some(a), Some(l)) => Some(
+                if a.requests <= l.requests && a.per_second() <= l.per_second() {
+                    a
+                } else {
+                    l
+                },
+            ),
+            (None, l) => l,
+            (a, None) => a,
         })
     }
 
@@ -784,27 +794,45 @@ mod tests {
     }
 
     #[test]
-    fn an_unproven_budget_takes_the_stricter_rate() {
-        let strict = QuotaConfig {
-            create_user: Some(Rate::new(1, MAX_WINDOW)),
-            revoke_tokens: None,
+    fn an_unproven_quota_is_capped_in_rate_and_in_burst() {
+        let acs = QuotaConfig::default();
+        let limit = acs.issue_token;
+        let issue = |requests: u32, per: Duration| QuotaConfig {
+            issue_token: Some(Rate::new(requests, per)),
             ..QuotaConfig::default()
         };
-        let limited = QuotaConfig::default();
-        for (a, b) in [
-            (limited.clone(), strict.clone()),
-            (strict.clone(), limited.clone()),
-        ] {
-            let both = a.most_restrictive(&b);
-            assert_eq!(both.create_user, strict.create_user);
-            assert_eq!(
-                both.revoke_tokens, limited.revoke_tokens,
-                "any rate is stricter than unlimited"
-            );
-            assert_eq!(both.issue_token, limited.issue_token);
+        let hour = Duration::from_secs(3600);
+        // (asked, what it may add)
+        let cases = [
+            (issue(10, hour), Some(Rate::new(10, hour))),
+            (issue(1000, THIRTY_SECONDS), limit),
+            (issue(500, Duration::from_secs(1)), limit),
+            // As many per second as ACS allows, or fewer, but a burst of an hour's worth.
+            (issue(120_000, hour), limit),
+            (issue(119_999, hour), limit),
+        ];
+        for (asked, want) in cases {
+            assert_eq!(asked.within(&acs).issue_token, want, "{asked:?}");
         }
-        let unlimited = QuotaConfig::unlimited();
-        assert_eq!(unlimited.most_restrictive(&unlimited).issue_token, None);
+        assert_eq!(
+            QuotaConfig::unlimited().within(&acs).revoke_tokens,
+            acs.revoke_tokens,
+            "unlimited is capped too"
+        );
+        assert_eq!(acs.within(&QuotaConfig::unlimited()).issue_token, limit);
+    }
+
+    #[test]
+    fn of_two_equal_rates_the_budget_takes_the_smaller_burst() {
+        let hour = Duration::from_secs(3600);
+        let burst = QuotaConfig {
+            issue_token: Some(Rate::new(120_000, hour)),
+            ..QuotaConfig::default()
+        };
+        let acs = QuotaConfig::default();
+        for (a, b) in [(&burst, &acs), (&acs, &burst)] {
+            assert_eq!(a.most_generous(b).issue_token, acs.issue_token);
+        }
     }
 
     #[test]

@@ -271,16 +271,20 @@ impl ClientCache {
                 if c.value.proven() {
                     c.value.config.clone()
                 } else {
-                    c.value.config.most_restrictive(&QuotaConfig::default())
+                    c.value.config.within(&QuotaConfig::default())
                 }
             })
             .reduce(|a, b| a.most_generous(&b))
     }
 
     /// The budget of the resource at `host` (host and port), shared by every client of it,
-    /// set to `config`.
-    fn budget(&self, host: &str, config: &QuotaConfig) -> Arc<ClientQuota> {
+    /// set from its services' claims (or `unclaimed` when it has none yet). Lock order:
+    /// clients, then budgets, then claims.
+    fn budget(&self, host: &str, unclaimed: &QuotaConfig) -> Arc<ClientQuota> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        let config = &self
+            .claimed(host)
+            .unwrap_or_else(|| unclaimed.within(&QuotaConfig::default()));
         if let Some(b) = budgets.get(host).and_then(Weak::upgrade) {
             b.set(config);
             return b;
@@ -291,11 +295,13 @@ impl ClientCache {
     }
 
     /// Sets the budget of `host`, if a client holds it, from its services' claims now.
+    /// The claims are read under the budgets' lock, so two refreshes cannot cross and
+    /// leave the older claims' budget in place.
     fn refresh_budget(&self, host: &str) {
+        let budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         let Some(config) = self.claimed(host) else {
             return;
         };
-        let budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = budgets.get(host).and_then(Weak::upgrade) {
             b.set(&config);
         }
@@ -559,7 +565,7 @@ impl ClientCache {
         let now = Instant::now();
         self.sweep(now);
         let client = self.cached_client(key, now, || {
-            let budget = self.budget(&host, &self.claimed(&host).unwrap_or(quota_config.clone()));
+            let budget = self.budget(&host, &quota_config);
             let options = self.options(quota, api_version, Some(budget))?;
             Ok(Arc::new(build(options).map_err(|e| e.to_string())?))
         })?;
