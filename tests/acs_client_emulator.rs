@@ -532,23 +532,5 @@ async fn credentials_refused_after_working_no_longer_count_as_working() {
     assert!(!c.has_worked(), "refused credentials stop counting");
     c.issue_token(&id, &[TokenScope::Chat], None).await.unwrap();
     assert!(c.has_worked(), "and count again once accepted");
-    // ACS checks the credentials first: a 404 for a user already gone, or a 401
-    // `IdentityNotOwned` for another resource's user, proves them too.
-    c.delete_user(&id).await.unwrap();
-    let fresh = client(&emu, options(&emu, "2023-10-01"));
-    let e = fresh.revoke_tokens(&id).await.unwrap_err();
-    assert!(e.is_not_found(), "{e:?}");
-    assert!(fresh.has_worked(), "a 404 answers accepted credentials");
-    let e = fresh
-        .revoke_tokens(
-            "8:acs:00000000-0000-0000-0000-000000000000_00000000-0000-0000-0000-000000000000",
-        )
-        .await
-        .unwrap_err();
-    assert!(e.is_identity_not_owned(), "{e:?}");
-    assert!(
-        fresh.has_worked(),
-        "another resource's user is no refused key"
-    );
     emu.shutdown().await;
 }

@@ -131,9 +131,9 @@ pub struct AcsClientOptions {
     /// api-versions, services) share one; `None`: a budget of its own from `quota`.
     pub shared_quota: Option<Arc<ClientQuota>>,
     /// With a shared budget: until ACS first accepts this client's credentials (and
-    /// again after a 401 or 403), it draws from a small budget of its own ([`PROBATION`])
-    /// instead, so that a client with a made-up key spends its own turns on its refusals,
-    /// not those of the resource's other clients.
+    /// again after a 401 or 403), it draws from a budget of its own (`quota` within ACS's
+    /// published limits) instead, so that a client with a made-up key spends its own
+    /// turns on its refusals, not those of the resource's other clients.
     pub probation: bool,
     /// No retry starts after this much time spent on one call; the last error is returned.
     pub call_deadline: Duration,
@@ -142,21 +142,6 @@ pub struct AcsClientOptions {
 /// The largest answer read. ACS's answers are a few KiB (a token is about 1.5 KiB); an
 /// endpoint that streams more is not read to the end and cannot grow our memory.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// What a client may send while ACS has not accepted its credentials (see
-/// [`AcsClientOptions::probation`]): enough for the first answer, which proves them, and
-/// the requests already in flight meanwhile; far below ACS's limits, so a made-up key's
-/// refusals stay few and cheap.
-pub const PROBATION: QuotaConfig = {
-    let rate = Some(super::quota::Rate::new(20, Duration::from_secs(30)));
-    QuotaConfig {
-        create_user: rate,
-        get_user: rate,
-        issue_token: rate,
-        revoke_tokens: rate,
-        delete_user: rate,
-    }
-};
 
 impl Default for AcsClientOptions {
     fn default() -> Self {
@@ -319,8 +304,11 @@ impl AcsClient {
                 request_timeout: options.request_timeout,
                 call_deadline: options.call_deadline,
                 retry: options.retry,
-                probation: (options.probation && options.shared_quota.is_some())
-                    .then(|| Arc::new(ClientQuota::new(&options.quota.within(&PROBATION)))),
+                probation: (options.probation && options.shared_quota.is_some()).then(|| {
+                    Arc::new(ClientQuota::new(
+                        &options.quota.within(&QuotaConfig::default()),
+                    ))
+                }),
                 quota: options
                     .shared_quota
                     .unwrap_or_else(|| Arc::new(ClientQuota::new(&options.quota))),
@@ -661,7 +649,7 @@ impl AcsClient {
                     elapsed,
                     quota_wait,
                     resource: self.inner.resource.clone(),
-                    quota_limit_per_second: self.inner.quota.limit_per_second(op),
+                    quota_limit_per_second: self.budget().limit_per_second(op),
                 });
             }
             let err = match result {
@@ -673,21 +661,12 @@ impl AcsClient {
                 }
                 Err((_, e)) => e,
             };
-            // ACS checks the signature or token before anything else: any other answer
-            // (a 404 for a user already gone, a 400, a 409, a 401 `IdentityNotOwned` for
-            // another resource's user) proves the credentials too, and a refusal of them
-            // (a key regenerated, a role removed) disproves them. A 429 or 5xx says
-            // nothing about them.
-            match err.status() {
-                Some(_) if err.is_unauthorized() => self
-                    .inner
+            // A key regenerated or a role removed: the credentials no longer count as
+            // working (they lift their service's quota past ACS's limits only while they do).
+            if matches!(err.status(), Some(401 | 403)) {
+                self.inner
                     .worked
-                    .store(false, std::sync::atomic::Ordering::Relaxed),
-                Some(s) if s != 429 && s < 500 => self
-                    .inner
-                    .worked
-                    .store(true, std::sync::atomic::Ordering::Relaxed),
-                _ => {}
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
             }
             // A bearer token ACS refuses may have been revoked or may predate a role
             // assignment: drop it and try once more with a fresh one.
@@ -707,11 +686,7 @@ impl AcsClient {
             if err.status() == Some(429)
                 && let Some(wait) = err.retry_after()
             {
-                // A 429 is news about the resource, whoever got it: both budgets pause.
-                self.inner.quota.pause(op, wait);
-                if let Some(own) = &self.inner.probation {
-                    own.pause(op, wait);
-                }
+                self.budget().pause(op, wait);
                 if let Some(observer) = &self.inner.observer {
                     observer.on_throttle(&self.inner.resource, op, wait);
                 }
@@ -799,18 +774,6 @@ impl AcsClient {
     async fn turn(&self, op: Operation) -> Result<Duration, AcsError> {
         let now = Instant::now();
         let quota = self.budget();
-        // On probation its own budget sends, but a pause of the resource's (a 429 another
-        // client got) holds it too.
-        let shared_pause = self.inner.quota.paused_for(op, now);
-        if !Arc::ptr_eq(quota, &self.inner.quota) && !shared_pause.is_zero() {
-            if self.caller.is_some() || shared_pause > self.inner.retry.max_retry_after {
-                return Err(AcsError::Paused {
-                    operation: op,
-                    retry_after: shared_pause,
-                });
-            }
-            tokio::time::sleep(shared_pause).await;
-        }
         if let Some(caller) = &self.caller {
             return match quota.try_acquire(op, caller, now) {
                 Ok(()) => Ok(Duration::ZERO),
