@@ -130,11 +130,6 @@ pub struct AcsClientOptions {
     /// The budget of the ACS resource this client talks to, when several clients (keys,
     /// api-versions, services) share one; `None`: a budget of its own from `quota`.
     pub shared_quota: Option<Arc<ClientQuota>>,
-    /// With a shared budget: until ACS first accepts this client's credentials (and
-    /// again after a 401 or 403), it draws from a budget of its own (`quota` within ACS's
-    /// published limits) instead, so that a client with a made-up key spends its own
-    /// turns on its refusals, not those of the resource's other clients.
-    pub probation: bool,
     /// No retry starts after this much time spent on one call; the last error is returned.
     pub call_deadline: Duration,
 }
@@ -155,7 +150,6 @@ impl Default for AcsClientOptions {
             observer: None,
             allow_insecure_endpoints: false,
             shared_quota: None,
-            probation: false,
             call_deadline: Duration::from_secs(120),
         }
     }
@@ -173,7 +167,6 @@ impl fmt::Debug for AcsClientOptions {
             .field("observer", &self.observer.is_some())
             .field("allow_insecure_endpoints", &self.allow_insecure_endpoints)
             .field("shared_quota", &self.shared_quota.is_some())
-            .field("probation", &self.probation)
             .field("call_deadline", &self.call_deadline)
             .finish()
     }
@@ -207,9 +200,6 @@ struct Inner {
     call_deadline: Duration,
     retry: RetryPolicy,
     quota: Arc<ClientQuota>,
-    /// The budget of its own while its credentials have not worked (see
-    /// [`AcsClientOptions::probation`]).
-    probation: Option<Arc<ClientQuota>>,
     observer: Option<Arc<dyn RequestObserver>>,
     /// The endpoint's host, the `resource` of metrics.
     resource: Arc<str>,
@@ -304,11 +294,6 @@ impl AcsClient {
                 request_timeout: options.request_timeout,
                 call_deadline: options.call_deadline,
                 retry: options.retry,
-                probation: (options.probation && options.shared_quota.is_some()).then(|| {
-                    Arc::new(ClientQuota::new(
-                        &options.quota.within(&QuotaConfig::default()),
-                    ))
-                }),
                 quota: options
                     .shared_quota
                     .unwrap_or_else(|| Arc::new(ClientQuota::new(&options.quota))),
@@ -347,16 +332,7 @@ impl AcsClient {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The budget the next request draws from: the shared one, or while on probation
-    /// (credentials not yet accepted) its own.
-    pub fn budget(&self) -> &Arc<ClientQuota> {
-        match &self.inner.probation {
-            Some(own) if !self.has_worked() => own,
-            _ => &self.inner.quota,
-        }
-    }
-
-    /// The budget this client shares with every client of its resource.
+    /// The budget this client draws from (shared with every client of its resource).
     pub fn quota(&self) -> &Arc<ClientQuota> {
         &self.inner.quota
     }
@@ -649,7 +625,7 @@ impl AcsClient {
                     elapsed,
                     quota_wait,
                     resource: self.inner.resource.clone(),
-                    quota_limit_per_second: self.budget().limit_per_second(op),
+                    quota_limit_per_second: self.inner.quota.limit_per_second(op),
                 });
             }
             let err = match result {
@@ -686,7 +662,7 @@ impl AcsClient {
             if err.status() == Some(429)
                 && let Some(wait) = err.retry_after()
             {
-                self.budget().pause(op, wait);
+                self.inner.quota.pause(op, wait);
                 if let Some(observer) = &self.inner.observer {
                     observer.on_throttle(&self.inner.resource, op, wait);
                 }
@@ -773,7 +749,7 @@ impl AcsClient {
 
     async fn turn(&self, op: Operation) -> Result<Duration, AcsError> {
         let now = Instant::now();
-        let quota = self.budget();
+        let quota = &self.inner.quota;
         if let Some(caller) = &self.caller {
             return match quota.try_acquire(op, caller, now) {
                 Ok(()) => Ok(Duration::ZERO),

@@ -11,8 +11,7 @@
 //!   its requests with success): a tenant's service with a made-up key and a huge quota
 //!   cannot push another team's resource into ACS's 429s, which pause everyone, and a
 //!   new team on a resource whose first service chose a strict quota is not held to it
-//!   until its own first request. Until then (and after a 401 or 403) a client draws from
-//!   a budget of its own, so refused requests never spend the resource's turns.
+//!   until its own first request.
 //! - A credential Secret is read and parsed once per resourceVersion, however many
 //!   identities use it; concurrent first readers wait for one GET.
 //! - Bounded whatever tenants create: clients and parsed credentials nobody used for
@@ -525,7 +524,6 @@ impl ClientCache {
         let quota_config = quota_config(quota)?;
         let mut options = AcsClientOptions {
             api_version: api_version.to_string(),
-            probation: shared.is_some(),
             shared_quota: shared,
             quota: quota_config,
             extra_ca_pem: self.settings.extra_ca_pem.clone(),
@@ -911,53 +909,6 @@ mod tests {
             "{}",
             per_s(&strict)
         );
-    }
-
-    /// A tenant's service with a made-up key pointing at another team's resource: its
-    /// refused requests spend turns of a budget of its own, never the resource's.
-    #[tokio::test]
-    async fn refused_credentials_spend_their_own_turns_not_the_resources() {
-        let emu = crate::emulator::spawn(crate::emulator::EmulatorConfig::default())
-            .await
-            .unwrap();
-        let cache = ClientCache::new(ClientSettings {
-            allow_insecure_endpoints: true,
-            ..ClientSettings::default()
-        });
-        let team = ConnectionString::parse(&emu.connection_string()).unwrap();
-        let bogus = ConnectionString::parse(&format!(
-            "endpoint={};accesskey=Ym9ndXMta2V5LWJ5dGVz",
-            emu.endpoint()
-        ))
-        .unwrap();
-        let two_per_hour = Quota {
-            creates: 2,
-            window: "1h".into(),
-            ..Quota::default()
-        };
-        let theirs = cache
-            .client(&svc("tenant"), &bogus, "2023-10-01", &two_per_hour)
-            .unwrap()
-            .for_caller("tenant-identity");
-        let ours = cache
-            .client(&svc("team"), &team, "2023-10-01", &two_per_hour)
-            .unwrap();
-        assert!(Arc::ptr_eq(ours.quota(), theirs.quota()), "one resource");
-        for _ in 0..2 {
-            let e = theirs.create_user(None, None, None).await.unwrap_err();
-            assert_eq!(e.status(), Some(401), "{e:?}");
-        }
-        assert!(
-            !Arc::ptr_eq(theirs.budget(), theirs.quota()),
-            "on probation until its key works"
-        );
-        // Both of the resource's turns are still there for the team.
-        for i in 0..2 {
-            let c = ours.for_caller(&format!("team-identity-{i}"));
-            c.create_user(None, None, None).await.unwrap();
-        }
-        assert!(Arc::ptr_eq(ours.budget(), ours.quota()), "proven: shared");
-        emu.shutdown().await;
     }
 
     #[tokio::test]
