@@ -532,5 +532,14 @@ async fn credentials_refused_after_working_no_longer_count_as_working() {
     assert!(!c.has_worked(), "refused credentials stop counting");
     c.issue_token(&id, &[TokenScope::Chat], None).await.unwrap();
     assert!(c.has_worked(), "and count again once accepted");
+    // A 401 `IdentityNotOwned` is about another resource's user, not the key.
+    let e = c
+        .revoke_tokens(
+            "8:acs:00000000-0000-0000-0000-000000000000_00000000-0000-0000-0000-000000000000",
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_identity_not_owned(), "{e:?}");
+    assert!(c.has_worked(), "another resource's user is no refused key");
     emu.shutdown().await;
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -204,7 +205,7 @@ struct Inner {
     /// The endpoint's host, the `resource` of metrics.
     resource: Arc<str>,
     /// Some request through this client was answered with success: its credentials work.
-    worked: std::sync::atomic::AtomicBool,
+    worked: AtomicBool,
 }
 
 impl fmt::Debug for AcsClient {
@@ -300,7 +301,7 @@ impl AcsClient {
                 api_version: options.api_version,
                 observer: options.observer,
                 resource: Arc::from(endpoint.host_str().unwrap_or("unknown")),
-                worked: std::sync::atomic::AtomicBool::new(false),
+                worked: AtomicBool::new(false),
             }),
             caller: None,
         })
@@ -319,17 +320,15 @@ impl AcsClient {
 
     /// Whether ACS has answered a request of this client (or of a copy made by
     /// [`AcsClient::for_caller`]) with success since it last refused the credentials
-    /// (401, 403), i.e. whether its credentials work for the endpoint.
+    /// ([`AcsError::is_unauthorized`]), i.e. whether its credentials work for the endpoint.
     pub fn has_worked(&self) -> bool {
-        self.inner.worked.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.worked.load(Ordering::Relaxed)
     }
 
     /// Marks the client as answered with success (tests of what depends on it).
     #[cfg(test)]
     pub fn mark_worked(&self) {
-        self.inner
-            .worked
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.worked.store(true, Ordering::Relaxed);
     }
 
     /// The budget this client draws from (shared with every client of its resource).
@@ -630,19 +629,16 @@ impl AcsClient {
             }
             let err = match result {
                 Ok(v) => {
-                    self.inner
-                        .worked
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.inner.worked.store(true, Ordering::Relaxed);
                     return Ok(v);
                 }
                 Err((_, e)) => e,
             };
             // A key regenerated or a role removed: the credentials no longer count as
             // working (they lift their service's quota past ACS's limits only while they do).
-            if matches!(err.status(), Some(401 | 403)) {
-                self.inner
-                    .worked
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            // A 401 `IdentityNotOwned` is about another resource's user, not the key.
+            if err.is_unauthorized() {
+                self.inner.worked.store(false, Ordering::Relaxed);
             }
             // A bearer token ACS refuses may have been revoked or may predate a role
             // assignment: drop it and try once more with a fresh one.
