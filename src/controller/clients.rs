@@ -129,6 +129,21 @@ impl Claim {
     fn proven(&self) -> bool {
         self.client.upgrade().is_some_and(|c| c.has_worked())
     }
+
+    /// What this claim adds to its resource's budget.
+    fn counts_for(&self) -> QuotaConfig {
+        if self.proven() {
+            self.config.clone()
+        } else {
+            unproven_share(&self.config)
+        }
+    }
+}
+
+/// What a service whose credentials have not worked yet may add to its resource's
+/// budget: its quota within ACS's published limits.
+fn unproven_share(config: &QuotaConfig) -> QuotaConfig {
+    config.within(&QuotaConfig::default())
 }
 
 struct Cached<T> {
@@ -267,24 +282,19 @@ impl ClientCache {
         claims
             .values()
             .filter(|c| c.value.host == host)
-            .map(|c| {
-                if c.value.proven() {
-                    c.value.config.clone()
-                } else {
-                    c.value.config.within(&QuotaConfig::default())
-                }
-            })
+            .map(|c| c.value.counts_for())
             .reduce(|a, b| a.most_generous(&b))
     }
 
     /// The budget of the resource at `host` (host and port), shared by every client of it,
-    /// set from its services' claims (or `unclaimed` when it has none yet). Lock order:
-    /// clients, then budgets, then claims.
+    /// set from its services' claims (or, when it has none yet, from `unclaimed`, the
+    /// quota of the new client's service, which has not worked yet). Lock order: clients,
+    /// then budgets, then claims.
     fn budget(&self, host: &str, unclaimed: &QuotaConfig) -> Arc<ClientQuota> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         let config = &self
             .claimed(host)
-            .unwrap_or_else(|| unclaimed.within(&QuotaConfig::default()));
+            .unwrap_or_else(|| unproven_share(unclaimed));
         if let Some(b) = budgets.get(host).and_then(Weak::upgrade) {
             b.set(config);
             return b;
