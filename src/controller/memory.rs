@@ -6,14 +6,14 @@
 //! cache is older than our last write.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::{CommunicationIdentity, CommunicationIdentityStatus};
 
-use super::resolver::ResolvedService;
+use super::resolver::{ResolvedService, ServiceKey};
 
 #[derive(Debug, Clone, Default)]
 pub struct Remembered {
@@ -49,7 +49,7 @@ pub struct Remembered {
     pub last_token_request: Option<Timestamp>,
     /// The service last resolved for it: cleanup can still reach the user's resource when
     /// the service went first (a namespace being deleted takes both).
-    pub service: Option<Box<ResolvedService>>,
+    pub service: Option<Arc<ResolvedService>>,
     /// A user this process created (id, endpoint) that no status write has recorded yet:
     /// later attempts issue for it instead of creating another (issue 16, items 1 and 5).
     pub created_user: Option<Box<(String, String)>>,
@@ -69,9 +69,42 @@ pub fn bare<K: kube::Resource<DynamicType = ()>>(oref: &ObjectRef<K>) -> ObjectR
     key
 }
 
+/// Entries are boxed: the hash table keeps spare slots (up to half of them right after it
+/// grows), and a spare slot of a boxed entry is a pointer, not a whole `Remembered`.
 #[derive(Default)]
 pub struct Memory {
-    entries: Mutex<HashMap<ObjectRef<CommunicationIdentity>, Remembered>>,
+    entries: Mutex<HashMap<ObjectRef<CommunicationIdentity>, Box<Remembered>>>,
+    services: Mutex<SharedServices>,
+}
+
+/// One copy of each resolved service, shared by the identities that use it: a copy per
+/// identity was its key's strings and its endpoint again for each of thousands.
+#[derive(Default)]
+struct SharedServices {
+    by_key: HashMap<ServiceKey, Weak<ResolvedService>>,
+    /// Dropped entries are swept when the map reaches this size (then twice what is left),
+    /// so services deleted long ago do not stay and sweeping is rare.
+    sweep_at: usize,
+}
+
+impl SharedServices {
+    fn share(&mut self, service: &ResolvedService) -> Arc<ResolvedService> {
+        if let Some(shared) = self.by_key.get(&service.key).and_then(Weak::upgrade)
+            && shared.endpoint == service.endpoint
+            && shared.allow_adoption == service.allow_adoption
+            && Arc::ptr_eq(&shared.client, &service.client)
+        {
+            return shared;
+        }
+        if self.by_key.len() >= self.sweep_at {
+            self.by_key.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (2 * self.by_key.len()).max(64);
+        }
+        let shared = Arc::new(service.clone());
+        self.by_key
+            .insert(service.key.clone(), Arc::downgrade(&shared));
+        shared
+    }
 }
 
 impl Memory {
@@ -79,7 +112,7 @@ impl Memory {
     pub fn get(&self, oref: &ObjectRef<CommunicationIdentity>, uid: &str) -> Remembered {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match entries.get(oref) {
-            Some(r) if r.uid == uid => r.clone(),
+            Some(r) if r.uid == uid => Remembered::clone(r),
             _ => Remembered {
                 uid: uid.to_string(),
                 ..Remembered::default()
@@ -96,7 +129,7 @@ impl Memory {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let entry = entries.entry(bare(oref)).or_default();
         if entry.uid != uid {
-            *entry = Remembered {
+            **entry = Remembered {
                 uid: uid.to_string(),
                 ..Remembered::default()
             };
@@ -244,7 +277,12 @@ impl Memory {
         uid: &str,
         service: &ResolvedService,
     ) {
-        self.update(oref, uid, |r| r.service = Some(Box::new(service.clone())));
+        let shared = self
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .share(service);
+        self.update(oref, uid, |r| r.service = Some(shared));
     }
 
     /// ACS created `user` at `endpoint` for this identity: remembered until a status
@@ -386,6 +424,56 @@ mod tests {
             user_id: Some(user.into()),
             ..Default::default()
         }
+    }
+
+    fn resolved(
+        name: &str,
+        endpoint: &str,
+        client: &Arc<crate::acs::AcsClient>,
+    ) -> ResolvedService {
+        ResolvedService {
+            key: ServiceKey {
+                kind: crate::api::ServiceKind::CommunicationService,
+                namespace: Some("team-a".into()),
+                name: name.into(),
+            },
+            endpoint: endpoint.into(),
+            client: client.clone(),
+            allow_adoption: false,
+        }
+    }
+
+    #[test]
+    fn identities_of_one_service_share_one_copy_until_the_service_changes() {
+        let cs = crate::acs::ConnectionString::parse(
+            "endpoint=https://a.b/;accesskey=c2VjcmV0LWtleS1ieXRlcw==",
+        )
+        .unwrap();
+        let new_client = || Arc::new(crate::acs::AcsClient::new(&cs, Default::default()).unwrap());
+        let (client, rotated) = (new_client(), new_client());
+        let memory = Memory::default();
+        let id = |n: &str| ObjectRef::<CommunicationIdentity>::new(n).within("team-a");
+        let service_of = |n: &str| memory.get(&id(n), n).service.unwrap();
+
+        memory.service_resolved(&id("a"), "a", &resolved("acs", "https://a.b/", &client));
+        memory.service_resolved(&id("b"), "b", &resolved("acs", "https://a.b/", &client));
+        assert!(Arc::ptr_eq(&service_of("a"), &service_of("b")));
+
+        // A new client (rotated key) or another endpoint is a new copy, never the old one.
+        memory.service_resolved(&id("c"), "c", &resolved("acs", "https://a.b/", &rotated));
+        assert!(Arc::ptr_eq(&service_of("c").client, &rotated));
+        memory.service_resolved(&id("d"), "d", &resolved("acs", "https://x.y/", &rotated));
+        assert_eq!(service_of("d").endpoint, "https://x.y/");
+        assert_eq!(service_of("a").endpoint, "https://a.b/");
+
+        // Copies nobody holds are swept as the map grows.
+        for i in 0..200 {
+            let n = format!("gone-{i}");
+            memory.service_resolved(&id(&n), &n, &resolved(&n, "https://a.b/", &client));
+            memory.forget(&id(&n));
+        }
+        let kept = memory.services.lock().unwrap().by_key.len();
+        assert!(kept < 140, "{kept} shared services kept for 2 in use");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Config as ControllerConfig;
@@ -28,7 +28,7 @@ use super::identity;
 use super::resolver::{Resolver, service_key_for};
 use super::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::service::{self, ServiceContext};
-use super::stores::{Stores, WatchScope, slim, slim_secret};
+use super::stores::{SecretMeta, Stores, WatchScope, slim};
 
 /// Default `--min-token-interval`.
 pub const DEFAULT_MIN_TOKEN_INTERVAL: Duration = Duration::from_secs(15);
@@ -138,6 +138,44 @@ where
 
 use reflector::reflector;
 
+/// A watch whose store keeps `summary` of each object instead of the object: the stream
+/// still yields the objects (owner references for the controller's triggers), and only
+/// the summary stays in memory.
+fn reflected_as<K, C>(
+    api: Api<K>,
+    config: watcher::Config,
+    summary: fn(&K) -> C,
+) -> (
+    Store<C>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    C: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (reader, mut writer) = reflector::store::<C>();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .inspect_ok(move |event| {
+            let summarised = match event {
+                watcher::Event::Apply(o) => watcher::Event::Apply(summary(o)),
+                watcher::Event::Delete(o) => watcher::Event::Delete(summary(o)),
+                watcher::Event::InitApply(o) => watcher::Event::InitApply(summary(o)),
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+            };
+            writer.apply_watcher_event(&summarised);
+        })
+        .touched_objects();
+    (reader, stream)
+}
+
 /// Identities that use a service, across every scope.
 fn using_service(
     stores: &[Store<CommunicationIdentity>],
@@ -190,7 +228,9 @@ fn wire(
         config.watch_namespaces.iter().cloned().map(Some).collect()
     };
     let mut ready: Vec<BoxFuture<'static, bool>> = vec![];
-    fn wait<K: Resource + Clone + Send + Sync + 'static>(s: &Store<K>) -> BoxFuture<'static, bool>
+    fn wait<K: reflector::Lookup + Clone + Send + Sync + 'static>(
+        s: &Store<K>,
+    ) -> BoxFuture<'static, bool>
     where
         K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
     {
@@ -234,11 +274,10 @@ fn wire(
         );
         // Only Secrets labelled as ours, and only their metadata: memory does not grow with
         // the cluster's other Secrets.
-        let (sec_store, sec_stream) = reflected_with(
+        let (sec_store, sec_stream) = reflected_as(
             api_for::<PartialObjectMeta<Secret>>(client, ns),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-            slim_secret,
-            |_: &PartialObjectMeta<Secret>| {},
+            SecretMeta::of,
         );
         ready.extend([wait(&id_store), wait(&svc_store), wait(&sec_store)]);
         let (tx, rx) = mpsc::unbounded_channel();

@@ -128,16 +128,13 @@ pub async fn observe_secret(
     let cached = ctx.stores.secret(&ns, secret_name);
     if let Some(meta) = &cached
         && !remembered.secret_seen
-        && freshness(
-            meta.resource_version().as_deref(),
-            remembered.secret_rv.as_deref(),
-        ) == Freshness::Same
+        && freshness(meta.resource_version(), remembered.secret_rv.as_deref()) == Freshness::Same
     {
         ctx.memory.secret_seen(&ObjectRef::from_obj(identity), &uid);
     }
     let seen = cached.as_ref().map(|meta| CachedSecret {
-        owned: secret::owned_by(&meta.metadata, &uid),
-        resource_version: meta.resource_version(),
+        owned: meta.owned_by(&uid),
+        resource_version: meta.resource_version().map(str::to_string),
     });
     let creates = SecretWrite::for_facts(&SecretFacts::Missing, identity) == SecretWrite::Create;
     let first_token = custom_ids && first_token(status, remembered);
@@ -155,13 +152,13 @@ pub async fn observe_secret(
             return Ok(SecretObservation::of(SecretFacts::NotOwned, None));
         }
         (CacheVerdict::Ours { lagging }, Some(meta)) => {
-            let template_current = lagging || secret::template_current(&meta.metadata, identity);
+            let template_current = lagging || meta.template_current(identity);
             return Ok(SecretObservation::of(
                 SecretFacts::Ours {
                     intact: true,
                     template_current,
                 },
-                secret::issued_at(&meta.metadata),
+                meta.issued_at(),
             ));
         }
         (CacheVerdict::Missing, _) => {
