@@ -56,10 +56,13 @@ struct Inner<D> {
     state: Mutex<State<D>>,
 }
 
+/// A dependent and its Secret's id are each held once, behind an `Arc`, by both maps: with
+/// an identity per dependent, a copy in each map was a fixed part of the operator's memory
+/// per identity (issue 19).
 struct State<D> {
-    dependents: HashMap<SecretId, HashSet<D>>,
-    uses: HashMap<D, SecretId>,
-    watches: HashMap<SecretId, (AbortHandle, SecretVersion)>,
+    dependents: HashMap<Arc<SecretId>, HashSet<Arc<D>>>,
+    uses: HashMap<Arc<D>, Arc<SecretId>>,
+    watches: HashMap<Arc<SecretId>, (AbortHandle, SecretVersion)>,
 }
 
 impl<D: Clone + Eq + Hash + Send + Sync + 'static> CredentialWatches<D> {
@@ -82,11 +85,18 @@ impl<D: Clone + Eq + Hash + Send + Sync + 'static> CredentialWatches<D> {
     pub fn depend(&self, dependent: D, credential: &CredentialRef) -> SecretVersion {
         let id = (credential.namespace.clone(), credential.name.clone());
         let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(previous) = st.uses.insert(dependent.clone(), id.clone())
-            && previous != id
-        {
+        let (dependent, previous) = match st.uses.get_key_value(&dependent) {
+            Some((held, previous)) => (held.clone(), Some(previous.clone())),
+            None => (Arc::new(dependent), None),
+        };
+        if let Some(previous) = previous.filter(|p| **p != id) {
             release(&mut st, &dependent, &previous);
         }
+        let id = match st.dependents.get_key_value(&id) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(id),
+        };
+        st.uses.insert(dependent.clone(), id.clone());
         st.dependents
             .entry(id.clone())
             .or_default()
@@ -103,8 +113,8 @@ impl<D: Clone + Eq + Hash + Send + Sync + 'static> CredentialWatches<D> {
     /// `dependent` no longer uses any Secret; a watch nobody needs is stopped.
     pub fn forget(&self, dependent: &D) {
         let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = st.uses.remove(dependent) {
-            release(&mut st, dependent, &id);
+        if let Some((held, id)) = st.uses.remove_entry(dependent) {
+            release(&mut st, &held, &id);
         }
     }
 
@@ -134,9 +144,9 @@ fn release<D: Eq + Hash>(st: &mut State<D>, dependent: &D, id: &SecretId) {
 
 async fn watch_secret<D: Clone + Eq + Hash + Send + Sync + 'static>(
     inner: Arc<Inner<D>>,
-    id: SecretId,
+    id: Arc<SecretId>,
 ) {
-    let (ns, name) = &id;
+    let (ns, name) = &*id;
     let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(inner.client.clone(), ns);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config).default_backoff().boxed();
@@ -171,7 +181,7 @@ async fn watch_secret<D: Clone + Eq + Hash + Send + Sync + 'static>(
             }
             st.dependents
                 .get(&id)
-                .map(|s| s.iter().cloned().collect())
+                .map(|s| s.iter().map(|d| D::clone(d)).collect())
                 .unwrap_or_default()
         };
         for d in dependents {
@@ -182,4 +192,45 @@ async fn watch_secret<D: Clone + Eq + Hash + Send + Sync + 'static>(
 
 fn rv(s: &PartialObjectMeta<Secret>) -> String {
     s.resource_version().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(name: &str) -> CredentialRef {
+        CredentialRef {
+            namespace: "team-a".into(),
+            name: name.into(),
+            key: "connectionString".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_secret_is_watched_while_someone_uses_it_and_its_id_is_held_once() {
+        // Nothing listens there: the watches only retry, which this test does not need.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let watches = CredentialWatches::<String>::new(Client::try_from(config).unwrap(), |_| {});
+        watches.depend("a".into(), &cred("one"));
+        watches.depend("b".into(), &cred("one"));
+        watches.depend("a".into(), &cred("one"));
+        assert_eq!(watches.watched(), 1);
+        {
+            let st = watches.inner.state.lock().unwrap();
+            let (key, _) = st
+                .dependents
+                .get_key_value(&("team-a".into(), "one".into()))
+                .unwrap();
+            assert!(st.uses.values().all(|id| Arc::ptr_eq(id, key)));
+            assert_eq!(st.dependents[key].len(), 2);
+        }
+        watches.depend("b".into(), &cred("two"));
+        assert_eq!(watches.watched(), 2);
+        watches.forget(&"a".to_string());
+        assert_eq!(watches.watched(), 1, "nobody uses `one` any more");
+        watches.forget(&"b".to_string());
+        assert_eq!(watches.watched(), 0);
+        let st = watches.inner.state.lock().unwrap();
+        assert!(st.uses.is_empty() && st.dependents.is_empty());
+    }
 }
