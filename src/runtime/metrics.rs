@@ -34,13 +34,15 @@
 //! as such a word is recorded as `other`, so an error message (which could quote a
 //! token or a connection string) can never become a label value.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::AtomicI64;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -107,13 +109,6 @@ struct KindError {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ConditionLabels {
-    namespace: String,
-    name: String,
-    condition: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceConditionLabels {
     kind: String,
     namespace: String,
@@ -154,12 +149,6 @@ struct ReadyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ObjectLabels {
-    namespace: String,
-    name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     namespace: String,
     name: String,
@@ -168,16 +157,159 @@ struct FailureLabels {
 
 type DurationHistogram<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// What the metrics remember about one identity, so that the by-state gauge is an exact
-/// count and `forget_identity` can remove every series the identity owns.
-#[derive(Default)]
+/// What the metrics remember about one identity: the by-state gauge is an exact count of
+/// these, and [`IdentitySeries`] renders the identity's series from them on each scrape.
+/// Plain fields rather than a `Family` series each: at 4,000 identities the heap profile
+/// showed about 1 KiB per identity in those series (an owned label set, an `Arc`ed atomic
+/// and hash-table slots for each of up to six of them).
+#[derive(Debug, Default)]
 struct IdentityEntry {
     /// `None` until the controller reported a state.
     ready: Option<Option<bool>>,
-    has_expiry: bool,
-    has_renewal: bool,
-    has_deletion: bool,
+    token_expiry: Option<i64>,
+    renewal_time: Option<i64>,
+    deletion_time: Option<i64>,
+    /// Kept so that `forget_identity` can remove the identity's `renewal_failures` series,
+    /// which stay a `Family`: only identities whose renewal failed have any.
     failure_reasons: BTreeSet<String>,
+}
+
+/// Identity key -> entry; see [`identity_key`].
+type IdentityMap = BTreeMap<Box<str>, IdentityEntry>;
+
+/// Between namespace and name in an identity's key. It sorts below every character a
+/// label value may hold, so the map iterates in (namespace, name) order, and no label
+/// value contains it, so the key splits back unambiguously.
+const KEY_SEPARATOR: char = ' ';
+
+/// One string per identity, so the namespace needs no map (and no allocation) of its
+/// own. Built from the label values rather than the raw names: the entry stands for the
+/// series, and two names the guard turns into `other` shared their series before too.
+fn identity_key(namespace: &str, name: &str) -> Box<str> {
+    let (namespace, name) = (object_label(namespace), object_label(name));
+    let mut key = String::with_capacity(namespace.len() + KEY_SEPARATOR.len_utf8() + name.len());
+    key.push_str(namespace);
+    key.push(KEY_SEPARATOR);
+    key.push_str(name);
+    key.into_boxed_str()
+}
+
+/// The `namespace` and `name` label values of an [`identity_key`].
+fn key_labels(key: &str) -> (&str, &str) {
+    key.split_once(KEY_SEPARATOR).unwrap_or((key, ""))
+}
+
+/// The per-identity gauge families, rendered from one [`IdentityEntry`] per identity.
+#[derive(Debug, Default)]
+struct IdentitySeries {
+    /// The lock also serialises updates of the by-state gauge, so its counts never drift
+    /// from the map.
+    identities: Mutex<IdentityMap>,
+}
+
+// `Registry::register` appends the final full stop to a help text; a collector's
+// descriptor goes out as written, so these carry it to keep the exposition unchanged.
+const TOKEN_EXPIRY_HELP: &str =
+    "Expiry of the identity's current access token, as a Unix timestamp.";
+const READY_STATUS_HELP: &str = "1 for the identity's current Ready condition status (True, False or Unknown), 0 for the others.";
+const RENEWAL_TIME_HELP: &str =
+    "When the operator renews the identity's token (status.renewalTime), as a Unix timestamp.";
+const DELETION_TIME_HELP: &str =
+    "When the identity was deleted, while its cleanup (the ACS user's deletion) has not finished.";
+
+impl IdentitySeries {
+    fn lock(&self) -> MutexGuard<'_, IdentityMap> {
+        // A panic while holding the lock leaves the map consistent enough for metrics
+        // (each update is a handful of assignments); keep serving rather than poison.
+        self.identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Collector for IdentitySeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let identities = self.lock();
+        encode_timestamps(
+            &mut encoder,
+            &identities,
+            "token_expiry_timestamp",
+            TOKEN_EXPIRY_HELP,
+            |e| e.token_expiry,
+        )?;
+        encode_ready_status(&mut encoder, &identities)?;
+        encode_timestamps(
+            &mut encoder,
+            &identities,
+            "identity_renewal_timestamp",
+            RENEWAL_TIME_HELP,
+            |e| e.renewal_time,
+        )?;
+        encode_timestamps(
+            &mut encoder,
+            &identities,
+            "identity_deletion_timestamp",
+            DELETION_TIME_HELP,
+            |e| e.deletion_time,
+        )
+    }
+}
+
+/// A `_seconds` gauge family with one series per identity that has a value. Like the
+/// registry does for an empty `Family`, a family without series is left out entirely.
+fn encode_timestamps(
+    encoder: &mut DescriptorEncoder,
+    identities: &IdentityMap,
+    name: &str,
+    help: &str,
+    value: fn(&IdentityEntry) -> Option<i64>,
+) -> Result<(), fmt::Error> {
+    if !identities.values().any(|e| value(e).is_some()) {
+        return Ok(());
+    }
+    let unit = Unit::Seconds;
+    let mut family = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Gauge)?;
+    for (key, entry) in identities {
+        if let Some(v) = value(entry) {
+            let (namespace, name) = key_labels(key);
+            family
+                .encode_family(&[("namespace", namespace), ("name", name)])?
+                .encode_gauge(&v)?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_ready_status(
+    encoder: &mut DescriptorEncoder,
+    identities: &IdentityMap,
+) -> Result<(), fmt::Error> {
+    if !identities.values().any(|e| e.ready.is_some()) {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(
+        "identity_ready_status",
+        READY_STATUS_HELP,
+        None,
+        MetricType::Gauge,
+    )?;
+    for (key, entry) in identities {
+        let Some(ready) = entry.ready else {
+            continue;
+        };
+        let (namespace, name) = key_labels(key);
+        let current = condition_label(ready);
+        for condition in CONDITIONS {
+            family
+                .encode_family(&[
+                    ("namespace", namespace),
+                    ("name", name),
+                    ("condition", condition),
+                ])?
+                .encode_gauge(&i64::from(condition == current))?;
+        }
+    }
+    Ok(())
 }
 
 type FloatCounter = Counter<f64, AtomicU64>;
@@ -192,16 +324,12 @@ pub struct Metrics {
     acs_requests: Family<OperationStatus, Counter>,
     acs_request_duration: DurationHistogram<OperationLabel>,
     identities: Family<ReadyLabel, Gauge>,
-    token_expiry: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
     renewal_failures: Family<FailureLabels, Counter>,
     reconcile_panics: Family<Kind, Counter>,
     entra_token_requests: Family<CredentialResult, Counter>,
     entra_token_expiry: Family<CredentialLabel, Gauge<i64, AtomicI64>>,
     reconcile_errors: Family<KindError, Counter>,
     in_flight: Family<Kind, Gauge>,
-    identity_ready_status: Family<ConditionLabels, Gauge>,
-    renewal_time: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
-    deletion_time: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
     service_ready_status: Family<ServiceConditionLabels, Gauge>,
     quota_waits: Family<WaitLabels, Counter>,
     quota_wait_seconds: Family<WaitLabels, FloatCounter>,
@@ -209,9 +337,8 @@ pub struct Metrics {
     throttle_pause_seconds: Family<ResourceOperation, FloatCounter>,
     quota_limit: Family<ResourceOperation, Gauge<f64, AtomicU64>>,
     leader: Gauge,
-    /// namespace -> name -> entry. The lock also serialises gauge updates so the by-state
-    /// counts never drift from the map.
-    identity_state: Mutex<HashMap<String, HashMap<String, IdentityEntry>>>,
+    /// Also encoded by the registry, as the collector of the per-identity families.
+    identity_series: Arc<IdentitySeries>,
 }
 
 impl fmt::Debug for Metrics {
@@ -279,13 +406,12 @@ impl Metrics {
         for ready in READY_STATES {
             identities.get_or_create(&ReadyLabel { ready }).set(0);
         }
-        let token_expiry = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
-        registry.register_with_unit(
-            "token_expiry_timestamp",
-            "Expiry of the identity's current access token, as a Unix timestamp",
-            Unit::Seconds,
-            token_expiry.clone(),
-        );
+        // token_expiry_timestamp, identity_ready_status, identity_renewal_timestamp and
+        // identity_deletion_timestamp: rendered from one entry per identity rather than
+        // registered as `Family`s, see `IdentityEntry`. The registry encodes collectors
+        // after its metrics, so these four families come last in the exposition.
+        let identity_series = Arc::new(IdentitySeries::default());
+        registry.register_collector(Box::new(Arc::clone(&identity_series)));
         let renewal_failures = Family::<FailureLabels, Counter>::default();
         registry.register(
             "renewal_failures",
@@ -332,26 +458,6 @@ impl Metrics {
         ] {
             in_flight.get_or_create(&Kind { kind: kind.into() }).set(0);
         }
-        let identity_ready_status = Family::<ConditionLabels, Gauge>::default();
-        registry.register(
-            "identity_ready_status",
-            "1 for the identity's current Ready condition status (True, False or Unknown), 0 for the others",
-            identity_ready_status.clone(),
-        );
-        let renewal_time = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
-        registry.register_with_unit(
-            "identity_renewal_timestamp",
-            "When the operator renews the identity's token (status.renewalTime), as a Unix timestamp",
-            Unit::Seconds,
-            renewal_time.clone(),
-        );
-        let deletion_time = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
-        registry.register_with_unit(
-            "identity_deletion_timestamp",
-            "When the identity was deleted, while its cleanup (the ACS user's deletion) has not finished",
-            Unit::Seconds,
-            deletion_time.clone(),
-        );
         let service_ready_status = Family::<ServiceConditionLabels, Gauge>::default();
         registry.register(
             "service_ready_status",
@@ -412,9 +518,6 @@ impl Metrics {
             registry,
             reconcile_errors,
             in_flight,
-            identity_ready_status,
-            renewal_time,
-            deletion_time,
             service_ready_status,
             quota_waits,
             quota_wait_seconds,
@@ -430,9 +533,8 @@ impl Metrics {
             acs_requests,
             acs_request_duration,
             identities,
-            token_expiry,
             renewal_failures,
-            identity_state: Mutex::new(HashMap::new()),
+            identity_series,
         }
     }
 
@@ -538,17 +640,11 @@ impl Metrics {
 
     /// The identity's Ready condition: `Some(true)`, `Some(false)`, or `None` (unknown).
     pub fn set_identity_ready(&self, namespace: &str, name: &str, ready: Option<bool>) {
-        let mut state = self.lock_state();
-        let entry = entry_mut(&mut state, namespace, name);
+        let mut identities = self.identity_series.lock();
+        let entry = entry_mut(&mut identities, namespace, name);
         let previous = entry.ready.replace(ready);
         if previous == Some(ready) {
             return;
-        }
-        let current = condition_label(ready);
-        for condition in CONDITIONS {
-            self.identity_ready_status
-                .get_or_create(&condition_labels(namespace, name, condition))
-                .set(i64::from(condition == current));
         }
         if let Some(previous) = previous {
             self.identities
@@ -566,47 +662,29 @@ impl Metrics {
 
     /// When the identity's current token expires.
     pub fn set_token_expiry(&self, namespace: &str, name: &str, unix_seconds: i64) {
-        let mut state = self.lock_state();
-        entry_mut(&mut state, namespace, name).has_expiry = true;
-        self.token_expiry
-            .get_or_create(&object_labels(namespace, name))
-            .set(unix_seconds);
+        let mut identities = self.identity_series.lock();
+        entry_mut(&mut identities, namespace, name).token_expiry = Some(unix_seconds);
     }
 
     /// When the identity's token is renewed (its `status.renewalTime`); `None` removes
     /// the series (no renewal scheduled, e.g. no token yet).
     pub fn set_renewal_time(&self, namespace: &str, name: &str, unix_seconds: Option<i64>) {
-        let mut state = self.lock_state();
-        let entry = entry_mut(&mut state, namespace, name);
-        let labels = object_labels(namespace, name);
-        match unix_seconds {
-            Some(t) => {
-                entry.has_renewal = true;
-                self.renewal_time.get_or_create(&labels).set(t);
-            }
-            None if entry.has_renewal => {
-                entry.has_renewal = false;
-                self.renewal_time.remove(&labels);
-            }
-            None => {}
-        }
+        let mut identities = self.identity_series.lock();
+        entry_mut(&mut identities, namespace, name).renewal_time = unix_seconds;
     }
 
     /// The identity is being deleted (since `unix_seconds`) and its cleanup runs.
     pub fn set_deletion_time(&self, namespace: &str, name: &str, unix_seconds: i64) {
-        let mut state = self.lock_state();
-        entry_mut(&mut state, namespace, name).has_deletion = true;
-        self.deletion_time
-            .get_or_create(&object_labels(namespace, name))
-            .set(unix_seconds);
+        let mut identities = self.identity_series.lock();
+        entry_mut(&mut identities, namespace, name).deletion_time = Some(unix_seconds);
     }
 
     /// A failed attempt to renew the identity's token. `reason` is a short fixed word,
     /// such as an `AcsError::metric_label()`, never an error message.
     pub fn renewal_failed(&self, namespace: &str, name: &str, reason: &str) {
         let reason = word(reason);
-        let mut state = self.lock_state();
-        entry_mut(&mut state, namespace, name)
+        let mut identities = self.identity_series.lock();
+        entry_mut(&mut identities, namespace, name)
             .failure_reasons
             .insert(reason.clone());
         self.renewal_failures
@@ -619,44 +697,24 @@ impl Metrics {
     }
 
     /// The identity is gone: it no longer counts in `acs_operator_identities`, and its
-    /// expiry and renewal-failure series are removed so that cardinality follows the
-    /// cluster, not the operator's uptime.
+    /// series are removed so that cardinality follows the cluster, not the operator's
+    /// uptime.
     pub fn forget_identity(&self, namespace: &str, name: &str) {
-        let mut state = self.lock_state();
-        let Some(names) = state.get_mut(namespace) else {
+        let mut identities = self.identity_series.lock();
+        let Some(entry) = identities.remove(&identity_key(namespace, name)) else {
             return;
         };
-        let Some(entry) = names.remove(name) else {
-            return;
-        };
-        if names.is_empty() {
-            state.remove(namespace);
-        }
         if let Some(ready) = entry.ready {
             self.identities
                 .get_or_create(&ReadyLabel {
                     ready: ready_label(ready),
                 })
                 .dec();
-            for condition in CONDITIONS {
-                self.identity_ready_status
-                    .remove(&condition_labels(namespace, name, condition));
-            }
-        }
-        let labels = object_labels(namespace, name);
-        if entry.has_renewal {
-            self.renewal_time.remove(&labels);
-        }
-        if entry.has_deletion {
-            self.deletion_time.remove(&labels);
-        }
-        if entry.has_expiry {
-            self.token_expiry.remove(&labels);
         }
         for reason in entry.failure_reasons {
             self.renewal_failures.remove(&FailureLabels {
-                namespace: labels.namespace.clone(),
-                name: labels.name.clone(),
+                namespace: object_name(namespace),
+                name: object_name(name),
                 reason,
             });
         }
@@ -671,14 +729,6 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
-    }
-
-    fn lock_state(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, IdentityEntry>>> {
-        // A panic while holding the lock leaves the map consistent enough for metrics
-        // (each update is a handful of assignments); keep serving rather than poison.
-        self.identity_state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -762,24 +812,12 @@ fn resource_operation(resource: &str, operation: Operation) -> ResourceOperation
     }
 }
 
-fn condition_labels(namespace: &str, name: &str, condition: &'static str) -> ConditionLabels {
-    ConditionLabels {
-        namespace: object_name(namespace),
-        name: object_name(name),
-        condition,
-    }
-}
-
 fn entry_mut<'a>(
-    state: &'a mut HashMap<String, HashMap<String, IdentityEntry>>,
+    identities: &'a mut IdentityMap,
     namespace: &str,
     name: &str,
 ) -> &'a mut IdentityEntry {
-    state
-        .entry(namespace.to_string())
-        .or_default()
-        .entry(name.to_string())
-        .or_default()
+    identities.entry(identity_key(namespace, name)).or_default()
 }
 
 fn ready_label(ready: Option<bool>) -> &'static str {
@@ -790,20 +828,17 @@ fn ready_label(ready: Option<bool>) -> &'static str {
     }
 }
 
-fn object_labels(namespace: &str, name: &str) -> ObjectLabels {
-    ObjectLabels {
-        namespace: object_name(namespace),
-        name: object_name(name),
-    }
-}
-
 /// A Kubernetes object name as a label value. Names are validated by the API server;
 /// the bound only guards against a caller passing something that isn't one.
 fn object_name(s: &str) -> String {
+    object_label(s).to_string()
+}
+
+fn object_label(s: &str) -> &str {
     if s.len() <= MAX_OBJECT_NAME_LEN && s.chars().all(is_name_char) {
-        s.to_string()
+        s
     } else {
-        "other".to_string()
+        "other"
     }
 }
 
@@ -1047,6 +1082,144 @@ mod tests {
         m.forget_identity("team-a", "bot");
         let text = m.encode();
         assert!(!text.contains("name=\"bot\""), "{text}");
+    }
+
+    /// The lines of `family` (its HELP, TYPE, UNIT and samples) in exposition order.
+    fn family_lines<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+        let described = [
+            format!("# HELP {family} "),
+            format!("# TYPE {family} "),
+            format!("# UNIT {family} "),
+        ];
+        let sample = format!("{family}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&sample) || described.iter().any(|d| l.starts_with(d)))
+            .collect()
+    }
+
+    #[test]
+    fn identity_families_render_every_series_and_drop_a_forgotten_identity() {
+        let m = Metrics::new();
+        // (namespace, name, ready, expiry, renewal, deletion); set in reverse order of
+        // the exposition, which sorts by namespace and name.
+        let identities = [
+            (
+                "team-b",
+                "relay",
+                None,
+                1_900_000_200,
+                1_899_000_200,
+                Some(1_800_000_200),
+            ),
+            (
+                "team-a",
+                "bot",
+                Some(true),
+                1_900_000_100,
+                1_899_000_100,
+                None,
+            ),
+        ];
+        for (namespace, name, ready, expiry, renewal, deletion) in identities {
+            m.set_identity_ready(namespace, name, ready);
+            m.set_token_expiry(namespace, name, expiry);
+            m.set_renewal_time(namespace, name, Some(renewal));
+            if let Some(deletion) = deletion {
+                m.set_deletion_time(namespace, name, deletion);
+            }
+        }
+
+        const EXPIRY: &str = "acs_operator_token_expiry_timestamp_seconds";
+        const READY: &str = "acs_operator_identity_ready_status";
+        const RENEWAL: &str = "acs_operator_identity_renewal_timestamp_seconds";
+        const DELETION: &str = "acs_operator_identity_deletion_timestamp_seconds";
+        let expiry_head = [
+            "# HELP acs_operator_token_expiry_timestamp_seconds Expiry of the identity's current access token, as a Unix timestamp.",
+            "# TYPE acs_operator_token_expiry_timestamp_seconds gauge",
+            "# UNIT acs_operator_token_expiry_timestamp_seconds seconds",
+        ];
+        let ready_head = [
+            "# HELP acs_operator_identity_ready_status 1 for the identity's current Ready condition status (True, False or Unknown), 0 for the others.",
+            "# TYPE acs_operator_identity_ready_status gauge",
+        ];
+        let renewal_head = [
+            "# HELP acs_operator_identity_renewal_timestamp_seconds When the operator renews the identity's token (status.renewalTime), as a Unix timestamp.",
+            "# TYPE acs_operator_identity_renewal_timestamp_seconds gauge",
+            "# UNIT acs_operator_identity_renewal_timestamp_seconds seconds",
+        ];
+        let deletion_head = [
+            "# HELP acs_operator_identity_deletion_timestamp_seconds When the identity was deleted, while its cleanup (the ACS user's deletion) has not finished.",
+            "# TYPE acs_operator_identity_deletion_timestamp_seconds gauge",
+            "# UNIT acs_operator_identity_deletion_timestamp_seconds seconds",
+        ];
+        let bot_expiry = r#"acs_operator_token_expiry_timestamp_seconds{namespace="team-a",name="bot"} 1900000100"#;
+        let bot_ready = [
+            r#"acs_operator_identity_ready_status{namespace="team-a",name="bot",condition="True"} 1"#,
+            r#"acs_operator_identity_ready_status{namespace="team-a",name="bot",condition="False"} 0"#,
+            r#"acs_operator_identity_ready_status{namespace="team-a",name="bot",condition="Unknown"} 0"#,
+        ];
+        let bot_renewal = r#"acs_operator_identity_renewal_timestamp_seconds{namespace="team-a",name="bot"} 1899000100"#;
+
+        // (family, lines with both identities, lines once team-b/relay is forgotten)
+        let table: [(&str, Vec<&str>, Vec<&str>); 4] = [
+            (
+                EXPIRY,
+                [&expiry_head[..], &[
+                    bot_expiry,
+                    r#"acs_operator_token_expiry_timestamp_seconds{namespace="team-b",name="relay"} 1900000200"#,
+                ]].concat(),
+                [&expiry_head[..], &[bot_expiry]].concat(),
+            ),
+            (
+                READY,
+                [&ready_head[..], &bot_ready, &[
+                    r#"acs_operator_identity_ready_status{namespace="team-b",name="relay",condition="True"} 0"#,
+                    r#"acs_operator_identity_ready_status{namespace="team-b",name="relay",condition="False"} 0"#,
+                    r#"acs_operator_identity_ready_status{namespace="team-b",name="relay",condition="Unknown"} 1"#,
+                ]].concat(),
+                [&ready_head[..], &bot_ready].concat(),
+            ),
+            (
+                RENEWAL,
+                [&renewal_head[..], &[
+                    bot_renewal,
+                    r#"acs_operator_identity_renewal_timestamp_seconds{namespace="team-b",name="relay"} 1899000200"#,
+                ]].concat(),
+                [&renewal_head[..], &[bot_renewal]].concat(),
+            ),
+            (
+                // No identity left with a deletion time: the family goes away entirely,
+                // as an empty `Family` does.
+                DELETION,
+                [&deletion_head[..], &[
+                    r#"acs_operator_identity_deletion_timestamp_seconds{namespace="team-b",name="relay"} 1800000200"#,
+                ]].concat(),
+                vec![],
+            ),
+        ];
+
+        let before = m.encode();
+        m.forget_identity("team-b", "relay");
+        let after = m.encode();
+        for (family, want_before, want_after) in &table {
+            assert_eq!(
+                &family_lines(&before, family),
+                want_before,
+                "{family} in\n{before}"
+            );
+            assert_eq!(
+                &family_lines(&after, family),
+                want_after,
+                "{family} in\n{after}"
+            );
+        }
+        assert!(!after.contains("relay"), "{after}");
+        assert!(identities_line(&after, "true").ends_with(" 1"), "{after}");
+        assert!(
+            identities_line(&after, "unknown").ends_with(" 0"),
+            "{after}"
+        );
+        assert!(after.ends_with("# EOF\n"), "{after}");
     }
 
     #[test]
