@@ -19,6 +19,7 @@ use super::memory::Memory;
 use super::resolver::Resolver;
 use super::shares::Shares;
 use super::stores::Stores;
+use super::wakeups::Wakeups;
 
 /// The time source of every decision; tests inject their own.
 pub trait Clock: Send + Sync {
@@ -61,6 +62,8 @@ pub struct Context {
     pub stores: Stores,
     pub resolver: Resolver,
     pub memory: Memory,
+    /// Each identity's next look (its renewal), outside the controller's scheduler.
+    pub wakeups: Arc<Wakeups>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Semaphore,
     /// Each ACS resource's and namespace's share of the calls in flight.
@@ -107,7 +110,12 @@ impl Context {
                 stores.trigger(who)
             })
         };
+        let wakeups = {
+            let stores = p.stores.clone();
+            Arc::new(Wakeups::new(move |who| stores.trigger(who)))
+        };
         Context {
+            wakeups,
             events: EventPublisher::new(
                 p.client.clone(),
                 "acs-identity-operator",

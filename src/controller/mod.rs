@@ -19,6 +19,7 @@ pub(crate) mod service;
 pub(crate) mod shares;
 pub mod status;
 pub(crate) mod stores;
+pub(crate) mod wakeups;
 
 pub use error::Error;
 pub use run::{OperatorConfig, run};

@@ -330,6 +330,10 @@ fn wire(
     // Cluster services and namespace labels change which identities may use what.
     let mut cache_tasks: Vec<BoxFuture<'static, ()>> = vec![];
     {
+        let wakeups = ctx.wakeups.clone();
+        cache_tasks.push(async move { wakeups.run().await }.boxed());
+    }
+    {
         let stores = stores.clone();
         let ids = identity_stores.clone();
         let default = config.default_service.clone();

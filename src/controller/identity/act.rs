@@ -526,6 +526,7 @@ pub(super) fn forget(ctx: &Context, obj: &CommunicationIdentity) {
     let oref = ObjectRef::from_obj(obj);
     ctx.resolver.credentials.forget(&oref);
     ctx.memory.forget(&oref);
+    ctx.wakeups.forget(&oref);
     ctx.metrics
         .forget_identity(&obj.namespace().unwrap_or_default(), &obj.name_any());
 }

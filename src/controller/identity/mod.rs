@@ -367,20 +367,20 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
         }
         other => (other, None),
     };
-    let action = match (&plan.step, resolved) {
+    let next_look = match (&plan.step, resolved) {
         (Step::Wait, _) => {
             // The token may have changed in an earlier reconcile whose rollout was not
             // done yet (the budget was spent, a crash after the status write).
             let mut plan = plan;
             let again = crate::controller::rollout::act(ctx, &obj, &mut plan.status).await;
             record(ctx, &obj, &status, &plan).await?;
-            Action::requeue(again.map_or(plan.requeue, |a| a.min(plan.requeue)))
+            again.map_or(plan.requeue, |a| a.min(plan.requeue))
         }
         (Step::RefreshSecretMetadata, _) => {
             let outcome =
                 steps::refresh_secret_metadata(ctx, &obj, &plan.status, &secret_name, now).await;
             finish(ctx, &obj, &facts, plan.status.clone(), outcome).await?;
-            Action::requeue(plan.requeue)
+            plan.requeue
         }
         (Step::RevokeOnly { user, request }, Ok(svc)) => {
             let mut st = plan.status.clone();
@@ -400,7 +400,7 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
                 return Ok(Action::requeue(wait));
             }
             finish(ctx, &obj, &facts, st, outcome).await?;
-            Action::requeue(plan.requeue)
+            plan.requeue
         }
         (Step::Token(tp), Ok(svc)) => {
             let early = decide::expired_before_acting(&facts, &plan.status);
@@ -436,7 +436,7 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
                 }
             }
             finish(ctx, &obj, &facts, st, outcome.map(|_| ())).await?;
-            Action::requeue(requeue)
+            requeue
         }
         // decide only plans ACS steps with a resolved service.
         (_, Err(e)) => return Err(Error::Resolve(e)),
@@ -450,7 +450,10 @@ async fn apply(obj: Arc<CommunicationIdentity>, ctx: &Context) -> Result<Action,
             .status
             .map_or(status, |ours| *ours),
     );
-    Ok(action)
+    // The next look waits outside the controller's scheduler (see `wakeups`), which then
+    // holds nothing for a healthy identity.
+    ctx.wakeups.look_after(&oref, next_look);
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]
