@@ -89,10 +89,17 @@ struct SharedServices {
 
 impl SharedServices {
     fn share(&mut self, service: &ResolvedService) -> Arc<ResolvedService> {
-        if let Some(shared) = self.by_key.get(&service.key).and_then(Weak::upgrade)
-            && shared.endpoint == service.endpoint
-            && shared.allow_adoption == service.allow_adoption
-            && Arc::ptr_eq(&shared.client, &service.client)
+        // Destructured, so that a field added to ResolvedService must be compared here.
+        let ResolvedService {
+            key,
+            endpoint,
+            client,
+            allow_adoption,
+        } = service;
+        if let Some(shared) = self.by_key.get(key).and_then(Weak::upgrade)
+            && shared.endpoint == *endpoint
+            && shared.allow_adoption == *allow_adoption
+            && Arc::ptr_eq(&shared.client, client)
         {
             return shared;
         }

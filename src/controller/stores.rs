@@ -55,6 +55,24 @@ pub struct SecretMeta {
     issued_at: Option<Timestamp>,
 }
 
+/// Length of the template hash annotation's value (SHA-256 in hex).
+const TEMPLATE_HASH_LEN: usize = 64;
+/// Longer than any UID the API server assigns (36 characters). Anyone may write an owner
+/// reference's UID on a labelled Secret, and the API server does not bound it.
+const MAX_UID_LEN: usize = 128;
+/// Kept in place of an oversized UID: owned by nobody, as the read of the Secret decides
+/// (no identity has that UID).
+const OVERSIZED_UID: &str = "\u{0}oversized";
+
+fn bounded_uid(uid: &str) -> Box<str> {
+    if uid.len() > MAX_UID_LEN {
+        OVERSIZED_UID
+    } else {
+        uid
+    }
+    .into()
+}
+
 impl SecretMeta {
     pub fn of(obj: &PartialObjectMeta<Secret>) -> Self {
         let meta = &obj.metadata;
@@ -72,8 +90,11 @@ impl SecretMeta {
             controller_uid: refs
                 .iter()
                 .find(|r| r.controller == Some(true))
-                .map(|r| r.uid.as_str().into()),
-            template_hash: annotation(TEMPLATE_HASH_ANNOTATION).map(|h| h.as_str().into()),
+                .map(|r| bounded_uid(&r.uid)),
+            // Only a SHA-256 digest can ever match: anything else is kept as "no match".
+            template_hash: annotation(TEMPLATE_HASH_ANNOTATION)
+                .filter(|h| h.len() == TEMPLATE_HASH_LEN)
+                .map(|h| h.as_str().into()),
             issued_at: annotation(ISSUED_AT_ANNOTATION).and_then(|t| t.parse().ok()),
         }
     }
@@ -146,7 +167,7 @@ mod secret_meta_tests {
             annotations: Some(
                 [
                     ("big".to_string(), "y".repeat(100_000)),
-                    (TEMPLATE_HASH_ANNOTATION.to_string(), "h".to_string()),
+                    (TEMPLATE_HASH_ANNOTATION.to_string(), "h".repeat(64)),
                     (
                         ISSUED_AT_ANNOTATION.to_string(),
                         "2026-12-07T10:00:00Z".to_string(),
@@ -181,7 +202,7 @@ mod secret_meta_tests {
         assert_eq!(foreign.resource_version(), Some("42"));
 
         let ours = labelled(Some(owner("CommunicationIdentity", "u")));
-        assert_eq!(ours.template_hash.as_deref(), Some("h"));
+        assert_eq!(ours.template_hash.as_deref(), Some("h".repeat(64).as_str()));
         assert_eq!(
             ours.issued_at(),
             Some("2026-12-07T10:00:00Z".parse().unwrap())
@@ -194,6 +215,32 @@ mod secret_meta_tests {
         );
         // Keyed without the resourceVersion and UID: no strings no lookup compares.
         assert_eq!(key.extra.resource_version, None);
+    }
+
+    #[test]
+    fn a_tenant_cannot_make_the_cache_keep_large_values() {
+        use kube::core::PartialObjectMetaExt;
+        let mut forged = owner("CommunicationIdentity", &"u".repeat(1 << 20));
+        forged.name = "x".into();
+        let s: PartialObjectMeta<Secret> = kube::core::ObjectMeta {
+            name: Some("token".into()),
+            namespace: Some("team-a".into()),
+            annotations: Some(
+                [(TEMPLATE_HASH_ANNOTATION.to_string(), "h".repeat(256 << 10))].into(),
+            ),
+            owner_references: Some(vec![forged]),
+            ..Default::default()
+        }
+        .into_response_partial();
+        let cached = SecretMeta::of(&s);
+        assert!(
+            cached
+                .controller_uid
+                .as_ref()
+                .is_some_and(|u| u.len() <= MAX_UID_LEN)
+        );
+        assert!(!cached.owned_by(&"u".repeat(1 << 20)) && !cached.owned_by(""));
+        assert_eq!(cached.template_hash, None);
     }
 
     #[test]

@@ -229,7 +229,19 @@ impl IdentitySeries {
 
 impl Collector for IdentitySeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let identities = self.lock();
+        // Copied out, then encoded without the lock: every reconcile's metric update takes
+        // it, and formatting a large fleet's series must not hold them all up.
+        let identities: Vec<Row> = self
+            .lock()
+            .iter()
+            .map(|(key, e)| Row {
+                key: key.clone(),
+                ready: e.ready,
+                token_expiry: e.token_expiry,
+                renewal_time: e.renewal_time,
+                deletion_time: e.deletion_time,
+            })
+            .collect();
         encode_timestamps(
             &mut encoder,
             &identities,
@@ -255,23 +267,32 @@ impl Collector for IdentitySeries {
     }
 }
 
+/// What a scrape reads of one identity.
+struct Row {
+    key: Box<str>,
+    ready: Option<Option<bool>>,
+    token_expiry: Option<i64>,
+    renewal_time: Option<i64>,
+    deletion_time: Option<i64>,
+}
+
 /// A `_seconds` gauge family with one series per identity that has a value. Like the
 /// registry does for an empty `Family`, a family without series is left out entirely.
 fn encode_timestamps(
     encoder: &mut DescriptorEncoder,
-    identities: &IdentityMap,
+    identities: &[Row],
     name: &str,
     help: &str,
-    value: fn(&IdentityEntry) -> Option<i64>,
+    value: fn(&Row) -> Option<i64>,
 ) -> Result<(), fmt::Error> {
-    if !identities.values().any(|e| value(e).is_some()) {
+    if !identities.iter().any(|e| value(e).is_some()) {
         return Ok(());
     }
     let unit = Unit::Seconds;
     let mut family = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Gauge)?;
-    for (key, entry) in identities {
-        if let Some(v) = value(entry) {
-            let (namespace, name) = key_labels(key);
+    for row in identities {
+        if let Some(v) = value(row) {
+            let (namespace, name) = key_labels(&row.key);
             family
                 .encode_family(&[("namespace", namespace), ("name", name)])?
                 .encode_gauge(&v)?;
@@ -282,9 +303,9 @@ fn encode_timestamps(
 
 fn encode_ready_status(
     encoder: &mut DescriptorEncoder,
-    identities: &IdentityMap,
+    identities: &[Row],
 ) -> Result<(), fmt::Error> {
-    if !identities.values().any(|e| e.ready.is_some()) {
+    if !identities.iter().any(|e| e.ready.is_some()) {
         return Ok(());
     }
     let mut family = encoder.encode_descriptor(
@@ -293,11 +314,11 @@ fn encode_ready_status(
         None,
         MetricType::Gauge,
     )?;
-    for (key, entry) in identities {
-        let Some(ready) = entry.ready else {
+    for row in identities {
+        let Some(ready) = row.ready else {
             continue;
         };
-        let (namespace, name) = key_labels(key);
+        let (namespace, name) = key_labels(&row.key);
         let current = condition_label(ready);
         for condition in CONDITIONS {
             family
