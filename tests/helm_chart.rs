@@ -1264,25 +1264,25 @@ async fn finalizer_policy_renders_where_the_api_exists_and_is_accepted() {
 }
 
 /// Issue 19: `expectedIdentities` sizes the memory request and limit from the fleet
-/// (32 MiB + 10 KiB per identity; limit 1.5 x request, at least 256 MiB), keeps the rest
+/// (32 MiB + 6 KiB per identity; limit 1.5 x request, at least 256 MiB), keeps the rest
 /// of `resources`, and leaves them as given when unset.
 #[test]
 fn expected_identities_size_the_memory_request_and_limit() {
     let cp = ControlPlane::get();
     let cases: [(&str, &[&str], &str, &str); 5] = [
         ("unset", &[], "64Mi", "256Mi"),
-        ("1k", &["--set", "expectedIdentities=1000"], "42Mi", "256Mi"),
+        ("1k", &["--set", "expectedIdentities=1000"], "38Mi", "256Mi"),
         (
             "20k",
             &["--set", "expectedIdentities=20000"],
-            "228Mi",
-            "342Mi",
+            "150Mi",
+            "256Mi",
         ),
         (
             "100k",
             &["--set", "expectedIdentities=100000"],
-            "1009Mi",
-            "1513Mi",
+            "618Mi",
+            "927Mi",
         ),
         (
             "1k with a cpu limit of its own",
@@ -1292,7 +1292,7 @@ fn expected_identities_size_the_memory_request_and_limit() {
                 "--set",
                 "resources.limits.cpu=2",
             ],
-            "42Mi",
+            "38Mi",
             "256Mi",
         ),
     ];

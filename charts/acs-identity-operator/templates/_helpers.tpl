@@ -148,7 +148,7 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
 
 {{/*
 Container resources. With expectedIdentities > 0 the memory request and limit come from
-the fleet size (docs/scaling.md): request = 32 MiB + 10 KiB per identity, limit = the
+the fleet size (docs/scaling.md): request = 32 MiB + 6 KiB per identity, limit = the
 larger of 1.5 x request and 256 MiB (a new leader lists the whole fleet and peaks above
 its steady state). Everything else in .Values.resources is kept as given.
 */}}
@@ -156,7 +156,7 @@ its steady state). Everything else in .Values.resources is kept as given.
 {{- $r := deepCopy .Values.resources -}}
 {{- $n := int64 (.Values.expectedIdentities | default 0) -}}
 {{- if gt $n 0 -}}
-{{- $request := add 32 (div (add (mul $n 10) 1023) 1024) -}}
+{{- $request := add 32 (div (add (mul $n 6) 1023) 1024) -}}
 {{- $limit := max 256 (div (mul $request 3) 2) -}}
 {{- $requests := deepCopy ($r.requests | default dict) -}}
 {{- $limits := deepCopy ($r.limits | default dict) -}}
