@@ -28,7 +28,7 @@ use super::identity;
 use super::resolver::{Resolver, service_key_for};
 use super::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use super::service::{self, ServiceContext};
-use super::stores::{SecretMeta, Stores, WatchScope, slim};
+use super::stores::{SecretMeta, Stores, WatchScope, Watched, slim};
 
 /// Default `--min-token-interval`.
 pub const DEFAULT_MIN_TOKEN_INTERVAL: Duration = Duration::from_secs(15);
@@ -91,13 +91,7 @@ fn reflected<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     reflected_with(api, config, slim::<K>, |_: &K| {})
 }
@@ -114,13 +108,7 @@ fn reflected_with<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (reader, writer) = reflector::store();
     let stream = reflector(
@@ -150,13 +138,7 @@ fn reflected_as<K, C>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     C: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (reader, mut writer) = reflector::store::<C>();
@@ -561,13 +543,7 @@ fn service_controller<K, F, Fut>(
     reconcile: F,
 ) -> BoxFuture<'static, ()>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     F: FnMut(Arc<K>, Arc<ServiceContext<K>>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, super::Error>>
         + Send

@@ -26,6 +26,7 @@ use super::resolver::{
     entra_client_for, namespaced_service_credential,
 };
 use super::status::{Progress, replace_status, set_condition, set_progress};
+use super::stores::Watched;
 
 /// Credentials are re-checked this often even without a watch event.
 const RECHECK: Duration = Duration::from_secs(300);
@@ -111,13 +112,7 @@ async fn reconcile_view<K>(
     ctx: &ServiceContext<K>,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let started = Instant::now();
     let _in_flight = ctx.metrics.reconcile_started(&K::kind(&()));

@@ -21,6 +21,30 @@ use crate::controller::secret::{self, ISSUED_AT_ANNOTATION, TEMPLATE_HASH_ANNOTA
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// A kind the operator watches and caches: what a watcher, a reflector and a controller
+/// need of its type.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Drops what no reconcile reads from a cached object.
 pub fn slim<K: ResourceExt>(obj: &mut K) {
     let meta = obj.meta_mut();
