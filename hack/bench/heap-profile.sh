@@ -20,8 +20,9 @@ out=$root/bench/data/heap-$label-n$n.txt
 say() { echo "heap-profile: $*" >&2; }
 
 say "building the operator with the heap profiler ($target)"
-(cd "$root" && CARGO_TARGET_DIR=$target cargo build --quiet --release --features heap-profile \
-  --bin acs-identity-operator)
+# With symbols and line tables (the release profile strips them): the report names functions.
+(cd "$root" && CARGO_TARGET_DIR=$target CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=1 \
+  cargo build --quiet --release --features heap-profile --bin acs-identity-operator)
 bin=$target/release/acs-identity-operator
 
 # jemalloc's own report tool, from the source cargo fetched (it is not installed).
