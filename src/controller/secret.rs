@@ -115,13 +115,19 @@ pub fn recorded_user(secret: &Secret) -> Option<RecordedUser> {
     })
 }
 
-/// Whether a Secret's controller ownerReference is this identity.
-pub fn owned_by(meta: &ObjectMeta, identity_uid: &str) -> bool {
+/// The Secret's controller ownerReference (the first one marked as controller).
+pub fn controller(
+    meta: &ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     meta.owner_references
         .iter()
         .flatten()
         .find(|r| r.controller == Some(true))
-        .is_some_and(|r| r.uid == identity_uid)
+}
+
+/// Whether a Secret's controller ownerReference is this identity.
+pub fn owned_by(meta: &ObjectMeta, identity_uid: &str) -> bool {
+    controller(meta).is_some_and(|r| r.uid == identity_uid)
 }
 
 /// The issued-at annotation, if the Secret carries a readable one.

@@ -17,7 +17,7 @@ use kube::runtime::reflector::{Lookup, ObjectRef, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{ClusterCommunicationService, CommunicationIdentity, CommunicationService};
-use crate::controller::secret::{self, ISSUED_AT_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
+use crate::controller::secret::{self, TEMPLATE_HASH_ANNOTATION};
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -106,20 +106,18 @@ impl SecretMeta {
                 && r.kind == "CommunicationIdentity"
                 && r.api_version.starts_with("acs-operator.dev/")
         });
-        let annotation = |key: &str| ours.then(|| meta.annotations.as_ref()?.get(key)).flatten();
         SecretMeta {
             name: meta.name.as_deref().unwrap_or_default().into(),
             namespace: meta.namespace.as_deref().map(Into::into),
             resource_version: meta.resource_version.as_deref().map(Into::into),
-            controller_uid: refs
-                .iter()
-                .find(|r| r.controller == Some(true))
-                .map(|r| bounded_uid(&r.uid)),
+            controller_uid: secret::controller(meta).map(|r| bounded_uid(&r.uid)),
             // Only a SHA-256 digest can ever match: anything else is kept as "no match".
-            template_hash: annotation(TEMPLATE_HASH_ANNOTATION)
+            template_hash: ours
+                .then(|| meta.annotations.as_ref()?.get(TEMPLATE_HASH_ANNOTATION))
+                .flatten()
                 .filter(|h| h.len() == TEMPLATE_HASH_LEN)
                 .map(|h| h.as_str().into()),
-            issued_at: annotation(ISSUED_AT_ANNOTATION).and_then(|t| t.parse().ok()),
+            issued_at: ours.then(|| secret::issued_at(meta)).flatten(),
         }
     }
 
@@ -179,6 +177,7 @@ impl Lookup for SecretMeta {
 #[cfg(test)]
 mod secret_meta_tests {
     use super::*;
+    use crate::controller::secret::ISSUED_AT_ANNOTATION;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn labelled(owner: Option<OwnerReference>) -> SecretMeta {

@@ -76,14 +76,15 @@ impl Wakeups {
         let at = Instant::now()
             .checked_add(after)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        let probe = Key::of(oref);
         let mut looks = self.lock();
-        let key = match looks.by_key.get_key_value(&Key::of(oref)) {
+        let key = match looks.by_key.get_key_value(&probe) {
             Some((key, previous)) => {
                 let (key, previous) = (key.clone(), *previous);
                 looks.by_time.remove(&(previous, key.clone()));
                 key
             }
-            None => Arc::new(Key::of(oref)),
+            None => Arc::new(probe),
         };
         let first = looks.by_time.first().is_none_or(|(t, _)| at < *t);
         looks.by_key.insert(key.clone(), at);

@@ -164,14 +164,20 @@ type DurationHistogram<L> = Family<L, Histogram, fn() -> Histogram>;
 /// and hash-table slots for each of up to six of them).
 #[derive(Debug, Default)]
 struct IdentityEntry {
+    series: Series,
+    /// Kept so that `forget_identity` can remove the identity's `renewal_failures` series,
+    /// which stay a `Family`: only identities whose renewal failed have any.
+    failure_reasons: BTreeSet<String>,
+}
+
+/// The values of an identity's series: what a scrape copies out.
+#[derive(Debug, Default, Clone, Copy)]
+struct Series {
     /// `None` until the controller reported a state.
     ready: Option<Option<bool>>,
     token_expiry: Option<i64>,
     renewal_time: Option<i64>,
     deletion_time: Option<i64>,
-    /// Kept so that `forget_identity` can remove the identity's `renewal_failures` series,
-    /// which stay a `Family`: only identities whose renewal failed have any.
-    failure_reasons: BTreeSet<String>,
 }
 
 /// Identity key -> entry; see [`identity_key`].
@@ -234,20 +240,14 @@ impl Collector for IdentitySeries {
         let identities: Vec<Row> = self
             .lock()
             .iter()
-            .map(|(key, e)| Row {
-                key: key.clone(),
-                ready: e.ready,
-                token_expiry: e.token_expiry,
-                renewal_time: e.renewal_time,
-                deletion_time: e.deletion_time,
-            })
+            .map(|(key, e)| (key.clone(), e.series))
             .collect();
         encode_timestamps(
             &mut encoder,
             &identities,
             "token_expiry_timestamp",
             TOKEN_EXPIRY_HELP,
-            |e| e.token_expiry,
+            |s| s.token_expiry,
         )?;
         encode_ready_status(&mut encoder, &identities)?;
         encode_timestamps(
@@ -255,26 +255,20 @@ impl Collector for IdentitySeries {
             &identities,
             "identity_renewal_timestamp",
             RENEWAL_TIME_HELP,
-            |e| e.renewal_time,
+            |s| s.renewal_time,
         )?;
         encode_timestamps(
             &mut encoder,
             &identities,
             "identity_deletion_timestamp",
             DELETION_TIME_HELP,
-            |e| e.deletion_time,
+            |s| s.deletion_time,
         )
     }
 }
 
-/// What a scrape reads of one identity.
-struct Row {
-    key: Box<str>,
-    ready: Option<Option<bool>>,
-    token_expiry: Option<i64>,
-    renewal_time: Option<i64>,
-    deletion_time: Option<i64>,
-}
+/// What a scrape reads of one identity: its key and its series' values.
+type Row = (Box<str>, Series);
 
 /// A `_seconds` gauge family with one series per identity that has a value. Like the
 /// registry does for an empty `Family`, a family without series is left out entirely.
@@ -283,16 +277,16 @@ fn encode_timestamps(
     identities: &[Row],
     name: &str,
     help: &str,
-    value: fn(&Row) -> Option<i64>,
+    value: fn(&Series) -> Option<i64>,
 ) -> Result<(), fmt::Error> {
-    if !identities.iter().any(|e| value(e).is_some()) {
+    if !identities.iter().any(|(_, s)| value(s).is_some()) {
         return Ok(());
     }
     let unit = Unit::Seconds;
     let mut family = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Gauge)?;
-    for row in identities {
-        if let Some(v) = value(row) {
-            let (namespace, name) = key_labels(&row.key);
+    for (key, series) in identities {
+        if let Some(v) = value(series) {
+            let (namespace, name) = key_labels(key);
             family
                 .encode_family(&[("namespace", namespace), ("name", name)])?
                 .encode_gauge(&v)?;
@@ -305,7 +299,7 @@ fn encode_ready_status(
     encoder: &mut DescriptorEncoder,
     identities: &[Row],
 ) -> Result<(), fmt::Error> {
-    if !identities.iter().any(|e| e.ready.is_some()) {
+    if !identities.iter().any(|(_, s)| s.ready.is_some()) {
         return Ok(());
     }
     let mut family = encoder.encode_descriptor(
@@ -314,11 +308,11 @@ fn encode_ready_status(
         None,
         MetricType::Gauge,
     )?;
-    for row in identities {
-        let Some(ready) = row.ready else {
+    for (key, series) in identities {
+        let Some(ready) = series.ready else {
             continue;
         };
-        let (namespace, name) = key_labels(&row.key);
+        let (namespace, name) = key_labels(key);
         let current = condition_label(ready);
         for condition in CONDITIONS {
             family
@@ -663,7 +657,7 @@ impl Metrics {
     pub fn set_identity_ready(&self, namespace: &str, name: &str, ready: Option<bool>) {
         let mut identities = self.identity_series.lock();
         let entry = entry_mut(&mut identities, namespace, name);
-        let previous = entry.ready.replace(ready);
+        let previous = entry.series.ready.replace(ready);
         if previous == Some(ready) {
             return;
         }
@@ -684,20 +678,26 @@ impl Metrics {
     /// When the identity's current token expires.
     pub fn set_token_expiry(&self, namespace: &str, name: &str, unix_seconds: i64) {
         let mut identities = self.identity_series.lock();
-        entry_mut(&mut identities, namespace, name).token_expiry = Some(unix_seconds);
+        entry_mut(&mut identities, namespace, name)
+            .series
+            .token_expiry = Some(unix_seconds);
     }
 
     /// When the identity's token is renewed (its `status.renewalTime`); `None` removes
     /// the series (no renewal scheduled, e.g. no token yet).
     pub fn set_renewal_time(&self, namespace: &str, name: &str, unix_seconds: Option<i64>) {
         let mut identities = self.identity_series.lock();
-        entry_mut(&mut identities, namespace, name).renewal_time = unix_seconds;
+        entry_mut(&mut identities, namespace, name)
+            .series
+            .renewal_time = unix_seconds;
     }
 
     /// The identity is being deleted (since `unix_seconds`) and its cleanup runs.
     pub fn set_deletion_time(&self, namespace: &str, name: &str, unix_seconds: i64) {
         let mut identities = self.identity_series.lock();
-        entry_mut(&mut identities, namespace, name).deletion_time = Some(unix_seconds);
+        entry_mut(&mut identities, namespace, name)
+            .series
+            .deletion_time = Some(unix_seconds);
     }
 
     /// A failed attempt to renew the identity's token. `reason` is a short fixed word,
@@ -725,7 +725,7 @@ impl Metrics {
         let Some(entry) = identities.remove(&identity_key(namespace, name)) else {
             return;
         };
-        if let Some(ready) = entry.ready {
+        if let Some(ready) = entry.series.ready {
             self.identities
                 .get_or_create(&ReadyLabel {
                     ready: ready_label(ready),
