@@ -22,6 +22,7 @@ use acs_identity_operator::emulator::EmulatorConfig;
 use acs_identity_operator::runtime::{Metrics, Readiness};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -1075,6 +1076,124 @@ async fn services_on_one_resource_share_one_client_and_credential_watches_go_awa
         0,
         "nothing references the Secret any more"
     );
+    caches.abort();
+}
+
+/// Reconciles `name` by hand until it is Ready (the first pass may add the finalizer).
+async fn reconcile_until_ready(
+    w: &World,
+    ctx: &Arc<acs_identity_operator::controller::context::Context>,
+    name: &str,
+) -> CommunicationIdentity {
+    for _ in 0..3 {
+        let o = Arc::new(w.identities().get(name).await.unwrap());
+        let _ = acs_identity_operator::controller::identity::reconcile(o, ctx.clone()).await;
+    }
+    let o = w.identities().get(name).await.unwrap();
+    assert_eq!(
+        cond(&o, types::READY).map(|c| c.0).as_deref(),
+        Some("True"),
+        "{name}"
+    );
+    o
+}
+
+/// Deletes `name` the way a person who removed our finalizer by hand does: no cleanup.
+async fn delete_without_cleanup(w: &World, name: &str) {
+    w.identities()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    w.identities()
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// An identity that leaves without our cleanup (its finalizer removed by hand) leaves
+/// nothing in the operator: memory of its writes, its next look, its credential watch,
+/// its metric series. A tenant repeating it cannot grow the operator's memory. A new
+/// identity that takes a deleted one's name keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
+    let _shared = EXCLUSIVE.read().await;
+    let w = World::new("gone", 1.0).await;
+    w.service(PREVIEW).await;
+    let metrics = Arc::new(Metrics::new());
+    let (ctx, caches) = run::caches_only(w.client.clone(), w.config(), metrics.clone()).await;
+    for name in ["a", "b"] {
+        w.identity(name, json!({})).await;
+        reconcile_until_ready(&w, &ctx, name).await;
+    }
+    assert_eq!(ctx.memory.len(), 2);
+    assert_eq!(
+        ctx.wakeups.len(),
+        2,
+        "each Ready identity has its next look"
+    );
+    assert_eq!(ctx.resolver.credentials.watched(), 1);
+
+    // The old `b` goes, and a new `b` is Ready before the old one's delete may be handled.
+    let old_b = w.identities().get("b").await.unwrap().uid().unwrap();
+    delete_without_cleanup(&w, "b").await;
+    eventually(30, "the old b gone", || async {
+        w.identities()
+            .get_opt("b")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Another Secret: the old b's is the garbage collector's to delete, in its own time.
+    w.identity("b", json!({"secretName": "b-new"})).await;
+    let new_b = w.identities().get("b").await.unwrap().uid().unwrap();
+    assert_ne!(old_b, new_b);
+    // As a controller would: it reconciles what its cache holds.
+    eventually(30, "the new b cached", || async {
+        let cached = ctx.stores.identity(&w.ns.name, "b")?;
+        (cached.uid().as_deref() == Some(new_b.as_str())).then_some(())
+    })
+    .await;
+    reconcile_until_ready(&w, &ctx, "b").await;
+
+    // `a` goes the same way; its delete is handled after the old b's.
+    delete_without_cleanup(&w, "a").await;
+    let a = ObjectRef::<CommunicationIdentity>::new("a").within(&w.ns.name);
+    eventually(30, "what was held for `a` dropped", || async {
+        (ctx.memory.len() == 1 && ctx.wakeups.len() == 1).then_some(())
+    })
+    .await;
+    assert!(ctx.memory.get(&a, "").secret_rv.is_none());
+    let b = ObjectRef::<CommunicationIdentity>::new("b").within(&w.ns.name);
+    assert!(
+        ctx.memory.get(&b, &new_b).secret_rv.is_some(),
+        "the new b keeps its memory"
+    );
+    let text = metrics.encode();
+    let series = |name: &str| {
+        format!(
+            "acs_operator_identity_ready_status{{namespace=\"{}\",name=\"{name}\",condition=\"True\"}} 1",
+            w.ns.name
+        )
+    };
+    assert!(!text.contains(&series("a")), "{text}");
+    assert!(text.contains(&series("b")), "{text}");
+    assert_eq!(
+        ctx.resolver.credentials.watched(),
+        1,
+        "the new b still uses the Secret"
+    );
+    // Nothing is left for the periodic sweep, and it takes nothing alive.
+    assert_eq!(
+        acs_identity_operator::controller::identity::gone::sweep(&ctx),
+        0
+    );
+    assert_eq!((ctx.memory.len(), ctx.wakeups.len()), (1, 1));
     caches.abort();
 }
 

@@ -163,6 +163,14 @@ impl Context {
         delay.max(retry_after.unwrap_or_default())
     }
 
+    /// Keeps the failure counts of the identities for which `keep` holds.
+    pub fn retain_backoff(&self, mut keep: impl FnMut(&ObjectRef<CommunicationIdentity>) -> bool) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|obj, _| keep(obj));
+    }
+
     pub fn reset_backoff(&self, obj: &ObjectRef<CommunicationIdentity>) {
         self.backoff
             .lock()

@@ -118,6 +118,21 @@ impl<D: Clone + Eq + Hash + Send + Sync + 'static> CredentialWatches<D> {
         }
     }
 
+    /// Keeps the dependents for which `keep` holds; the others are forgotten.
+    pub fn retain(&self, mut keep: impl FnMut(&D) -> bool) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<(Arc<D>, Arc<SecretId>)> = st
+            .uses
+            .iter()
+            .filter(|(d, _)| !keep(d))
+            .map(|(d, id)| (d.clone(), id.clone()))
+            .collect();
+        for (dependent, id) in gone {
+            st.uses.remove(&dependent);
+            release(&mut st, &dependent, &id);
+        }
+    }
+
     /// Number of Secrets watched (for tests and metrics).
     pub fn watched(&self) -> usize {
         self.inner
@@ -229,6 +244,21 @@ mod tests {
         watches.forget(&"a".to_string());
         assert_eq!(watches.watched(), 1, "nobody uses `one` any more");
         watches.forget(&"b".to_string());
+        assert_eq!(watches.watched(), 0);
+        let st = watches.inner.state.lock().unwrap();
+        assert!(st.uses.is_empty() && st.dependents.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dependents_not_kept_are_forgotten_and_their_watches_stopped() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let watches = CredentialWatches::<String>::new(Client::try_from(config).unwrap(), |_| {});
+        watches.depend("a".into(), &cred("one"));
+        watches.depend("b".into(), &cred("one"));
+        watches.depend("c".into(), &cred("two"));
+        watches.retain(|d| d == "b");
+        assert_eq!(watches.watched(), 1, "`two` has nobody left");
+        watches.retain(|_| false);
         assert_eq!(watches.watched(), 0);
         let st = watches.inner.state.lock().unwrap();
         assert!(st.uses.is_empty() && st.dependents.is_empty());

@@ -313,6 +313,23 @@ impl Memory {
             .remove(oref);
     }
 
+    /// Drops the entry of `oref` only if it is of the object with `uid`: an object created
+    /// since under the same name keeps what is remembered of it.
+    pub fn forget_uid(&self, oref: &ObjectRef<CommunicationIdentity>, uid: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.get(oref).is_some_and(|r| r.uid == uid) {
+            entries.remove(oref);
+        }
+    }
+
+    /// Keeps the entries for which `keep(key, uid)` holds.
+    pub fn retain(&self, mut keep: impl FnMut(&ObjectRef<CommunicationIdentity>, &str) -> bool) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|oref, r| keep(oref, &r.uid));
+    }
+
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -638,5 +655,27 @@ mod tests {
         assert_eq!(m.get(&o, "uid-1").secret_rv, None);
         m.forget(&o);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_uid_is_forgotten_and_a_new_object_of_the_name_kept() {
+        let m = Memory::default();
+        let (a, b) = (
+            ObjectRef::new("a").within("ns"),
+            ObjectRef::new("b").within("ns"),
+        );
+        m.finalizer_added(&a, "new");
+        m.finalizer_added(&b, "old");
+        m.forget_uid(&a, "old");
+        assert!(
+            m.get(&a, "new").finalizer_added,
+            "another UID's delete keeps it"
+        );
+        m.forget_uid(&b, "old");
+        assert!(!m.get(&b, "old").finalizer_added);
+        m.finalizer_added(&b, "b-uid");
+        m.retain(|oref, uid| oref.name == "a" && uid == "new");
+        assert_eq!(m.len(), 1);
+        assert!(m.get(&a, "new").finalizer_added);
     }
 }

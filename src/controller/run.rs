@@ -97,7 +97,7 @@ where
 }
 
 /// [`reflected`] with a slimming function of its own, and `on_delete` called for each
-/// object the watch saw deleted (to drop its metrics series).
+/// object the watch saw deleted.
 fn reflected_with<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -235,10 +235,11 @@ fn wire(
     // Per scope: identities, namespaced services, owned Secrets.
     let mut scopes = vec![];
     let mut parts = vec![];
+    // Identities the watch saw deleted, for `identity::gone` (the context that holds what
+    // is dropped is built from the stores these watches fill).
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<ObjectRef<CommunicationIdentity>>();
     for ns in &scopes_ns {
-        // An identity gone from the cluster loses its series, also when it went without
-        // our cleanup (finalizer removed by hand).
-        let forget = metrics.clone();
+        let gone_tx = gone_tx.clone();
         // Lists are consistent reads (not `any_semantic`): a new leader's or a restarted
         // process's first list has no memory of our writes to check it against, so it
         // must not come from a lagging watch cache.
@@ -247,7 +248,7 @@ fn wire(
             watcher::Config::default(),
             slim::<CommunicationIdentity>,
             move |id: &CommunicationIdentity| {
-                forget.forget_identity(&id.namespace().unwrap_or_default(), &id.name_any());
+                let _ = gone_tx.send(ObjectRef::from_obj(id));
             },
         );
         let (svc_store, svc_stream) = reflected(
@@ -314,6 +315,21 @@ fn wire(
     {
         let wakeups = ctx.wakeups.clone();
         cache_tasks.push(async move { wakeups.run().await }.boxed());
+    }
+    {
+        let ctx = ctx.clone();
+        cache_tasks.push(
+            async move {
+                while let Some(deleted) = gone_rx.recv().await {
+                    identity::gone::deleted(&ctx, &deleted);
+                }
+            }
+            .boxed(),
+        );
+    }
+    {
+        let ctx = ctx.clone();
+        cache_tasks.push(async move { identity::gone::sweep_periodically(&ctx).await }.boxed());
     }
     {
         let stores = stores.clone();

@@ -351,6 +351,13 @@ impl Stores {
             .get(&ObjectRef::new(name).within(ns))
     }
 
+    /// The cached identity `name` in `ns`, if a scope watches its namespace.
+    pub fn identity(&self, ns: &str, name: &str) -> Option<std::sync::Arc<CommunicationIdentity>> {
+        self.scope(ns)?
+            .identities
+            .get(&ObjectRef::new(name).within(ns))
+    }
+
     /// Every cached identity, across scopes.
     pub fn identities(&self) -> impl Iterator<Item = std::sync::Arc<CommunicationIdentity>> + '_ {
         self.scopes.iter().flat_map(|s| s.identities.state())

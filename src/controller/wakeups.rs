@@ -103,6 +103,19 @@ impl Wakeups {
         }
     }
 
+    /// Keeps the looks of the identities for which `keep(namespace, name)` holds.
+    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let mut looks = self.lock();
+        let Looks { by_time, by_key } = &mut *looks;
+        by_key.retain(|key, at| {
+            let kept = keep(&key.namespace, &key.name);
+            if !kept {
+                by_time.remove(&(*at, key.clone()));
+            }
+            kept
+        });
+    }
+
     /// Looks pending (for tests and the memory figures).
     pub fn len(&self) -> usize {
         self.lock().by_key.len()
@@ -194,6 +207,27 @@ mod tests {
             rx.try_recv().is_err(),
             "forgotten and replaced looks never fire"
         );
+        runner.abort();
+    }
+
+    #[tokio::test]
+    async fn looks_of_identities_not_kept_never_fire() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let wakeups = Arc::new(Wakeups::new(move |o| {
+            let _ = tx.send(o);
+        }));
+        wakeups.look_after(&id("gone"), Duration::ZERO);
+        wakeups.look_after(&id("kept"), Duration::from_millis(50));
+        wakeups.look_after(&ObjectRef::new("kept").within("team-b"), Duration::ZERO);
+        wakeups.retain(|ns, name| ns == "team-a" && name == "kept");
+        assert_eq!(wakeups.len(), 1);
+        let runner = tokio::spawn({
+            let w = wakeups.clone();
+            async move { w.run().await }
+        });
+        assert_eq!(next(&mut rx).await, "kept");
+        assert!(rx.try_recv().is_err(), "dropped looks never fire");
+        assert!(wakeups.is_empty());
         runner.abort();
     }
 

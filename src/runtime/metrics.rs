@@ -721,10 +721,36 @@ impl Metrics {
     /// series are removed so that cardinality follows the cluster, not the operator's
     /// uptime.
     pub fn forget_identity(&self, namespace: &str, name: &str) {
+        let key = identity_key(namespace, name);
         let mut identities = self.identity_series.lock();
-        let Some(entry) = identities.remove(&identity_key(namespace, name)) else {
-            return;
-        };
+        if let Some(entry) = identities.remove(&key) {
+            self.drop_identity(&key, entry);
+        }
+    }
+
+    /// [`Metrics::forget_identity`] for every identity not in `alive` (namespace, name).
+    pub fn retain_identities<'a>(&self, alive: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let alive: std::collections::HashSet<Box<str>> = alive
+            .into_iter()
+            .map(|(namespace, name)| identity_key(namespace, name))
+            .collect();
+        let mut identities = self.identity_series.lock();
+        let gone: Vec<Box<str>> = identities
+            .keys()
+            .filter(|k| !alive.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(entry) = identities.remove(&key) {
+                self.drop_identity(&key, entry);
+            }
+        }
+    }
+
+    /// What an identity's entry counted elsewhere: its state in the by-state gauge and
+    /// its failure series. Called with the identities' lock held, so the gauge's counts
+    /// never drift from the map.
+    fn drop_identity(&self, key: &str, entry: IdentityEntry) {
         if let Some(ready) = entry.series.ready {
             self.identities
                 .get_or_create(&ReadyLabel {
@@ -732,10 +758,11 @@ impl Metrics {
                 })
                 .dec();
         }
+        let (namespace, name) = key_labels(key);
         for reason in entry.failure_reasons {
             self.renewal_failures.remove(&FailureLabels {
-                namespace: object_name(namespace),
-                name: object_name(name),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
                 reason,
             });
         }
@@ -1029,6 +1056,28 @@ mod tests {
         let text = m.encode();
         assert!(identities_line(&text, "true").ends_with(" 1"), "{text}");
         assert!(identities_line(&text, "false").ends_with(" 1"), "{text}");
+    }
+
+    #[test]
+    fn identities_not_alive_lose_their_series_and_their_count() {
+        let m = Metrics::new();
+        m.set_identity_ready("team-a", "kept", Some(true));
+        m.set_identity_ready("team-a", "gone", Some(true));
+        m.set_token_expiry("team-a", "gone", 1_900_000_000);
+        m.renewal_failed("team-a", "gone", "throttled");
+        // A name the label guard turns into `other` is matched by its label value.
+        let long = "x".repeat(MAX_OBJECT_NAME_LEN + 1);
+        m.set_identity_ready("team-b", &long, Some(false));
+        m.retain_identities([("team-a", "kept"), ("team-b", long.as_str())]);
+        let text = m.encode();
+        assert!(!text.contains("name=\"gone\""), "{text}");
+        assert!(text.contains("name=\"kept\""), "{text}");
+        assert!(identities_line(&text, "true").ends_with(" 1"), "{text}");
+        assert!(identities_line(&text, "false").ends_with(" 1"), "{text}");
+        m.retain_identities([]);
+        let text = m.encode();
+        assert!(identities_line(&text, "true").ends_with(" 0"), "{text}");
+        assert!(identities_line(&text, "false").ends_with(" 0"), "{text}");
     }
 
     #[test]

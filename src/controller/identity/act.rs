@@ -523,12 +523,7 @@ pub(super) async fn clean_up(
 }
 
 pub(super) fn forget(ctx: &Context, obj: &CommunicationIdentity) {
-    let oref = ObjectRef::from_obj(obj);
-    ctx.resolver.credentials.forget(&oref);
-    ctx.memory.forget(&oref);
-    ctx.wakeups.forget(&oref);
-    ctx.metrics
-        .forget_identity(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    super::gone::forget(ctx, &ObjectRef::from_obj(obj));
 }
 
 /// A cleanup that cannot finish: reported (condition `CleanupFailed` with the command to

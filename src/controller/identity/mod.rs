@@ -14,6 +14,7 @@ mod act;
 pub(crate) mod cleanup;
 pub mod decide;
 pub(crate) mod gather;
+pub mod gone;
 pub(crate) mod steps;
 pub mod warm;
 
