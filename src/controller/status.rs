@@ -8,7 +8,7 @@
 //! thousands of new identities it was the largest cost of the whole reconcile.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -106,8 +106,8 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 
 /// Replaces status with `status` when it differs from `current`; returns the object as
 /// written (its resourceVersion), or `None` when nothing changed. With `expected_rv` the
-/// patch first tests the object's resourceVersion: a status someone wrote after the one
-/// the caller decided from is never overwritten (the API server answers 422, see
+/// write is conditional on the object's resourceVersion: a status someone wrote after the
+/// one the caller decided from is never overwritten (the API server answers 409, see
 /// [`precondition_failed`]).
 pub async fn replace_status<K, S>(
     api: &Api<K>,
@@ -123,26 +123,67 @@ where
     if current == Some(status) {
         return Ok(None);
     }
-    let mut ops = vec![];
-    if let Some(rv) = expected_rv {
-        ops.push(
-            serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
-        );
-    }
-    ops.push(serde_json::json!({"op": "add", "path": "/status", "value": status}));
-    let patch: json_patch::Patch =
-        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
-    let written = api
-        .patch_status(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            },
-            &Patch::<()>::Json(patch),
-        )
-        .await?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let written = match expected_rv {
+        Some(rv) => put_status(api, name, rv, status, &params).await?,
+        None => {
+            let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+                {"op": "add", "path": "/status", "value": status}
+            ]))
+            .map_err(kube::Error::SerdeError)?;
+            api.patch_status(
+                name,
+                &PatchParams {
+                    field_manager: params.field_manager,
+                    ..Default::default()
+                },
+                &Patch::<()>::Json(patch),
+            )
+            .await?
+        }
+    };
     Ok(Some(written))
+}
+
+/// A PUT of the status subresource carrying only the object's name, its resourceVersion
+/// and the status: the API server keeps everything else of the stored object. It costs
+/// the API server less than the JSON patch with a `test` of the resourceVersion that it
+/// replaces, which was applied by encoding the stored object, patching and decoding it
+/// again (5.4 % of kube-apiserver's time creating 5,000 identities, issue 19).
+async fn put_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    rv: &str,
+    status: &S,
+    params: &PostParams,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let mut metadata = serde_json::json!({"name": name, "resourceVersion": rv});
+    if let Some(ns) = api.namespace() {
+        metadata["namespace"] = ns.into();
+    }
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+        "status": status,
+    });
+    let mut req = kube::core::Request::new(api.resource_url())
+        .replace_subresource(
+            "status",
+            name,
+            params,
+            serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?,
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    req.extensions_mut().insert("replace_status");
+    api.clone().into_client().request::<K>(req).await
 }
 
 /// What kube-apiserver answers (422, reason `Invalid`, no details) when a JSON patch's
