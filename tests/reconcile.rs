@@ -1043,17 +1043,7 @@ async fn services_on_one_resource_share_one_client_and_credential_watches_go_awa
     w.identity("b", json!({"serviceRef": {"name": "acs2"}}))
         .await;
     for name in ["a", "b"] {
-        // Reconcile by hand until Ready (the first adds the finalizer).
-        for _ in 0..3 {
-            let o = Arc::new(w.identities().get(name).await.unwrap());
-            let _ = acs_identity_operator::controller::identity::reconcile(o, ctx.clone()).await;
-        }
-        let o = w.identities().get(name).await.unwrap();
-        assert_eq!(
-            cond(&o, types::READY).map(|c| c.0).as_deref(),
-            Some("True"),
-            "{name}"
-        );
+        reconcile_until_ready(&w, &ctx, name).await;
     }
     assert_eq!(
         ctx.resolver.clients.client_count(),
@@ -1117,28 +1107,42 @@ async fn delete_without_cleanup(w: &World, name: &str) {
 /// An identity that leaves without our cleanup (its finalizer removed by hand) leaves
 /// nothing in the operator: memory of its writes, its next look, its credential watch,
 /// its metric series. A tenant repeating it cannot grow the operator's memory. A new
-/// identity that takes a deleted one's name keeps its own.
+/// identity that takes a deleted one's name keeps its own, and the periodic sweep drops
+/// what no delete event named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
+    use acs_identity_operator::controller::identity::gone;
     let _shared = EXCLUSIVE.read().await;
     let w = World::new("gone", 1.0).await;
     w.service(PREVIEW).await;
+    // `a` has a credential Secret of its own, so its watch is seen to go.
+    w.put_credentials("acs-a", &w.emulator.connection_string)
+        .await;
+    w.create(
+        "communicationservices",
+        json!({
+            "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationService",
+            "metadata": {"name": "acs-a"},
+            "spec": {"connectionStringSecretRef": {"name": "acs-a"}, "apiVersion": PREVIEW},
+        }),
+    )
+    .await;
     let metrics = Arc::new(Metrics::new());
     let (ctx, caches) = run::caches_only(w.client.clone(), w.config(), metrics.clone()).await;
-    for name in ["a", "b"] {
-        w.identity(name, json!({})).await;
-        reconcile_until_ready(&w, &ctx, name).await;
-    }
+    w.identity("a", json!({"serviceRef": {"name": "acs-a"}}))
+        .await;
+    w.identity("b", json!({})).await;
+    let a_uid = reconcile_until_ready(&w, &ctx, "a").await.uid().unwrap();
+    let old_b = reconcile_until_ready(&w, &ctx, "b").await;
     assert_eq!(ctx.memory.len(), 2);
     assert_eq!(
         ctx.wakeups.len(),
         2,
         "each Ready identity has its next look"
     );
-    assert_eq!(ctx.resolver.credentials.watched(), 1);
+    assert_eq!(ctx.resolver.credentials.watched(), 2);
 
-    // The old `b` goes, and a new `b` is Ready before the old one's delete may be handled.
-    let old_b = w.identities().get("b").await.unwrap().uid().unwrap();
+    // The old `b` goes and a new `b` takes its name and is Ready.
     delete_without_cleanup(&w, "b").await;
     eventually(30, "the old b gone", || async {
         w.identities()
@@ -1152,7 +1156,7 @@ async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
     // Another Secret: the old b's is the garbage collector's to delete, in its own time.
     w.identity("b", json!({"secretName": "b-new"})).await;
     let new_b = w.identities().get("b").await.unwrap().uid().unwrap();
-    assert_ne!(old_b, new_b);
+    assert_ne!(old_b.uid(), Some(new_b.clone()));
     // As a controller would: it reconciles what its cache holds.
     eventually(30, "the new b cached", || async {
         let cached = ctx.stores.identity(&w.ns.name, "b")?;
@@ -1160,19 +1164,29 @@ async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
     })
     .await;
     reconcile_until_ready(&w, &ctx, "b").await;
+    // The old b's delete, handled (again) now that the new b is Ready: the new b keeps
+    // its look and its memory.
+    gone::deleted(&ctx, &ObjectRef::from_obj(&old_b));
+    let b = ObjectRef::<CommunicationIdentity>::new("b").within(&w.ns.name);
+    assert_eq!(ctx.wakeups.len(), 2, "a's look and the new b's");
+    assert!(
+        ctx.memory.get(&b, &new_b).secret_rv.is_some(),
+        "the new b keeps its memory"
+    );
 
-    // `a` goes the same way; its delete is handled after the old b's.
+    // `a` goes the same way.
     delete_without_cleanup(&w, "a").await;
     let a = ObjectRef::<CommunicationIdentity>::new("a").within(&w.ns.name);
     eventually(30, "what was held for `a` dropped", || async {
         (ctx.memory.len() == 1 && ctx.wakeups.len() == 1).then_some(())
     })
     .await;
-    assert!(ctx.memory.get(&a, "").secret_rv.is_none());
-    let b = ObjectRef::<CommunicationIdentity>::new("b").within(&w.ns.name);
-    assert!(
-        ctx.memory.get(&b, &new_b).secret_rv.is_some(),
-        "the new b keeps its memory"
+    assert!(ctx.memory.get(&a, &a_uid).secret_rv.is_none());
+    assert!(ctx.memory.get(&b, &new_b).secret_rv.is_some());
+    assert_eq!(
+        ctx.resolver.credentials.watched(),
+        1,
+        "a's credential Secret is no longer watched; b's is"
     );
     let text = metrics.encode();
     let series = |name: &str| {
@@ -1183,17 +1197,18 @@ async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
     };
     assert!(!text.contains(&series("a")), "{text}");
     assert!(text.contains(&series("b")), "{text}");
-    assert_eq!(
-        ctx.resolver.credentials.watched(),
-        1,
-        "the new b still uses the Secret"
-    );
-    // Nothing is left for the periodic sweep, and it takes nothing alive.
-    assert_eq!(
-        acs_identity_operator::controller::identity::gone::sweep(&ctx),
-        0
-    );
+
+    // What no delete event named (a relist after a disconnection sees none) goes at the
+    // sweep; the live identity keeps everything.
+    let ghost = ObjectRef::<CommunicationIdentity>::new("ghost").within(&w.ns.name);
+    ctx.memory.finalizer_added(&ghost, "ghost-uid");
+    ctx.wakeups.look_after(&ghost, Duration::from_secs(3600));
+    metrics.set_identity_ready(&w.ns.name, "ghost", Some(true));
+    assert_eq!(gone::sweep(&ctx), 1, "one memory entry dropped");
     assert_eq!((ctx.memory.len(), ctx.wakeups.len()), (1, 1));
+    assert!(ctx.memory.get(&b, &new_b).secret_rv.is_some());
+    assert!(!metrics.encode().contains("name=\"ghost\""));
+    assert_eq!(gone::sweep(&ctx), 0);
     caches.abort();
 }
 

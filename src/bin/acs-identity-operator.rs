@@ -257,11 +257,14 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
     let observer: Arc<dyn RequestObserver> = metrics.clone();
     let mut config = OperatorConfig {
         default_service: args.default_service.clone(),
+        // Deduplicated: a namespace named twice would get two watches and two controllers.
         watch_namespaces: args
             .watch_namespaces
             .iter()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect(),
         client_settings: ClientSettings {
             extra_ca_pem,

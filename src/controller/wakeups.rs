@@ -103,17 +103,24 @@ impl Wakeups {
         }
     }
 
-    /// Keeps the looks of the identities for which `keep(namespace, name)` holds.
-    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+    /// Keeps the looks of the identities for which `keep(namespace, name)` holds, and
+    /// returns the identities whose looks were dropped.
+    pub fn retain(
+        &self,
+        mut keep: impl FnMut(&str, &str) -> bool,
+    ) -> Vec<ObjectRef<CommunicationIdentity>> {
+        let mut dropped = vec![];
         let mut looks = self.lock();
         let Looks { by_time, by_key } = &mut *looks;
         by_key.retain(|key, at| {
             let kept = keep(&key.namespace, &key.name);
             if !kept {
                 by_time.remove(&(*at, key.clone()));
+                dropped.push(key.oref());
             }
             kept
         });
+        dropped
     }
 
     /// Looks pending (for tests and the memory figures).
@@ -219,7 +226,13 @@ mod tests {
         wakeups.look_after(&id("gone"), Duration::ZERO);
         wakeups.look_after(&id("kept"), Duration::from_millis(50));
         wakeups.look_after(&ObjectRef::new("kept").within("team-b"), Duration::ZERO);
-        wakeups.retain(|ns, name| ns == "team-a" && name == "kept");
+        let mut dropped: Vec<String> = wakeups
+            .retain(|ns, name| ns == "team-a" && name == "kept")
+            .into_iter()
+            .map(|o| format!("{}/{}", o.namespace.unwrap_or_default(), o.name))
+            .collect();
+        dropped.sort();
+        assert_eq!(dropped, ["team-a/gone", "team-b/kept"]);
         assert_eq!(wakeups.len(), 1);
         let runner = tokio::spawn({
             let w = wakeups.clone();

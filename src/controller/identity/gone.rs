@@ -39,12 +39,33 @@ pub(crate) fn forget(ctx: &Context, oref: &ObjectRef<CommunicationIdentity>) {
 pub fn deleted(ctx: &Context, deleted: &ObjectRef<CommunicationIdentity>) {
     let ns = deleted.namespace.as_deref().unwrap_or_default();
     let uid = deleted.extra.uid.as_deref().unwrap_or_default();
+    let key = bare(deleted);
     match ctx.stores.identity(ns, &deleted.name) {
-        None => forget(ctx, &bare(deleted)),
+        None => {
+            forget(ctx, &key);
+            look_again_if_cached(ctx, [key]);
+        }
         Some(live) if live.uid().as_deref() != Some(uid) => {
-            ctx.memory.forget_uid(&bare(deleted), uid);
+            ctx.memory.forget_uid(&key, uid);
+            ctx.reset_backoff(&key);
         }
         Some(_) => {}
+    }
+}
+
+/// An identity cached again since the cache was read for a drop (a new one of the same
+/// name, reconciled meanwhile on another thread) may have lost the look its reconcile
+/// had just set: it is reconciled again, which sets it anew. A reconcile only runs for
+/// an identity the cache holds, so reading the cache after the drop finds every such one.
+fn look_again_if_cached(
+    ctx: &Context,
+    dropped: impl IntoIterator<Item = ObjectRef<CommunicationIdentity>>,
+) {
+    for oref in dropped {
+        let ns = oref.namespace.as_deref().unwrap_or_default();
+        if ctx.stores.identity(ns, &oref.name).is_some() {
+            ctx.stores.trigger(oref);
+        }
     }
 }
 
@@ -77,13 +98,15 @@ pub fn sweep(ctx: &Context) -> usize {
         dropped += usize::from(!kept);
         kept
     });
-    ctx.wakeups
+    let looks_dropped = ctx
+        .wakeups
         .retain(|ns, name| alive.contains_key(&(ns, name)));
     ctx.resolver
         .credentials
         .retain(|oref| alive.contains_key(&key(oref)));
     ctx.retain_backoff(|oref| alive.contains_key(&key(oref)));
     ctx.metrics.retain_identities(alive.keys().copied());
+    look_again_if_cached(ctx, looks_dropped);
     dropped
 }
 
