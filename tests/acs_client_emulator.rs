@@ -543,3 +543,97 @@ async fn credentials_refused_after_working_no_longer_count_as_working() {
     assert!(c.has_worked(), "another resource's user is no refused key");
     emu.shutdown().await;
 }
+
+/// Counts the attempts a client sends.
+#[derive(Default)]
+struct SentAttempts(std::sync::atomic::AtomicUsize);
+
+impl acs_identity_operator::acs::RequestObserver for SentAttempts {
+    fn on_attempt(&self, _: &acs_identity_operator::acs::Attempt) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl SentAttempts {
+    fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Credentials ACS refuses: a caller's requests are sent once per probe interval, and the
+/// others get the refusal back without a request and without a turn of the resource's
+/// quota (a tenant's wrong key must not spend another team's budget); the first success
+/// ends it.
+#[tokio::test]
+async fn refused_credentials_are_asked_again_once_per_interval_not_per_request() {
+    use acs_identity_operator::acs::{Operation, Rate};
+    let emu = emulator::spawn(EmulatorConfig {
+        faults: vec![
+            serde_json::from_value(
+                serde_json::json!({"operation": "issue", "status": 401, "count": 1}),
+            )
+            .unwrap(),
+        ],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let sent = std::sync::Arc::new(SentAttempts::default());
+    let c = client(
+        &emu,
+        AcsClientOptions {
+            observer: Some(sent.clone()),
+            refused_probe_every: Duration::from_millis(300),
+            // Two issues an hour: what is left of them shows who took a turn.
+            quota: QuotaConfig {
+                issue_token: Some(Rate::new(2, Duration::from_secs(3600))),
+                ..QuotaConfig::unlimited()
+            },
+            ..options(&emu, "2023-10-01")
+        },
+    );
+    let user = c.create_user(None, None, None).await.unwrap().user.id;
+    let caller = c.for_caller("uid-1");
+    let scopes = [TokenScope::Chat];
+    let refused = caller.issue_token(&user, &scopes, None).await.unwrap_err();
+    assert!(refused.is_unauthorized(), "{refused:?}");
+    assert_eq!(sent.get(), 2);
+
+    // At once: the same refusal, naming the operation asked, and nothing sent.
+    let again = caller.issue_token(&user, &scopes, None).await.unwrap_err();
+    assert!(again.is_unauthorized(), "{again:?}");
+    let create = caller.create_user(None, None, None).await.unwrap_err();
+    assert!(
+        matches!(
+            create,
+            AcsError::Service {
+                operation: Operation::CreateUser,
+                status: 401,
+                ..
+            }
+        ),
+        "{create:?}"
+    );
+    assert!(create.client_request_id().is_none(), "nothing was sent");
+    assert_eq!(sent.get(), 2, "refusals replayed, not sent");
+
+    // After the interval one request asks again; ACS accepts it (the fault is spent).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match caller.issue_token(&user, &scopes, None).await {
+            Ok(_) => break,
+            Err(e) => assert!(e.is_unauthorized(), "{e:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no probe was sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sent.get(), 3, "one probe, however often callers came");
+    assert!(caller.has_worked());
+
+    // Neither the replays nor the probe took a turn: the second of the two is still free.
+    caller.issue_token(&user, &scopes, None).await.unwrap();
+    assert_eq!(sent.get(), 4);
+    let waiting = caller.issue_token(&user, &scopes, None).await.unwrap_err();
+    assert!(matches!(waiting, AcsError::QuotaWait { .. }), "{waiting:?}");
+    emu.shutdown().await;
+}

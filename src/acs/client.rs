@@ -2,8 +2,8 @@
 //! quota and retries.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -133,7 +133,18 @@ pub struct AcsClientOptions {
     pub shared_quota: Option<Arc<ClientQuota>>,
     /// No retry starts after this much time spent on one call; the last error is returned.
     pub call_deadline: Duration,
+    /// While ACS refuses this client's credentials, how often a caller's request is sent
+    /// to ask again (see [`REFUSED_PROBE_EVERY`]).
+    pub refused_probe_every: Duration,
 }
+
+/// While ACS refuses a client's credentials (401 or 403), requests made for a caller
+/// ([`AcsClient::for_caller`], the operator's reconciles) are sent once per this interval
+/// to ask again; the others get the last refusal back at once, without a request and
+/// without a turn of the resource's quota. A tenant's service with a wrong key for
+/// another team's ACS resource otherwise spent that resource's shared quota on requests
+/// ACS refuses, one per identity per retry, and slowed the team's renewals.
+pub const REFUSED_PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// The largest answer read. ACS's answers are a few KiB (a token is about 1.5 KiB); an
 /// endpoint that streams more is not read to the end and cannot grow our memory.
@@ -152,6 +163,7 @@ impl Default for AcsClientOptions {
             allow_insecure_endpoints: false,
             shared_quota: None,
             call_deadline: Duration::from_secs(120),
+            refused_probe_every: REFUSED_PROBE_EVERY,
         }
     }
 }
@@ -206,6 +218,20 @@ struct Inner {
     resource: Arc<str>,
     /// Some request through this client was answered with success: its credentials work.
     worked: AtomicBool,
+    /// ACS's last refusal of the credentials, while no request has succeeded since.
+    refused: Mutex<Option<Refused>>,
+    refused_probe_every: Duration,
+}
+
+/// `now + every`, or `now` if that is past what an `Instant` holds.
+fn probe_after(now: Instant, every: Duration) -> Instant {
+    now.checked_add(every).unwrap_or(now)
+}
+
+/// A refusal of the credentials, and when a caller's request may next ask again.
+struct Refused {
+    error: AcsError,
+    next_probe: Instant,
 }
 
 impl fmt::Debug for AcsClient {
@@ -302,6 +328,8 @@ impl AcsClient {
                 observer: options.observer,
                 resource: Arc::from(endpoint.host_str().unwrap_or("unknown")),
                 worked: AtomicBool::new(false),
+                refused: Mutex::new(None),
+                refused_probe_every: options.refused_probe_every,
             }),
             caller: None,
         })
@@ -325,10 +353,27 @@ impl AcsClient {
         self.inner.worked.load(Ordering::Relaxed)
     }
 
+    /// Whether ACS's last answer about this client's credentials was a refusal (401 or
+    /// 403), with no success since.
+    pub fn is_refused(&self) -> bool {
+        self.refused().is_some()
+    }
+
     /// Marks the client as answered with success (tests of what depends on it).
     #[cfg(test)]
     pub fn mark_worked(&self) {
         self.inner.worked.store(true, Ordering::Relaxed);
+        *self.refused() = None;
+    }
+
+    /// Marks the client's credentials as refused (tests of what depends on it).
+    #[cfg(test)]
+    pub fn mark_refused(&self, error: AcsError) {
+        self.inner.worked.store(false, Ordering::Relaxed);
+        *self.refused() = Some(Refused {
+            error,
+            next_probe: probe_after(Instant::now(), self.inner.refused_probe_every),
+        });
     }
 
     /// The budget this client draws from (shared with every client of its resource).
@@ -552,13 +597,18 @@ impl AcsClient {
         parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
     ) -> Result<T, AcsError> {
         let url = self.request_url(op, id)?;
+        let probe = self.caller.is_some() && self.refused_gate(op)?;
         let call_started = Instant::now();
         let mut attempt = 0u32;
         let mut retried_unauthorized = false;
         loop {
             attempt += 1;
             let bearer = self.bearer().await?;
-            let quota_wait = self.wait_for_turn(op).await?;
+            let quota_wait = if probe {
+                Duration::ZERO
+            } else {
+                self.wait_for_turn(op).await?
+            };
             let started = Instant::now();
             // Fresh for every attempt, logged with it and kept in the error (with the
             // answer's MS-CV): what Azure support traces a request by.
@@ -629,7 +679,9 @@ impl AcsClient {
             }
             let err = match result {
                 Ok(v) => {
-                    self.inner.worked.store(true, Ordering::Relaxed);
+                    if !self.inner.worked.swap(true, Ordering::Relaxed) {
+                        *self.refused() = None;
+                    }
                     return Ok(v);
                 }
                 Err((_, e)) => e,
@@ -639,6 +691,15 @@ impl AcsClient {
             // A 401 `IdentityNotOwned` is about another resource's user, not the key.
             if err.is_unauthorized() {
                 self.inner.worked.store(false, Ordering::Relaxed);
+                let mut refused = self.refused();
+                let next_probe = refused.as_ref().map_or_else(
+                    || probe_after(Instant::now(), self.inner.refused_probe_every),
+                    |r| r.next_probe,
+                );
+                *refused = Some(Refused {
+                    error: err.clone(),
+                    next_probe,
+                });
             }
             // A bearer token ACS refuses may have been revoked or may predate a role
             // assignment: drop it and try once more with a fresh one.
@@ -720,6 +781,26 @@ impl AcsClient {
                     })
             }
         }
+    }
+
+    fn refused(&self) -> std::sync::MutexGuard<'_, Option<Refused>> {
+        self.inner.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Ok(false)` while the credentials are not known to be refused; `Ok(true)` when
+    /// they are and this request is the one that asks again (it takes no quota turn: one
+    /// request per [`REFUSED_PROBE_EVERY`] per client); else the last refusal, replayed.
+    fn refused_gate(&self, op: Operation) -> Result<bool, AcsError> {
+        let mut refused = self.refused();
+        let Some(r) = refused.as_mut() else {
+            return Ok(false);
+        };
+        let now = Instant::now();
+        if now < r.next_probe {
+            return Err(r.error.replayed_for(op));
+        }
+        r.next_probe = probe_after(now, self.inner.refused_probe_every);
+        Ok(true)
     }
 
     /// Waits (or, for a caller, refuses to wait) for `op`'s turn; returns the time waited.

@@ -318,6 +318,26 @@ impl AcsError {
         }
     }
 
+    /// This answer again, for `op`, without a request: it names `op`, and no request id,
+    /// correlation vector or wait (nothing was sent this time).
+    pub fn replayed_for(&self, op: Operation) -> Self {
+        let mut e = self.clone();
+        if let AcsError::Service {
+            operation,
+            retry_after,
+            client_request_id,
+            ms_cv,
+            ..
+        } = &mut e
+        {
+            *operation = op;
+            *retry_after = None;
+            *client_request_id = None;
+            *ms_cv = None;
+        }
+        e
+    }
+
     /// The HTTP status ACS answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {

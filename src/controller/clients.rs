@@ -11,7 +11,10 @@
 //!   its requests with success): a tenant's service with a made-up key and a huge quota
 //!   cannot push another team's resource into ACS's 429s, which pause everyone, and a
 //!   new team on a resource whose first service chose a strict quota is not held to it
-//!   until its own first request.
+//!   until its own first request. A service whose credentials ACS refuses counts for
+//!   nothing: its requests take no turn of the budget (the client asks again once per
+//!   [`crate::acs::client::REFUSED_PROBE_EVERY`] and answers the rest with the refusal),
+//!   so a made-up key neither spends another team's budget nor lifts its strict quota.
 //! - A credential Secret is read and parsed once per resourceVersion, however many
 //!   identities use it; concurrent first readers wait for one GET.
 //! - Bounded whatever tenants create: clients and parsed credentials nobody used for
@@ -121,21 +124,49 @@ struct Claim {
     host: String,
     config: QuotaConfig,
     client: Weak<AcsClient>,
-    /// Whether the budget was last computed with this claim proven.
-    counted: bool,
+    /// The client's standing when the budget was last computed with this claim.
+    counted: Standing,
+}
+
+/// What ACS has said of a client's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Nothing yet.
+    Unproven,
+    /// A request succeeded.
+    Worked,
+    /// ACS refused them last (401 or 403). The client's requests then take no turn of the
+    /// budget (one probe per interval, see [`crate::acs::client::REFUSED_PROBE_EVERY`]),
+    /// so its quota has no say in it either: a tenant's made-up key cannot lift another
+    /// team's stricter budget even up to ACS's limits.
+    Refused,
+}
+
+impl Standing {
+    fn of(client: &AcsClient) -> Self {
+        if client.has_worked() {
+            Standing::Worked
+        } else if client.is_refused() {
+            Standing::Refused
+        } else {
+            Standing::Unproven
+        }
+    }
 }
 
 impl Claim {
-    fn proven(&self) -> bool {
-        self.client.upgrade().is_some_and(|c| c.has_worked())
+    fn standing(&self) -> Standing {
+        self.client
+            .upgrade()
+            .map_or(Standing::Unproven, |c| Standing::of(&c))
     }
 
     /// What this claim adds to its resource's budget.
-    fn counts_for(&self) -> QuotaConfig {
-        if self.proven() {
-            self.config.clone()
-        } else {
-            unproven_share(&self.config)
+    fn counts_for(&self) -> Option<QuotaConfig> {
+        match self.standing() {
+            Standing::Worked => Some(self.config.clone()),
+            Standing::Unproven => Some(unproven_share(&self.config)),
+            Standing::Refused => None,
         }
     }
 }
@@ -245,7 +276,7 @@ impl ClientCache {
         client: &Arc<AcsClient>,
         now: Instant,
     ) -> Option<Option<String>> {
-        let proven = client.has_worked();
+        let standing = Standing::of(client);
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = claims.get_mut(service)
             && c.value.host == host
@@ -253,10 +284,10 @@ impl ClientCache {
             && std::ptr::eq(c.value.client.as_ptr(), Arc::as_ptr(client))
         {
             c.used = now;
-            if c.value.counted == proven {
+            if c.value.counted == standing {
                 return None;
             }
-            c.value.counted = proven;
+            c.value.counted = standing;
             return Some(None);
         }
         let before = claims.insert(
@@ -266,7 +297,7 @@ impl ClientCache {
                     host: host.to_string(),
                     config: config.clone(),
                     client: Arc::downgrade(client),
-                    counted: proven,
+                    counted: standing,
                 },
                 used: now,
                 read: now,
@@ -276,13 +307,14 @@ impl ClientCache {
     }
 
     /// The budget `host` gets: the most generous quota of its services, each capped at
-    /// ACS's published limits until its credentials have worked there.
+    /// ACS's published limits until its credentials have worked there, and none of a
+    /// service whose credentials ACS refuses.
     fn claimed(&self, host: &str) -> Option<QuotaConfig> {
         let claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         claims
             .values()
             .filter(|c| c.value.host == host)
-            .map(|c| c.value.counts_for())
+            .filter_map(|c| c.value.counts_for())
             .reduce(|a, b| a.most_generous(&b))
     }
 
@@ -883,6 +915,24 @@ mod tests {
         assert!(
             (per_s(&strict) - acs_limit).abs() < 1e-9,
             "an unproven service counts up to ACS's limit, never past it: {}/s",
+            per_s(&strict)
+        );
+        // ACS refuses its key: it has no say in the budget (its requests take no turn).
+        theirs.mark_refused(crate::acs::AcsError::Service {
+            operation: op,
+            status: 401,
+            code: Some("Denied".into()),
+            message: None,
+            retry_after: None,
+            client_request_id: None,
+            ms_cv: None,
+        });
+        cache
+            .client(&svc("tenant"), &bogus, "2023-10-01", &quota(100_000, "1s"))
+            .unwrap();
+        assert!(
+            (per_s(&strict) - 10.0 / 3600.0).abs() < 1e-9,
+            "the team's own quota again: {}/s",
             per_s(&strict)
         );
         // Its credentials work after all (a second key of the resource): it counts in full
