@@ -563,14 +563,14 @@ impl SentAttempts {
 /// Credentials ACS refuses: a caller's requests are sent once per probe interval, and the
 /// others get the refusal back without a request and without a turn of the resource's
 /// quota (a tenant's wrong key must not spend another team's budget); the first success
-/// ends it.
+/// ends it. A key that has worked is gated only by a second refusal in a row.
 #[tokio::test]
 async fn refused_credentials_are_asked_again_once_per_interval_not_per_request() {
     use acs_identity_operator::acs::{Operation, Rate};
     let emu = emulator::spawn(EmulatorConfig {
         faults: vec![
             serde_json::from_value(
-                serde_json::json!({"operation": "issue", "status": 401, "count": 1}),
+                serde_json::json!({"operation": "issue", "status": 401, "count": 2}),
             )
             .unwrap(),
         ],
@@ -579,14 +579,15 @@ async fn refused_credentials_are_asked_again_once_per_interval_not_per_request()
     .await
     .unwrap();
     let sent = std::sync::Arc::new(SentAttempts::default());
+    let probe_every = Duration::from_secs(3);
     let c = client(
         &emu,
         AcsClientOptions {
             observer: Some(sent.clone()),
-            refused_probe_every: Duration::from_millis(300),
-            // Two issues an hour: what is left of them shows who took a turn.
+            refused_probe_every: probe_every,
+            // Three issues an hour: what is left of them shows who took a turn.
             quota: QuotaConfig {
-                issue_token: Some(Rate::new(2, Duration::from_secs(3600))),
+                issue_token: Some(Rate::new(3, Duration::from_secs(3600))),
                 ..QuotaConfig::unlimited()
             },
             ..options(&emu, "2023-10-01")
@@ -595,11 +596,15 @@ async fn refused_credentials_are_asked_again_once_per_interval_not_per_request()
     let user = c.create_user(None, None, None).await.unwrap().user.id;
     let caller = c.for_caller("uid-1");
     let scopes = [TokenScope::Chat];
-    let refused = caller.issue_token(&user, &scopes, None).await.unwrap_err();
-    assert!(refused.is_unauthorized(), "{refused:?}");
-    assert_eq!(sent.get(), 2);
+    // The key has worked: one refusal is not enough to gate, the second in a row is.
+    for n in [2, 3] {
+        let refused = caller.issue_token(&user, &scopes, None).await.unwrap_err();
+        assert!(refused.is_unauthorized(), "{refused:?}");
+        assert_eq!(sent.get(), n);
+    }
 
-    // At once: the same refusal, naming the operation asked, and nothing sent.
+    // At once (well within the interval): the same refusal, naming the operation asked,
+    // and nothing sent.
     let again = caller.issue_token(&user, &scopes, None).await.unwrap_err();
     assert!(again.is_unauthorized(), "{again:?}");
     let create = caller.create_user(None, None, None).await.unwrap_err();
@@ -615,25 +620,54 @@ async fn refused_credentials_are_asked_again_once_per_interval_not_per_request()
         "{create:?}"
     );
     assert!(create.client_request_id().is_none(), "nothing was sent");
-    assert_eq!(sent.get(), 2, "refusals replayed, not sent");
+    assert_eq!(sent.get(), 3, "refusals replayed, not sent");
 
     // After the interval one request asks again; ACS accepts it (the fault is spent).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match caller.issue_token(&user, &scopes, None).await {
             Ok(_) => break,
             Err(e) => assert!(e.is_unauthorized(), "{e:?}"),
         }
         assert!(tokio::time::Instant::now() < deadline, "no probe was sent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(sent.get(), 3, "one probe, however often callers came");
+    assert_eq!(sent.get(), 4, "one probe, however often callers came");
     assert!(caller.has_worked());
 
-    // Neither the replays nor the probe took a turn: the second of the two is still free.
+    // Neither the replays nor the probe took a turn: the third is still free.
     caller.issue_token(&user, &scopes, None).await.unwrap();
-    assert_eq!(sent.get(), 4);
+    assert_eq!(sent.get(), 5);
     let waiting = caller.issue_token(&user, &scopes, None).await.unwrap_err();
     assert!(matches!(waiting, AcsError::QuotaWait { .. }), "{waiting:?}");
+    emu.shutdown().await;
+}
+
+/// A key that never worked is gated by its first refusal; requests made without a caller
+/// (tools, not reconciles) are never gated.
+#[tokio::test]
+async fn a_made_up_key_is_gated_at_once_for_callers_only() {
+    let emu = start(false).await;
+    let sent = std::sync::Arc::new(SentAttempts::default());
+    let wrong_key = AccessKey::from_base64("d3Jvbmcta2V5LWJ5dGVz").unwrap();
+    let cs = ConnectionString::new(url::Url::parse(emu.endpoint()).unwrap(), wrong_key);
+    let bad = AcsClient::new(
+        &cs,
+        AcsClientOptions {
+            observer: Some(sent.clone()),
+            ..options(&emu, "2023-10-01")
+        },
+    )
+    .unwrap();
+    let caller = bad.for_caller("uid-1");
+    for _ in 0..3 {
+        let e = caller.create_user(None, None, None).await.unwrap_err();
+        assert!(e.is_unauthorized(), "{e:?}");
+    }
+    assert_eq!(sent.get(), 1, "one request, two refusals replayed");
+    assert!(bad.is_refused());
+    let e = bad.create_user(None, None, None).await.unwrap_err();
+    assert!(e.is_unauthorized(), "{e:?}");
+    assert_eq!(sent.get(), 2, "a request without a caller is sent");
     emu.shutdown().await;
 }

@@ -1734,6 +1734,80 @@ async fn a_failed_status_precondition_is_told_from_other_refusals() {
         .expect("the current resourceVersion is accepted");
 }
 
+/// Where RBAC grants `patch` on the status subresource but not `update` (the chart's rules
+/// before the status PUT, kept by a cluster that manages RBAC itself), status is still
+/// written, and a stale resourceVersion is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_where_rbac_allows_patch_but_not_update() {
+    use acs_identity_operator::api::CommunicationIdentityStatus;
+    use acs_identity_operator::controller::status::{precondition_failed, replace_status};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::api::PostParams;
+    let _shared = EXCLUSIVE.read().await;
+    let w = World::new("patchonly", 1.0).await;
+    w.identity("app", json!({})).await;
+    let pp = PostParams::default();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "patcher"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(w.client.clone(), w.ns())
+        .create(&pp, &sa)
+        .await
+        .unwrap();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "status-patcher"},
+        "rules": [{"apiGroups": ["acs-operator.dev"],
+                   "resources": ["communicationidentities/status"], "verbs": ["get", "patch"]}]
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(w.client.clone(), w.ns())
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "patcher"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "status-patcher"},
+        "subjects": [{"kind": "ServiceAccount", "name": "patcher", "namespace": w.ns()}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(w.client.clone(), w.ns())
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let patcher = ControlPlane::get()
+        .service_account_client(&w.client, w.ns(), "patcher", dir.path())
+        .await;
+    let api: Api<CommunicationIdentity> = Api::namespaced(patcher, w.ns());
+    let obj = w.identities().get("app").await.unwrap();
+    match api.replace_status("app", &pp, &obj).await {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("a PUT must be forbidden to this ServiceAccount: {other:?}"),
+    }
+    let status = CommunicationIdentityStatus {
+        secret_name: Some("app".into()),
+        ..Default::default()
+    };
+    let stale = replace_status(&api, "app", None, &status, Some("1"))
+        .await
+        .expect_err("a stale resourceVersion is refused");
+    assert!(precondition_failed(&stale), "{stale}");
+    replace_status(
+        &api,
+        "app",
+        None,
+        &status,
+        obj.resource_version().as_deref(),
+    )
+    .await
+    .expect("written with a JSON patch");
+    let written = w.identities().get("app").await.unwrap();
+    assert_eq!(
+        written.status.and_then(|s| s.secret_name).as_deref(),
+        Some("app")
+    );
+}
+
 /// A Deployment with no pods needed: its template's annotations are what a restart changes.
 fn deployment(name: &str) -> k8s_openapi::api::apps::v1::Deployment {
     serde_json::from_value(json!({

@@ -2,8 +2,7 @@
 //! quota and retries.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -25,6 +24,7 @@ use super::model::{
 use super::quota::{ClientQuota, QuotaConfig};
 use super::retry::{RetryPolicy, retry_after_from_headers};
 use super::signing::sign_request;
+use super::standing::{CredentialStanding, Gate};
 
 /// What the SDKs' serializer escapes in a path parameter: everything but RFC 3986's
 /// unreserved characters (Python's `quote(value, safe="")`), so `8:acs:x` becomes
@@ -216,22 +216,9 @@ struct Inner {
     observer: Option<Arc<dyn RequestObserver>>,
     /// The endpoint's host, the `resource` of metrics.
     resource: Arc<str>,
-    /// Some request through this client was answered with success: its credentials work.
-    worked: AtomicBool,
-    /// ACS's last refusal of the credentials, while no request has succeeded since.
-    refused: Mutex<Option<Refused>>,
-    refused_probe_every: Duration,
-}
-
-/// `now + every`, or `now` if that is past what an `Instant` holds.
-fn probe_after(now: Instant, every: Duration) -> Instant {
-    now.checked_add(every).unwrap_or(now)
-}
-
-/// A refusal of the credentials, and when a caller's request may next ask again.
-struct Refused {
-    error: AcsError,
-    next_probe: Instant,
+    /// What ACS has said of the credentials (whether they work, whether callers are
+    /// gated while they are refused).
+    standing: CredentialStanding,
 }
 
 impl fmt::Debug for AcsClient {
@@ -327,9 +314,7 @@ impl AcsClient {
                 api_version: options.api_version,
                 observer: options.observer,
                 resource: Arc::from(endpoint.host_str().unwrap_or("unknown")),
-                worked: AtomicBool::new(false),
-                refused: Mutex::new(None),
-                refused_probe_every: options.refused_probe_every,
+                standing: CredentialStanding::new(options.refused_probe_every),
             }),
             caller: None,
         })
@@ -350,30 +335,27 @@ impl AcsClient {
     /// [`AcsClient::for_caller`]) with success since it last refused the credentials
     /// ([`AcsError::is_unauthorized`]), i.e. whether its credentials work for the endpoint.
     pub fn has_worked(&self) -> bool {
-        self.inner.worked.load(Ordering::Relaxed)
+        self.inner.standing.has_worked()
     }
 
-    /// Whether ACS's last answer about this client's credentials was a refusal (401 or
-    /// 403), with no success since.
+    /// Whether ACS refuses this client's credentials, so that callers' requests are gated
+    /// (see [`REFUSED_PROBE_EVERY`]).
     pub fn is_refused(&self) -> bool {
-        self.refused().is_some()
+        self.inner.standing.is_refused()
     }
 
     /// Marks the client as answered with success (tests of what depends on it).
     #[cfg(test)]
     pub fn mark_worked(&self) {
-        self.inner.worked.store(true, Ordering::Relaxed);
-        *self.refused() = None;
+        self.inner.standing.succeeded();
     }
 
-    /// Marks the client's credentials as refused (tests of what depends on it).
+    /// Marks the client's credentials as refused, as twice in a row (tests of what
+    /// depends on it).
     #[cfg(test)]
     pub fn mark_refused(&self, error: AcsError) {
-        self.inner.worked.store(false, Ordering::Relaxed);
-        *self.refused() = Some(Refused {
-            error,
-            next_probe: probe_after(Instant::now(), self.inner.refused_probe_every),
-        });
+        self.inner.standing.refused(&error, Instant::now());
+        self.inner.standing.refused(&error, Instant::now());
     }
 
     /// The budget this client draws from (shared with every client of its resource).
@@ -597,7 +579,12 @@ impl AcsClient {
         parse: impl Fn(&RawResponse<'_>) -> Result<T, AcsError>,
     ) -> Result<T, AcsError> {
         let url = self.request_url(op, id)?;
-        let probe = self.caller.is_some() && self.refused_gate(op)?;
+        let probe = self.caller.is_some()
+            && self.inner.standing.gate(
+                op,
+                Instant::now(),
+                !self.inner.quota.paused_for(op, Instant::now()).is_zero(),
+            )? == Gate::Probe;
         let call_started = Instant::now();
         let mut attempt = 0u32;
         let mut retried_unauthorized = false;
@@ -679,28 +666,11 @@ impl AcsClient {
             }
             let err = match result {
                 Ok(v) => {
-                    if !self.inner.worked.swap(true, Ordering::Relaxed) {
-                        *self.refused() = None;
-                    }
+                    self.inner.standing.succeeded();
                     return Ok(v);
                 }
                 Err((_, e)) => e,
             };
-            // A key regenerated or a role removed: the credentials no longer count as
-            // working (they lift their service's quota past ACS's limits only while they do).
-            // A 401 `IdentityNotOwned` is about another resource's user, not the key.
-            if err.is_unauthorized() {
-                self.inner.worked.store(false, Ordering::Relaxed);
-                let mut refused = self.refused();
-                let next_probe = refused.as_ref().map_or_else(
-                    || probe_after(Instant::now(), self.inner.refused_probe_every),
-                    |r| r.next_probe,
-                );
-                *refused = Some(Refused {
-                    error: err.clone(),
-                    next_probe,
-                });
-            }
             // A bearer token ACS refuses may have been revoked or may predate a role
             // assignment: drop it and try once more with a fresh one.
             if let (Auth::Bearer(credential), Some(token)) = (&self.inner.auth, &bearer)
@@ -716,6 +686,20 @@ impl AcsClient {
                 Auth::Bearer(_) => err.with_entra_hint(),
                 Auth::Hmac(_) => err,
             };
+            // A key regenerated or a role removed: the credentials no longer count as
+            // working (they lift their service's quota past ACS's limits only while they
+            // do), and callers are gated. Recorded as callers will see it (with the Entra
+            // hint), after the retry with a fresh Entra token. A 401 `IdentityNotOwned`
+            // is about another resource's user: ACS took the key.
+            if err.is_unauthorized() {
+                self.inner.standing.refused(&err, Instant::now());
+            } else if err.is_identity_not_owned()
+                || err
+                    .status()
+                    .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 408 | 429))
+            {
+                self.inner.standing.accepted();
+            }
             if err.status() == Some(429)
                 && let Some(wait) = err.retry_after()
             {
@@ -724,8 +708,10 @@ impl AcsClient {
                     observer.on_throttle(&self.inner.resource, op, wait);
                 }
             }
-            let may_retry =
-                err.is_retryable() && (retry == Retry::Retryable || !err.is_outcome_unknown());
+            // A probe is one request: it asks whether the credentials work, nothing more.
+            let may_retry = !probe
+                && err.is_retryable()
+                && (retry == Retry::Retryable || !err.is_outcome_unknown());
             let delay = if may_retry {
                 self.inner
                     .retry
@@ -781,26 +767,6 @@ impl AcsClient {
                     })
             }
         }
-    }
-
-    fn refused(&self) -> std::sync::MutexGuard<'_, Option<Refused>> {
-        self.inner.refused.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `Ok(false)` while the credentials are not known to be refused; `Ok(true)` when
-    /// they are and this request is the one that asks again (it takes no quota turn: one
-    /// request per [`REFUSED_PROBE_EVERY`] per client); else the last refusal, replayed.
-    fn refused_gate(&self, op: Operation) -> Result<bool, AcsError> {
-        let mut refused = self.refused();
-        let Some(r) = refused.as_mut() else {
-            return Ok(false);
-        };
-        let now = Instant::now();
-        if now < r.next_probe {
-            return Err(r.error.replayed_for(op));
-        }
-        r.next_probe = probe_after(now, self.inner.refused_probe_every);
-        Ok(true)
     }
 
     /// Waits (or, for a caller, refuses to wait) for `op`'s turn; returns the time waited.

@@ -19,6 +19,7 @@ pub(crate) mod model;
 pub(crate) mod quota;
 pub(crate) mod retry;
 pub mod signing;
+pub(crate) mod standing;
 
 pub use api_versions::{DEFAULT_API_VERSION, supports_custom_id};
 pub use client::{AcsClient, AcsClientOptions, Attempt, Auth, RequestObserver, WaitReason};

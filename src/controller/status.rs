@@ -107,8 +107,8 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 /// Replaces status with `status` when it differs from `current`; returns the object as
 /// written (its resourceVersion), or `None` when nothing changed. With `expected_rv` the
 /// write is conditional on the object's resourceVersion: a status someone wrote after the
-/// one the caller decided from is never overwritten (the API server answers 409, see
-/// [`precondition_failed`]).
+/// one the caller decided from is never overwritten (the API server answers 409, or 422
+/// to the JSON patch used where RBAC allows no PUT; see [`precondition_failed`]).
 pub async fn replace_status<K, S>(
     api: &Api<K>,
     name: &str,
@@ -127,24 +127,35 @@ where
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    let written = match expected_rv {
-        Some(rv) => put_status(api, name, rv, status, &params).await?,
-        None => {
-            let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-                {"op": "add", "path": "/status", "value": status}
-            ]))
-            .map_err(kube::Error::SerdeError)?;
-            api.patch_status(
-                name,
-                &PatchParams {
-                    field_manager: params.field_manager,
-                    ..Default::default()
-                },
-                &Patch::<()>::Json(patch),
-            )
-            .await?
+    if let Some(rv) = expected_rv {
+        match put_status(api, name, rv, status, &params).await {
+            // RBAC written for the JSON patch (before 0.2) grants `patch` on the status
+            // subresource but not `update`: the patch below still works there.
+            Err(kube::Error::Api(e)) if e.code == 403 && e.reason == "Forbidden" => {
+                tracing::debug!(error = %e.message, "status PUT forbidden; writing status with a JSON patch");
+            }
+            written => return written.map(Some),
         }
-    };
+    }
+    let mut ops = vec![];
+    if let Some(rv) = expected_rv {
+        ops.push(
+            serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+        );
+    }
+    ops.push(serde_json::json!({"op": "add", "path": "/status", "value": status}));
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams {
+                field_manager: params.field_manager,
+                ..Default::default()
+            },
+            &Patch::<()>::Json(patch),
+        )
+        .await?;
     Ok(Some(written))
 }
 

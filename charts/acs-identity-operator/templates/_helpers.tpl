@@ -89,8 +89,9 @@ namespace is watched, or per watched namespace (Role) when watchNamespaces is a 
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationidentities/status"]
-  # Status is replaced with a JSON patch (the operator alone writes it).
-  verbs: ["get", "patch"]
+  # Status is replaced with a PUT conditional on the resourceVersion (the operator alone
+  # writes it); patch for operators older than 0.2 and clusters whose RBAC lacks update.
+  verbs: ["get", "update", "patch"]
 - apiGroups: ["acs-operator.dev"]
   resources: ["communicationidentities/finalizers"]
   # Needed to set blockOwnerDeletion on the token Secret's ownerReference.
