@@ -130,12 +130,17 @@ impl World {
     }
 
     async fn service(&self, api_version: &str) {
+        self.service_named("acs", "acs", api_version).await;
+    }
+
+    /// Service `name`, whose connection string is in Secret `secret`.
+    async fn service_named(&self, name: &str, secret: &str, api_version: &str) {
         self.create(
             "communicationservices",
             json!({
                 "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationService",
-                "metadata": {"name": "acs"},
-                "spec": {"connectionStringSecretRef": {"name": "acs"}, "apiVersion": api_version},
+                "metadata": {"name": name},
+                "spec": {"connectionStringSecretRef": {"name": secret}, "apiVersion": api_version},
             }),
         )
         .await;
@@ -1024,15 +1029,7 @@ async fn services_on_one_resource_share_one_client_and_credential_watches_go_awa
     let _shared = EXCLUSIVE.read().await;
     let w = World::new("share", 1.0).await;
     w.service(PREVIEW).await;
-    w.create(
-        "communicationservices",
-        json!({
-            "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationService",
-            "metadata": {"name": "acs2"},
-            "spec": {"connectionStringSecretRef": {"name": "acs"}, "apiVersion": PREVIEW},
-        }),
-    )
-    .await;
+    w.service_named("acs2", "acs", PREVIEW).await;
     let (ctx, caches) = acs_identity_operator::controller::run::caches_only(
         w.client.clone(),
         w.config(),
@@ -1118,15 +1115,7 @@ async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
     // `a` has a credential Secret of its own, so its watch is seen to go.
     w.put_credentials("acs-a", &w.emulator.connection_string)
         .await;
-    w.create(
-        "communicationservices",
-        json!({
-            "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationService",
-            "metadata": {"name": "acs-a"},
-            "spec": {"connectionStringSecretRef": {"name": "acs-a"}, "apiVersion": PREVIEW},
-        }),
-    )
-    .await;
+    w.service_named("acs-a", "acs-a", PREVIEW).await;
     let metrics = Arc::new(Metrics::new());
     let (ctx, caches) = run::caches_only(w.client.clone(), w.config(), metrics.clone()).await;
     w.identity("a", json!({"serviceRef": {"name": "acs-a"}}))
