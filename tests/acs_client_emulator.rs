@@ -671,3 +671,65 @@ async fn a_made_up_key_is_gated_at_once_for_callers_only() {
     assert_eq!(sent.get(), 2, "a request without a caller is sent");
     emu.shutdown().await;
 }
+
+/// An answer that shows ACS checked the key (an error with ACS's code for a user it does
+/// not have) ends the gate, as a success would.
+#[tokio::test]
+async fn an_answer_that_took_the_key_ends_the_gate() {
+    let emu = emulator::spawn(EmulatorConfig {
+        faults: vec![
+            serde_json::from_value(
+                serde_json::json!({"operation": "issue", "status": 401, "count": 2}),
+            )
+            .unwrap(),
+        ],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let sent = std::sync::Arc::new(SentAttempts::default());
+    let c = client(
+        &emu,
+        AcsClientOptions {
+            observer: Some(sent.clone()),
+            refused_probe_every: Duration::from_millis(300),
+            ..options(&emu, "2023-10-01")
+        },
+    );
+    let user = c.create_user(None, None, None).await.unwrap().user.id;
+    let gone = c.create_user(None, None, None).await.unwrap().user.id;
+    c.delete_user(&gone).await.unwrap();
+    let caller = c.for_caller("uid-1");
+    let scopes = [TokenScope::Chat];
+    for _ in 0..2 {
+        let e = caller.issue_token(&user, &scopes, None).await.unwrap_err();
+        assert!(e.is_unauthorized(), "{e:?}");
+    }
+    assert!(caller.is_refused());
+    // The probe asks for the deleted user: ACS answers about the user, not the key.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let e = caller.issue_token(&gone, &scopes, None).await.unwrap_err();
+        if !e.is_unauthorized() {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no probe was sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        matches!(
+            answer,
+            AcsError::Service {
+                status: 400..=499,
+                code: Some(_),
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(!caller.is_refused(), "ACS took the key");
+    let before = sent.get();
+    caller.issue_token(&user, &scopes, None).await.unwrap();
+    assert_eq!(sent.get(), before + 1, "sent at once, not replayed");
+    emu.shutdown().await;
+}

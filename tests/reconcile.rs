@@ -1777,10 +1777,19 @@ async fn status_is_written_where_rbac_allows_patch_but_not_update() {
         secret_name: Some("app".into()),
         ..Default::default()
     };
-    let stale = replace_status(&api, "app", None, &status, Some("1"))
-        .await
-        .expect_err("a stale resourceVersion is refused");
-    assert!(precondition_failed(&stale), "{stale}");
+    // Once the RoleBinding is in effect (the authorizer's cache follows it), a stale
+    // resourceVersion is refused as a precondition, not by RBAC.
+    eventually(
+        30,
+        "a stale resourceVersion refused as a precondition",
+        || async {
+            let stale = replace_status(&api, "app", None, &status, Some("1"))
+                .await
+                .expect_err("a stale resourceVersion is refused");
+            precondition_failed(&stale).then_some(())
+        },
+    )
+    .await;
     replace_status(
         &api,
         "app",

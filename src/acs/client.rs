@@ -185,6 +185,14 @@ impl fmt::Debug for AcsClientOptions {
     }
 }
 
+/// An ACS error answer (with ACS's `error.code`) that ACS gives only after it has checked
+/// the credentials: a 4xx other than a refusal (401, 403), a timeout (408) or throttling
+/// (429). A proxy's bare 4xx, a malformed or oversized answer say nothing of the key.
+fn took_the_key(err: &AcsError) -> bool {
+    matches!(err, AcsError::Service { status, code: Some(_), .. }
+        if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 429))
+}
+
 /// A client for one ACS resource. Cheap to clone; clones share connections and quota.
 #[derive(Clone)]
 pub struct AcsClient {
@@ -580,11 +588,9 @@ impl AcsClient {
     ) -> Result<T, AcsError> {
         let url = self.request_url(op, id)?;
         let probe = self.caller.is_some()
-            && self.inner.standing.gate(
-                op,
-                Instant::now(),
-                !self.inner.quota.paused_for(op, Instant::now()).is_zero(),
-            )? == Gate::Probe;
+            && self.inner.standing.gate(op, Instant::now(), |now| {
+                !self.inner.quota.paused_for(op, now).is_zero()
+            })? == Gate::Probe;
         let call_started = Instant::now();
         let mut attempt = 0u32;
         let mut retried_unauthorized = false;
@@ -693,11 +699,7 @@ impl AcsClient {
             // is about another resource's user: ACS took the key.
             if err.is_unauthorized() {
                 self.inner.standing.refused(&err, Instant::now());
-            } else if err.is_identity_not_owned()
-                || err
-                    .status()
-                    .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 408 | 429))
-            {
+            } else if err.is_identity_not_owned() || took_the_key(&err) {
                 self.inner.standing.accepted();
             }
             if err.status() == Some(429)
@@ -708,7 +710,8 @@ impl AcsClient {
                     observer.on_throttle(&self.inner.resource, op, wait);
                 }
             }
-            // A probe is one request: it asks whether the credentials work, nothing more.
+            // A probe is one attempt (two with a fresh Entra token): it asks whether the
+            // credentials work, nothing more.
             let may_retry = !probe
                 && err.is_retryable()
                 && (retry == Retry::Retryable || !err.is_outcome_unknown());

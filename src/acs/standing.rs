@@ -7,9 +7,10 @@
 //! request is sent only once per probe interval to ask again; the others get the refusal
 //! back at once, with no request and no turn.
 //!
-//! A client that has worked is gated only by a second refusal in a row: one refusal may
-//! be a token rotating or a key regenerated under load, and gating every identity of a
-//! working team on it would turn one answer into an outage of the interval.
+//! A client that has worked is gated only by a second refusal in a row (concurrent
+//! requests refused at once count as two): a single refusal may be a token rotating, and
+//! gating every identity of a working team on it would turn one answer into an outage of
+//! the interval.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,13 +119,19 @@ impl CredentialStanding {
     }
 
     /// Whether a caller's request for `op` may go, or the refusal it gets instead. While
-    /// `op` is paused (ACS's 429) no probe goes, and the next caller after the pause asks.
-    pub fn gate(&self, op: Operation, now: Instant, paused: bool) -> Result<Gate, AcsError> {
+    /// `op` is paused (ACS's 429; `paused` is asked only when a probe is due) no probe
+    /// goes, and the next caller after the pause asks.
+    pub fn gate(
+        &self,
+        op: Operation,
+        now: Instant,
+        paused: impl FnOnce(Instant) -> bool,
+    ) -> Result<Gate, AcsError> {
         let mut st = self.lock();
         let Some(r) = st.refused.as_mut() else {
             return Ok(Gate::Open);
         };
-        if now < r.next_probe || paused {
+        if now < r.next_probe || paused(now) {
             return Err(r.error.replayed_for(op));
         }
         r.next_probe = after(now, self.probe_every);
@@ -215,9 +222,9 @@ mod tests {
             }
             let what = format!("{answers:?}");
             assert_eq!(standing.has_worked(), *worked, "{what}");
-            assert_eq!(standing.gate(OP, now, false).ok(), *at_once, "{what}");
+            assert_eq!(standing.gate(OP, now, |_| false).ok(), *at_once, "{what}");
             assert_eq!(
-                standing.gate(OP, now + every * 4, false).ok(),
+                standing.gate(OP, now + every * 4, |_| false).ok(),
                 *later,
                 "{what}"
             );
@@ -231,7 +238,7 @@ mod tests {
         let standing = CredentialStanding::new(every);
         let t0 = Instant::now();
         standing.refused(&refusal(403), t0);
-        let replay = standing.gate(OP, t0, false).unwrap_err();
+        let replay = standing.gate(OP, t0, |_| false).unwrap_err();
         // The refusal as callers see it, for the operation asked, with no request id.
         assert!(
             matches!(
@@ -250,19 +257,19 @@ mod tests {
             refusal(403).replayed_for(OP).to_string()
         );
         let t1 = t0 + every;
-        assert!(standing.gate(OP, t1, true).is_err(), "paused: no probe");
-        assert_eq!(standing.gate(OP, t1, false), Ok(Gate::Probe));
+        assert!(standing.gate(OP, t1, |_| true).is_err(), "paused: no probe");
+        assert_eq!(standing.gate(OP, t1, |_| false), Ok(Gate::Probe));
         assert!(
-            standing.gate(OP, t1, false).is_err(),
+            standing.gate(OP, t1, |_| false).is_err(),
             "one probe per interval"
         );
-        assert!(standing.gate(OP, t1 + every / 2, false).is_err());
-        assert_eq!(standing.gate(OP, t1 + every, false), Ok(Gate::Probe));
+        assert!(standing.gate(OP, t1 + every / 2, |_| false).is_err());
+        assert_eq!(standing.gate(OP, t1 + every, |_| false), Ok(Gate::Probe));
         // A refused probe keeps the schedule; a time past any Instant is no overflow.
         standing.refused(&refusal(403), t1 + every);
-        assert!(standing.gate(OP, t1 + every, false).is_err());
+        assert!(standing.gate(OP, t1 + every, |_| false).is_err());
         let far = CredentialStanding::new(Duration::MAX);
         far.refused(&refusal(401), t0);
-        assert_eq!(far.gate(OP, t0, false), Ok(Gate::Probe));
+        assert_eq!(far.gate(OP, t0, |_| false), Ok(Gate::Probe));
     }
 }

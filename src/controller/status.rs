@@ -12,6 +12,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "acs-identity-operator";
@@ -131,9 +132,7 @@ where
         match put_status(api, name, rv, status, &params).await {
             // RBAC written for the JSON patch (before 0.2) grants `patch` on the status
             // subresource but not `update`: the patch below still works there.
-            Err(kube::Error::Api(e)) if e.code == 403 && e.reason == "Forbidden" => {
-                tracing::debug!(error = %e.message, "status PUT forbidden; writing status with a JSON patch");
-            }
+            Err(kube::Error::Api(e)) if rbac_refused_update(&e) => put_forbidden(&e.message),
             written => return written.map(Some),
         }
     }
@@ -157,6 +156,27 @@ where
         )
         .await?;
     Ok(Some(written))
+}
+
+/// Said once per process: each status write then costs a refused PUT and a patch, which
+/// the chart's Role (granting `update`) avoids.
+static PUT_FORBIDDEN_SAID: AtomicBool = AtomicBool::new(false);
+
+fn put_forbidden(message: &str) {
+    if !PUT_FORBIDDEN_SAID.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            error = %message,
+            "RBAC refuses `update` on the status subresource; writing status with a JSON patch after each refused PUT (grant `update`, as the chart's Role does)"
+        );
+    } else {
+        tracing::debug!(error = %message, "status PUT forbidden; writing status with a JSON patch");
+    }
+}
+
+/// RBAC's refusal of the verb, not an admission policy's denial (also a 403 Forbidden),
+/// which a patch would meet again.
+fn rbac_refused_update(e: &kube::core::Status) -> bool {
+    e.code == 403 && e.reason == "Forbidden" && e.message.contains("cannot update resource")
 }
 
 /// A PUT of the status subresource carrying only the object's name, its resourceVersion
@@ -213,6 +233,39 @@ pub fn precondition_failed(e: &kube::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rbac_refusing_the_update_verb_falls_back_to_a_patch() {
+        let status = |code: u16, reason: &str, message: &str| -> kube::core::Status {
+            serde_json::from_value(serde_json::json!({
+                "status": "Failure", "message": message, "reason": reason, "code": code,
+            }))
+            .expect("a Status")
+        };
+        let cases = [
+            (
+                403,
+                "Forbidden",
+                "communicationidentities.acs-operator.dev \"app\" is forbidden: User \"system:serviceaccount:ns:op\" cannot update resource \"communicationidentities/status\" in API group \"acs-operator.dev\" in the namespace \"ns\"",
+                true,
+            ),
+            (
+                403,
+                "Forbidden",
+                "communicationidentities.acs-operator.dev \"app\" is forbidden: ValidatingAdmissionPolicy 'deny' with binding 'deny' denied request: no",
+                false,
+            ),
+            (409, "Conflict", "the object has been modified", false),
+            (422, "Invalid", "cannot update resource", false),
+        ];
+        for (code, reason, message, want) in cases {
+            assert_eq!(
+                rbac_refused_update(&status(code, reason, message)),
+                want,
+                "{code} {message}"
+            );
+        }
+    }
 
     #[test]
     fn only_a_failed_patch_test_or_a_conflict_is_a_precondition_failure() {
