@@ -1723,6 +1723,57 @@ async fn a_failed_status_precondition_is_told_from_other_refusals() {
         .expect("the current resourceVersion is accepted");
 }
 
+/// The status PUT carries no labels or annotations, and must not take them from the
+/// manager that applied them: a GitOps tool that later drops a label from its manifest
+/// must still own it, or it is never pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_keeps_other_managers_ownership_of_metadata() {
+    use acs_identity_operator::api::CommunicationIdentityStatus;
+    use acs_identity_operator::controller::status::replace_status;
+    let _shared = EXCLUSIVE.read().await;
+    let w = World::new("owners", 1.0).await;
+    let applied = w
+        .identities()
+        .patch(
+            "app",
+            &PatchParams::apply("gitops"),
+            &Patch::Apply(json!({
+                "apiVersion": "acs-operator.dev/v1alpha1", "kind": "CommunicationIdentity",
+                "metadata": {"name": "app", "labels": {"team": "a"}, "annotations": {"note": "x"}},
+                "spec": {"scopes": ["chat"]},
+            })),
+        )
+        .await
+        .unwrap();
+    let status = CommunicationIdentityStatus {
+        secret_name: Some("app".into()),
+        ..Default::default()
+    };
+    replace_status(
+        &w.identities(),
+        "app",
+        None,
+        &status,
+        applied.resource_version().as_deref(),
+    )
+    .await
+    .expect("status written");
+    let o = w.identities().get("app").await.unwrap();
+    assert_eq!(o.labels().get("team").map(String::as_str), Some("a"));
+    let gitops = o
+        .managed_fields()
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("gitops"))
+        .and_then(|m| m.fields_v1.as_ref())
+        .map(|f| f.0.clone())
+        .expect("gitops's entry");
+    assert!(
+        gitops["f:metadata"]["f:labels"]["f:team"].is_object()
+            && gitops["f:metadata"]["f:annotations"]["f:note"].is_object(),
+        "{gitops}"
+    );
+}
+
 /// Where RBAC grants `patch` on the status subresource but not `update` (the chart's rules
 /// before the status PUT, kept by a cluster that manages RBAC itself), status is still
 /// written, and a stale resourceVersion is still refused.
