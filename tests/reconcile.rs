@@ -388,8 +388,12 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
             let i: usize = o.name_any().trim_start_matches("id-").parse().unwrap();
             first[i] = o.status.unwrap().last_token_issued_at;
         }
+        let issued = |users: Vec<AcsUser>| -> BTreeMap<String, u64> {
+            users.into_iter().map(|u| (u.id, u.tokens_issued)).collect()
+        };
         let before = w.requests.snapshot();
         let issued_before = w.emulator.calls("issue").await;
+        let users_before = issued(w.emulator.identities().await);
         w.all_ready(N, |o| {
             let i: usize = o.name_any().trim_start_matches("id-").parse().unwrap_or(0);
             o.status
@@ -398,18 +402,35 @@ async fn cost_of_a_new_identity_and_of_a_renewal() {
         })
         .await;
         let d = delta(&before, &w.requests.snapshot());
-        let renew_acs = (w.emulator.calls("issue").await - issued_before) as f64 / n;
+        let users_after = issued(w.emulator.identities().await);
+        // On a loaded machine the last identity may renew more than a renewal period
+        // (about 23 s) after the first, which has then renewed a second time on schedule:
+        // those second renewals are taken out. A second token within one renewal (its
+        // last issue less than 1.5 periods after the one before the wave) is not.
+        let mut second_renewals = 0u64;
+        for o in w.identities().list(&Default::default()).await.unwrap() {
+            let i: usize = o.name_any().trim_start_matches("id-").parse().unwrap();
+            let st = o.status.unwrap();
+            let user = st.user_id.unwrap();
+            let tokens =
+                users_after[&user].saturating_sub(users_before.get(&user).copied().unwrap_or(0));
+            let since = match (&st.last_token_issued_at, &first[i]) {
+                (Some(last), Some(first)) => last.0.duration_since(first.0).as_secs_f64(),
+                _ => 0.0,
+            };
+            if tokens >= 2 && since >= 34.0 {
+                second_renewals += tokens - 1;
+            }
+        }
+        let taken_out = second_renewals as f64;
+        let renew_acs = ((w.emulator.calls("issue").await - issued_before) as f64 - taken_out) / n;
+        let renew_writes = (writes(&d) - 3.0 * taken_out) / n;
         println!(
-            "cost per renewal ({api_version}): {renew_acs:.1} ACS requests, {:.1} API writes, {:.1} GETs; by verb/resource: {d:?}",
-            writes(&d) / n,
+            "cost per renewal ({api_version}): {renew_acs:.1} ACS requests, {renew_writes:.1} API writes, {:.1} GETs ({second_renewals} second renewals on schedule, taken out); by verb/resource: {d:?}",
             gets(&d) / n
         );
         assert_eq!(renew_acs, 1.0, "one ACS request per renewal");
-        assert!(
-            writes(&d) / n <= 3.0,
-            "{} writes per renewal",
-            writes(&d) / n
-        );
+        assert!(renew_writes <= 3.0, "{renew_writes} writes per renewal");
         assert_eq!(gets(&d), 0.0, "no GET per renewal");
         if let Some(policy) = policy {
             let o = w.identities().get("id-0").await.unwrap();
