@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use acs_identity_operator::acs::{
     AccessKey, AccessToken, AcsClient, AcsClientOptions, AcsError, ConnectionString, QuotaConfig,
-    RetryPolicy, TokenScope,
+    RetryPolicy, Standing, TokenScope,
 };
 use acs_identity_operator::emulator::{self, EmulatorConfig, QuotaLimit, RunningEmulator};
 use jiff::{SignedDuration, Timestamp};
@@ -246,6 +246,21 @@ async fn with_create_fault(fault: emulator::FaultRule) -> RunningEmulator {
             operation: Some(emulator::EmulatedOperation::Create),
             count: Some(1),
             ..fault
+        }],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// An emulator whose next `count` issues are refused with 401 (as a revoked key would be).
+async fn with_issue_refusals(count: u64) -> RunningEmulator {
+    emulator::spawn(EmulatorConfig {
+        faults: vec![emulator::FaultRule {
+            operation: Some(emulator::EmulatedOperation::Issue),
+            status: Some(401),
+            count: Some(count),
+            ..emulator::FaultRule::default()
         }],
         ..EmulatorConfig::default()
     })
@@ -567,17 +582,7 @@ impl SentAttempts {
 #[tokio::test]
 async fn refused_credentials_are_asked_again_once_per_interval_not_per_request() {
     use acs_identity_operator::acs::{Operation, Rate};
-    let emu = emulator::spawn(EmulatorConfig {
-        faults: vec![
-            serde_json::from_value(
-                serde_json::json!({"operation": "issue", "status": 401, "count": 2}),
-            )
-            .unwrap(),
-        ],
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let emu = with_issue_refusals(2).await;
     let sent = std::sync::Arc::new(SentAttempts::default());
     let probe_every = Duration::from_secs(3);
     let c = client(
@@ -665,7 +670,7 @@ async fn a_made_up_key_is_gated_at_once_for_callers_only() {
         assert!(e.is_unauthorized(), "{e:?}");
     }
     assert_eq!(sent.get(), 1, "one request, two refusals replayed");
-    assert!(bad.is_refused());
+    assert_eq!(bad.standing(), Standing::Refused);
     let e = bad.create_user(None, None, None).await.unwrap_err();
     assert!(e.is_unauthorized(), "{e:?}");
     assert_eq!(sent.get(), 2, "a request without a caller is sent");
@@ -676,17 +681,7 @@ async fn a_made_up_key_is_gated_at_once_for_callers_only() {
 /// not have) ends the gate, as a success would.
 #[tokio::test]
 async fn an_answer_that_took_the_key_ends_the_gate() {
-    let emu = emulator::spawn(EmulatorConfig {
-        faults: vec![
-            serde_json::from_value(
-                serde_json::json!({"operation": "issue", "status": 401, "count": 2}),
-            )
-            .unwrap(),
-        ],
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let emu = with_issue_refusals(2).await;
     let sent = std::sync::Arc::new(SentAttempts::default());
     let c = client(
         &emu,
@@ -705,7 +700,7 @@ async fn an_answer_that_took_the_key_ends_the_gate() {
         let e = caller.issue_token(&user, &scopes, None).await.unwrap_err();
         assert!(e.is_unauthorized(), "{e:?}");
     }
-    assert!(caller.is_refused());
+    assert_eq!(caller.standing(), Standing::Refused);
     // The probe asks for the deleted user: ACS answers about the user, not the key.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let answer = loop {
@@ -727,7 +722,7 @@ async fn an_answer_that_took_the_key_ends_the_gate() {
         ),
         "{answer:?}"
     );
-    assert!(!caller.is_refused(), "ACS took the key");
+    assert_eq!(caller.standing(), Standing::Unproven, "ACS took the key");
     let before = sent.get();
     caller.issue_token(&user, &scopes, None).await.unwrap();
     assert_eq!(sent.get(), before + 1, "sent at once, not replayed");

@@ -24,7 +24,7 @@ use super::model::{
 use super::quota::{ClientQuota, QuotaConfig};
 use super::retry::{RetryPolicy, retry_after_from_headers};
 use super::signing::sign_request;
-use super::standing::{CredentialStanding, Gate};
+use super::standing::{CredentialStanding, Gate, Standing};
 
 /// What the SDKs' serializer escapes in a path parameter: everything but RFC 3986's
 /// unreserved characters (Python's `quote(value, safe="")`), so `8:acs:x` becomes
@@ -186,11 +186,13 @@ impl fmt::Debug for AcsClientOptions {
 }
 
 /// An ACS error answer (with ACS's `error.code`) that ACS gives only after it has checked
-/// the credentials: a 4xx other than a refusal (401, 403), a timeout (408) or throttling
-/// (429). A proxy's bare 4xx, a malformed or oversized answer say nothing of the key.
+/// the credentials: a 401 `IdentityNotOwned` (about another resource's user), or a 4xx
+/// other than a refusal (401, 403), a timeout (408) or throttling (429). A proxy's bare
+/// 4xx, a malformed or oversized answer say nothing of the key.
 fn took_the_key(err: &AcsError) -> bool {
-    matches!(err, AcsError::Service { status, code: Some(_), .. }
-        if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 429))
+    err.is_identity_not_owned()
+        || matches!(err, AcsError::Service { status, code: Some(_), .. }
+            if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 429))
 }
 
 /// A client for one ACS resource. Cheap to clone; clones share connections and quota.
@@ -346,10 +348,10 @@ impl AcsClient {
         self.inner.standing.has_worked()
     }
 
-    /// Whether ACS refuses this client's credentials, so that callers' requests are gated
-    /// (see [`REFUSED_PROBE_EVERY`]).
-    pub fn is_refused(&self) -> bool {
-        self.inner.standing.is_refused()
+    /// What ACS's answers say of this client's credentials; while they are refused,
+    /// callers' requests are gated (see [`REFUSED_PROBE_EVERY`]).
+    pub fn standing(&self) -> Standing {
+        self.inner.standing.standing()
     }
 
     /// Marks the client as answered with success (tests of what depends on it).
@@ -695,11 +697,10 @@ impl AcsClient {
             // A key regenerated or a role removed: the credentials no longer count as
             // working (they lift their service's quota past ACS's limits only while they
             // do), and callers are gated. Recorded as callers will see it (with the Entra
-            // hint), after the retry with a fresh Entra token. A 401 `IdentityNotOwned`
-            // is about another resource's user: ACS took the key.
+            // hint), after the retry with a fresh Entra token.
             if err.is_unauthorized() {
                 self.inner.standing.refused(&err, Instant::now());
-            } else if err.is_identity_not_owned() || took_the_key(&err) {
+            } else if took_the_key(&err) {
                 self.inner.standing.accepted();
             }
             if err.status() == Some(429)

@@ -29,3 +29,4 @@ pub use error::{AcsError, Operation};
 pub use model::{AccessToken, CommunicationUser, CreatedUser, Token, TokenScope, UnknownScope};
 pub use quota::{QuotaConfig, Rate};
 pub use retry::RetryPolicy;
+pub use standing::Standing;

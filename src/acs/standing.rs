@@ -41,6 +41,18 @@ struct Refused {
     next_probe: Instant,
 }
 
+/// What ACS has said of a client's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Nothing that settles it yet (no answer, or one refusal of a key that had worked).
+    Unproven,
+    /// A request succeeded since the last refusal.
+    Worked,
+    /// ACS's refusals gate callers (see the module's doc): the client's requests take no
+    /// turn of its resource's budget, so its quota has no say in the budget either.
+    Refused,
+}
+
 /// What a caller's request may do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Gate {
@@ -73,9 +85,15 @@ impl CredentialStanding {
         self.worked.load(Ordering::Relaxed)
     }
 
-    /// ACS's answers gate callers now (see the module's doc).
-    pub fn is_refused(&self) -> bool {
-        self.lock().refused.is_some()
+    /// What ACS's answers say of the credentials now.
+    pub fn standing(&self) -> Standing {
+        if self.has_worked() {
+            Standing::Worked
+        } else if self.lock().refused.is_some() {
+            Standing::Refused
+        } else {
+            Standing::Unproven
+        }
     }
 
     /// ACS answered with success.
@@ -228,7 +246,11 @@ mod tests {
                 *later,
                 "{what}"
             );
-            assert_eq!(standing.is_refused(), later == &Some(Gate::Probe), "{what}");
+            assert_eq!(
+                standing.standing() == Standing::Refused,
+                later == &Some(Gate::Probe),
+                "{what}"
+            );
         }
     }
 

@@ -32,6 +32,7 @@ use crate::acs::connection_string::host_with_port;
 use crate::acs::quota::ClientQuota;
 use crate::acs::{
     AcsClient, AcsClientOptions, ConnectionString, QuotaConfig, Rate, RequestObserver, RetryPolicy,
+    Standing,
 };
 use crate::api::Quota;
 
@@ -128,37 +129,11 @@ struct Claim {
     counted: Standing,
 }
 
-/// What ACS has said of a client's credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Standing {
-    /// Nothing yet.
-    Unproven,
-    /// A request succeeded.
-    Worked,
-    /// ACS refused them last (401 or 403). The client's requests then take no turn of the
-    /// budget (one probe per interval, see [`crate::acs::client::REFUSED_PROBE_EVERY`]),
-    /// so its quota has no say in it either: a tenant's made-up key cannot lift another
-    /// team's stricter budget even up to ACS's limits.
-    Refused,
-}
-
-impl Standing {
-    fn of(client: &AcsClient) -> Self {
-        if client.has_worked() {
-            Standing::Worked
-        } else if client.is_refused() {
-            Standing::Refused
-        } else {
-            Standing::Unproven
-        }
-    }
-}
-
 impl Claim {
     fn standing(&self) -> Standing {
         self.client
             .upgrade()
-            .map_or(Standing::Unproven, |c| Standing::of(&c))
+            .map_or(Standing::Unproven, |c| c.standing())
     }
 
     /// What this claim adds to its resource's budget.
@@ -166,6 +141,9 @@ impl Claim {
         match self.standing() {
             Standing::Worked => Some(self.config.clone()),
             Standing::Unproven => Some(unproven_share(&self.config)),
+            // Its requests take no turn of the budget (one probe per interval), so its
+            // quota has no say in it: a made-up key cannot lift another team's stricter
+            // budget even up to ACS's limits.
             Standing::Refused => None,
         }
     }
@@ -276,7 +254,7 @@ impl ClientCache {
         client: &Arc<AcsClient>,
         now: Instant,
     ) -> Option<Option<String>> {
-        let standing = Standing::of(client);
+        let standing = client.standing();
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = claims.get_mut(service)
             && c.value.host == host

@@ -234,14 +234,16 @@ pub fn precondition_failed(e: &kube::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// A failure as the API server answers it.
+    fn status(code: u16, reason: &str, message: &str) -> kube::core::Status {
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure", "message": message, "reason": reason, "code": code,
+        }))
+        .expect("a Status")
+    }
+
     #[test]
     fn only_rbac_refusing_the_update_verb_falls_back_to_a_patch() {
-        let status = |code: u16, reason: &str, message: &str| -> kube::core::Status {
-            serde_json::from_value(serde_json::json!({
-                "status": "Failure", "message": message, "reason": reason, "code": code,
-            }))
-            .expect("a Status")
-        };
         let cases = [
             (
                 403,
@@ -270,12 +272,7 @@ mod tests {
     #[test]
     fn only_a_failed_patch_test_or_a_conflict_is_a_precondition_failure() {
         let api = |code: u16, reason: &str, message: &str| {
-            kube::Error::Api(Box::new(
-                serde_json::from_value(serde_json::json!({
-                    "status": "Failure", "message": message, "reason": reason, "code": code,
-                }))
-                .expect("a Status"),
-            ))
+            kube::Error::Api(Box::new(status(code, reason, message)))
         };
         let cases = [
             (api(422, "Invalid", FAILED_PATCH_TEST), true),

@@ -518,12 +518,8 @@ pub(super) async fn clean_up(
         publish(ctx, obj, EventType::Normal, reason, "Cleanup", &note).await;
         tracing::info!(namespace = %ns, name = %name, user = %user, "identity cleaned up");
     }
-    forget(ctx, obj);
-    Ok(Action::await_change())
-}
-
-pub(super) fn forget(ctx: &Context, obj: &CommunicationIdentity) {
     super::gone::forget(ctx, &ObjectRef::from_obj(obj));
+    Ok(Action::await_change())
 }
 
 /// A cleanup that cannot finish: reported (condition `CleanupFailed` with the command to
@@ -570,7 +566,7 @@ impl Blocked<'_> {
                     self.user.unwrap_or("(unknown)")
                 );
                 self.release(&msg).await;
-                forget(ctx, obj);
+                super::gone::forget(ctx, &ObjectRef::from_obj(obj));
                 Ok(Action::await_change())
             }
             Failed::Retry { within } => {
