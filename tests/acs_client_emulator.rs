@@ -677,6 +677,33 @@ async fn a_made_up_key_is_gated_at_once_for_callers_only() {
     emu.shutdown().await;
 }
 
+/// An api-version ACS does not serve is answered (400) before the key is checked, to every
+/// request alike: a made-up key naming one is gated as a refused one is, so it cannot
+/// spend its resource's budget one request per identity per retry.
+#[tokio::test]
+async fn an_unserved_api_version_is_gated_like_a_refused_key() {
+    let emu = start(false).await;
+    let sent = std::sync::Arc::new(SentAttempts::default());
+    let wrong_key = AccessKey::from_base64("d3Jvbmcta2V5LWJ5dGVz").unwrap();
+    let cs = ConnectionString::new(url::Url::parse(emu.endpoint()).unwrap(), wrong_key);
+    let bad = AcsClient::new(
+        &cs,
+        AcsClientOptions {
+            observer: Some(sent.clone()),
+            ..options(&emu, "2099-01-01")
+        },
+    )
+    .unwrap();
+    let caller = bad.for_caller("uid-1");
+    for _ in 0..3 {
+        let e = caller.create_user(None, None, None).await.unwrap_err();
+        assert!(e.is_unsupported_api_version(), "{e:?}");
+    }
+    assert_eq!(sent.get(), 1, "one request, two answers replayed");
+    assert_eq!(bad.standing(), Standing::Refused);
+    emu.shutdown().await;
+}
+
 /// An answer that shows ACS checked the key (an error with ACS's code for a user it does
 /// not have) ends the gate, as a success would.
 #[tokio::test]

@@ -1174,8 +1174,11 @@ async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
     })
     .await;
     reconcile_until_ready(&w, &ctx, "b").await;
+    // The old b's cleanup had failed (its deletion time is a series, which the deletion
+    // alert reads) before a person removed its finalizer.
+    metrics.set_deletion_time(&w.ns.name, "b", 1);
     // The old b's delete, handled (again) now that the new b is Ready: the new b keeps
-    // its look and its memory.
+    // its look and its memory, not the old b's series.
     gone::deleted(&ctx, &ObjectRef::from_obj(&old_b));
     let b = ObjectRef::<CommunicationIdentity>::new("b").within(&w.ns.name);
     assert_eq!(ctx.wakeups.len(), 2, "a's look and the new b's");
@@ -1183,6 +1186,16 @@ async fn an_identity_deleted_without_cleanup_leaves_nothing_behind() {
         ctx.memory.get(&b, &new_b).secret_rv.is_some(),
         "the new b keeps its memory"
     );
+    let text = metrics.encode();
+    assert!(
+        !text.contains(&format!(
+            "acs_operator_identity_deletion_timestamp_seconds{{namespace=\"{}\",name=\"b\"}}",
+            w.ns.name
+        )),
+        "the old b's deletion time is gone: {text}"
+    );
+    // Its own series come back with its next pass (the controller's, as triggered).
+    reconcile_until_ready(&w, &ctx, "b").await;
 
     // `a` goes the same way.
     delete_without_cleanup(&w, "a").await;

@@ -697,8 +697,10 @@ impl AcsClient {
             // A key regenerated or a role removed: the credentials no longer count as
             // working (they lift their service's quota past ACS's limits only while they
             // do), and callers are gated. Recorded as callers will see it (with the Entra
-            // hint), after the retry with a fresh Entra token.
-            if err.is_unauthorized() {
+            // hint), after the retry with a fresh Entra token. An api-version ACS does not
+            // serve is answered before the key is checked, to every request alike: gated
+            // the same way, or a made-up key would pass the gate by naming one.
+            if err.is_unauthorized() || err.is_unsupported_api_version() {
                 self.inner.standing.refused(&err, Instant::now());
             } else if took_the_key(&err) {
                 self.inner.standing.accepted();

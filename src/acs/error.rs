@@ -300,6 +300,17 @@ impl AcsError {
         self.status() == Some(401) && self.code() == Some(IDENTITY_NOT_OWNED)
     }
 
+    /// ACS refused the request's api-version (400 `UnsupportedApiVersion`, or
+    /// `MissingApiVersionParameter`), which it checks before the credentials: every request
+    /// of the client gets the same answer, whatever it asks.
+    pub fn is_unsupported_api_version(&self) -> bool {
+        self.status() == Some(400)
+            && matches!(
+                self.code(),
+                Some("UnsupportedApiVersion" | "MissingApiVersionParameter")
+            )
+    }
+
     /// The operation that failed, when the error came from one.
     pub fn operation(&self) -> Option<Operation> {
         match self {

@@ -5,7 +5,8 @@
 //! requests are refused (401 or 403), but each one took a turn of the resource's budget,
 //! one per identity per retry, and slowed the team's renewals. Once refused, a caller's
 //! request is sent only once per probe interval to ask again; the others get the refusal
-//! back at once, with no request and no turn.
+//! back at once, with no request and no turn. An api-version ACS does not serve is
+//! refused the same way (400, before the key is checked) and gated alike.
 //!
 //! A client that has worked is gated only by a second refusal in a row (concurrent
 //! requests refused at once count as two): a single refusal may be a token rotating, and

@@ -34,8 +34,12 @@ pub(crate) fn forget(ctx: &Context, oref: &ObjectRef<CommunicationIdentity>) {
 }
 
 /// The watch saw `deleted` (with its UID) go. An identity of the same name created since
-/// and already cached keeps what is held under the name, which is its own by then or
-/// soon replaced by its reconcile; only memory of the deleted UID goes.
+/// and already cached keeps its look and its credential watch, which are its own by then
+/// or soon replaced by its reconcile; memory of the deleted UID goes, and so do the
+/// metric series, which are kept by name: the deleted one's deletion time and failure
+/// counts would otherwise stay on the new identity (its deletion alert firing forever).
+/// The new identity is reconciled again to set its own series; healthy, that costs
+/// neither an ACS request nor a write.
 pub fn deleted(ctx: &Context, deleted: &ObjectRef<CommunicationIdentity>) {
     let ns = deleted.namespace.as_deref().unwrap_or_default();
     let uid = deleted.extra.uid.as_deref().unwrap_or_default();
@@ -48,6 +52,8 @@ pub fn deleted(ctx: &Context, deleted: &ObjectRef<CommunicationIdentity>) {
         Some(live) if live.uid().as_deref() != Some(uid) => {
             ctx.memory.forget_uid(&key, uid);
             ctx.reset_backoff(&key);
+            ctx.metrics.forget_identity(ns, &key.name);
+            ctx.stores.trigger(key);
         }
         Some(_) => {}
     }
