@@ -648,11 +648,13 @@ async fn refused_credentials_are_asked_again_once_per_interval_not_per_request()
     emu.shutdown().await;
 }
 
-/// A key that never worked is gated by its first refusal; requests made without a caller
-/// (tools, not reconciles) are never gated.
-#[tokio::test]
-async fn a_made_up_key_is_gated_at_once_for_callers_only() {
-    let emu = start(false).await;
+/// A client of `emu` with a made-up key speaking `api_version`, which three requests of
+/// one caller find gated at once: one request sent, each answer `answer`.
+async fn made_up_key_gated_at_once(
+    emu: &RunningEmulator,
+    api_version: &str,
+    answer: fn(&AcsError) -> bool,
+) -> (AcsClient, std::sync::Arc<SentAttempts>) {
     let sent = std::sync::Arc::new(SentAttempts::default());
     let wrong_key = AccessKey::from_base64("d3Jvbmcta2V5LWJ5dGVz").unwrap();
     let cs = ConnectionString::new(url::Url::parse(emu.endpoint()).unwrap(), wrong_key);
@@ -660,17 +662,27 @@ async fn a_made_up_key_is_gated_at_once_for_callers_only() {
         &cs,
         AcsClientOptions {
             observer: Some(sent.clone()),
-            ..options(&emu, "2023-10-01")
+            ..options(emu, api_version)
         },
     )
     .unwrap();
     let caller = bad.for_caller("uid-1");
     for _ in 0..3 {
         let e = caller.create_user(None, None, None).await.unwrap_err();
-        assert!(e.is_unauthorized(), "{e:?}");
+        assert!(answer(&e), "{e:?}");
     }
-    assert_eq!(sent.get(), 1, "one request, two refusals replayed");
+    assert_eq!(sent.get(), 1, "one request, two answers replayed");
     assert_eq!(bad.standing(), Standing::Refused);
+    (bad, sent)
+}
+
+/// A key that never worked is gated by its first refusal; requests made without a caller
+/// (tools, not reconciles) are never gated.
+#[tokio::test]
+async fn a_made_up_key_is_gated_at_once_for_callers_only() {
+    let emu = start(false).await;
+    let (bad, sent) =
+        made_up_key_gated_at_once(&emu, "2023-10-01", AcsError::is_unauthorized).await;
     let e = bad.create_user(None, None, None).await.unwrap_err();
     assert!(e.is_unauthorized(), "{e:?}");
     assert_eq!(sent.get(), 2, "a request without a caller is sent");
@@ -683,24 +695,7 @@ async fn a_made_up_key_is_gated_at_once_for_callers_only() {
 #[tokio::test]
 async fn an_unserved_api_version_is_gated_like_a_refused_key() {
     let emu = start(false).await;
-    let sent = std::sync::Arc::new(SentAttempts::default());
-    let wrong_key = AccessKey::from_base64("d3Jvbmcta2V5LWJ5dGVz").unwrap();
-    let cs = ConnectionString::new(url::Url::parse(emu.endpoint()).unwrap(), wrong_key);
-    let bad = AcsClient::new(
-        &cs,
-        AcsClientOptions {
-            observer: Some(sent.clone()),
-            ..options(&emu, "2099-01-01")
-        },
-    )
-    .unwrap();
-    let caller = bad.for_caller("uid-1");
-    for _ in 0..3 {
-        let e = caller.create_user(None, None, None).await.unwrap_err();
-        assert!(e.is_unsupported_api_version(), "{e:?}");
-    }
-    assert_eq!(sent.get(), 1, "one request, two answers replayed");
-    assert_eq!(bad.standing(), Standing::Refused);
+    made_up_key_gated_at_once(&emu, "2099-01-01", AcsError::is_unsupported_api_version).await;
     emu.shutdown().await;
 }
 
