@@ -3,8 +3,7 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
@@ -112,33 +111,13 @@ async fn service_account_client_gets_exactly_what_its_role_allows() {
     let cp = ControlPlane::get();
     let admin = cp.admin_client().await;
     let ns = TestNamespace::create(cp, &admin, "harness-rbac").await;
-    let pp = PostParams::default();
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "reader"}})).unwrap();
-    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
-        .create(&pp, &sa)
-        .await
-        .unwrap();
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "configmap-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(admin.clone(), &ns.name)
-        .create(&pp, &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name}]
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name)
-        .create(&pp, &binding)
-        .await
-        .unwrap();
-
+    cp.service_account_with_role(
+        &admin,
+        &ns.name,
+        "reader",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let sa_client = cp
         .service_account_client(&admin, &ns.name, "reader", dir.path())

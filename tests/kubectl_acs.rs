@@ -13,7 +13,6 @@ use acs_identity_operator::api::{
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -416,15 +415,12 @@ async fn errors_are_one_clear_line_with_a_nonzero_exit() {
     );
 
     // A ServiceAccount without any RBAC.
-    let pp = PostParams::default();
-    for sa in ["nobody", "reader"] {
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": sa}})).expect("sa");
-        Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
-            .create(&pp, &sa)
-            .await
-            .expect("create ServiceAccount");
-    }
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "nobody"}})).expect("sa");
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
     let nobody = cp
         .service_account_kubeconfig(&admin, &ns.name, "nobody", dir.path())
         .await;
@@ -459,25 +455,13 @@ async fn errors_are_one_clear_line_with_a_nonzero_exit() {
     );
 
     // Reading identities is not enough to see a token's claims.
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "identity-reader"},
-        "rules": [{"apiGroups": ["acs-operator.dev"], "resources": ["communicationidentities"], "verbs": ["get", "list"]}]
-    }))
-    .expect("role");
-    Api::<Role>::namespaced(admin.clone(), &ns.name)
-        .create(&pp, &role)
-        .await
-        .expect("create Role");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "identity-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name}]
-    }))
-    .expect("binding");
-    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name)
-        .create(&pp, &binding)
-        .await
-        .expect("create RoleBinding");
+    cp.service_account_with_role(
+        &admin,
+        &ns.name,
+        "reader",
+        json!([{"apiGroups": ["acs-operator.dev"], "resources": ["communicationidentities"], "verbs": ["get", "list"]}]),
+    )
+    .await;
     let reader = cp
         .service_account_kubeconfig(&admin, &ns.name, "reader", dir.path())
         .await;

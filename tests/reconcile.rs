@@ -1815,41 +1815,22 @@ async fn a_status_write_keeps_other_managers_ownership_of_metadata() {
 async fn status_is_written_where_rbac_allows_patch_but_not_update() {
     use acs_identity_operator::api::CommunicationIdentityStatus;
     use acs_identity_operator::controller::status::{precondition_failed, replace_status};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     use kube::api::PostParams;
     let _shared = EXCLUSIVE.read().await;
     let w = World::new("patchonly", 1.0).await;
     w.identity("app", json!({})).await;
     let pp = PostParams::default();
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "patcher"}})).unwrap();
-    Api::<ServiceAccount>::namespaced(w.client.clone(), w.ns())
-        .create(&pp, &sa)
-        .await
-        .unwrap();
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "status-patcher"},
-        "rules": [{"apiGroups": ["acs-operator.dev"],
-                   "resources": ["communicationidentities/status"], "verbs": ["get", "patch"]}]
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(w.client.clone(), w.ns())
-        .create(&pp, &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "patcher"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "status-patcher"},
-        "subjects": [{"kind": "ServiceAccount", "name": "patcher", "namespace": w.ns()}]
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(w.client.clone(), w.ns())
-        .create(&pp, &binding)
-        .await
-        .unwrap();
+    let cp = ControlPlane::get();
+    cp.service_account_with_role(
+        &w.client,
+        w.ns(),
+        "patcher",
+        json!([{"apiGroups": ["acs-operator.dev"],
+                "resources": ["communicationidentities/status"], "verbs": ["get", "patch"]}]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let patcher = ControlPlane::get()
+    let patcher = cp
         .service_account_client(&w.client, w.ns(), "patcher", dir.path())
         .await;
     let api: Api<CommunicationIdentity> = Api::namespaced(patcher, w.ns());

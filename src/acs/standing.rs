@@ -163,15 +163,14 @@ mod tests {
     use super::*;
 
     fn refusal(status: u16) -> AcsError {
-        AcsError::Service {
-            operation: Operation::CreateUser,
+        AcsError::service(
+            Operation::CreateUser,
             status,
-            code: Some("Denied".into()),
-            message: Some("Denied by the key".into()),
-            retry_after: None,
-            client_request_id: Some("id-1".into()),
-            ms_cv: None,
-        }
+            Some("Denied".into()),
+            Some("Denied by the key".into()),
+            None,
+        )
+        .with_client_request_id("id-1")
     }
 
     const OP: Operation = Operation::IssueToken;

@@ -896,15 +896,13 @@ mod tests {
             per_s(&strict)
         );
         // ACS refuses its key: it has no say in the budget (its requests take no turn).
-        theirs.mark_refused(crate::acs::AcsError::Service {
-            operation: op,
-            status: 401,
-            code: Some("Denied".into()),
-            message: None,
-            retry_after: None,
-            client_request_id: None,
-            ms_cv: None,
-        });
+        theirs.mark_refused(crate::acs::AcsError::service(
+            op,
+            401,
+            Some("Denied".into()),
+            None,
+            None,
+        ));
         cache
             .client(&svc("tenant"), &bogus, "2023-10-01", &quota(100_000, "1s"))
             .unwrap();

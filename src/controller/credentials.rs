@@ -121,14 +121,8 @@ impl<D: Clone + Eq + Hash + Send + Sync + 'static> CredentialWatches<D> {
     /// Keeps the dependents for which `keep` holds; the others are forgotten.
     pub fn retain(&self, mut keep: impl FnMut(&D) -> bool) {
         let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<(Arc<D>, Arc<SecretId>)> = st
-            .uses
-            .iter()
-            .filter(|(d, _)| !keep(d))
-            .map(|(d, id)| (d.clone(), id.clone()))
-            .collect();
+        let gone: Vec<(Arc<D>, Arc<SecretId>)> = st.uses.extract_if(|d, _| !keep(d)).collect();
         for (dependent, id) in gone {
-            st.uses.remove(&dependent);
             release(&mut st, &dependent, &id);
         }
     }
@@ -213,6 +207,13 @@ fn rv(s: &PartialObjectMeta<Secret>) -> String {
 mod tests {
     use super::*;
 
+    /// Watches of an API server nobody listens at: they only retry, which these tests do
+    /// not need.
+    fn unanswered_watches() -> CredentialWatches<String> {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        CredentialWatches::new(Client::try_from(config).unwrap(), |_| {})
+    }
+
     fn cred(name: &str) -> CredentialRef {
         CredentialRef {
             namespace: "team-a".into(),
@@ -223,9 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_secret_is_watched_while_someone_uses_it_and_its_id_is_held_once() {
-        // Nothing listens there: the watches only retry, which this test does not need.
-        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let watches = CredentialWatches::<String>::new(Client::try_from(config).unwrap(), |_| {});
+        let watches = unanswered_watches();
         watches.depend("a".into(), &cred("one"));
         watches.depend("b".into(), &cred("one"));
         watches.depend("a".into(), &cred("one"));
@@ -251,8 +250,7 @@ mod tests {
 
     #[tokio::test]
     async fn dependents_not_kept_are_forgotten_and_their_watches_stopped() {
-        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let watches = CredentialWatches::<String>::new(Client::try_from(config).unwrap(), |_| {});
+        let watches = unanswered_watches();
         watches.depend("a".into(), &cred("one"));
         watches.depend("b".into(), &cred("one"));
         watches.depend("c".into(), &cred("two"));

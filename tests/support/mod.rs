@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -194,6 +195,42 @@ impl ControlPlane {
         );
         std::fs::write(&path, text).expect("write service-account kubeconfig");
         path
+    }
+
+    /// A new ServiceAccount `namespace/name`, bound to a Role of the same name granting
+    /// `rules` (JSON, as in a Role); act as it with [`ControlPlane::service_account_client`]
+    /// or [`ControlPlane::service_account_kubeconfig`].
+    pub async fn service_account_with_role(
+        &self,
+        admin: &Client,
+        namespace: &str,
+        name: &str,
+        rules: serde_json::Value,
+    ) {
+        let pp = PostParams::default();
+        let sa: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+            .create(&pp, &sa)
+            .await
+            .unwrap_or_else(|e| panic!("create ServiceAccount {namespace}/{name}: {e}"));
+        let role: Role =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "rules": rules}))
+                .unwrap_or_else(|e| panic!("Role rules {rules}: {e}"));
+        Api::<Role>::namespaced(admin.clone(), namespace)
+            .create(&pp, &role)
+            .await
+            .unwrap_or_else(|e| panic!("create Role {namespace}/{name}: {e}"));
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(admin.clone(), namespace)
+            .create(&pp, &binding)
+            .await
+            .unwrap_or_else(|e| panic!("create RoleBinding {namespace}/{name}: {e}"));
     }
 
     /// A client that authenticates as ServiceAccount `namespace/name`.
